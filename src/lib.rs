@@ -5,4 +5,19 @@
 //!
 //! # Layout
 //! - [`app`]: builds everything production builds and runs it until shutdown.
-//! - [`config`]: the command line and environment configuration.
+//! - [`config`]: the command line and its environment variables.
+//! - [`telemetry`]: logging.
+//! - [`auth`]: bearer tokens and roles.
+//! - [`error`]: the API's error type and JSON error shape.
+//! - [`api`]: the HTTP routes, one module per resource.
+//! - [`domain`]: orders, money and the ten events, without IO.
+//! - [`store`]: SQLite: the writer, the readers, orders and the outbox.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,209 @@
+//! `/chat/orders` and `/orders/{id}/chat-links`: orders from the chat assistant, and links
+//! between orders and chat conversations.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::context::RequestMeta;
+use super::json::AppJson;
+use super::orders::{NewOrder, OverrideRequest, audit, place, visible};
+use super::path::OrderId;
+use crate::auth::{Caller, Role};
+use crate::domain::events::{AuditChange, ChatOrderCreated, CustomerPreferences, OrderLinkedToChat};
+use crate::domain::{Address, Currency, Events, Item, Order, SourceChannel, Text};
+use crate::error::ApiError;
+use crate::store::chat::{ChatLink, ChatOrigin, insert_link};
+use crate::store::{orders, outbox};
+
+/// The routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat/orders", post(create))
+        .route("/orders/{id}/chat-links", post(link))
+}
+
+/// The body of `POST /chat/orders`: the chat's facts plus the create body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatOrderBody {
+    chat_id: Uuid,
+    template_used: Text<100>,
+    ai_confidence: f64,
+    customer_preferences: Preferences,
+    requires_confirmation: bool,
+    customer_id: Option<Uuid>,
+    items: Vec<Item>,
+    shipping_address: Address,
+    #[serde(default)]
+    currency: Currency,
+    source_channel: Option<SourceChannel>,
+    stock_override: Option<OverrideRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Preferences {
+    delivery_speed: Text<50>,
+    communication_method: Text<50>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    meta: RequestMeta,
+    AppJson(body): AppJson<ChatOrderBody>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Ai, Role::Admin])?;
+    if !(0.0..=1.0).contains(&body.ai_confidence) {
+        return Err(ApiError::invalid_field(
+            "ai_confidence",
+            format!("ai_confidence must be between 0 and 1, got {}", body.ai_confidence),
+        ));
+    }
+    if matches!(body.source_channel, Some(c) if c != SourceChannel::Chat) {
+        return Err(ApiError::invalid_field(
+            "source_channel",
+            "chat orders always have source_channel `chat`",
+        ));
+    }
+    let chat = ChatOrigin {
+        chat_id: body.chat_id,
+        template_used: body.template_used.to_string(),
+        ai_confidence: body.ai_confidence,
+        customer_preferences: CustomerPreferences {
+            delivery_speed: body.customer_preferences.delivery_speed.to_string(),
+            communication_method: body.customer_preferences.communication_method.to_string(),
+        },
+        requires_confirmation: body.requires_confirmation,
+    };
+    let order = NewOrder {
+        customer_id: body.customer_id,
+        items: body.items,
+        shipping_address: body.shipping_address,
+        currency: body.currency,
+        source_channel: Some(SourceChannel::Chat),
+        stock_override: body.stock_override,
+    };
+    place(&state, caller, &meta, order, Some(chat)).await
+}
+
+/// `order.chat_created` for an order placed from `chat`.
+pub fn created_event(order: &Order, chat: &ChatOrigin) -> ChatOrderCreated {
+    ChatOrderCreated {
+        order_id: order.order_id,
+        order_number: order.order_number.clone(),
+        customer_id: order.customer_id,
+        chat_id: chat.chat_id,
+        template_used: chat.template_used.clone(),
+        ai_confidence: chat.ai_confidence,
+        customer_preferences: chat.customer_preferences.clone(),
+        requires_confirmation: chat.requires_confirmation,
+    }
+}
+
+/// The body of `POST /orders/{id}/chat-links`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkBody {
+    chat_id: Uuid,
+    link_type: LinkType,
+    context: Text<1000>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum LinkType {
+    Support,
+    Inquiry,
+    Complaint,
+}
+
+impl LinkType {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkType::Support => "support",
+            LinkType::Inquiry => "inquiry",
+            LinkType::Complaint => "complaint",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct LinkView {
+    link_id: Uuid,
+    order_id: Uuid,
+    chat_id: Uuid,
+    link_type: LinkType,
+    context: String,
+    linked_by: Uuid,
+    created_at: DateTime<Utc>,
+}
+
+async fn link(
+    State(state): State<AppState>,
+    caller: Caller,
+    meta: RequestMeta,
+    OrderId(order_id): OrderId,
+    AppJson(body): AppJson<LinkBody>,
+) -> Result<(StatusCode, Json<LinkView>), ApiError> {
+    caller.require(&[Role::Ai, Role::Admin, Role::Customer])?;
+    let ctx = meta.events(&caller);
+    let link = ChatLink {
+        link_id: Uuid::now_v7(),
+        order_id,
+        chat_id: body.chat_id,
+        link_type: body.link_type.as_str().to_owned(),
+        context: body.context.to_string(),
+        linked_by: caller.user_id,
+        created_at: ctx.now,
+    };
+    let stored = link.clone();
+    state
+        .store
+        .write(move |tx| {
+            let order = visible(orders::find(tx, order_id)?, order_id, &caller)?;
+            insert_link(tx, &link)?;
+            let mut events = Events::new(&ctx);
+            events.push(OrderLinkedToChat {
+                order_id,
+                order_number: order.order_number.clone(),
+                chat_id: link.chat_id,
+                link_type: link.link_type.clone(),
+                linked_by: link.linked_by,
+                context: link.context.clone(),
+            });
+            events.push(audit(
+                &order,
+                &ctx,
+                "chat_link",
+                AuditChange {
+                    field: "chat_id".into(),
+                    old_value: String::new(),
+                    new_value: link.chat_id.to_string(),
+                },
+                &link.context,
+            ));
+            outbox::enqueue(tx, &events.into_vec())?;
+            Ok::<_, ApiError>(())
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LinkView {
+            link_id: stored.link_id,
+            order_id,
+            chat_id: stored.chat_id,
+            link_type: body.link_type,
+            context: stored.context,
+            linked_by: stored.linked_by,
+            created_at: stored.created_at,
+        }),
+    ))
+}

@@ -1,0 +1,204 @@
+//! What a request carries besides its body: correlation and request ids, where it came from,
+//! and its trace context. These end up in every event the request causes.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::auth::Caller;
+use crate::domain::{Actor, EventContext};
+use crate::error::ApiError;
+
+/// `X-Correlation-ID`: links related events across services; echoed on every response.
+pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+/// `X-Request-ID`: this request; the causation of its first event; echoed on every response.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The ids of one request, set by [`ids`] for every request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestIds {
+    /// From `X-Correlation-ID`, or new.
+    pub correlation_id: Uuid,
+    /// From `X-Request-ID` when it is a UUID, or new.
+    pub request_id: Uuid,
+}
+
+/// Middleware: reads or makes the request's ids, and echoes them on the response.
+pub async fn ids(mut req: Request, next: Next) -> Response {
+    let correlation_id = match req.headers().get(&CORRELATION_ID) {
+        None => Uuid::now_v7(),
+        Some(value) => match value.to_str().ok().and_then(|v| Uuid::parse_str(v.trim()).ok()) {
+            Some(id) => id,
+            None => {
+                return ApiError::BadRequest {
+                    code: "invalid_correlation_id",
+                    message: "X-Correlation-ID must be a UUID".into(),
+                }
+                .into_response();
+            }
+        },
+    };
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v.trim()).ok())
+        .unwrap_or_else(Uuid::now_v7);
+    req.extensions_mut().insert(RequestIds {
+        correlation_id,
+        request_id,
+    });
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    for (name, id) in [(&CORRELATION_ID, correlation_id), (&REQUEST_ID, request_id)] {
+        let value = HeaderValue::from_str(&id.to_string()).expect("a UUID is a header value");
+        headers.insert(name.clone(), value);
+    }
+    response
+}
+
+/// Everything about a request that its events carry, minus who the caller is.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    ids: RequestIds,
+    ip_address: String,
+    user_agent: String,
+    traceparent: Option<String>,
+    now: DateTime<Utc>,
+}
+
+impl RequestMeta {
+    /// The events' context for this request made by `caller`.
+    pub fn events(&self, caller: &Caller) -> EventContext {
+        EventContext {
+            correlation_id: self.ids.correlation_id,
+            request_id: self.ids.request_id,
+            actor: Actor {
+                user_id: caller.user_id,
+                user_type: caller.role.as_str().to_owned(),
+                ip_address: self.ip_address.clone(),
+                user_agent: self.user_agent.clone(),
+            },
+            traceparent: self.traceparent.clone(),
+            now: self.now,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ids = parts
+            .extensions
+            .get::<RequestIds>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal("request ids middleware is not installed".into()))?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let ip_address = match peer {
+            Some(peer) => client_ip(peer, &parts.headers, &state.trusted_proxies).to_string(),
+            None => "unknown".to_owned(),
+        };
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(RequestMeta {
+            ids,
+            ip_address,
+            user_agent: header(axum::http::header::USER_AGENT.as_str()).unwrap_or_default(),
+            traceparent: header("traceparent").filter(|t| is_traceparent(t)),
+            now: now_millis(),
+        })
+    }
+}
+
+/// Now, to the millisecond: the precision timestamps are stored with.
+pub fn now_millis() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in which case the last
+/// `X-Forwarded-For` hop that is not itself a trusted proxy.
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// A W3C trace context `traceparent`: `version-traceid-parentid-flags` in lower-case hex.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let from_proxy: IpAddr = "10.1.1.1".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        let headers = xff("198.51.100.7, 10.2.2.2");
+        assert_eq!(client_ip(from_proxy, &headers, &trusted).to_string(), "198.51.100.7");
+        assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
+        assert_eq!(client_ip(from_proxy, &HeaderMap::new(), &trusted), from_proxy);
+        // A client cannot hide behind a forged left-most entry: the right-most untrusted hop wins.
+        let forged = xff("1.2.3.4, 198.51.100.7");
+        assert_eq!(client_ip(from_proxy, &forged, &trusted).to_string(), "198.51.100.7");
+    }
+
+    #[test]
+    fn traceparent_format_is_checked() {
+        assert!(is_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        assert!(!is_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"));
+        assert!(!is_traceparent("garbage"));
+    }
+}

@@ -1,0 +1,66 @@
+//! The HTTP API: `/health` and `/ready` at the root, everything else under `/api/v1`.
+//!
+//! - [`orders`]: create, read, list, update, status, confirm, cancel, stock override.
+//! - [`chat`]: chat orders and chat links.
+//! - [`products`]: the stock view.
+//! - [`health`]: liveness and readiness.
+//! - [`json`], [`path`], [`context`]: how bodies, path ids and request metadata are read.
+
+pub mod chat;
+pub mod context;
+pub mod health;
+pub mod json;
+pub mod orders;
+pub mod path;
+pub mod products;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use ipnet::IpNet;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Token verification.
+    pub auth: Arc<Auth>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .merge(orders::router())
+        .merge(chat::router())
+        .merge(products::router());
+    Router::new()
+        .nest("/api/v1", v1)
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(context::ids))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}

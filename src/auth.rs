@@ -1,0 +1,257 @@
+//! Bearer tokens: HS256 JWTs with a subject, a role and an expiry.
+//!
+//! The algorithm is pinned to HS256, so a token that names another algorithm (`none` included) is
+//! refused before its signature is looked at. `iss` and `aud` are checked when configured.
+
+use std::fmt;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::AppState;
+use crate::error::ApiError;
+
+/// The shortest secret accepted: HS256 is only as strong as its key.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Who a caller is to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Staff: may do everything.
+    Admin,
+    /// Other services (payment, inventory): status changes and stock.
+    System,
+    /// A shopper: its own orders only.
+    Customer,
+    /// The chat assistant: chat orders and chat links.
+    Ai,
+}
+
+impl Role {
+    /// The name used in tokens and in audit events' `user_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::System => "system",
+            Role::Customer => "customer",
+            Role::Ai => "ai",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The claims this service reads and writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: String,
+    exp: u64,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Why the auth settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The secret is too short.
+    #[error(
+        "AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {0}; `make run` generates a development secret"
+    )]
+    SecretTooShort(usize),
+}
+
+/// Verifies and issues tokens.
+#[derive(Clone)]
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Auth with this secret, and the issuer and audience tokens must name when given.
+    pub fn new(
+        secret: &str,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Auth, AuthConfigError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(AuthConfigError::SecretTooShort(secret.len()));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Auth {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+            issuer,
+            audience,
+        })
+    }
+
+    /// A signed token for `sub` in `role`, valid for `ttl`.
+    pub fn issue(&self, sub: Uuid, role: Role, ttl: Duration) -> String {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let claims = Claims {
+            sub: sub.to_string(),
+            role: role.as_str().to_owned(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing does not fail")
+    }
+
+    /// The caller behind a token, or why the token is refused.
+    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::InvalidSignature => "the token's signature is not valid",
+                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                    ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+                    ErrorKind::InvalidAudience => "the token's audience is not accepted",
+                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    _ => "the token is malformed",
+                };
+                ApiError::Unauthorized(why.to_owned())
+            })?;
+        let user_id = Uuid::parse_str(&data.claims.sub)
+            .map_err(|_| ApiError::Unauthorized("the token's subject is not a UUID".into()))?;
+        let role = match data.claims.role.as_str() {
+            "admin" => Role::Admin,
+            "system" => Role::System,
+            "customer" => Role::Customer,
+            "ai" => Role::Ai,
+            other => {
+                return Err(ApiError::Unauthorized(format!(
+                    "the token's role `{other}` is not one of admin, system, customer, ai"
+                )));
+            }
+        };
+        Ok(Caller { user_id, role })
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's subject.
+    pub user_id: Uuid,
+    /// The token's role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Ok when the caller has one of `roles`, else 403.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            Err(ApiError::Forbidden(format!(
+                "role `{}` may not do this; allowed: {}",
+                self.role,
+                allowed.join(", ")
+            )))
+        }
+    }
+
+    /// Whether the caller is this customer.
+    pub fn is_customer(&self, customer_id: Uuid) -> bool {
+        self.role == Role::Customer && self.user_id == customer_id
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+            })?;
+        state.auth.verify(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn refuses_short_secrets() {
+        assert!(Auth::new("short", None, None).is_err());
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_carry_role() {
+        let auth = Auth::new(SECRET, Some("shop".into()), Some("orders".into())).unwrap();
+        let sub = Uuid::now_v7();
+        let caller = auth
+            .verify(&auth.issue(sub, Role::Ai, Duration::from_secs(60)))
+            .unwrap();
+        assert_eq!(caller, Caller { user_id: sub, role: Role::Ai });
+    }
+
+    #[test]
+    fn refuses_other_issuers_and_secrets() {
+        let a = Auth::new(SECRET, Some("shop".into()), None).unwrap();
+        let b = Auth::new(SECRET, Some("elsewhere".into()), None).unwrap();
+        let c = Auth::new("ffffffffffffffffffffffffffffffff", Some("shop".into()), None).unwrap();
+        let token = b.issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(60));
+        assert!(a.verify(&token).is_err());
+        let token = c.issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(60));
+        assert!(a.verify(&token).is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! The command line and its environment variables.
+//!
+//! Every setting can come from a flag or from the environment variable named beside it; the names
+//! follow the contract's (`EVENT_OUTBOX_*`) where it has one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use uuid::Uuid;
+
+use crate::auth::Role;
+use crate::store::Synchronous;
+
+/// order-service: orders over HTTP, kept in SQLite, every event published through an outbox.
+#[derive(Debug, Parser)]
+#[command(name = "order-service", version, about)]
+pub struct Cli {
+    /// The service's settings (used by `serve` and `token`).
+    #[command(flatten)]
+    pub config: Config,
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Print a signed bearer token for the configured secret.
+    Token(TokenArgs),
+    /// Print the JSON Schema of a topic's messages, or write every topic's into a folder.
+    Schema(SchemaArgs),
+}
+
+/// Arguments of `token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The role the token grants.
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// The subject (user id); a new UUIDv7 when omitted.
+    #[arg(long)]
+    pub sub: Option<Uuid>,
+    /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Arguments of `schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// The topic, e.g. `order.created`.
+    #[arg(required_unless_present = "out")]
+    pub topic: Option<String>,
+    /// Write every topic's schema as `<topic>.json` into this folder instead.
+    #[arg(long, conflicts_with = "topic")]
+    pub out: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The service's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8081")]
+    pub http_addr: SocketAddr,
+
+    /// The SQLite database file; its folder is created when missing.
+    #[arg(long, env = "DATABASE_PATH", default_value = "./data/order-service.db")]
+    pub database_path: PathBuf,
+
+    /// SQLite `synchronous` for writes. FULL makes every answered 201 survive power loss.
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "FULL", ignore_case = true)]
+    pub sqlite_synchronous: Synchronous,
+
+    /// HS256 secret for bearer tokens, at least 32 bytes.
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
+
+    /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is believed for audit.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is neither an IP address nor a CIDR block"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_blocks() {
+        assert_eq!(parse_net("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(parse_net(" 10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert!(parse_net("proxy").is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! The one error type of the HTTP API and its JSON shape.
+//!
+//! Every rejection answers `{"error": code, "message": ..., "details": ...}` with a 4xx status.
+//! A 5xx is logged with its cause, and the client sees only that something failed on our side.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::domain::OrderError;
+use crate::store::StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request cannot be read (malformed JSON, a bad path or query parameter).
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// 401: no valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: valid credentials, not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource, or not one the caller may see.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists, the method does not.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// 409: the request conflicts with the resource's current state.
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What conflicts.
+        message: String,
+        /// Facts the client needs to resolve it.
+        details: Value,
+    },
+    /// 413: the body is larger than allowed.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// 415: the body is not `application/json`.
+    #[error("the request body must be sent as Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 422: well-formed JSON whose content is not acceptable.
+    #[error("{message}")]
+    Unprocessable {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+        /// Where: usually `{"field": "items[0].quantity"}`.
+        details: Value,
+    },
+    /// 500: our failure; the cause is logged, not answered.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 about one field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable {
+            code: "invalid_field",
+            message: message.into(),
+            details: json!({ "field": field }),
+        }
+    }
+
+    /// A 404 for an order that does not exist or that the caller may not see; the two are
+    /// answered alike so that order ids cannot be probed.
+    pub fn order_not_found(order_id: uuid::Uuid) -> ApiError {
+        ApiError::NotFound(format!("no order {order_id}"))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Unprocessable { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (message, details) = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                ("the request failed on our side; it was not applied".to_owned(), Value::Null)
+            }
+            ApiError::Conflict { details, .. } | ApiError::Unprocessable { details, .. } => {
+                (self.to_string(), details.clone())
+            }
+            ApiError::PayloadTooLarge { limit } => {
+                (self.to_string(), json!({ "limit_bytes": limit }))
+            }
+            _ => (self.to_string(), Value::Null),
+        };
+        let mut response = (
+            status,
+            Json(json!({ "error": self.code(), "message": message, "details": details })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> ApiError {
+        ApiError::from(StoreError::from(e))
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            OrderError::InvalidTransition { from, to } => ApiError::Conflict {
+                code: "invalid_status_transition",
+                message,
+                details: json!({ "current_status": from, "requested_status": to }),
+            },
+            OrderError::NotPending(status) => ApiError::Conflict {
+                code: "order_not_pending",
+                message,
+                details: json!({ "current_status": status }),
+            },
+            OrderError::NoItems => unprocessable("no_items", message),
+            OrderError::TooManyItems(_) => unprocessable("too_many_items", message),
+            OrderError::DuplicateProduct(id) => ApiError::Unprocessable {
+                code: "duplicate_product",
+                message,
+                details: json!({ "product_id": id }),
+            },
+            OrderError::TotalTooLarge => unprocessable("total_too_large", message),
+            OrderError::UnknownProduct(id) => ApiError::Unprocessable {
+                code: "unknown_product",
+                message,
+                details: json!({ "product_id": id }),
+            },
+            OrderError::ProductAlreadyInOrder(id) => ApiError::Unprocessable {
+                code: "product_already_in_order",
+                message,
+                details: json!({ "product_id": id }),
+            },
+        }
+    }
+}
+
+fn unprocessable(code: &'static str, message: String) -> ApiError {
+    ApiError::Unprocessable {
+        code,
+        message,
+        details: Value::Null,
+    }
+}

@@ -1,0 +1,80 @@
+//! Chat origins of orders and links between orders and chat conversations.
+
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+use uuid::Uuid;
+
+use super::{StoreError, Tx, timestamp};
+use crate::domain::events::CustomerPreferences;
+
+/// How a chat-created order came about.
+#[derive(Debug, Clone)]
+pub struct ChatOrigin {
+    /// The conversation.
+    pub chat_id: Uuid,
+    /// The order template the assistant used.
+    pub template_used: String,
+    /// The assistant's confidence, 0 to 1.
+    pub ai_confidence: f64,
+    /// Delivery and contact preferences captured in the chat.
+    pub customer_preferences: CustomerPreferences,
+    /// Whether the customer still has to confirm.
+    pub requires_confirmation: bool,
+}
+
+/// Records that `order_id` was created from a chat.
+pub fn insert_origin(tx: &Tx<'_>, order_id: Uuid, chat: &ChatOrigin) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO chat_orders (order_id, chat_id, template_used, ai_confidence, delivery_speed,
+            communication_method, requires_confirmation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            order_id.to_string(),
+            chat.chat_id.to_string(),
+            chat.template_used,
+            chat.ai_confidence,
+            chat.customer_preferences.delivery_speed,
+            chat.customer_preferences.communication_method,
+            chat.requires_confirmation,
+        ],
+    )?;
+    Ok(())
+}
+
+/// A link between an order and a chat conversation.
+#[derive(Debug, Clone)]
+pub struct ChatLink {
+    /// The link's id.
+    pub link_id: Uuid,
+    /// The order.
+    pub order_id: Uuid,
+    /// The conversation.
+    pub chat_id: Uuid,
+    /// support, inquiry or complaint.
+    pub link_type: String,
+    /// What the conversation is about.
+    pub context: String,
+    /// Who linked them.
+    pub linked_by: Uuid,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a chat link.
+pub fn insert_link(tx: &Tx<'_>, link: &ChatLink) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO order_chat_links (link_id, order_id, chat_id, link_type, context, linked_by,
+            created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            link.link_id.to_string(),
+            link.order_id.to_string(),
+            link.chat_id.to_string(),
+            link.link_type,
+            link.context,
+            link.linked_by.to_string(),
+            timestamp(link.created_at),
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! SQLite: opening the database, its pragmas and migrations, the one writer, and the readers.
+//!
+//! - [`writer`]: the thread that owns the write connection and commits commands in groups.
+//! - [`orders`]: orders and their items.
+//! - [`products`]: the local stock view.
+//! - [`chat`]: chat origins of orders and chat links.
+//! - [`outbox`]: the transactional outbox `order_events_outbox`.
+//!
+//! Store functions that change data take a [`Tx`], the open write transaction, so every change a
+//! command makes (order rows and outbox rows alike) commits or rolls back together.
+
+pub mod chat;
+pub mod orders;
+pub mod outbox;
+pub mod products;
+pub mod writer;
+
+use std::cell::Cell;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+use tokio::sync::Notify;
+
+pub use writer::Writer;
+
+/// The migrations in `migrations/`, applied in order; SQLite's `user_version` records how many ran.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_orders.sql",
+    include_str!("../../migrations/0001_orders.sql"),
+)];
+
+/// How long a connection waits for a lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many commands may share one transaction.
+const GROUP_COMMIT_MAX: usize = 64;
+
+/// SQLite's `synchronous` setting for the write connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "UPPER")]
+pub enum Synchronous {
+    /// No fsync: fastest, an OS crash or power loss can lose committed orders.
+    Off,
+    /// fsync at checkpoints only: in WAL mode a power loss can lose the last commits.
+    Normal,
+    /// fsync on every commit: an answered 201 survives power loss (the default).
+    Full,
+    /// FULL plus an fsync of the directory after unlinking a journal.
+    Extra,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+/// What went wrong in the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The transaction could not be committed, so nothing in it was stored.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// No reader connection could be had.
+    #[error("reader pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// Applying the migrations failed.
+    #[error("migrations: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// Creating the database's folder or the writer thread failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The writer thread is gone (the service is stopping).
+    #[error("the database writer has stopped")]
+    WriterGone,
+    /// A command panicked; it was rolled back.
+    #[error("a write command panicked and was rolled back")]
+    CommandPanicked,
+    /// A blocking read task failed.
+    #[error("read task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// A stored value could not be read back.
+    #[error("corrupt value in column {column}: {value}")]
+    Corrupt {
+        /// The column.
+        column: &'static str,
+        /// What was found there.
+        value: String,
+    },
+}
+
+/// The open write transaction a command runs in.
+pub struct Tx<'c> {
+    conn: &'c Connection,
+    /// Set by [`outbox::enqueue`], so the writer knows to wake the relay after the commit.
+    wrote_outbox: Cell<bool>,
+}
+
+impl<'c> Tx<'c> {
+    fn new(conn: &'c Connection) -> Tx<'c> {
+        Tx {
+            conn,
+            wrote_outbox: Cell::new(false),
+        }
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+/// Where and how to open the database.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The database file; its folder is created when missing.
+    pub path: PathBuf,
+    /// `synchronous` for the write connection.
+    pub synchronous: Synchronous,
+    /// How many reader connections to keep.
+    pub readers: u32,
+}
+
+/// The database: one writer, a pool of readers, and the outbox wake-up.
+#[derive(Clone)]
+pub struct Store {
+    writer: Writer,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    outbox_committed: Arc<Notify>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies the migrations and starts the writer.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = Connection::open(&config.path)?;
+        write_pragmas(&conn, config.synchronous)?;
+        migrate(&mut conn)?;
+
+        let outbox_committed = Arc::new(Notify::new());
+        let writer = Writer::spawn(conn, GROUP_COMMIT_MAX, outbox_committed.clone())?;
+        let readers = r2d2::Pool::builder()
+            .max_size(config.readers.max(1))
+            .build(SqliteConnectionManager::file(&config.path).with_init(read_pragmas))?;
+        Ok(Store {
+            writer,
+            readers,
+            outbox_committed,
+        })
+    }
+
+    /// Runs `command` in a write transaction; see [`Writer::write`].
+    pub async fn write<T, E, F>(&self, command: F) -> Result<T, E>
+    where
+        F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.writer.write(command).await
+    }
+
+    /// Runs `query` on a reader connection, off the async threads.
+    pub async fn read<T, E, F>(&self, query: F) -> Result<T, E>
+    where
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.get().map_err(StoreError::from)?;
+            query(&conn)
+        })
+        .await
+        .map_err(StoreError::from)?
+    }
+
+    /// Notified after each commit that wrote outbox rows: the relay's wake-up.
+    pub fn outbox_committed(&self) -> Arc<Notify> {
+        self.outbox_committed.clone()
+    }
+}
+
+/// The migrations, for the writer at start-up and for tests.
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrations().to_latest(conn)?;
+    Ok(())
+}
+
+fn write_pragmas(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", synchronous.pragma())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn read_pragmas(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Readers never write: a bug that tries fails loudly instead of racing the writer.
+    conn.pragma_update(None, "query_only", "ON")?;
+    Ok(())
+}
+
+/// A timestamp as stored: RFC 3339 UTC with milliseconds, which sorts as text.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Reads back a stored timestamp.
+pub fn parse_timestamp(column: &'static str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt {
+            column,
+            value: text.to_owned(),
+        })
+}
+
+/// Reads back a stored UUID.
+pub fn parse_uuid(column: &'static str, text: &str) -> Result<uuid::Uuid, StoreError> {
+    uuid::Uuid::parse_str(text).map_err(|_| StoreError::Corrupt {
+        column,
+        value: text.to_owned(),
+    })
+}
+
+/// The migration file names in application order.
+pub fn migration_names() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS.iter().map(|(name, _)| *name)
+}
+
+/// Checks that the database answers a query: the readiness check.
+pub fn ping(conn: &Connection) -> Result<(), StoreError> {
+    conn.query_row("SELECT 1", [], |_| Ok(()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn migrations_are_valid_and_list_every_file() {
+        migrations().validate().unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = migration_names().collect();
+        assert_eq!(files, listed, "every migration file is listed, in order");
+    }
+}
