@@ -111,7 +111,7 @@ fn data_error(path: &str, err: &serde_json::Error) -> ApiError {
         .and_then(|rest| rest.split('`').next())
     {
         // The path already ends in the unknown field's name.
-        let field = if path == "." { name } else { path };
+        let field = if path == "." { name.to_owned() } else { path.to_owned() };
         return if READ_ONLY_FIELDS.contains(&name) {
             ApiError::Unprocessable {
                 code: "read_only_field",
