@@ -82,7 +82,10 @@ pub async fn run(
 }
 
 fn auth(config: &Config) -> Result<Auth, AppError> {
-    let secret = config.auth_jwt_secret.as_deref().ok_or(AppError::NoSecret)?;
+    let secret = config
+        .auth_jwt_secret
+        .as_deref()
+        .ok_or(AppError::NoSecret)?;
     Ok(Auth::new(
         secret,
         config.auth_jwt_issuer.clone(),
@@ -110,7 +113,10 @@ fn schema(args: &SchemaArgs) -> Result<(), AppError> {
     let name = args.topic.as_deref().unwrap_or_default();
     let topic = Topic::parse(name).ok_or_else(|| {
         let known: Vec<&str> = Topic::ALL.iter().map(|t| t.as_str()).collect();
-        AppError::Usage(format!("unknown topic `{name}`; topics: {}", known.join(", ")))
+        AppError::Usage(format!(
+            "unknown topic `{name}`; topics: {}",
+            known.join(", ")
+        ))
     })?;
     print!("{}", render(topic));
     Ok(())

@@ -103,7 +103,11 @@ impl Auth {
             return Err(AuthConfigError::SecretTooShort(secret.len()));
         }
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not merely right when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(issuer.as_ref().map(|_| "iss"));
+        required.extend(audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -241,14 +245,25 @@ mod tests {
         let caller = auth
             .verify(&auth.issue(sub, Role::Ai, Duration::from_secs(60)))
             .unwrap();
-        assert_eq!(caller, Caller { user_id: sub, role: Role::Ai });
+        assert_eq!(
+            caller,
+            Caller {
+                user_id: sub,
+                role: Role::Ai
+            }
+        );
     }
 
     #[test]
     fn refuses_other_issuers_and_secrets() {
         let a = Auth::new(SECRET, Some("shop".into()), None).unwrap();
         let b = Auth::new(SECRET, Some("elsewhere".into()), None).unwrap();
-        let c = Auth::new("ffffffffffffffffffffffffffffffff", Some("shop".into()), None).unwrap();
+        let c = Auth::new(
+            "ffffffffffffffffffffffffffffffff",
+            Some("shop".into()),
+            None,
+        )
+        .unwrap();
         let token = b.issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(60));
         assert!(a.verify(&token).is_err());
         let token = c.issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(60));

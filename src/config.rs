@@ -83,7 +83,13 @@ pub struct Config {
     pub database_path: PathBuf,
 
     /// SQLite `synchronous` for writes. FULL makes every answered 201 survive power loss.
-    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "FULL", ignore_case = true)]
+    #[arg(
+        long,
+        env = "SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "FULL",
+        ignore_case = true
+    )]
     pub sqlite_synchronous: Synchronous,
 
     /// HS256 secret for bearer tokens, at least 32 bytes.

@@ -126,7 +126,10 @@ impl IntoResponse for ApiError {
         let (message, details) = match &self {
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "request failed");
-                ("the request failed on our side; it was not applied".to_owned(), Value::Null)
+                (
+                    "the request failed on our side; it was not applied".to_owned(),
+                    Value::Null,
+                )
             }
             ApiError::Conflict { details, .. } | ApiError::Unprocessable { details, .. } => {
                 (self.to_string(), details.clone())

@@ -4,14 +4,14 @@
 //! JetStream through a transactional outbox.
 //!
 //! # Layout
-//! - [`app`]: builds everything production builds and runs it until shutdown.
-//! - [`config`]: the command line and its environment variables.
-//! - [`telemetry`]: logging.
-//! - [`auth`]: bearer tokens and roles.
-//! - [`error`]: the API's error type and JSON error shape.
-//! - [`api`]: the HTTP routes, one module per resource.
-//! - [`domain`]: orders, money and the ten events, without IO.
-//! - [`store`]: SQLite: the writer, the readers, orders and the outbox.
+//! - [`app`] — builds everything production builds and runs it until shutdown.
+//! - [`config`] — the command line and its environment variables.
+//! - [`telemetry`] — logging.
+//! - [`auth`] — bearer tokens and roles.
+//! - [`error`] — the API's error type and JSON error shape.
+//! - [`api`] — the HTTP routes, one module per resource.
+//! - [`domain`] — orders, money and the ten events, without IO.
+//! - [`store`] — SQLite: the writer, the readers, orders and the outbox.
 
 pub mod api;
 pub mod app;

@@ -16,7 +16,9 @@ use super::json::AppJson;
 use super::orders::{NewOrder, OverrideRequest, audit, place, visible};
 use super::path::OrderId;
 use crate::auth::{Caller, Role};
-use crate::domain::events::{AuditChange, ChatOrderCreated, CustomerPreferences, OrderLinkedToChat};
+use crate::domain::events::{
+    AuditChange, ChatOrderCreated, CustomerPreferences, OrderLinkedToChat,
+};
 use crate::domain::{Address, Currency, Events, Item, Order, SourceChannel, Text};
 use crate::error::ApiError;
 use crate::store::chat::{ChatLink, ChatOrigin, insert_link};
@@ -64,7 +66,10 @@ async fn create(
     if !(0.0..=1.0).contains(&body.ai_confidence) {
         return Err(ApiError::invalid_field(
             "ai_confidence",
-            format!("ai_confidence must be between 0 and 1, got {}", body.ai_confidence),
+            format!(
+                "ai_confidence must be between 0 and 1, got {}",
+                body.ai_confidence
+            ),
         ));
     }
     if matches!(body.source_channel, Some(c) if c != SourceChannel::Chat) {

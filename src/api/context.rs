@@ -35,7 +35,11 @@ pub struct RequestIds {
 pub async fn ids(mut req: Request, next: Next) -> Response {
     let correlation_id = match req.headers().get(&CORRELATION_ID) {
         None => Uuid::now_v7(),
-        Some(value) => match value.to_str().ok().and_then(|v| Uuid::parse_str(v.trim()).ok()) {
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| Uuid::parse_str(v.trim()).ok())
+        {
             Some(id) => id,
             None => {
                 return ApiError::BadRequest {
@@ -159,7 +163,9 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
     let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     parts.len() >= 4
         && hex(parts[0], 2)
@@ -187,18 +193,31 @@ mod tests {
         let from_proxy: IpAddr = "10.1.1.1".parse().unwrap();
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
         let headers = xff("198.51.100.7, 10.2.2.2");
-        assert_eq!(client_ip(from_proxy, &headers, &trusted).to_string(), "198.51.100.7");
+        assert_eq!(
+            client_ip(from_proxy, &headers, &trusted).to_string(),
+            "198.51.100.7"
+        );
         assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
-        assert_eq!(client_ip(from_proxy, &HeaderMap::new(), &trusted), from_proxy);
+        assert_eq!(
+            client_ip(from_proxy, &HeaderMap::new(), &trusted),
+            from_proxy
+        );
         // A client cannot hide behind a forged left-most entry: the right-most untrusted hop wins.
         let forged = xff("1.2.3.4, 198.51.100.7");
-        assert_eq!(client_ip(from_proxy, &forged, &trusted).to_string(), "198.51.100.7");
+        assert_eq!(
+            client_ip(from_proxy, &forged, &trusted).to_string(),
+            "198.51.100.7"
+        );
     }
 
     #[test]
     fn traceparent_format_is_checked() {
-        assert!(is_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
-        assert!(!is_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"));
+        assert!(is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        assert!(!is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"
+        ));
         assert!(!is_traceparent("garbage"));
     }
 }

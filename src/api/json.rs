@@ -111,7 +111,11 @@ fn data_error(path: &str, err: &serde_json::Error) -> ApiError {
         .and_then(|rest| rest.split('`').next())
     {
         // The path already ends in the unknown field's name.
-        let field = if path == "." { name.to_owned() } else { path.to_owned() };
+        let field = if path == "." {
+            name.to_owned()
+        } else {
+            path.to_owned()
+        };
         return if READ_ONLY_FIELDS.contains(&name) {
             ApiError::Unprocessable {
                 code: "read_only_field",
@@ -169,9 +173,15 @@ mod tests {
         let (c, _) = code(parse::<Body>(b"{").unwrap_err());
         assert_eq!(c, "malformed_json");
         let (c, d) = code(parse::<Body>(br#"{"items":[{"quantity":-1}]}"#).unwrap_err());
-        assert_eq!((c, d["field"].as_str()), ("invalid_field", Some("items[0].quantity")));
+        assert_eq!(
+            (c, d["field"].as_str()),
+            ("invalid_field", Some("items[0].quantity"))
+        );
         let (c, d) = code(parse::<Body>(br#"{"items":[],"status":"paid"}"#).unwrap_err());
-        assert_eq!((c, d["field"].as_str()), ("read_only_field", Some("status")));
+        assert_eq!(
+            (c, d["field"].as_str()),
+            ("read_only_field", Some("status"))
+        );
         let (c, _) = code(parse::<Body>(br#"{"items":[],"colour":1}"#).unwrap_err());
         assert_eq!(c, "unknown_field");
         let (c, _) = code(parse::<Body>(br#"{"items":[]} trailing"#).unwrap_err());

@@ -1,10 +1,10 @@
 //! The HTTP API: `/health` and `/ready` at the root, everything else under `/api/v1`.
 //!
-//! - [`orders`]: create, read, list, update, status, confirm, cancel, stock override.
-//! - [`chat`]: chat orders and chat links.
-//! - [`products`]: the stock view.
-//! - [`health`]: liveness and readiness.
-//! - [`json`], [`path`], [`context`]: how bodies, path ids and request metadata are read.
+//! - [`orders`] — create, read, list, update, status, confirm, cancel, stock override.
+//! - [`chat`] — chat orders and chat links.
+//! - [`products`] — the stock view.
+//! - [`health`] — liveness and readiness.
+//! - [`json`], [`path`], [`context`] — how bodies, path ids and request metadata are read.
 
 pub mod chat;
 pub mod context;

@@ -157,9 +157,7 @@ pub async fn place(
     let source_channel = match (&chat, body.source_channel) {
         (Some(_), _) => SourceChannel::Chat,
         (None, Some(SourceChannel::Admin)) if caller.role == Role::Customer => {
-            return Err(ApiError::Forbidden(
-                "the admin channel is for staff".into(),
-            ));
+            return Err(ApiError::Forbidden("the admin channel is for staff".into()));
         }
         (None, channel) => channel.unwrap_or_default(),
     };
@@ -209,13 +207,7 @@ pub async fn place(
                 &how,
             ));
             if let (Some(approval), false) = (stock_override, overridden.is_empty()) {
-                events.push(record_overrides(
-                    tx,
-                    &order,
-                    &ctx,
-                    &approval,
-                    overridden,
-                )?);
+                events.push(record_overrides(tx, &order, &ctx, &approval, overridden)?);
             }
             outbox::enqueue(tx, &events.into_vec())?;
             Ok::<_, ApiError>(order)
@@ -269,12 +261,7 @@ fn take_stock(
         return Err(insufficient_stock(&short));
     }
     for item in &order.items {
-        products::adjust(
-            tx,
-            item.product_id,
-            -i64::from(item.quantity.get()),
-            now,
-        )?;
+        products::adjust(tx, item.product_id, -i64::from(item.quantity.get()), now)?;
     }
     Ok(short)
 }
@@ -498,15 +485,17 @@ async fn update(
     AppJson(patch): AppJson<OrderPatch>,
 ) -> Result<Json<OrderView>, ApiError> {
     caller.require(&[Role::Customer, Role::Admin])?;
-    let revision = patch.items.map_or_else(ItemRevision::default, |p| ItemRevision {
-        add: p.add,
-        remove: p.remove,
-        modify: p
-            .modify
-            .into_iter()
-            .map(|m| (m.product_id, m.quantity))
-            .collect(),
-    });
+    let revision = patch
+        .items
+        .map_or_else(ItemRevision::default, |p| ItemRevision {
+            add: p.add,
+            remove: p.remove,
+            modify: p
+                .modify
+                .into_iter()
+                .map(|m| (m.product_id, m.quantity))
+                .collect(),
+        });
     let address = patch.shipping_address;
     if revision.is_empty() && address.is_none() {
         return Err(ApiError::Unprocessable {
@@ -656,7 +645,9 @@ async fn change_status(
         Status::Cancelled => {
             return Err(ApiError::Unprocessable {
                 code: "use_cancel",
-                message: "cancel an order with POST /api/v1/orders/{id}/cancel, which restocks its items".into(),
+                message:
+                    "cancel an order with POST /api/v1/orders/{id}/cancel, which restocks its items"
+                        .into(),
                 details: json!({ "field": "status" }),
             });
         }
@@ -688,7 +679,13 @@ async fn change_status(
 }
 
 /// `order.status_changed` for a step from `from` to the order's status.
-fn status_changed(order: &Order, from: Status, reason: &str, by: Uuid, automatic: bool) -> OrderStatusChanged {
+fn status_changed(
+    order: &Order,
+    from: Status,
+    reason: &str,
+    by: Uuid,
+    automatic: bool,
+) -> OrderStatusChanged {
     OrderStatusChanged {
         order_id: order.order_id,
         order_number: order.order_number.clone(),
@@ -717,7 +714,13 @@ fn push_status_events(
     push_status_audit(events, order, from, reason, action);
 }
 
-fn push_status_audit(events: &mut Events<'_>, order: &Order, from: Status, reason: &str, action: &str) {
+fn push_status_audit(
+    events: &mut Events<'_>,
+    order: &Order,
+    from: Status,
+    reason: &str,
+    action: &str,
+) {
     let event = audit(
         order,
         events.context(),
@@ -787,7 +790,13 @@ async fn confirm(
             order.updated_at = ctx.now;
             orders::save(tx, &order)?;
             let mut events = Events::new(&ctx);
-            events.push(status_changed(&order, from, &reason, caller.user_id, automatic));
+            events.push(status_changed(
+                &order,
+                from,
+                &reason,
+                caller.user_id,
+                automatic,
+            ));
             events.push(OrderConfirmed {
                 order_id: order.order_id,
                 order_number: order.order_number.clone(),
@@ -799,7 +808,11 @@ async fn confirm(
                 estimated_fulfillment_date: fulfillment,
             });
             push_status_audit(&mut events, &order, from, &reason, "confirm");
-            events.push(OrderStatisticsUpdated::after(Topic::Confirmed, &order, ctx.now));
+            events.push(OrderStatisticsUpdated::after(
+                Topic::Confirmed,
+                &order,
+                ctx.now,
+            ));
             outbox::enqueue(tx, &events.into_vec())?;
             Ok::<_, ApiError>(order)
         })
@@ -850,7 +863,13 @@ async fn cancel(
             // Money was taken only if payment was confirmed; the caller may say otherwise.
             let refund_required = body.refund_required.unwrap_or(order.payment_confirmed);
             let mut events = Events::new(&ctx);
-            events.push(status_changed(&order, from, &reason, caller.user_id, automatic));
+            events.push(status_changed(
+                &order,
+                from,
+                &reason,
+                caller.user_id,
+                automatic,
+            ));
             events.push(OrderCancelled {
                 order_id: order.order_id,
                 order_number: order.order_number.clone(),
@@ -869,7 +888,11 @@ async fn cancel(
                     .collect(),
             });
             push_status_audit(&mut events, &order, from, &reason, "cancel");
-            events.push(OrderStatisticsUpdated::after(Topic::Cancelled, &order, ctx.now));
+            events.push(OrderStatisticsUpdated::after(
+                Topic::Cancelled,
+                &order,
+                ctx.now,
+            ));
             outbox::enqueue(tx, &events.into_vec())?;
             Ok::<_, ApiError>(order)
         })
@@ -935,7 +958,11 @@ async fn override_stock(
                         ),
                     ));
                 }
-                short.push((item, stock.get(&item.product_id).copied(), wanted.override_quantity));
+                short.push((
+                    item,
+                    stock.get(&item.product_id).copied(),
+                    wanted.override_quantity,
+                ));
             }
             let approval = OverrideDetails {
                 reason: body.reason.to_string(),

@@ -680,7 +680,10 @@ mod tests {
         assert_eq!(meta(1)["causation_id"], first.to_string());
         assert_eq!(meta(1)["correlation_id"], ctx.correlation_id.to_string());
         assert_eq!(list[0].key, order_id);
-        assert_eq!(list[0].headers[0], ("Nats-Msg-Id".into(), first.to_string()));
+        assert_eq!(
+            list[0].headers[0],
+            ("Nats-Msg-Id".into(), first.to_string())
+        );
         assert!(list[0].headers.iter().any(|(k, _)| k == "traceparent"));
     }
 

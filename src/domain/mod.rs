@@ -1,11 +1,11 @@
 //! The order domain, free of IO: orders and the rules they keep, money, and the events that
 //! changes produce.
 //!
-//! - [`money`]: amounts in integer minor units, written with two decimals.
-//! - [`text`]: client text that is never blank and never too long.
-//! - [`order`]: the order, its items, address and status machine.
-//! - [`revision`]: changing a pending order's items.
-//! - [`events`]: the ten events of the contract, their envelope and the outbox form.
+//! - [`money`] — amounts in integer minor units, written with two decimals.
+//! - [`text`] — client text that is never blank and never too long.
+//! - [`order`] — the order, its items, address and status machine.
+//! - [`revision`] — changing a pending order's items.
+//! - [`events`] — the ten events of the contract, their envelope and the outbox form.
 
 pub mod events;
 pub mod money;

@@ -157,8 +157,14 @@ mod tests {
             Money::parse("1.005"),
             Err(MoneyError::TooPrecise(_))
         ));
-        assert!(matches!(Money::parse("-1.00"), Err(MoneyError::Negative(_))));
-        assert!(matches!(Money::parse("1e2"), Err(MoneyError::NotDecimal(_))));
+        assert!(matches!(
+            Money::parse("-1.00"),
+            Err(MoneyError::Negative(_))
+        ));
+        assert!(matches!(
+            Money::parse("1e2"),
+            Err(MoneyError::NotDecimal(_))
+        ));
         assert!(matches!(Money::parse("1."), Err(MoneyError::NotDecimal(_))));
         assert!(matches!(Money::parse(".5"), Err(MoneyError::NotDecimal(_))));
         assert!(matches!(

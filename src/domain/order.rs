@@ -372,7 +372,10 @@ mod tests {
     fn items_must_be_few_unique_and_present() {
         assert_eq!(check_items(&[]), Err(OrderError::NoItems));
         let one = item(2, "100.00");
-        assert_eq!(check_items(std::slice::from_ref(&one)).unwrap().minor(), 20000);
+        assert_eq!(
+            check_items(std::slice::from_ref(&one)).unwrap().minor(),
+            20000
+        );
         assert!(matches!(
             check_items(&[one.clone(), one]),
             Err(OrderError::DuplicateProduct(_))

@@ -162,7 +162,10 @@ mod tests {
             remove: vec![a.product_id],
             ..Default::default()
         };
-        assert_eq!(revise_items(&pending, &remove_all).unwrap_err(), OrderError::NoItems);
+        assert_eq!(
+            revise_items(&pending, &remove_all).unwrap_err(),
+            OrderError::NoItems
+        );
         let unknown = ItemRevision {
             remove: vec![Uuid::now_v7()],
             ..Default::default()

@@ -1,10 +1,10 @@
 //! SQLite: opening the database, its pragmas and migrations, the one writer, and the readers.
 //!
-//! - [`writer`]: the thread that owns the write connection and commits commands in groups.
-//! - [`orders`]: orders and their items.
-//! - [`products`]: the local stock view.
-//! - [`chat`]: chat origins of orders and chat links.
-//! - [`outbox`]: the transactional outbox `order_events_outbox`.
+//! - [`writer`] — the thread that owns the write connection and commits commands in groups.
+//! - [`orders`] — orders and their items.
+//! - [`products`] — the local stock view.
+//! - [`chat`] — chat origins of orders and chat links.
+//! - [`outbox`] — the transactional outbox `order_events_outbox`.
 //!
 //! Store functions that change data take a [`Tx`], the open write transaction, so every change a
 //! command makes (order rows and outbox rows alike) commits or rolls back together.

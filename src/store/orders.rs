@@ -206,7 +206,10 @@ impl OrderRow {
     }
 }
 
-fn stored_text<const MAX: usize>(column: &'static str, value: &str) -> Result<Text<MAX>, StoreError> {
+fn stored_text<const MAX: usize>(
+    column: &'static str,
+    value: &str,
+) -> Result<Text<MAX>, StoreError> {
     Text::new(value).map_err(|_| StoreError::Corrupt {
         column,
         value: value.to_owned(),

@@ -1,0 +1,312 @@
+//! `spawn_app()`: the service on a free loopback port with a fresh database file, and what the
+//! tests need to talk to it and look inside its database.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::Duration;
+
+use order_service::auth::{Auth, Role};
+use order_service::config::{Config, LogFormat};
+use order_service::store::Synchronous;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The secret the test service signs with.
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+static TRACING: Once = Once::new();
+
+/// A running service.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The client, with keep-alive.
+    pub client: reqwest::Client,
+    /// The database file.
+    pub db_path: PathBuf,
+    auth: Auth,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The service's settings for a test, with its database in `dir`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_path: dir.join("orders.db"),
+        sqlite_synchronous: Synchronous::Full,
+        auth_jwt_secret: Some(SECRET.to_owned()),
+        auth_jwt_issuer: None,
+        auth_jwt_audience: None,
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        log_format: LogFormat::Text,
+    }
+}
+
+/// Starts the service with a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the service with a fresh database and settings changed by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            order_service::telemetry::init(LogFormat::Text);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let db_path = config.database_path.clone();
+    let auth = Auth::new(
+        config.auth_jwt_secret.as_deref().unwrap(),
+        config.auth_jwt_issuer.clone(),
+        config.auth_jwt_audience.clone(),
+    )
+    .unwrap();
+    let server = tokio::spawn(async move {
+        order_service::app::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the service runs");
+    });
+    let app = TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        db_path,
+        auth,
+        stop: Some(stop),
+        server: Some(server),
+        _dir: dir,
+    };
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    app
+}
+
+/// A caller: a role and a subject.
+#[derive(Debug, Clone, Copy)]
+pub struct User {
+    /// The subject.
+    pub id: Uuid,
+    /// The role.
+    pub role: Role,
+}
+
+impl User {
+    /// A new user in `role`.
+    pub fn new(role: Role) -> User {
+        User {
+            id: Uuid::now_v7(),
+            role,
+        }
+    }
+}
+
+impl TestApp {
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A valid token for `user`.
+    pub fn token(&self, user: User) -> String {
+        self.auth
+            .issue(user.id, user.role, Duration::from_secs(3600))
+    }
+
+    /// A request as `user`.
+    pub fn request(&self, user: User, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(self.token(user))
+    }
+
+    /// Sends `body` as JSON with `method` to `path` as `user`; returns status and JSON body.
+    pub async fn send(
+        &self,
+        user: User,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.request(user, method, path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        into_json(req.send().await.unwrap()).await
+    }
+
+    /// POST as `user`.
+    pub async fn post(&self, user: User, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(user, Method::POST, path, Some(body)).await
+    }
+
+    /// GET as `user`.
+    pub async fn get(&self, user: User, path: &str) -> (StatusCode, Value) {
+        self.send(user, Method::GET, path, None).await
+    }
+
+    /// Creates an order for `customer` as `user` (the customer itself when the same) and returns
+    /// the answered order.
+    pub async fn create_order(&self, user: User, body: Value) -> Value {
+        let (status, order) = self.post(user, "/api/v1/orders", body).await;
+        assert_eq!(status, StatusCode::CREATED, "create answered {order}");
+        order
+    }
+
+    /// A read-only connection to the service's database file.
+    pub fn db(&self) -> Connection {
+        let conn =
+            Connection::open_with_flags(&self.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
+    /// How many rows `table` holds.
+    pub fn count(&self, table: &str) -> i64 {
+        self.db()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Row counts of every table a rejected request must leave alone.
+    pub fn footprint(&self) -> Vec<(String, i64)> {
+        [
+            "orders",
+            "order_items",
+            "order_events_outbox",
+            "product_stock",
+            "chat_orders",
+            "order_chat_links",
+            "stock_overrides",
+            "order_number_counters",
+        ]
+        .iter()
+        .map(|t| (t.to_string(), self.count(t)))
+        .collect()
+    }
+
+    /// The outbox rows, in commit order: (topic, subject_key, payload, headers).
+    pub fn outbox(&self) -> Vec<OutboxRow> {
+        let conn = self.db();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, event_id, topic, subject_key, payload, headers, status
+                 FROM order_events_outbox ORDER BY id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                event_id: r.get(1)?,
+                topic: r.get(2)?,
+                key: r.get(3)?,
+                payload: serde_json::from_str(&r.get::<_, String>(4)?).unwrap(),
+                raw: r.get(4)?,
+                headers: serde_json::from_str(&r.get::<_, String>(5)?).unwrap(),
+                status: r.get(6)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// The outbox rows of one order (by `data.order_id`), in commit order.
+    pub fn events_of(&self, order_id: &str) -> Vec<OutboxRow> {
+        self.outbox()
+            .into_iter()
+            .filter(|r| r.payload["data"]["order_id"] == order_id || r.key == order_id)
+            .collect()
+    }
+
+    /// Stops the service and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// An outbox row as tests look at it.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Commit order.
+    pub id: i64,
+    /// The event id.
+    pub event_id: String,
+    /// The topic.
+    pub topic: String,
+    /// The subject key.
+    pub key: String,
+    /// The whole message.
+    pub payload: Value,
+    /// The message as stored, byte for byte.
+    pub raw: String,
+    /// The NATS headers.
+    pub headers: Value,
+    /// pending, published or dead.
+    pub status: String,
+}
+
+/// Status and JSON body of a response; a body that is not JSON fails the test.
+pub async fn into_json(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: body is not JSON: {text}"))
+    };
+    (status, body)
+}
+
+/// A valid create body for `n` products at 100.00 each, quantity 2.
+pub fn order_body(products: &[Uuid]) -> Value {
+    json!({
+        "items": products.iter().map(|p| json!({
+            "product_id": p, "quantity": 2, "unit_price": 100.00
+        })).collect::<Vec<_>>(),
+        "shipping_address": {
+            "street": "123 Main St", "city": "Bangkok", "postal_code": "10100", "country": "Thailand"
+        },
+        "currency": "THB",
+        "source_channel": "web"
+    })
+}
+
+/// A valid create body with one new product.
+pub fn simple_order() -> Value {
+    order_body(&[Uuid::now_v7()])
+}
+
+/// The topics of `rows`, in order.
+pub fn topics(rows: &[OutboxRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.topic.as_str()).collect()
+}

@@ -1,0 +1,205 @@
+//! Tokens that must be refused with 401, and the `token` command.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::app::{SECRET, TestApp, simple_order, spawn_app, spawn_app_with};
+
+fn sign(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn claims(exp_offset: i64) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({"sub": Uuid::now_v7(), "role": "admin", "iat": now, "exp": now + exp_offset})
+}
+
+async fn list_with(app: &TestApp, authorization: Option<&str>) -> (StatusCode, serde_json::Value) {
+    let mut req = app.client.get(app.url("/api/v1/orders"));
+    if let Some(value) = authorization {
+        req = req.header("Authorization", value);
+    }
+    crate::app::into_json(req.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_401() {
+    let app = spawn_app().await;
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims(3600).to_string())
+    );
+    let cases = [
+        ("missing", None),
+        ("not bearer", Some("Basic dXNlcjpwYXNz".to_owned())),
+        ("malformed", Some("Bearer not-a-jwt".to_owned())),
+        (
+            "bad signature",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    claims(3600),
+                    "another-secret-another-secret-0000",
+                    Algorithm::HS256
+                )
+            )),
+        ),
+        ("alg none", Some(format!("Bearer {unsigned}"))),
+        (
+            "other algorithm",
+            Some(format!(
+                "Bearer {}",
+                sign(claims(3600), SECRET, Algorithm::HS512)
+            )),
+        ),
+        (
+            "expired",
+            Some(format!(
+                "Bearer {}",
+                sign(claims(-3600), SECRET, Algorithm::HS256)
+            )),
+        ),
+        (
+            "no role",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    json!({"sub": Uuid::now_v7(), "exp": chrono::Utc::now().timestamp() + 60}),
+                    SECRET,
+                    Algorithm::HS256
+                )
+            )),
+        ),
+        (
+            "subject not a uuid",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    json!({"sub": "bob", "role": "admin", "exp": chrono::Utc::now().timestamp() + 60}),
+                    SECRET,
+                    Algorithm::HS256
+                )
+            )),
+        ),
+        (
+            "unknown role",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    json!({"sub": Uuid::now_v7(), "role": "root", "exp": chrono::Utc::now().timestamp() + 60}),
+                    SECRET,
+                    Algorithm::HS256
+                )
+            )),
+        ),
+    ];
+    for (what, header) in cases {
+        let (status, body) = list_with(&app, header.as_deref()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+        assert_eq!(body["error"], "unauthorized", "{what}");
+    }
+    let good = sign(claims(3600), SECRET, Algorithm::HS256);
+    let (status, _) = list_with(&app, Some(&format!("Bearer {good}"))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let app = spawn_app_with(|c| {
+        c.auth_jwt_issuer = Some("shop".into());
+        c.auth_jwt_audience = Some("order-service".into());
+    })
+    .await;
+    let with = |iss: &str, aud: &str| {
+        let mut c = claims(3600);
+        c["iss"] = json!(iss);
+        c["aud"] = json!(aud);
+        format!("Bearer {}", sign(c, SECRET, Algorithm::HS256))
+    };
+    assert_eq!(
+        list_with(&app, Some(&with("shop", "order-service")))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        list_with(&app, Some(&with("elsewhere", "order-service")))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        list_with(&app, Some(&with("shop", "billing"))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let bare = format!("Bearer {}", sign(claims(3600), SECRET, Algorithm::HS256));
+    assert_eq!(
+        list_with(&app, Some(&bare)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn the_token_command_prints_a_token_the_service_accepts() {
+    let app = spawn_app().await;
+    let sub = Uuid::now_v7();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .args([
+            "token",
+            "--role",
+            "customer",
+            "--sub",
+            &sub.to_string(),
+            "--ttl",
+            "10m",
+        ])
+        .env("AUTH_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let response = app
+        .client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&token)
+        .json(&simple_order())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(order["customer_id"], sub.to_string());
+}
+
+#[tokio::test]
+async fn the_service_refuses_to_start_without_a_strong_secret() {
+    for secret in [None, Some("short-secret")] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"));
+        cmd.env_remove("AUTH_JWT_SECRET")
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env(
+                "DATABASE_PATH",
+                std::env::temp_dir().join(format!("{}.db", Uuid::now_v7())),
+            );
+        if let Some(s) = secret {
+            cmd.env("AUTH_JWT_SECRET", s);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("AUTH_JWT_SECRET"));
+    }
+}

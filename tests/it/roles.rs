@@ -1,0 +1,297 @@
+//! Who may do what: every endpoint's role rule, and customers kept to their own orders.
+
+use order_service::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::app::{TestApp, User, simple_order, spawn_app};
+
+const ALL: [Role; 4] = [Role::Admin, Role::System, Role::Customer, Role::Ai];
+
+/// A pending order of `owner`, created by an admin.
+async fn pending_order(app: &TestApp, owner: User) -> String {
+    let mut body = simple_order();
+    body["customer_id"] = json!(owner.id);
+    let order = app.create_order(User::new(Role::Admin), body).await;
+    order["order_id"].as_str().unwrap().to_owned()
+}
+
+async fn confirmed_order(app: &TestApp, owner: User) -> String {
+    let id = pending_order(app, owner).await;
+    let (status, _) = app
+        .post(
+            User::new(Role::System),
+            &format!("/api/v1/orders/{id}/confirm"),
+            json!({"payment_confirmed": true, "inventory_reserved": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    id
+}
+
+/// Checks `allowed` roles succeed and every other role gets 403 and changes nothing. `setup`
+/// prepares what the attempt acts on (for a customer caller, its own order).
+async fn check<S, SFut, F, Fut>(app: &TestApp, what: &str, allowed: &[Role], setup: S, attempt: F)
+where
+    S: Fn(User) -> SFut,
+    SFut: std::future::Future<Output = String>,
+    F: Fn(User, String) -> Fut,
+    Fut: std::future::Future<Output = (StatusCode, Value)>,
+{
+    for role in ALL {
+        let user = User::new(role);
+        let target = setup(user).await;
+        let before = app.footprint();
+        let (status, body) = attempt(user, target).await;
+        if allowed.contains(&role) {
+            assert!(status.is_success(), "{what} as {role}: {status} {body}");
+        } else {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{what} as {role}: {body}");
+            assert_eq!(body["error"], "forbidden");
+            assert_eq!(app.footprint(), before, "{what} as {role} changed data");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_enforces_its_roles() {
+    let app = spawn_app().await;
+    let app = &app;
+
+    let nothing = |_| async { String::new() };
+    let pending = |user| pending_order(app, user);
+    let confirmed = |user| confirmed_order(app, user);
+
+    check(
+        app,
+        "create",
+        &[Role::Customer, Role::Admin, Role::System],
+        nothing,
+        |user, _| async move {
+            let mut body = simple_order();
+            if user.role != Role::Customer {
+                body["customer_id"] = json!(Uuid::now_v7());
+            }
+            app.post(user, "/api/v1/orders", body).await
+        },
+    )
+    .await;
+
+    check(
+        app,
+        "read",
+        &[Role::Customer, Role::Admin, Role::System],
+        pending,
+        |user, id| async move { app.get(user, &format!("/api/v1/orders/{id}")).await },
+    )
+    .await;
+
+    check(
+        app,
+        "list",
+        &[Role::Customer, Role::Admin, Role::System],
+        nothing,
+        |user, _| async move { app.get(user, "/api/v1/orders").await },
+    )
+    .await;
+
+    check(app, "update", &[Role::Customer, Role::Admin], pending, |user, id| async move {
+        let body = json!({"shipping_address": {"street": "1 New Rd", "city": "Bangkok", "postal_code": "10200", "country": "Thailand"}});
+        app.send(user, Method::PATCH, &format!("/api/v1/orders/{id}"), Some(body)).await
+    })
+    .await;
+
+    check(
+        app,
+        "status",
+        &[Role::Admin, Role::System],
+        confirmed,
+        |user, id| async move {
+            app.post(
+                user,
+                &format!("/api/v1/orders/{id}/status"),
+                json!({"status": "processing", "reason": "picking"}),
+            )
+            .await
+        },
+    )
+    .await;
+
+    check(
+        app,
+        "confirm",
+        &[Role::Admin, Role::System],
+        pending,
+        |user, id| async move {
+            app.post(
+                user,
+                &format!("/api/v1/orders/{id}/confirm"),
+                json!({"payment_confirmed": true, "inventory_reserved": true}),
+            )
+            .await
+        },
+    )
+    .await;
+
+    check(
+        app,
+        "cancel",
+        &[Role::Customer, Role::Admin, Role::System],
+        pending,
+        |user, id| async move {
+            app.post(
+                user,
+                &format!("/api/v1/orders/{id}/cancel"),
+                json!({"reason": "changed mind"}),
+            )
+            .await
+        },
+    )
+    .await;
+
+    check(
+        app,
+        "stock override",
+        &[Role::Admin],
+        pending,
+        |user, id| async move {
+            let (_, order) = app
+                .get(User::new(Role::Admin), &format!("/api/v1/orders/{id}"))
+                .await;
+            let product = order["items"][0]["product_id"].clone();
+            app.post(
+                user,
+                &format!("/api/v1/orders/{id}/stock-override"),
+                json!({"reason": "VIP", "expected_restock_date": "2030-01-01T00:00:00Z",
+                   "items": [{"product_id": product, "override_quantity": 1}]}),
+            )
+            .await
+        },
+    )
+    .await;
+
+    check(
+        app,
+        "set stock",
+        &[Role::Admin, Role::System],
+        nothing,
+        |user, _| async move {
+            app.send(
+                user,
+                Method::PUT,
+                &format!("/api/v1/products/{}/stock", Uuid::now_v7()),
+                Some(json!({"available": 3})),
+            )
+            .await
+        },
+    )
+    .await;
+
+    check(
+        app,
+        "chat order",
+        &[Role::Ai, Role::Admin],
+        nothing,
+        |user, _| async move {
+            let mut body = simple_order();
+            body.as_object_mut().unwrap().remove("source_channel");
+            body["customer_id"] = json!(Uuid::now_v7());
+            body["chat_id"] = json!(Uuid::now_v7());
+            body["template_used"] = json!("quick_order");
+            body["ai_confidence"] = json!(0.8);
+            body["customer_preferences"] =
+                json!({"delivery_speed": "express", "communication_method": "line"});
+            body["requires_confirmation"] = json!(false);
+            app.post(user, "/api/v1/chat/orders", body).await
+        },
+    )
+    .await;
+
+    check(
+        app,
+        "chat link",
+        &[Role::Ai, Role::Admin, Role::Customer],
+        pending,
+        |user, id| async move {
+            app.post(
+            user,
+            &format!("/api/v1/orders/{id}/chat-links"),
+            json!({"chat_id": Uuid::now_v7(), "link_type": "inquiry", "context": "Where is it?"}),
+        )
+        .await
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn another_customers_order_is_not_found_and_untouched() {
+    let app = spawn_app().await;
+    let owner = User::new(Role::Customer);
+    let other = User::new(Role::Customer);
+    let id = pending_order(&app, owner).await;
+    let before = app.footprint();
+    let attempts = [
+        app.get(other, &format!("/api/v1/orders/{id}")).await,
+        app.send(
+            other,
+            Method::PATCH,
+            &format!("/api/v1/orders/{id}"),
+            Some(json!({"shipping_address": {"street": "x", "city": "y", "postal_code": "1", "country": "z"}})),
+        )
+        .await,
+        app.post(other, &format!("/api/v1/orders/{id}/cancel"), json!({"reason": "mine now"})).await,
+        app.post(
+            other,
+            &format!("/api/v1/orders/{id}/chat-links"),
+            json!({"chat_id": Uuid::now_v7(), "link_type": "complaint", "context": "not mine"}),
+        )
+        .await,
+    ];
+    for (status, body) in attempts {
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"], "not_found");
+        assert!(body.get("order_number").is_none() && !body.to_string().contains("ORD-"));
+    }
+    assert_eq!(app.footprint(), before);
+    let (status, _) = app
+        .get(other, &format!("/api/v1/orders?customer_id={}", owner.id))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_customer_cancels_only_while_pending() {
+    let app = spawn_app().await;
+    let owner = User::new(Role::Customer);
+    let id = confirmed_order(&app, owner).await;
+    let before = app.footprint();
+    let (status, body) = app
+        .post(
+            owner,
+            &format!("/api/v1/orders/{id}/cancel"),
+            json!({"reason": "too slow"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["details"]["current_status"], "confirmed");
+    assert_eq!(app.footprint(), before);
+    let (status, body) = app
+        .post(
+            User::new(Role::Admin),
+            &format!("/api/v1/orders/{id}/cancel"),
+            json!({"reason": "customer asked support"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cancelled = app
+        .events_of(&id)
+        .into_iter()
+        .find(|r| r.topic == "order.cancelled")
+        .unwrap();
+    assert_eq!(
+        cancelled.payload["data"]["refund_required"], true,
+        "a paid order is refunded"
+    );
+}
