@@ -5,4 +5,7 @@
 //!
 //! # Layout
 //! - [`app`]: builds everything production builds and runs it until shutdown.
+//! - [`bus`]: NATS JetStream: connection, topic table and streams, publishing events.
 //! - [`config`]: the command line and environment configuration.
+
+pub mod bus;
