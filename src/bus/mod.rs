@@ -8,6 +8,11 @@
 //! `order.created.<order_id>` and stored by stream `ORDER_CREATED` as
 //! `order.created.<partition>.<order_id>`.
 
+pub mod streams;
 pub mod topics;
 
+pub use streams::{
+    DEFAULT_DUPLICATE_WINDOW, Drift, Fix, ReconcileReport, StreamRow, StreamsError, diff, list,
+    reconcile,
+};
 pub use topics::{Topic, Topics, TopicsError, stream_name, subject};
