@@ -158,6 +158,24 @@ impl NatsServer {
     }
 
     async fn start_container() -> NatsServer {
+        // Without the image testcontainers would try a registry pull, which cannot work here and
+        // would hide the actual fix.
+        let image = format!("{IMAGE_NAME}:{IMAGE_TAG}");
+        let inspected = match testcontainers::bollard::Docker::connect_with_local_defaults() {
+            Ok(docker) => docker
+                .inspect_image(&image)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = inspected {
+            panic!(
+                "image {image} is not available: {error}\n\
+                 build it with `make nats-image` (or set {MODE_VAR}=process to use a local \
+                 nats-server instead)"
+            );
+        }
         let mut last_error = String::new();
         // The ports are free when probed but another process may take one before Docker binds
         // it; a few attempts cover that race.
@@ -203,11 +221,7 @@ impl NatsServer {
                 Err(error) => last_error = error.to_string(),
             }
         }
-        panic!(
-            "cannot start container {IMAGE_NAME}:{IMAGE_TAG}: {last_error}\n\
-             build the image with `make nats-image` (or set {MODE_VAR}=process to use a local \
-             nats-server instead)"
-        );
+        panic!("cannot start container {image}: {last_error}");
     }
 
     async fn start_process() -> NatsServer {
