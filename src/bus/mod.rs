@@ -2,7 +2,8 @@
 //!
 //! - [`topics`]: the spec's Kafka topic table (`nats/topics.json`), stream names and subjects.
 //! - [`streams`]: one stream per topic; reconcile the server with the table, list and diff them.
-//! - [`publish`]: publish one outbox message and classify failures as transient or permanent.
+//! - [`publish`](mod@publish): publish one outbox message; classify failures as transient or
+//!   permanent.
 //!
 //! An event for topic `order.created` and key `<order_id>` is published on
 //! `order.created.<order_id>` and stored by stream `ORDER_CREATED` as

@@ -402,6 +402,7 @@ async fn server_down_is_transient_and_data_survives_a_restart() {
     .await
     .expect_err("nothing can store it while the server is down");
     assert!(error.is_transient(), "{error:?}");
+    eprintln!("publish while the server is down: {error}");
 
     nats.start_again().await;
     // The client reconnects by itself to the same URL; retry the way the relay would.
