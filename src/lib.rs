@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`app`] — builds everything production builds and runs it until shutdown.
+//! - [`bus`] — NATS JetStream: connection, topic table and streams, publishing events.
 //! - [`config`] — the command line and its environment variables.
 //! - [`telemetry`] — logging.
 //! - [`auth`] — bearer tokens and roles.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -1,12 +1,13 @@
-//! Integration tests: the real service over HTTP on a real SQLite file.
-//!
-//! One test binary, so it builds once; each module is one area.
+//! Integration tests: one binary, one module per area. They run the real service over HTTP on
+//! real SQLite files, against a real nats-server (see [`nats`]).
 
 mod app;
 mod auth;
 mod bad_input;
 mod contract;
+mod nats;
 mod orders;
 mod roles;
 mod schemas;
 mod store;
+mod streams;

@@ -1,0 +1,454 @@
+//! A real nats-server for the integration tests, with JetStream and its own empty store.
+//!
+//! Where a Docker engine answers, the server is a container of the locally built image
+//! `order-service/nats:2.15.1` (`make nats-image`); otherwise it is a `nats-server` process on a
+//! free loopback port. `ORDER_SERVICE_TEST_NATS=container` makes the container mandatory (CI sets
+//! it) and `ORDER_SERVICE_TEST_NATS=process` forces the process. Either way readiness is the
+//! monitoring endpoint `/healthz` answering ok, and a server that cannot start fails the test:
+//! nothing is skipped. The path taken is printed.
+//!
+//! The server can be stopped and started again with its data (for outage tests). Its host ports
+//! are chosen up front and stay the same across restarts, so a connected client reconnects by
+//! itself: Docker gives a container that publishes ports without fixed host ports new ones on
+//! every start, which a client holding the old URL would never find. Dropping the fixture removes
+//! the container, or kills the process and deletes its store.
+//!
+//! ```ignore
+//! let mut nats = NatsServer::start().await;
+//! let client = nats.connect().await;
+//! nats.stop().await;          // or .kill() for an abrupt stop
+//! nats.start_again().await;   // same ports, same data; `client` reconnects
+//! ```
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+/// The image `make nats-image` builds.
+const IMAGE_NAME: &str = "order-service/nats";
+const IMAGE_TAG: &str = "2.15.1";
+const CLIENT_PORT: u16 = 4222;
+const MONITOR_PORT: u16 = 8222;
+/// How long a server may take to answer `/healthz` after a start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful stop may take before the server is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Environment variable choosing the path: `container`, `process`, or unset for automatic.
+const MODE_VAR: &str = "ORDER_SERVICE_TEST_NATS";
+
+/// A running (or stopped) nats-server owned by one test.
+pub struct NatsServer {
+    runtime: Runtime,
+    client_port: u16,
+    monitor_port: u16,
+}
+
+enum Runtime {
+    Container(Box<ContainerAsync<GenericImage>>),
+    Process(Box<Process>),
+}
+
+struct Process {
+    binary: PathBuf,
+    /// Store directory and log file; deleted on drop.
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl NatsServer {
+    /// Starts a server on the path `ORDER_SERVICE_TEST_NATS` and the machine allow, and waits until
+    /// it is healthy. Panics (fails the test) when it cannot.
+    pub async fn start() -> NatsServer {
+        let mode = std::env::var(MODE_VAR).unwrap_or_default();
+        let use_container = match mode.as_str() {
+            "container" => true,
+            "process" => false,
+            "" => docker_answers().await,
+            other => panic!("{MODE_VAR}={other:?}: expected container, process or unset"),
+        };
+        if use_container {
+            NatsServer::start_container().await
+        } else {
+            NatsServer::start_process().await
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`: the client URL, the same across restarts.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `http://127.0.0.1:<port>`: the monitoring endpoint.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// `container` or `process`.
+    pub fn kind(&self) -> &'static str {
+        match self.runtime {
+            Runtime::Container(_) => "container",
+            Runtime::Process(_) => "process",
+        }
+    }
+
+    /// Connects the way the service does ([`order_service::bus::connect`]).
+    pub async fn connect(&self) -> async_nats::Client {
+        order_service::bus::connect(&self.url())
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", self.url()))
+    }
+
+    /// Connects and returns a JetStream context.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.connect().await)
+    }
+
+    /// Stops the server gracefully (SIGTERM, then SIGKILL after 10 s); its data stays.
+    pub async fn stop(&mut self) {
+        match &mut self.runtime {
+            Runtime::Container(container) => container
+                .stop_with_timeout(Some(STOP_TIMEOUT.as_secs() as i32))
+                .await
+                .expect("stop the nats container"),
+            Runtime::Process(process) => process.stop(false).await,
+        }
+    }
+
+    /// Stops the server at once with SIGKILL, as a crash would; what it had not written is lost.
+    pub async fn kill(&mut self) {
+        match &mut self.runtime {
+            Runtime::Container(container) => container
+                .stop_with_timeout(Some(0))
+                .await
+                .expect("kill the nats container"),
+            Runtime::Process(process) => process.stop(true).await,
+        }
+    }
+
+    /// Starts the stopped server again on the same ports with the same store, and waits until it
+    /// is healthy.
+    pub async fn start_again(&mut self) {
+        match &mut self.runtime {
+            Runtime::Container(container) => {
+                container
+                    .start()
+                    .await
+                    .expect("start the nats container again");
+            }
+            Runtime::Process(process) => {
+                assert!(
+                    process.child.is_none(),
+                    "the nats-server process is running"
+                );
+                process.spawn(self.client_port, self.monitor_port);
+            }
+        }
+        self.wait_until_healthy().await;
+    }
+
+    /// [`stop`](Self::stop) then [`start_again`](Self::start_again).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    async fn start_container() -> NatsServer {
+        // Without the image testcontainers would try a registry pull, which cannot work here and
+        // would hide the actual fix.
+        let image = format!("{IMAGE_NAME}:{IMAGE_TAG}");
+        let inspected = match testcontainers::bollard::Docker::connect_with_local_defaults() {
+            Ok(docker) => docker
+                .inspect_image(&image)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = inspected {
+            panic!(
+                "image {image} is not available: {error}\n\
+                 build it with `make nats-image` (or set {MODE_VAR}=process to use a local \
+                 nats-server instead)"
+            );
+        }
+        let mut last_error = String::new();
+        // The ports are free when probed but another process may take one before Docker binds
+        // it; a few attempts cover that race.
+        for _attempt in 0..3 {
+            let (client_port, monitor_port) = free_ports();
+            let started = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
+                .with_exposed_port(CLIENT_PORT.tcp())
+                .with_exposed_port(MONITOR_PORT.tcp())
+                // Readiness is /healthz, polled below, not a log line.
+                .with_wait_for(WaitFor::Nothing)
+                .with_cmd(["-js", "-sd", "/data", "-m", "8222"])
+                .with_mapped_port(client_port, CLIENT_PORT.tcp())
+                .with_mapped_port(monitor_port, MONITOR_PORT.tcp())
+                // Publish on loopback only: nothing outside this machine has business with it.
+                .with_host_config_modifier(|host_config| {
+                    for bindings in host_config
+                        .port_bindings
+                        .iter_mut()
+                        .flat_map(|map| map.values_mut())
+                    {
+                        for binding in bindings.iter_mut().flatten() {
+                            binding.host_ip = Some("127.0.0.1".into());
+                        }
+                    }
+                })
+                .start()
+                .await;
+            match started {
+                Ok(container) => {
+                    let mut server = NatsServer {
+                        runtime: Runtime::Container(Box::new(container)),
+                        client_port,
+                        monitor_port,
+                    };
+                    eprintln!(
+                        "nats fixture: container {IMAGE_NAME}:{IMAGE_TAG} at {} (monitor {})",
+                        server.url(),
+                        server.monitor_url()
+                    );
+                    server.wait_until_healthy().await;
+                    return server;
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+        }
+        panic!("cannot start container {image}: {last_error}");
+    }
+
+    async fn start_process() -> NatsServer {
+        let binary = nats_server_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("order-service-nats-")
+            .tempdir()
+            .expect("create a temp dir for the nats store");
+        let (client_port, monitor_port) = free_ports();
+        let mut process = Process {
+            binary,
+            dir,
+            child: None,
+        };
+        process.spawn(client_port, monitor_port);
+        let mut server = NatsServer {
+            runtime: Runtime::Process(Box::new(process)),
+            client_port,
+            monitor_port,
+        };
+        if let Runtime::Process(process) = &server.runtime {
+            eprintln!(
+                "nats fixture: process {} at {} (monitor {}, store {})",
+                process.binary.display(),
+                server.url(),
+                server.monitor_url(),
+                process.dir.path().display()
+            );
+        }
+        server.wait_until_healthy().await;
+        server
+    }
+
+    /// Polls `/healthz` until it says ok; fails early when the server has exited.
+    async fn wait_until_healthy(&mut self) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("build an HTTP client");
+        let url = format!("{}/healthz", self.monitor_url());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let last = match http.get(&url).send().await {
+                Ok(response) if response.status().is_success() => return,
+                Ok(response) => format!(
+                    "{}: {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                ),
+                Err(error) => error.to_string(),
+            };
+            if let Some(exited) = self.exited().await {
+                panic!(
+                    "nats-server ({}) exited before it was healthy: {exited}",
+                    self.kind()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server ({}) not healthy after {READY_TIMEOUT:?} at {url}: {last}",
+                self.kind()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Why the server is no longer running, if it is not.
+    async fn exited(&mut self) -> Option<String> {
+        match &mut self.runtime {
+            Runtime::Container(container) => match container.is_running().await {
+                Ok(true) => None,
+                Ok(false) => {
+                    let logs = container.stderr_to_vec().await.unwrap_or_default();
+                    Some(format!(
+                        "container stopped; its log:\n{}",
+                        String::from_utf8_lossy(&logs)
+                    ))
+                }
+                Err(error) => Some(format!("cannot inspect the container: {error}")),
+            },
+            Runtime::Process(process) => process.exited(),
+        }
+    }
+}
+
+impl Process {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    fn spawn(&mut self, client_port: u16, monitor_port: u16) {
+        let store = self.dir.path().join("store");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the nats-server log");
+        let child = tokio::process::Command::new(&self.binary)
+            .arg("-js")
+            .arg("-sd")
+            .arg(&store)
+            .args(["-a", "127.0.0.1", "-p", &client_port.to_string()])
+            .args(["-m", &monitor_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    async fn stop(&mut self, abrupt: bool) {
+        let mut child = self
+            .child
+            .take()
+            .expect("the nats-server process is not running");
+        if !abrupt && let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        child.kill().await.expect("kill nats-server");
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(format!(
+                "{status}; its log:\n{}",
+                std::fs::read_to_string(self.log_path()).unwrap_or_default()
+            )),
+            Err(error) => Some(format!("cannot check the process: {error}")),
+        }
+    }
+}
+
+/// `NATS_SERVER_BIN`, else `tools/nats-server` (installed by `make nats-server`), else
+/// `nats-server` on PATH.
+fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/nats-server");
+    if tools.is_file() {
+        return tools;
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no nats-server: set NATS_SERVER_BIN, run `make nats-server` (installs \
+                 tools/nats-server) or put nats-server on PATH"
+            )
+        })
+}
+
+/// Whether a Docker engine answers within two seconds.
+async fn docker_answers() -> bool {
+    let Ok(docker) = testcontainers::bollard::Docker::connect_with_local_defaults() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), docker.ping()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Two distinct loopback ports nobody listens on right now (client, monitoring).
+fn free_ports() -> (u16, u16) {
+    // Both listeners are held until both ports are known, so the two cannot coincide.
+    let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("probe a free loopback port");
+    let second = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("probe a free loopback port");
+    let port = |listener: &TcpListener| listener.local_addr().expect("local address").port();
+    (port(&first), port(&second))
+}
+
+#[tokio::test]
+async fn restarted_server_keeps_its_ports_and_data() {
+    let mut nats = NatsServer::start().await;
+    let url = nats.url();
+    let client = nats.connect().await;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "FIXTURE".into(),
+        subjects: vec!["fixture.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create a stream");
+    js.publish("fixture.one", "1".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+
+    nats.restart().await;
+    assert_eq!(nats.url(), url, "same client URL after a restart");
+    wait_for_reconnect(&client).await;
+    let mut stream = js
+        .get_stream("FIXTURE")
+        .await
+        .expect("stream after restart");
+    assert_eq!(stream.info().await.expect("info").state.messages, 1);
+
+    // After a crash the stream and what was acknowledged before it are still there.
+    nats.kill().await;
+    nats.start_again().await;
+    wait_for_reconnect(&client).await;
+    let mut stream = js.get_stream("FIXTURE").await.expect("stream after a kill");
+    assert_eq!(stream.info().await.expect("info").state.messages, 1);
+}
+
+async fn wait_for_reconnect(client: &async_nats::Client) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.connection_state() != async_nats::connection::State::Connected {
+        assert!(Instant::now() < deadline, "client did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
