@@ -148,7 +148,9 @@ impl NatsServer {
                 process.spawn(self.client_port, self.monitor_port);
             }
         }
-        self.wait_until_healthy().await;
+        if let Err(error) = self.wait_until_healthy().await {
+            panic!("starting the server again: {error}");
+        }
     }
 
     /// [`stop`](Self::stop) then [`start_again`](Self::start_again).
@@ -215,8 +217,10 @@ impl NatsServer {
                         server.url(),
                         server.monitor_url()
                     );
-                    server.wait_until_healthy().await;
-                    return server;
+                    match server.wait_until_healthy().await {
+                        Ok(()) => return server,
+                        Err(error) => last_error = error,
+                    }
                 }
                 Err(error) => last_error = error.to_string(),
             }
@@ -226,37 +230,45 @@ impl NatsServer {
 
     async fn start_process() -> NatsServer {
         let binary = nats_server_binary();
-        let dir = tempfile::Builder::new()
-            .prefix("order-service-nats-")
-            .tempdir()
-            .expect("create a temp dir for the nats store");
-        let (client_port, monitor_port) = free_ports();
-        let mut process = Process {
-            binary,
-            dir,
-            child: None,
-        };
-        process.spawn(client_port, monitor_port);
-        let mut server = NatsServer {
-            runtime: Runtime::Process(Box::new(process)),
-            client_port,
-            monitor_port,
-        };
-        if let Runtime::Process(process) = &server.runtime {
+        let mut last_error = String::new();
+        // As for containers: a probed port can be taken before nats-server binds it, and then
+        // the server exits at once; a few attempts on fresh ports cover that race.
+        for _attempt in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("order-service-nats-")
+                .tempdir()
+                .expect("create a temp dir for the nats store");
+            let (client_port, monitor_port) = free_ports();
+            let mut process = Process {
+                binary: binary.clone(),
+                dir,
+                child: None,
+            };
+            process.spawn(client_port, monitor_port);
             eprintln!(
-                "nats fixture: process {} at {} (monitor {}, store {})",
+                "nats fixture: process {} at nats://127.0.0.1:{client_port} \
+                 (monitor http://127.0.0.1:{monitor_port}, store {})",
                 process.binary.display(),
-                server.url(),
-                server.monitor_url(),
                 process.dir.path().display()
             );
+            let mut server = NatsServer {
+                runtime: Runtime::Process(Box::new(process)),
+                client_port,
+                monitor_port,
+            };
+            match server.wait_until_healthy().await {
+                Ok(()) => return server,
+                Err(error) => last_error = error,
+            }
         }
-        server.wait_until_healthy().await;
-        server
+        panic!(
+            "cannot start nats-server {}: {last_error}",
+            binary.display()
+        );
     }
 
-    /// Polls `/healthz` until it says ok; fails early when the server has exited.
-    async fn wait_until_healthy(&mut self) {
+    /// Polls `/healthz` until it says ok; gives up early when the server has exited.
+    async fn wait_until_healthy(&mut self) -> Result<(), String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()
@@ -265,7 +277,7 @@ impl NatsServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let last = match http.get(&url).send().await {
-                Ok(response) if response.status().is_success() => return,
+                Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) => format!(
                     "{}: {}",
                     response.status(),
@@ -274,16 +286,17 @@ impl NatsServer {
                 Err(error) => error.to_string(),
             };
             if let Some(exited) = self.exited().await {
-                panic!(
+                return Err(format!(
                     "nats-server ({}) exited before it was healthy: {exited}",
                     self.kind()
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server ({}) not healthy after {READY_TIMEOUT:?} at {url}: {last}",
-                self.kind()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "nats-server ({}) not healthy after {READY_TIMEOUT:?} at {url}: {last}",
+                    self.kind()
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
