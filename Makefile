@@ -1,21 +1,37 @@
-# order-service: `make run` runs the service on a local SQLite file under ./data/, `make test`
-# runs every test. Both work on a fresh machine: what they need is installed here.
+# order-service: `make run` runs the service with its NATS server and a local SQLite file under
+# ./data/, `make test` runs every test against a real nats-server. Both work on a fresh machine:
+# what they need (the pinned nats-server, its test image) is installed here.
 
 CARGO      ?= cargo
 DATA       := data
 DEV_SECRET := $(DATA)/dev-jwt-secret
 ROLE       ?= admin
 
+include nats/nats.mk
+
 .PHONY: run test lint fmt schemas token build
 
-## run: the service on http://localhost:8081 with ./data/order-service.db
-run: $(DEV_SECRET)
+## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
+## Ctrl-C stops both.
+run: $(DEV_SECRET) nats-server build
+	@mkdir -p $(DATA)
+	@'$(NATS_SERVER)' -c nats/nats-server.conf & nats=$$!; \
+	trap 'kill -INT $$nats 2>/dev/null; wait $$nats' EXIT; \
+	trap 'exit 0' INT TERM; \
 	AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" DATABASE_PATH="$${DATABASE_PATH:-$(DATA)/order-service.db}" \
-		$(CARGO) run --release --locked -- serve
+		NATS_URL="$${NATS_URL:-nats://127.0.0.1:4222}" ./target/release/order-service serve
 
-## test: unit and integration tests (nextest when installed, cargo test otherwise)
-test:
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+## test: unit and integration tests against a real nats-server: the local image in a container
+## where a Docker engine answers (ORDER_SERVICE_TEST_NATS=container makes that mandatory), else
+## the pinned binary as a process. nextest when installed, cargo test otherwise.
+test: nats-server
+	@if docker info >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory nats-image; \
+	elif [ "$${ORDER_SERVICE_TEST_NATS:-}" = container ]; then \
+		echo "ORDER_SERVICE_TEST_NATS=container but no Docker engine answers" >&2; exit 1; \
+	fi
+	@export NATS_SERVER_BIN='$(NATS_SERVER)'; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \

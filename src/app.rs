@@ -1,15 +1,29 @@
 //! Builds everything production builds and runs it until shutdown; tests use the same code.
+//!
+//! One shutdown reaches everything: the HTTP server stops taking requests and finishes the ones in
+//! flight, the relay finishes and records the batch in flight, and [`run`] returns when both are
+//! done.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_nats::jetstream;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::api::{self, AppState};
 use crate::auth::{Auth, AuthConfigError};
-use crate::config::{Cli, Command, Config, SchemaArgs, TokenArgs};
+use crate::bus::{self, Topics, TopicsError};
+use crate::config::{Cli, Command, Config, SchemaArgs, StreamsAction, TokenArgs};
 use crate::domain::Topic;
+use crate::metrics::Metrics;
+use crate::relay::{self, Backoff, Relay, RelayConfig, RelayStatus, StreamsSummary};
 use crate::store::{Store, StoreConfig, StoreError};
+
+/// The longest wait between two tries to reach the broker at start-up.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Why the service could not start or a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +39,12 @@ pub enum AppError {
     /// The database could not be opened.
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    /// The topic table is not usable.
+    #[error("topic table: {0}")]
+    Topics(#[from] TopicsError),
+    /// Talking to NATS failed (commands only; the service itself waits for the broker).
+    #[error("NATS: {0}")]
+    Nats(String),
     /// Listening or serving failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -36,19 +56,24 @@ pub enum AppError {
 /// Runs the command line.
 pub fn execute(cli: Cli) -> Result<(), AppError> {
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async {
-                let listener = TcpListener::bind(cli.config.http_addr).await?;
-                run(cli.config, listener, shutdown_signal()).await
-            })
-        }
+        Command::Serve => runtime()?.block_on(async {
+            let listener = TcpListener::bind(cli.config.http_addr).await?;
+            run(cli.config, listener, shutdown_signal()).await
+        }),
         Command::Token(args) => token(&cli.config, &args),
         Command::Schema(args) => schema(&args),
+        Command::Streams { action } => runtime()?.block_on(streams(&cli.config, action)),
     }
 }
 
-/// Builds the application's state: the token verifier and the opened, migrated database.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Builds the application's state: the token verifier, the opened and migrated database, the
+/// metrics and the relay's status.
 pub fn build(config: &Config) -> Result<AppState, AppError> {
     let auth = auth(config)?;
     let store = Store::open(&StoreConfig {
@@ -60,25 +85,142 @@ pub fn build(config: &Config) -> Result<AppState, AppError> {
         store,
         auth: Arc::new(auth),
         trusted_proxies: config.trusted_proxies.clone().into(),
+        metrics: Arc::new(Metrics::new()),
+        relay: config
+            .event_outbox_enabled
+            .then(|| Arc::new(RelayStatus::default())),
     })
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes the requests in flight.
+/// Serves the API on `listener`, and runs the relay and the outbox cleanup, until `shutdown`
+/// completes; then lets each finish what it is doing.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    let topics = topics(&config)?;
     let state = build(&config)?;
-    tracing::info!(addr = %listener.local_addr()?, database = %config.database_path.display(), "order-service listening");
-    axum::serve(
+    let (stop, stopping) = watch::channel(false);
+    let stopped = move || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut tasks = JoinSet::new();
+    if let Some(status) = state.relay.clone() {
+        tasks.spawn(publish_outbox(
+            config.clone(),
+            topics,
+            state.store.clone(),
+            state.metrics.clone(),
+            status,
+            stopped(),
+        ));
+    }
+    tasks.spawn(relay::cleanup::run(
+        state.store.clone(),
+        config.event_outbox_retention,
+        config.event_outbox_cleanup_interval,
+        stopped(),
+    ));
+
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        database = %config.database_path.display(),
+        relay = config.event_outbox_enabled,
+        "order-service listening"
+    );
+    let served = axum::serve(
         listener,
         api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    })
+    .await;
+    while tasks.join_next().await.is_some() {}
+    served?;
     tracing::info!("order-service stopped");
     Ok(())
+}
+
+/// Connects to NATS (waiting for it as long as it takes), reconciles the streams, then relays
+/// the outbox until `shutdown`. Orders are accepted all along: the outbox holds their events.
+async fn publish_outbox(
+    config: Config,
+    topics: Topics,
+    store: Store,
+    metrics: Arc<Metrics>,
+    status: Arc<RelayStatus>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(200);
+    let client = loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            connected = bus::connect(&config.nats_url) => match connected {
+                Ok(client) => break client,
+                Err(e) => tracing::warn!(url = %config.nats_url, error = %e, retry_in = ?backoff, "NATS unreachable; orders are kept in the outbox"),
+            },
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+    };
+    status.set_client(client.clone());
+    let js = jetstream::new(client);
+
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match bus::reconcile(&js, &topics, config.nats_duplicate_window).await {
+            Ok(report) => {
+                tracing::info!(%report, "streams reconciled");
+                status.set_streams(Ok(StreamsSummary::from(&report)));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "reconciling streams failed");
+                status.set_streams(Err(e.to_string()));
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+    }
+
+    let relay = Relay::new(store, js, relay_config(&config), metrics, status);
+    relay.run(shutdown).await;
+}
+
+/// The relay's settings from the service's.
+pub fn relay_config(config: &Config) -> RelayConfig {
+    RelayConfig {
+        batch_size: config.event_outbox_batch_size,
+        polling_interval: config.event_outbox_polling_interval,
+        max_retries: config.event_outbox_max_retries,
+        retry: Backoff {
+            kind: config.event_outbox_retry_backoff,
+            base: config.event_outbox_retry_base,
+            max: config.event_outbox_retry_max,
+        },
+        ack_timeout: config.nats_ack_timeout,
+    }
+}
+
+fn topics(config: &Config) -> Result<Topics, AppError> {
+    Ok(match &config.topics_file {
+        Some(path) => Topics::load(path)?,
+        None => Topics::embedded(),
+    })
 }
 
 fn auth(config: &Config) -> Result<Auth, AppError> {
@@ -119,6 +261,43 @@ fn schema(args: &SchemaArgs) -> Result<(), AppError> {
         ))
     })?;
     print!("{}", render(topic));
+    Ok(())
+}
+
+async fn streams(config: &Config, action: StreamsAction) -> Result<(), AppError> {
+    let topics = topics(config)?;
+    let nats = |e: &dyn std::fmt::Display| AppError::Nats(e.to_string());
+    let client = bus::connect(&config.nats_url).await.map_err(|e| nats(&e))?;
+    let js = jetstream::new(client);
+    let window = config.nats_duplicate_window;
+    match action {
+        StreamsAction::List => {
+            let rows = bus::list(&js, &topics).await.map_err(|e| nats(&e))?;
+            print!("{}", bus::streams::format_stream_table(&rows));
+        }
+        StreamsAction::Diff => {
+            let cluster = bus::streams::ClusterSize::from_server_info(&js.client().server_info());
+            for plan in bus::streams::stream_configs(&topics, window, &cluster) {
+                for clamp in plan.clamps {
+                    println!("clamped: {clamp}");
+                }
+            }
+            let drifts = bus::diff(&js, &topics, window)
+                .await
+                .map_err(|e| nats(&e))?;
+            if drifts.is_empty() {
+                println!("the streams match the topic table");
+            } else {
+                print!("{}", bus::streams::format_drift_table(&drifts));
+            }
+        }
+        StreamsAction::Apply => {
+            let report = bus::reconcile(&js, &topics, window)
+                .await
+                .map_err(|e| nats(&e))?;
+            println!("{report}");
+        }
+    }
     Ok(())
 }
 

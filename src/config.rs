@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use uuid::Uuid;
 
 use crate::auth::Role;
+use crate::relay::BackoffKind;
 use crate::store::Synchronous;
 
 /// order-service: orders over HTTP, kept in SQLite, every event published through an outbox.
@@ -35,6 +36,23 @@ pub enum Command {
     Token(TokenArgs),
     /// Print the JSON Schema of a topic's messages, or write every topic's into a folder.
     Schema(SchemaArgs),
+    /// Show or reconcile the JetStream streams of the topic table.
+    Streams {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: StreamsAction,
+    },
+}
+
+/// What `streams` does.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum StreamsAction {
+    /// Name, subjects, replicas wanted/actual, retention, messages and bytes of each stream.
+    List,
+    /// What differs between the server and the table (clamps included), changing nothing.
+    Diff,
+    /// Create what is missing and update what may be updated, as the service does at start-up.
+    Apply,
 }
 
 /// Arguments of `token`.
@@ -111,6 +129,64 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// The NATS server (the contract's KAFKA_BROKERS).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Run the outbox relay; `false` only stores events (another process publishes them).
+    #[arg(long, env = "EVENT_OUTBOX_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub event_outbox_enabled: bool,
+
+    /// The relay's fallback poll; commits wake it at once.
+    #[arg(long, env = "EVENT_OUTBOX_POLLING_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub event_outbox_polling_interval: Duration,
+
+    /// Outbox rows read per relay batch.
+    #[arg(long, env = "EVENT_OUTBOX_BATCH_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub event_outbox_batch_size: u32,
+
+    /// Retries of a permanently failing row before it is parked as dead.
+    #[arg(long, env = "EVENT_OUTBOX_MAX_RETRIES", default_value_t = 3)]
+    pub event_outbox_max_retries: u32,
+
+    /// How the wait between those retries grows.
+    #[arg(
+        long,
+        env = "EVENT_OUTBOX_RETRY_BACKOFF",
+        value_enum,
+        default_value = "exponential",
+        ignore_case = true
+    )]
+    pub event_outbox_retry_backoff: BackoffKind,
+
+    /// The first wait between retries (doubling from there when exponential).
+    #[arg(long, env = "EVENT_OUTBOX_RETRY_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub event_outbox_retry_base: Duration,
+
+    /// The longest wait between retries.
+    #[arg(long, env = "EVENT_OUTBOX_RETRY_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub event_outbox_retry_max: Duration,
+
+    /// How long published rows are kept before they are deleted.
+    #[arg(long, env = "EVENT_OUTBOX_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub event_outbox_retention: Duration,
+
+    /// How often published rows past the retention are deleted.
+    #[arg(long, env = "EVENT_OUTBOX_CLEANUP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub event_outbox_cleanup_interval: Duration,
+
+    /// How long the relay waits for a PubAck before it treats the publish as failed (transient).
+    #[arg(long, env = "NATS_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub nats_ack_timeout: Duration,
+
+    /// The streams' duplicate window (never above a stream's max_age).
+    #[arg(long, env = "NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub nats_duplicate_window: Duration,
+
+    /// A topic table to use instead of the built-in copy of nats/topics.json.
+    #[arg(long, env = "TOPICS_FILE")]
+    pub topics_file: Option<PathBuf>,
 }
 
 fn parse_net(text: &str) -> Result<IpNet, String> {

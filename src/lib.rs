@@ -13,6 +13,8 @@
 //! - [`api`] — the HTTP routes, one module per resource.
 //! - [`domain`] — orders, money and the ten events, without IO.
 //! - [`store`] — SQLite: the writer, the readers, orders and the outbox.
+//! - [`relay`] — the outbox relay: publishes pending rows onto JetStream, cleans up.
+//! - [`metrics`] — Prometheus metrics of the outbox and the relay.
 
 pub mod api;
 pub mod app;
@@ -21,5 +23,7 @@ pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
+pub mod relay;
 pub mod store;
 pub mod telemetry;

@@ -1,46 +1,122 @@
-//! `/health` (the process is up) and `/ready` (its dependencies answer).
+//! `/health` (the process is up), `/ready` (what it depends on, check by check) and `/metrics`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::store;
+use crate::metrics;
+use crate::store::{self, outbox};
 
 /// The routes of this resource; they sit outside `/api/v1` and need no token.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// One entry per check; 503 when any fails.
+/// One entry per check. Only the database decides the status code: with the broker away the
+/// service still takes orders (their events wait in the outbox), so it stays in rotation and
+/// reports `degraded`.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let database = state
+    let stats = state
         .store
-        .read(|conn| store::ping(conn).map_err(ApiError::from))
+        .read(|conn| {
+            store::ping(conn)?;
+            outbox::stats(conn).map_err(ApiError::from)
+        })
         .await;
-    let (ok, database) = match database {
-        Ok(()) => (true, json!({ "status": "ok" })),
-        Err(e) => (false, json!({ "status": "error", "error": e.to_string() })),
+    let now = Utc::now();
+    let (database_ok, database, outbox) = match stats {
+        Ok(stats) => {
+            let age = stats
+                .oldest_pending_at
+                .map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
+            (
+                true,
+                json!({ "status": "ok" }),
+                json!({
+                    "status": "ok",
+                    "pending": stats.pending,
+                    "dead": stats.dead,
+                    "oldest_pending_age_seconds": age,
+                }),
+            )
+        }
+        Err(e) => (
+            false,
+            json!({ "status": "error", "error": e.to_string() }),
+            json!({ "status": "unknown" }),
+        ),
     };
-    let status = if ok {
+    let mut checks = json!({ "database": database, "outbox": outbox });
+    let mut degraded = false;
+    match &state.relay {
+        None => {
+            checks["relay"] = json!({ "status": "disabled" });
+        }
+        Some(status) => {
+            let s = status.snapshot();
+            degraded |= !s.broker_connected || !s.relay_running;
+            checks["broker"] = json!({
+                "status": if s.broker_connected { "ok" } else { "error" },
+                "connected": s.broker_connected,
+            });
+            checks["streams"] = match &s.streams {
+                None => {
+                    degraded = true;
+                    json!({ "status": "pending", "reconciled": false })
+                }
+                Some(Ok(summary)) => json!({
+                    "status": "ok",
+                    "reconciled": true,
+                    "created": summary.created,
+                    "updated": summary.updated,
+                    "drift": summary.drift,
+                    "clamps": summary.clamps,
+                }),
+                Some(Err(e)) => {
+                    degraded = true;
+                    json!({ "status": "error", "reconciled": false, "error": e })
+                }
+            };
+            checks["relay"] = json!({
+                "status": if s.relay_running { "ok" } else { "error" },
+                "alive": s.relay_running,
+                "last_run": s.relay_last_run,
+            });
+        }
+    }
+    let status = match (database_ok, degraded) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let code = if database_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if ok { "ready" } else { "not_ready" },
-            "checks": { "database": database },
-        })),
-    )
+    (code, Json(json!({ "status": status, "checks": checks })))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let stats = state
+        .store
+        .read(|conn| outbox::stats(conn).map_err(ApiError::from))
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.render(&stats, Utc::now()),
+    ))
 }

@@ -3,9 +3,11 @@
 //! - [`orders`] — create, read, list, update, status, confirm, cancel, stock override.
 //! - [`chat`] — chat orders and chat links.
 //! - [`products`] — the stock view.
-//! - [`health`] — liveness and readiness.
+//! - [`admin`] — the outbox: list rows, requeue dead ones.
+//! - [`health`] — liveness, readiness and metrics.
 //! - [`json`], [`path`], [`context`] — how bodies, path ids and request metadata are read.
 
+pub mod admin;
 pub mod chat;
 pub mod context;
 pub mod health;
@@ -24,6 +26,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::relay::RelayStatus;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -35,6 +39,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[IpNet]>,
+    /// The service's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The relay's status; `None` when the relay is disabled.
+    pub relay: Option<Arc<RelayStatus>>,
 }
 
 /// The whole API.
@@ -42,7 +50,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(orders::router())
         .merge(chat::router())
-        .merge(products::router());
+        .merge(products::router())
+        .merge(admin::router());
     Router::new()
         .nest("/api/v1", v1)
         .merge(health::router())

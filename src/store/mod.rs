@@ -30,10 +30,16 @@ use tokio::sync::Notify;
 pub use writer::Writer;
 
 /// The migrations in `migrations/`, applied in order; SQLite's `user_version` records how many ran.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_orders.sql",
-    include_str!("../../migrations/0001_orders.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_orders.sql",
+        include_str!("../../migrations/0001_orders.sql"),
+    ),
+    (
+        "0002_outbox_keys.sql",
+        include_str!("../../migrations/0002_outbox_keys.sql"),
+    ),
+];
 
 /// How long a connection waits for a lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

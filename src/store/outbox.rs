@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, params};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{StoreError, Tx, timestamp};
+use super::{StoreError, Tx, parse_timestamp, timestamp};
 use crate::domain::OutboxEvent;
 
 /// Writes a command's events as pending rows, in order.
@@ -119,4 +120,221 @@ pub fn list(
         Ok(row)
     })
     .collect()
+}
+
+/// A pending row the relay may publish now.
+#[derive(Debug, Clone)]
+pub struct Due {
+    /// Commit order.
+    pub id: i64,
+    /// The event id.
+    pub event_id: String,
+    /// The topic.
+    pub topic: String,
+    /// The subject key.
+    pub key: String,
+    /// The JSON message.
+    pub payload: String,
+    /// The NATS headers.
+    pub headers: Vec<(String, String)>,
+    /// Permanent failures so far.
+    pub attempts: u32,
+    /// When the event was committed.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Up to `limit` pending rows that may be published at `now`, in commit order: rows whose retry
+/// time has come, and only while no earlier row of the same key waits for a retry or is dead, so
+/// that per key the commit order is the publish order.
+pub fn due(conn: &Connection, now: DateTime<Utc>, limit: u32) -> Result<Vec<Due>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.id, o.event_id, o.topic, o.subject_key, o.payload, o.headers, o.attempts,
+                o.created_at
+         FROM order_events_outbox o
+         WHERE o.status = 'pending'
+           AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?1)
+           AND NOT EXISTS (
+               SELECT 1 FROM order_events_outbox b
+               WHERE b.subject_key = o.subject_key AND b.id < o.id AND b.status <> 'published'
+                 AND (b.status = 'dead' OR b.next_attempt_at > ?1))
+         ORDER BY o.id
+         LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![timestamp(now), limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, u32>(6)?,
+                r.get::<_, String>(7)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(
+            |(id, event_id, topic, key, payload, headers, attempts, created_at)| {
+                let headers: BTreeMap<String, String> =
+                    serde_json::from_str(&headers).map_err(|_| StoreError::Corrupt {
+                        column: "order_events_outbox.headers",
+                        value: event_id.clone(),
+                    })?;
+                Ok(Due {
+                    id,
+                    event_id,
+                    topic,
+                    key,
+                    payload,
+                    headers: headers.into_iter().collect(),
+                    attempts,
+                    created_at: parse_timestamp("order_events_outbox.created_at", &created_at)?,
+                })
+            },
+        )
+        .collect()
+}
+
+/// Marks a row published with the stream and sequence the broker acknowledged it with.
+pub fn mark_published(
+    tx: &Tx<'_>,
+    id: i64,
+    stream: &str,
+    sequence: u64,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE order_events_outbox
+         SET status = 'published', stream = ?2, stream_seq = ?3, published_at = ?4,
+             next_attempt_at = NULL, last_error = NULL
+         WHERE id = ?1 AND status = 'pending'",
+    )?
+    .execute(params![id, stream, sequence as i64, timestamp(at)])?;
+    Ok(())
+}
+
+/// Records a failure that says nothing about the row (the broker was away): no attempt is used.
+pub fn record_transient(tx: &Tx<'_>, id: i64, error: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE order_events_outbox SET last_error = ?2 WHERE id = ?1")?
+        .execute(params![id, error])?;
+    Ok(())
+}
+
+/// Records a permanent failure: one attempt used; retried at `retry_at`, or dead when `None`.
+pub fn record_permanent(
+    tx: &Tx<'_>,
+    id: i64,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE order_events_outbox
+         SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3,
+             status = CASE WHEN ?3 IS NULL THEN 'dead' ELSE 'pending' END
+         WHERE id = ?1 AND status = 'pending'",
+    )?
+    .execute(params![id, error, retry_at.map(timestamp)])?;
+    Ok(())
+}
+
+/// What a requeue found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// The row is pending again, with its attempts reset.
+    Requeued,
+    /// No such row.
+    Missing,
+    /// The row is already published; publishing it again is the broker's duplicate check's job.
+    Published,
+}
+
+/// Puts a dead (or waiting) row back to pending with fresh attempts, to be published at once.
+pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
+    let status: Option<String> = tx
+        .query_row(
+            "SELECT status FROM order_events_outbox WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match status.as_deref() {
+        None => Ok(Requeue::Missing),
+        Some("published") => Ok(Requeue::Published),
+        Some(_) => {
+            tx.execute(
+                "UPDATE order_events_outbox
+                 SET status = 'pending', attempts = 0, next_attempt_at = NULL
+                 WHERE id = ?1",
+                [id],
+            )?;
+            tx.wrote_outbox.set(true);
+            Ok(Requeue::Requeued)
+        }
+    }
+}
+
+/// Counts for readiness and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    /// Rows waiting to be published.
+    pub pending: u64,
+    /// Rows that used up their retries.
+    pub dead: u64,
+    /// When the oldest pending row was committed.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+}
+
+/// Pending and dead counts, and the oldest pending row's commit time.
+pub fn stats(conn: &Connection) -> Result<Stats, StoreError> {
+    let (pending, dead): (i64, i64) = conn.query_row(
+        "SELECT (SELECT count(*) FROM order_events_outbox WHERE status = 'pending'),
+                (SELECT count(*) FROM order_events_outbox WHERE status = 'dead')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let oldest: Option<String> = conn.query_row(
+        "SELECT created_at FROM order_events_outbox WHERE status = 'pending' ORDER BY id LIMIT 1",
+        [],
+        |r| r.get(0),
+    ).optional()?;
+    Ok(Stats {
+        pending: pending.unsigned_abs(),
+        dead: dead.unsigned_abs(),
+        oldest_pending_at: oldest
+            .map(|t| parse_timestamp("order_events_outbox.created_at", &t))
+            .transpose()?,
+    })
+}
+
+/// The earliest retry time still in the future, so the relay can sleep until then.
+pub fn next_retry_at(
+    conn: &Connection,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let next: Option<String> = conn.query_row(
+        "SELECT min(next_attempt_at) FROM order_events_outbox
+         WHERE status = 'pending' AND next_attempt_at > ?1",
+        [timestamp(now)],
+        |r| r.get(0),
+    )?;
+    next.map(|t| parse_timestamp("order_events_outbox.next_attempt_at", &t))
+        .transpose()
+}
+
+/// Deletes up to `limit` rows published before `cutoff`, oldest first; returns how many.
+pub fn delete_published_before(
+    tx: &Tx<'_>,
+    cutoff: DateTime<Utc>,
+    limit: u32,
+) -> Result<usize, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "DELETE FROM order_events_outbox WHERE id IN (
+             SELECT id FROM order_events_outbox
+             WHERE status = 'published' AND published_at < ?1
+             ORDER BY published_at LIMIT ?2)",
+        )?
+        .execute(params![timestamp(cutoff), limit])?)
 }

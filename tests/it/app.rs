@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Once;
 use std::time::Duration;
 
+use clap::Parser;
 use order_service::auth::{Auth, Role};
-use order_service::config::{Config, LogFormat};
+use order_service::config::{Cli, Config, LogFormat};
 use order_service::store::Synchronous;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use rusqlite::Connection;
@@ -34,18 +35,26 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
-/// The service's settings for a test, with its database in `dir`.
+/// The service's settings for a test, with its database in `dir`: every default, as the command
+/// line gives them, except that the relay is off (tests that relay turn it on with a broker).
 pub fn test_config(dir: &std::path::Path) -> Config {
-    Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_path: dir.join("orders.db"),
-        sqlite_synchronous: Synchronous::Full,
-        auth_jwt_secret: Some(SECRET.to_owned()),
-        auth_jwt_issuer: None,
-        auth_jwt_audience: None,
-        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
-        log_format: LogFormat::Text,
-    }
+    let db = dir.join("orders.db");
+    let mut config = Cli::parse_from([
+        "order-service",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--database-path",
+        db.to_str().unwrap(),
+        "--auth-jwt-secret",
+        SECRET,
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--event-outbox-enabled",
+        "false",
+    ])
+    .config;
+    config.sqlite_synchronous = Synchronous::Full;
+    config
 }
 
 /// Starts the service with a fresh database.

@@ -7,6 +7,7 @@ mod bad_input;
 mod contract;
 mod nats;
 mod orders;
+mod relay;
 mod roles;
 mod schemas;
 mod store;

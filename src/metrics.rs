@@ -1,0 +1,168 @@
+//! Prometheus metrics of the outbox and the relay, served at `/metrics`.
+//!
+//! Counters and the latency histogram are updated by the relay as it works; the pending, dead and
+//! oldest-age gauges are read from the database when scraped, so they are never stale.
+
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::domain::Topic;
+use crate::store::outbox::Stats;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of a per-topic series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    /// The topic.
+    pub topic: String,
+}
+
+/// Labels of a publish failure.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The topic.
+    pub topic: String,
+    /// `transient` or `permanent`.
+    pub kind: String,
+}
+
+/// The service's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    published: Family<TopicLabel, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    duplicates: Counter,
+    commit_to_ack: Histogram,
+    pending: Gauge,
+    dead: Gauge,
+    oldest_pending_age: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let published = Family::<TopicLabel, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let duplicates = Counter::default();
+        // 0.25 ms to about 16 s.
+        let commit_to_ack = Histogram::new(exponential_buckets(0.000_25, 2.0, 17));
+        let pending = Gauge::default();
+        let dead = Gauge::default();
+        let oldest_pending_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "outbox_events_published",
+            "Events the broker acknowledged, by topic",
+            published.clone(),
+        );
+        registry.register(
+            "outbox_publish_failures",
+            "Failed publish attempts, by topic and kind (transient or permanent)",
+            failures.clone(),
+        );
+        registry.register(
+            "outbox_duplicate_acks",
+            "PubAcks that reported a duplicate: the broker already had the event",
+            duplicates.clone(),
+        );
+        registry.register(
+            "outbox_commit_to_ack_seconds",
+            "Time from an event's commit to its PubAck",
+            commit_to_ack.clone(),
+        );
+        registry.register(
+            "outbox_pending",
+            "Outbox rows waiting to be published",
+            pending.clone(),
+        );
+        registry.register(
+            "outbox_dead",
+            "Outbox rows that used up their retries",
+            dead.clone(),
+        );
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending outbox row, 0 when none",
+            oldest_pending_age.clone(),
+        );
+        // Every topic's series exist from the start, at 0, so rates and alerts see them before the
+        // first event or failure.
+        for topic in Topic::ALL {
+            let topic = topic.as_str().to_owned();
+            let _ = published.get_or_create(&TopicLabel {
+                topic: topic.clone(),
+            });
+            for kind in ["transient", "permanent"] {
+                let _ = failures.get_or_create(&FailureLabels {
+                    topic: topic.clone(),
+                    kind: kind.to_owned(),
+                });
+            }
+        }
+        Metrics {
+            registry,
+            published,
+            failures,
+            duplicates,
+            commit_to_ack,
+            pending,
+            dead,
+            oldest_pending_age,
+        }
+    }
+
+    /// Counts an acknowledged event and its commit-to-ack latency.
+    pub fn published(&self, topic: &str, committed_at: DateTime<Utc>, duplicate: bool) {
+        self.published
+            .get_or_create(&TopicLabel {
+                topic: topic.to_owned(),
+            })
+            .inc();
+        if duplicate {
+            self.duplicates.inc();
+        }
+        let latency = (Utc::now() - committed_at).to_std().unwrap_or_default();
+        self.commit_to_ack.observe(latency.as_secs_f64());
+    }
+
+    /// Counts a failed publish attempt.
+    pub fn failed(&self, topic: &str, transient: bool) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                topic: topic.to_owned(),
+                kind: if transient { "transient" } else { "permanent" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The exposition text, with the outbox gauges set from `stats`.
+    pub fn render(&self, stats: &Stats, now: DateTime<Utc>) -> String {
+        self.pending
+            .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
+        self.dead.set(i64::try_from(stats.dead).unwrap_or(i64::MAX));
+        let age = stats.oldest_pending_at.map_or(0.0, |t| {
+            (now - t).to_std().unwrap_or_default().as_secs_f64()
+        });
+        self.oldest_pending_age.set(age);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
