@@ -860,3 +860,43 @@ async fn a_service_killed_mid_drain_loses_nothing_and_duplicates_are_dropped() {
         "crash: {at_kill} of 600 published before SIGKILL; duplicate PubAcks after restart: {duplicates}"
     );
 }
+
+#[tokio::test]
+async fn the_streams_command_applies_diffs_and_lists_the_table() {
+    let nats = NatsServer::start().await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+            .arg("streams")
+            .args(args)
+            .env("NATS_URL", nats.url())
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before = run(&["diff"]);
+    assert!(
+        before.contains("ORDER_CREATED"),
+        "a missing stream is drift:\n{before}"
+    );
+    assert!(
+        before.contains("clamped: ORDER_AUDIT num_replicas: wanted 3, using 1"),
+        "{before}"
+    );
+    run(&["apply"]);
+    let after = run(&["diff"]);
+    assert!(
+        after.contains("the streams match the topic table"),
+        "{after}"
+    );
+    let list = run(&["list"]);
+    for stream in ["ORDER_CREATED", "ORDER_AUDIT", "ORDER_STATISTICS_UPDATED"] {
+        assert!(list.contains(stream), "{list}");
+    }
+    assert!(list.contains("order.audit.*"), "{list}");
+}
