@@ -13,16 +13,15 @@ use uuid::Uuid;
 use super::AppState;
 use super::context::RequestMeta;
 use super::json::AppJson;
-use super::orders::{NewOrder, OverrideRequest, audit, place, visible};
+use super::orders::{NewOrder, OverrideRequest, audit, change_order, place};
 use super::path::OrderId;
 use crate::auth::{Caller, Role};
 use crate::domain::events::{
     AuditChange, ChatOrderCreated, CustomerPreferences, OrderLinkedToChat,
 };
-use crate::domain::{Address, Currency, Events, Item, Order, SourceChannel, Text};
+use crate::domain::{Address, Currency, Item, Order, SourceChannel, Text};
 use crate::error::ApiError;
 use crate::store::chat::{ChatLink, ChatOrigin, insert_link};
-use crate::store::{orders, outbox};
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
@@ -170,35 +169,31 @@ async fn link(
         created_at: ctx.now,
     };
     let stored = link.clone();
-    state
-        .store
-        .write(move |tx| {
-            let order = visible(orders::find(tx, order_id)?, order_id, &caller)?;
-            insert_link(tx, &link)?;
-            let mut events = Events::new(&ctx);
-            events.push(OrderLinkedToChat {
-                order_id,
-                order_number: order.order_number.clone(),
-                chat_id: link.chat_id,
-                link_type: link.link_type.clone(),
-                linked_by: link.linked_by,
-                context: link.context.clone(),
-            });
-            events.push(audit(
-                &order,
-                &ctx,
-                "chat_link",
-                AuditChange {
-                    field: "chat_id".into(),
-                    old_value: String::new(),
-                    new_value: link.chat_id.to_string(),
-                },
-                &link.context,
-            ));
-            outbox::enqueue(tx, &events.into_vec())?;
-            Ok::<_, ApiError>(())
-        })
-        .await?;
+    change_order(&state, caller, ctx, order_id, move |tx, order, events| {
+        insert_link(tx, &link)?;
+        events.push(OrderLinkedToChat {
+            order_id,
+            order_number: order.order_number.clone(),
+            chat_id: link.chat_id,
+            link_type: link.link_type.clone(),
+            linked_by: link.linked_by,
+            context: link.context.clone(),
+        });
+        let event = audit(
+            order,
+            events.context(),
+            "chat_link",
+            AuditChange {
+                field: "chat_id".into(),
+                old_value: String::new(),
+                new_value: link.chat_id.to_string(),
+            },
+            &link.context,
+        );
+        events.push(event);
+        Ok(())
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(LinkView {

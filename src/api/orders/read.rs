@@ -1,0 +1,121 @@
+//! Reading one order, and listing orders with filters and a cursor.
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{OrderView, visible};
+use crate::api::AppState;
+use crate::api::path::OrderId;
+use crate::auth::{Caller, Role};
+use crate::domain::Status;
+use crate::error::ApiError;
+use crate::store::orders;
+
+/// `GET /orders` and `GET /orders/{id}`.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/orders", get(list))
+        .route("/orders/{id}", get(read))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    OrderId(order_id): OrderId,
+) -> Result<Json<OrderView>, ApiError> {
+    caller.require(&[Role::Customer, Role::Admin, Role::System])?;
+    let order = state
+        .store
+        .read(move |conn| Ok::<_, ApiError>(orders::find(conn, order_id)?))
+        .await?;
+    let order = visible(order, order_id, &caller)?;
+    Ok(Json(OrderView::from(&order)))
+}
+
+/// The query of `GET /orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    customer_id: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+const DEFAULT_PAGE: u32 = 20;
+const MAX_PAGE: u32 = 100;
+
+#[derive(Debug, Serialize)]
+struct OrderPage {
+    orders: Vec<OrderView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<Uuid>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<OrderPage>, ApiError> {
+    caller.require(&[Role::Customer, Role::Admin, Role::System])?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest {
+        code: "invalid_query",
+        message: e.body_text(),
+    })?;
+    let bad = |name: &str, why: String| ApiError::BadRequest {
+        code: "invalid_query",
+        message: format!("{name}: {why}"),
+    };
+    let uuid = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| Uuid::parse_str(s).map_err(|_| bad(name, format!("`{s}` is not a UUID"))))
+            .transpose()
+    };
+    let mut customer_id = uuid("customer_id", &q.customer_id)?;
+    if caller.role == Role::Customer {
+        match customer_id {
+            Some(id) if id != caller.user_id => {
+                return Err(ApiError::Forbidden(
+                    "a customer lists only its own orders".into(),
+                ));
+            }
+            _ => customer_id = Some(caller.user_id),
+        }
+    }
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| Status::parse(s).ok_or_else(|| bad("status", format!("unknown status `{s}`"))))
+        .transpose()?;
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| bad("limit", format!("must be 1 to {MAX_PAGE}, got `{s}`")))?,
+    };
+    let filter = orders::Filter {
+        customer_id,
+        status,
+        before: uuid("cursor", &q.cursor)?,
+        limit: limit + 1,
+    };
+    let mut found = state
+        .store
+        .read(move |conn| Ok::<_, ApiError>(orders::list(conn, &filter)?))
+        .await?;
+    let next_cursor = if found.len() > limit as usize {
+        found.truncate(limit as usize);
+        found.last().map(|o| o.order_id)
+    } else {
+        None
+    };
+    Ok(Json(OrderPage {
+        orders: found.iter().map(OrderView::from).collect(),
+        next_cursor,
+    }))
+}
