@@ -159,11 +159,12 @@ async fn publish_outbox(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let reconnected = Arc::new(tokio::sync::Notify::new());
     let mut backoff = Duration::from_millis(200);
     let client = loop {
         tokio::select! {
             () = &mut shutdown => return,
-            connected = bus::connect(&config.nats_url) => match connected {
+            connected = bus::connect_watched(&config.nats_url, reconnected.clone()) => match connected {
                 Ok(client) => break client,
                 Err(e) => tracing::warn!(url = %config.nats_url, error = %e, retry_in = ?backoff, "NATS unreachable; orders are kept in the outbox"),
             },
@@ -197,8 +198,60 @@ async fn publish_outbox(
         backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
     }
 
-    let relay = Relay::new(store, js, relay_config(&config), metrics, status);
-    relay.run(shutdown).await;
+    let relay = Relay::new(
+        store,
+        js.clone(),
+        relay_config(&config),
+        metrics,
+        status.clone(),
+    );
+    let relayed = relay.run(shutdown);
+    tokio::pin!(relayed);
+    let reconciled = reconcile_on_reconnect(
+        &js,
+        &topics,
+        config.nats_duplicate_window,
+        &status,
+        &reconnected,
+    );
+    // The watcher never ends by itself; the relay ends on shutdown.
+    tokio::select! {
+        () = &mut relayed => {}
+        () = reconciled => {}
+    }
+}
+
+/// Reconciles the streams again after every reconnect: a broker that comes back without its
+/// store (a fresh container, a wiped disk) has no streams, and every publish would otherwise
+/// fail for want of one until its row went dead.
+async fn reconcile_on_reconnect(
+    js: &jetstream::Context,
+    topics: &Topics,
+    duplicate_window: Duration,
+    status: &RelayStatus,
+    reconnected: &tokio::sync::Notify,
+) {
+    loop {
+        reconnected.notified().await;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match bus::reconcile(js, topics, duplicate_window).await {
+                Ok(report) => {
+                    if !report.changed_nothing() {
+                        tracing::warn!(%report, "streams were missing or changed after a reconnect; reconciled");
+                    }
+                    status.set_streams(Ok(StreamsSummary::from(&report)));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciling streams after a reconnect failed");
+                    status.set_streams(Err(e.to_string()));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
 }
 
 /// The relay's settings from the service's.

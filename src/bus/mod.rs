@@ -13,7 +13,11 @@ pub mod publish;
 pub mod streams;
 pub mod topics;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use async_nats::{Client, ConnectError, ConnectOptions, Event};
 
@@ -36,18 +40,33 @@ const CLIENT_NAME: &str = "order-service";
 /// error the caller sees at once. Once connected, the client reconnects by itself without limit,
 /// and disconnects and reconnects are logged.
 pub async fn connect(url: &str) -> Result<Client, ConnectError> {
+    connect_watched(url, Arc::new(Notify::new())).await
+}
+
+/// [`connect`], and `reconnected` is notified each time the connection is established again
+/// after a loss: the server on the other end may have come back without its streams.
+pub async fn connect_watched(url: &str, reconnected: Arc<Notify>) -> Result<Client, ConnectError> {
+    let first = Arc::new(AtomicBool::new(true));
     ConnectOptions::new()
         .name(CLIENT_NAME)
         .connection_timeout(Duration::from_secs(5))
         // The default 60 s means a silently dead connection is noticed only after minutes; in the
         // meantime every publish waits out its timeout.
         .ping_interval(Duration::from_secs(10))
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => tracing::info!("NATS connection (re)established"),
-                Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-                Event::Closed => tracing::info!("NATS connection closed"),
-                other => tracing::warn!(event = %other, "NATS client event"),
+        .event_callback(move |event| {
+            let (first, reconnected) = (first.clone(), reconnected.clone());
+            async move {
+                match event {
+                    Event::Connected => {
+                        tracing::info!("NATS connection (re)established");
+                        if !first.swap(false, Ordering::Relaxed) {
+                            reconnected.notify_one();
+                        }
+                    }
+                    Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                    Event::Closed => tracing::info!("NATS connection closed"),
+                    other => tracing::warn!(event = %other, "NATS client event"),
+                }
             }
         })
         .connect(url)

@@ -900,3 +900,26 @@ async fn the_streams_command_applies_diffs_and_lists_the_table() {
     }
     assert!(list.contains("order.audit.*"), "{list}");
 }
+
+#[tokio::test]
+async fn a_broker_that_comes_back_without_a_stream_gets_it_back() {
+    let mut nats = NatsServer::start().await;
+    // The default retry schedule: the first retry comes after half a second at the earliest.
+    let app = relaying_app(&nats, |c| {
+        c.event_outbox_retry_base = Duration::from_secs(1);
+        c.event_outbox_max_retries = 3;
+    })
+    .await;
+    let js = nats.jetstream().await;
+    js.delete_stream("ORDER_CREATED").await.unwrap();
+    nats.restart().await;
+    let customer = User::new(Role::Customer);
+    app.create_order(customer, simple_order()).await;
+    drained(&app).await;
+    assert_eq!(
+        counts(&app).2,
+        0,
+        "no event went dead for want of its stream"
+    );
+    every_event_once(&app, &nats.jetstream().await).await;
+}
