@@ -81,6 +81,7 @@ pub fn execute(cli: Cli) -> Result<(), AppError> {
             &cli.config.nats_url,
             action,
         ))?),
+        Command::Demo(args) => runtime()?.block_on(crate::demo::run(cli.config, args)),
     }
 }
 

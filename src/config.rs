@@ -56,6 +56,8 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::consumer::commands::DlqAction,
     },
+    /// Run the demo: the service, three example consumers and a few orders (`make demo`).
+    Demo(crate::demo::DemoArgs),
 }
 
 /// What `streams` does.
