@@ -173,11 +173,22 @@ pub async fn publish(
     letter: &DeadLetter<'_>,
 ) -> Result<(), ConsumerError> {
     let mut headers: Vec<(String, String)> = Vec::with_capacity(letter.headers.len() + 10);
+    let replayed = letter.stream == REPLAY_STREAM;
+    // A replay carries the original id in Dlq-Original-Msg-Id; its own Nats-Msg-Id is the
+    // replay's.
+    let original_header = if replayed {
+        "Dlq-Original-Msg-Id"
+    } else {
+        MSG_ID_HEADER
+    };
     let mut original_id = None;
     for (name, value) in letter.headers {
-        if name.eq_ignore_ascii_case(MSG_ID_HEADER) {
+        if name.eq_ignore_ascii_case(original_header) {
             original_id = Some(value.clone());
-        } else if !name.to_ascii_lowercase().starts_with("dlq-") {
+        }
+        if !name.eq_ignore_ascii_case(MSG_ID_HEADER)
+            && !name.to_ascii_lowercase().starts_with("dlq-")
+        {
             headers.push((name.clone(), value.clone()));
         }
     }
@@ -203,7 +214,6 @@ pub async fn publish(
         ("Dlq-Time".to_owned(), Utc::now().to_rfc3339()),
     ]);
     // A replayed letter keeps pointing at where the event first came from.
-    let replayed = letter.stream == REPLAY_STREAM;
     let (source_stream, source_seq, source_subject) = if replayed {
         let find = |name: &str| {
             letter
