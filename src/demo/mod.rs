@@ -95,10 +95,15 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
         dir.display()
     );
 
-    // The consumers and the tails.
-    let print: Printer = Arc::new(|group: &str, line: String| {
-        println!("      {:<21} {line}", group);
-    });
+    // The consumers and the tails; what they print waits until the step has settled, so each
+    // step reads as request, events, effects.
+    let log = Log::default();
+    let print: Printer = {
+        let log = log.clone();
+        Arc::new(move |group: &str, line: String| {
+            log.effect(format!("      → {group:<21} {line}"));
+        })
+    };
     let quick = |group: &str, topics: &[Topic], file: &str| {
         let mut c = GroupConfig::new(group, topics, dir.join(file));
         c.backoff = vec![Duration::from_millis(200), Duration::from_millis(500)];
@@ -161,6 +166,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     for topic in Topic::ALL {
         let js = js.clone();
         let shutdown = stopped();
+        let log = log.clone();
         let args = TailArgs {
             topic: topic.as_str().to_owned(),
             partition: None,
@@ -173,12 +179,12 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
         tails.push(tokio::spawn(async move {
             let _ = follow(&js, &args, shutdown, |t| {
                 if let Ok(event) = &t.event {
-                    println!(
+                    log.event(format!(
                         "    event {:<28} {:<16} {}",
                         event.topic().as_str(),
                         event.order_number().unwrap_or("-"),
                         summary(event)
-                    );
+                    ));
                 }
                 true
             })
@@ -197,6 +203,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
         admin: Uuid::now_v7(),
         js: js.clone(),
         topics: topics.clone(),
+        log,
     };
     // Consumers and tails are subscribed before the first order.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -318,6 +325,33 @@ struct Driver {
     admin: Uuid,
     js: jetstream::Context,
     topics: Topics,
+    log: Log,
+}
+
+/// Lines printed by the tails and the consumers while a step settles.
+#[derive(Clone, Default)]
+struct Log {
+    events: Arc<std::sync::Mutex<Vec<String>>>,
+    effects: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Log {
+    fn event(&self, line: String) {
+        self.events.lock().expect("log lock").push(line);
+    }
+
+    fn effect(&self, line: String) {
+        self.effects.lock().expect("log lock").push(line);
+    }
+
+    /// Prints what arrived since the last flush: the events, then the consumers' effects.
+    fn flush(&self) {
+        for list in [&self.events, &self.effects] {
+            for line in list.lock().expect("log lock").drain(..) {
+                println!("{line}");
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -351,6 +385,7 @@ impl Driver {
             )));
         }
         self.settle().await?;
+        self.log.flush();
         Ok(answer)
     }
 
