@@ -67,7 +67,17 @@ pub async fn rows(
     topics: &Topics,
     group: Option<&str>,
 ) -> Result<Vec<LagRow>, ConsumerError> {
+    Ok(rows_and_dead_letters(js, topics, group).await?.0)
+}
+
+/// [`rows`], and the dead letters held by every group, from one count.
+async fn rows_and_dead_letters(
+    js: &jetstream::Context,
+    topics: &Topics,
+    group: Option<&str>,
+) -> Result<(Vec<LagRow>, u64), ConsumerError> {
     let dead = dlq::counts(js).await?;
+    let total = dead.values().sum();
     let now = Utc::now();
     let mut rows = Vec::new();
     let streams = topics
@@ -120,7 +130,7 @@ pub async fn rows(
         }
     }
     rows.sort_by(|a, b| (&a.group, &a.topic, &a.consumer).cmp(&(&b.group, &b.topic, &b.consumer)));
-    Ok(rows)
+    Ok((rows, total))
 }
 
 /// When the oldest message the consumer has not acknowledged was stored.
@@ -259,12 +269,9 @@ impl Watch {
             ..Snapshot::default()
         };
         if let Some(js) = js {
-            match rows(js, topics, None).await {
-                Ok(groups) => {
-                    snapshot.dead_letters = dlq::counts(js)
-                        .await
-                        .map(|c| c.values().sum())
-                        .unwrap_or_default();
+            match rows_and_dead_letters(js, topics, None).await {
+                Ok((groups, dead_letters)) => {
+                    snapshot.dead_letters = dead_letters;
                     snapshot.groups = groups;
                 }
                 Err(e) => snapshot.error = Some(e.to_string()),

@@ -13,7 +13,8 @@
 //! 3. commit, then acknowledge what was processed, send transient failures back with a delay
 //!    from the backoff schedule (`-NAK {delay}`), and publish permanent failures, schema errors
 //!    and transient failures of the last allowed delivery to the dead letters ([`dlq`]) before
-//!    terminating them.
+//!    terminating them. Messages the broker gives up on because no delivery was answered within
+//!    `ack_wait` are dead-lettered from its `MAX_DELIVERIES` advisory.
 //!
 //! Order per order: messages arrive in stream order and are processed one after another, and a
 //! batch holds back the later messages of a key whose message failed. Across redeliveries only
@@ -399,6 +400,29 @@ impl<H: Handler> Group<H> {
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for (source, consumer) in consumers {
+            if let Source::Topic(topic) = source {
+                let stream = stream_name(topic.as_str());
+                let subscriber = self
+                    .js
+                    .client()
+                    .subscribe(format!(
+                        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{}",
+                        self.config.consumer_name()
+                    ))
+                    .await
+                    .map_err(ConsumerError::nats)?;
+                let mut stopping = stopping.clone();
+                tasks.spawn(exhausted(
+                    self.js.clone(),
+                    self.config.clone(),
+                    self.stats.clone(),
+                    topic,
+                    subscriber,
+                    async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    },
+                ));
+            }
             let worker = Worker {
                 config: self.config.clone(),
                 handler: self.handler.clone(),
@@ -688,6 +712,77 @@ impl<H: Handler> Worker<H> {
             // The broker redelivers it after ack_wait; the processed-events table makes that
             // harmless.
             tracing::debug!(group = %self.config.group, error = %e, "acknowledging failed");
+        }
+    }
+}
+
+/// The broker's advisory that a message used up `max_deliver` without an answer.
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+/// Dead-letters the messages the broker gave up on because no delivery was answered within
+/// `ack_wait` (a handler that hangs, a worker that crashes on them): the worker never saw their
+/// last failure, so the broker's advisory is the only news of them. Advisories are not stored:
+/// those sent while no worker of the group runs are missed.
+async fn exhausted(
+    js: jetstream::Context,
+    config: Arc<GroupConfig>,
+    stats: Arc<Stats>,
+    topic: Topic,
+    mut advisories: async_nats::Subscriber,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConsumerError> {
+    tokio::pin!(shutdown);
+    let stream = stream_name(topic.as_str());
+    loop {
+        let advisory = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            next = advisories.next() => match next {
+                Some(message) => message,
+                None => return Ok(()),
+            },
+        };
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
+            continue;
+        };
+        let message = match js.get_stream(&stream).await {
+            Ok(s) => s.get_raw_message(advisory.stream_seq).await,
+            Err(e) => {
+                tracing::warn!(group = %config.group, error = %e, "cannot read an exhausted message");
+                continue;
+            }
+        };
+        let Ok(message) = message else {
+            continue;
+        };
+        let headers = headers_of(Some(&message.headers));
+        let error = format!(
+            "not acknowledged within ack_wait ({:?}) on any of {} deliveries",
+            config.ack_wait, advisory.deliveries
+        );
+        let letter = dlq::DeadLetter {
+            group: &config.group,
+            topic: topic.as_str(),
+            reason: Reason::MaxDeliver,
+            error: &error,
+            stream: &stream,
+            stream_sequence: advisory.stream_seq,
+            subject: message.subject.as_str(),
+            delivered: advisory.deliveries,
+            headers: &headers,
+            payload: &message.payload,
+        };
+        match dlq::publish(&js, &letter).await {
+            Ok(()) => {
+                Stats::add(&stats.dead_lettered);
+                tracing::warn!(group = %config.group, stream = %stream, seq = advisory.stream_seq, "dead letter: max_deliver without an answer");
+            }
+            Err(e) => {
+                tracing::error!(group = %config.group, error = %e, seq = advisory.stream_seq, "publishing a dead letter failed; the message stays only in its stream")
+            }
         }
     }
 }

@@ -958,21 +958,25 @@ async fn schema_permanent_and_exhausted_messages_become_dead_letters_and_replay_
         assert!(start.elapsed() < PATIENCE, "{ready}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(
-            "consumer_dead_letters{group=\"dead\",topic=\"order.created\",consumer=\"dead\"} 4"
-        ),
-        "{metrics}"
-    );
+    let start = Instant::now();
+    loop {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(
+            "consumer_dead_letters{group=\"dead\",topic=\"order.created\",consumer=\"dead\"} 4",
+        ) {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let listed = run_cli(&nats, &["dlq", "list", "--group", "dead"]);
     assert!(
         listed.contains("4 dead letter(s)") && listed.contains("max_deliver"),
@@ -1089,4 +1093,50 @@ async fn tail_prints_a_topics_events_from_the_start_and_for_one_order() {
     );
     let order_number = app.events_of(one)[0].payload["data"]["order_number"].clone();
     assert!(out.contains(order_number.as_str().unwrap()), "{out}");
+}
+
+#[tokio::test]
+async fn a_message_never_answered_becomes_a_dead_letter_when_max_deliver_runs_out() {
+    let nats = NatsServer::start().await;
+    let app = relaying_app(&nats, |_| {}).await;
+    let js = nats.jetstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("consumer.db");
+    let topics = [Topic::Created];
+    let mut config = group_config("hung", &topics, &db);
+    config.max_deliver = 2;
+    config.ack_wait = Duration::from_secs(1);
+    let (got, _deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let hung = Running::start(&js, config, Stall { got });
+    let orders = create_orders(&app, 1, 1).await;
+    let expected = expected_events(&app, &orders, &topics);
+    let start = Instant::now();
+    let letters = loop {
+        let letters = dlq::list(&js, "hung", None).await.unwrap();
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the hung message never became a dead letter"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stats = hung.kill().await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        (letter.reason.as_str(), letter.delivered),
+        ("max_deliver", 2)
+    );
+    assert!(letter.error.contains("ack_wait"), "{}", letter.error);
+    let id = letter.header("Dlq-Original-Msg-Id").unwrap().to_owned();
+    assert!(expected.contains(&id));
+    let row = app.outbox().into_iter().find(|r| r.event_id == id).unwrap();
+    assert_eq!(letter.payload, row.raw.as_bytes());
+    assert!(effects(&db, "hung").is_empty());
+    eprintln!(
+        "hung: {} deliveries, {} dead letters",
+        stats.deliveries, stats.dead_lettered
+    );
 }
