@@ -9,7 +9,7 @@ ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build
+.PHONY: run test lint fmt schemas token build demo
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
 ## Ctrl-C stops both.
@@ -20,6 +20,17 @@ run: $(DEV_SECRET) nats-server build
 	trap 'exit 0' INT TERM; \
 	AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" DATABASE_PATH="$${DATABASE_PATH:-$(DATA)/order-service.db}" \
 		NATS_URL="$${NATS_URL:-nats://127.0.0.1:4222}" ./target/release/order-service serve
+
+## demo: a throw-away NATS (./data/demo/nats, port DEMO_NATS_PORT), the service and three example
+## consumers (inventory, notification, finance); drives a few orders through their life cycle over
+## the HTTP API, prints the events and each consumer's effect, a summary, and stops everything.
+DEMO_NATS_PORT ?= 4333
+demo: nats-server build
+	@rm -rf $(DATA)/demo && mkdir -p $(DATA)/demo
+	@'$(NATS_SERVER)' -js -sd $(DATA)/demo/nats -a 127.0.0.1 -p $(DEMO_NATS_PORT) -l $(DATA)/demo/nats.log & nats=$$!; \
+	trap 'kill $$nats 2>/dev/null; wait $$nats 2>/dev/null' EXIT; \
+	RUST_LOG="$${RUST_LOG:-error}" NATS_URL=nats://127.0.0.1:$(DEMO_NATS_PORT) \
+		./target/release/order-service demo --dir $(DATA)/demo
 
 ## test: unit and integration tests against a real nats-server: the local image in a container
 ## where a Docker engine answers (ORDER_SERVICE_TEST_NATS=container makes that mandatory), else

@@ -17,6 +17,7 @@ use crate::api::{self, AppState};
 use crate::auth::{Auth, AuthConfigError};
 use crate::bus::{self, Topics, TopicsError};
 use crate::config::{Cli, Command, Config, SchemaArgs, StreamsAction, TokenArgs};
+use crate::consumer;
 use crate::domain::Topic;
 use crate::metrics::Metrics;
 use crate::relay::{self, Backoff, Relay, RelayConfig, RelayStatus, StreamsSummary};
@@ -51,6 +52,9 @@ pub enum AppError {
     /// A command's arguments are wrong.
     #[error("{0}")]
     Usage(String),
+    /// A consumer command failed.
+    #[error(transparent)]
+    Consumer(#[from] crate::consumer::ConsumerError),
 }
 
 /// Runs the command line.
@@ -63,6 +67,21 @@ pub fn execute(cli: Cli) -> Result<(), AppError> {
         Command::Token(args) => token(&cli.config, &args),
         Command::Schema(args) => schema(&args),
         Command::Streams { action } => runtime()?.block_on(streams(&cli.config, action)),
+        Command::Tail(args) => Ok(runtime()?.block_on(consumer::commands::tail(
+            &cli.config.nats_url,
+            args,
+            shutdown_signal(),
+        ))?),
+        Command::Consumers { action } => Ok(runtime()?.block_on(consumer::commands::consumers(
+            &cli.config.nats_url,
+            &topics(&cli.config)?,
+            action,
+        ))?),
+        Command::Dlq { action } => Ok(runtime()?.block_on(consumer::commands::dead_letters(
+            &cli.config.nats_url,
+            action,
+        ))?),
+        Command::Demo(args) => runtime()?.block_on(crate::demo::run(cli.config, args)),
     }
 }
 
@@ -89,6 +108,7 @@ pub fn build(config: &Config) -> Result<AppState, AppError> {
         relay: config
             .event_outbox_enabled
             .then(|| Arc::new(RelayStatus::default())),
+        consumers: Arc::default(),
     })
 }
 
@@ -110,6 +130,16 @@ pub async fn run(
     };
 
     let mut tasks = JoinSet::new();
+    if config.event_outbox_enabled {
+        tasks.spawn(consumer::lag::run(
+            state.consumers.clone(),
+            config.nats_url.clone(),
+            topics.clone(),
+            state.metrics.clone(),
+            config.consumer_lag_interval,
+            stopped(),
+        ));
+    }
     if let Some(status) = state.relay.clone() {
         tasks.spawn(publish_outbox(
             config.clone(),

@@ -42,6 +42,22 @@ pub enum Command {
         #[command(subcommand)]
         action: StreamsAction,
     },
+    /// Print a topic's events as they arrive (the spec's kafka-console-consumer).
+    Tail(crate::consumer::tail::TailArgs),
+    /// Show the consumer groups: pending, ack-pending, lag, redelivered, dead letters.
+    Consumers {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: crate::consumer::commands::ConsumersAction,
+    },
+    /// List, replay or purge a consumer group's dead letters.
+    Dlq {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: crate::consumer::commands::DlqAction,
+    },
+    /// Run the demo: the service, three example consumers and a few orders (`make demo`).
+    Demo(crate::demo::DemoArgs),
 }
 
 /// What `streams` does.
@@ -183,6 +199,11 @@ pub struct Config {
     /// The streams' duplicate window (never above a stream's max_age).
     #[arg(long, env = "NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     pub nats_duplicate_window: Duration,
+
+    /// How often consumer lag, dead letters and publish failures are sampled for /ready and
+    /// /metrics (with the relay on).
+    #[arg(long, env = "CONSUMER_LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub consumer_lag_interval: Duration,
 
     /// A topic table to use instead of the built-in copy of nats/topics.json.
     #[arg(long, env = "TOPICS_FILE")]

@@ -15,12 +15,16 @@
 //! - [`store`] — SQLite: the writer, the readers, orders and the outbox.
 //! - [`relay`] — the outbox relay: publishes pending rows onto JetStream, cleans up.
 //! - [`metrics`] — Prometheus metrics of the outbox and the relay.
+//! - [`consumer`] — consumer groups: idempotent handlers, dead letters, lag, `tail`.
+//! - [`demo`] — `make demo`: three example consumers and a driver.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod consumer;
+pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod metrics;

@@ -35,6 +35,17 @@ pub struct FailureLabels {
     pub kind: String,
 }
 
+/// Labels of a consumer group's series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// The consumer group.
+    pub group: String,
+    /// The topic (`replay` for replayed dead letters).
+    pub topic: String,
+    /// The durable consumer.
+    pub consumer: String,
+}
+
 /// The service's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -46,6 +57,17 @@ pub struct Metrics {
     pending: Gauge,
     dead: Gauge,
     oldest_pending_age: Gauge<f64, AtomicU64>,
+    consumers: ConsumerGauges,
+}
+
+/// Gauges of the consumer groups, set by the lag watch.
+#[derive(Debug, Default)]
+struct ConsumerGauges {
+    lag_messages: Family<GroupLabels, Gauge>,
+    lag_seconds: Family<GroupLabels, Gauge<f64, AtomicU64>>,
+    redelivered: Family<GroupLabels, Gauge>,
+    dead_letters: Family<GroupLabels, Gauge>,
+    publish_failure_ratio: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -101,6 +123,32 @@ impl Metrics {
             "Age of the oldest pending outbox row, 0 when none",
             oldest_pending_age.clone(),
         );
+        let consumers = ConsumerGauges::default();
+        registry.register(
+            "consumer_lag_messages",
+            "Messages a consumer group has not finished (pending plus ack-pending)",
+            consumers.lag_messages.clone(),
+        );
+        registry.register(
+            "consumer_lag_seconds",
+            "Age of the oldest event a consumer group has not acknowledged",
+            consumers.lag_seconds.clone(),
+        );
+        registry.register(
+            "consumer_redelivered",
+            "Messages delivered to a consumer group more than once",
+            consumers.redelivered.clone(),
+        );
+        registry.register(
+            "consumer_dead_letters",
+            "Dead letters a consumer group has in ORDER_DLQ",
+            consumers.dead_letters.clone(),
+        );
+        registry.register(
+            "outbox_publish_failure_ratio",
+            "Failed publish attempts over all attempts in the last five minutes",
+            consumers.publish_failure_ratio.clone(),
+        );
         // Every topic's series exist from the start, at 0, so rates and alerts see them before the
         // first event or failure.
         for topic in Topic::ALL {
@@ -124,7 +172,67 @@ impl Metrics {
             pending,
             dead,
             oldest_pending_age,
+            consumers,
         }
+    }
+
+    /// Publishes acknowledged and publish attempts failed, over every topic, since start.
+    pub fn publish_totals(&self) -> (u64, u64) {
+        let mut published = 0;
+        let mut failed = 0;
+        for topic in Topic::ALL {
+            let topic = topic.as_str().to_owned();
+            published += self
+                .published
+                .get_or_create(&TopicLabel {
+                    topic: topic.clone(),
+                })
+                .get();
+            for kind in ["transient", "permanent"] {
+                failed += self
+                    .failures
+                    .get_or_create(&FailureLabels {
+                        topic: topic.clone(),
+                        kind: kind.to_owned(),
+                    })
+                    .get();
+            }
+        }
+        (published, failed)
+    }
+
+    /// Sets the consumer gauges from the lag watch's latest sample.
+    pub fn set_consumers(&self, rows: &[crate::consumer::lag::LagRow], failure_ratio: f64) {
+        let gauges = &self.consumers;
+        gauges.lag_messages.clear();
+        gauges.lag_seconds.clear();
+        gauges.redelivered.clear();
+        gauges.dead_letters.clear();
+        for row in rows {
+            let labels = GroupLabels {
+                group: row.group.clone(),
+                topic: row.topic.clone(),
+                consumer: row.consumer.clone(),
+            };
+            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            gauges
+                .lag_messages
+                .get_or_create(&labels)
+                .set(count(row.lag_messages()));
+            gauges
+                .lag_seconds
+                .get_or_create(&labels)
+                .set(row.lag_seconds);
+            gauges
+                .redelivered
+                .get_or_create(&labels)
+                .set(count(row.redelivered));
+            gauges
+                .dead_letters
+                .get_or_create(&labels)
+                .set(count(row.dead_letters));
+        }
+        gauges.publish_failure_ratio.set(failure_ratio);
     }
 
     /// Counts an acknowledged event and its commit-to-ack latency.

@@ -97,6 +97,19 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             });
         }
     }
+    // The spec's alerting thresholds: warnings, which never take the service out of rotation.
+    let consumers = state.consumers.snapshot();
+    if consumers.sampled_at.is_some() {
+        checks["consumers"] = json!({
+            "status": if consumers.warnings.is_empty() { "ok" } else { "warning" },
+            "warnings": consumers.warnings,
+            "dead_letters": consumers.dead_letters,
+            "publish_failure_ratio": consumers.publish_failure_ratio,
+            "groups": consumers.groups,
+            "error": consumers.error,
+            "sampled_at": consumers.sampled_at,
+        });
+    }
     let status = match (database_ok, degraded) {
         (false, _) => "not_ready",
         (true, true) => "degraded",
@@ -107,7 +120,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({ "status": status, "checks": checks })))
+    (
+        code,
+        Json(json!({ "status": status, "checks": checks, "warnings": consumers.warnings })),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The relay's status; `None` when the relay is disabled.
     pub relay: Option<Arc<RelayStatus>>,
+    /// The latest sample of consumer lag, dead letters and publish failures.
+    pub consumers: Arc<crate::consumer::lag::Watch>,
 }
 
 /// The whole API.

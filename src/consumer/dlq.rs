@@ -1,0 +1,426 @@
+//! Dead letters: the stream `ORDER_DLQ`, what a dead letter carries, and listing, replaying and
+//! purging them.
+//!
+//! A message a group cannot process is published on `dlq.<group>.<topic>` with its original body
+//! and headers, plus `Dlq-*` headers: the reason (`schema`, `permanent` or `max_deliver`), the
+//! error, the group, the source stream, sequence and subject, and the delivery count. The
+//! original `Nats-Msg-Id` moves to `Dlq-Original-Msg-Id`, because the dead letter needs its own
+//! id: `<group>.<stream>.<sequence>` of the delivery that failed, so a dead letter published
+//! twice (a crash before the ack) is stored once, while two groups' dead letters of one event
+//! are both kept.
+//!
+//! Replaying moves a dead letter onto `replay.<group>.<topic>` in the work-queue stream
+//! `ORDER_DLQ_REPLAY`, which only that group consumes, and deletes it from `ORDER_DLQ`: the group
+//! gets it once, other groups never see it, and the idempotency table still holds if the event
+//! was in fact processed meanwhile.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::{ConsumerError, header_map, headers_of, nats_time};
+use crate::bus::MSG_ID_HEADER;
+
+/// The dead-letter stream.
+pub const DLQ_STREAM: &str = "ORDER_DLQ";
+/// The stream replays travel through, consumed by the group they are for.
+pub const REPLAY_STREAM: &str = "ORDER_DLQ_REPLAY";
+/// How long dead letters are kept.
+pub const DLQ_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Dead letters published twice within this window are stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Why a message became a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not JSON, an unknown major version, or an envelope or payload that does not parse.
+    Schema,
+    /// The handler said it can never process it.
+    Permanent,
+    /// It failed transiently on every one of `max_deliver` deliveries.
+    MaxDeliver,
+}
+
+impl Reason {
+    /// `schema`, `permanent` or `max_deliver`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Schema => "schema",
+            Reason::Permanent => "permanent",
+            Reason::MaxDeliver => "max_deliver",
+        }
+    }
+}
+
+/// A dead letter to publish.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    /// The group that gave up.
+    pub group: &'a str,
+    /// The topic of the message.
+    pub topic: &'a str,
+    /// Why.
+    pub reason: Reason,
+    /// The error, as text.
+    pub error: &'a str,
+    /// The stream the message was delivered from (`ORDER_DLQ_REPLAY` for a replay).
+    pub stream: &'a str,
+    /// Its sequence there.
+    pub stream_sequence: u64,
+    /// Its subject there.
+    pub subject: &'a str,
+    /// Deliveries so far, this one included.
+    pub delivered: u64,
+    /// The original headers.
+    pub headers: &'a [(String, String)],
+    /// The original body.
+    pub payload: &'a Bytes,
+}
+
+/// A dead letter as `ORDER_DLQ` stores it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its sequence in `ORDER_DLQ`.
+    pub sequence: u64,
+    /// `dlq.<group>.<topic>`.
+    pub subject: String,
+    /// When it was dead-lettered.
+    pub time: DateTime<Utc>,
+    /// The group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// `schema`, `permanent` or `max_deliver`.
+    pub reason: String,
+    /// The error.
+    pub error: String,
+    /// The stream and sequence it was first delivered from.
+    pub source: (String, u64),
+    /// Deliveries when it was given up.
+    pub delivered: u64,
+    /// Every header, the original ones and the `Dlq-*` ones.
+    pub headers: Vec<(String, String)>,
+    /// The original body.
+    pub payload: Bytes,
+}
+
+impl Stored {
+    /// The value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The subject of a group's dead letters of a topic, or of all its topics.
+pub fn subject(group: &str, topic: Option<&str>) -> String {
+    match topic {
+        Some(topic) => format!("dlq.{group}.{topic}"),
+        None => format!("dlq.{group}.>"),
+    }
+}
+
+/// The subject replays of a group's topic are published on.
+pub fn replay_subject(group: &str, topic: &str) -> String {
+    format!("replay.{group}.{topic}")
+}
+
+/// Creates `ORDER_DLQ` and `ORDER_DLQ_REPLAY` when missing.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), ConsumerError> {
+    for config in [
+        stream::Config {
+            name: DLQ_STREAM.into(),
+            description: Some("dead letters of the consumer groups: dlq.<group>.<topic>".into()),
+            subjects: vec!["dlq.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            max_age: DLQ_RETENTION,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: 1,
+            ..Default::default()
+        },
+        stream::Config {
+            name: REPLAY_STREAM.into(),
+            description: Some(
+                "dead letters sent back to their group: replay.<group>.<topic>".into(),
+            ),
+            subjects: vec!["replay.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: DLQ_RETENTION,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: 1,
+            ..Default::default()
+        },
+    ] {
+        js.get_or_create_stream(config)
+            .await
+            .map_err(ConsumerError::nats)?;
+    }
+    Ok(())
+}
+
+/// Publishes a dead letter and waits for the stream to store it.
+pub async fn publish(
+    js: &jetstream::Context,
+    letter: &DeadLetter<'_>,
+) -> Result<(), ConsumerError> {
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(letter.headers.len() + 10);
+    let replayed = letter.stream == REPLAY_STREAM;
+    // A replay carries the original id in Dlq-Original-Msg-Id; its own Nats-Msg-Id is the
+    // replay's.
+    let original_header = if replayed {
+        "Dlq-Original-Msg-Id"
+    } else {
+        MSG_ID_HEADER
+    };
+    let mut original_id = None;
+    for (name, value) in letter.headers {
+        if name.eq_ignore_ascii_case(original_header) {
+            original_id = Some(value.clone());
+        }
+        if !name.eq_ignore_ascii_case(MSG_ID_HEADER)
+            && !name.to_ascii_lowercase().starts_with("dlq-")
+        {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    let error: String = letter
+        .error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect();
+    headers.extend([
+        (
+            MSG_ID_HEADER.to_owned(),
+            format!(
+                "{}.{}.{}",
+                letter.group, letter.stream, letter.stream_sequence
+            ),
+        ),
+        ("Dlq-Reason".to_owned(), letter.reason.as_str().to_owned()),
+        ("Dlq-Error".to_owned(), error),
+        ("Dlq-Group".to_owned(), letter.group.to_owned()),
+        ("Dlq-Topic".to_owned(), letter.topic.to_owned()),
+        ("Dlq-Delivered".to_owned(), letter.delivered.to_string()),
+        ("Dlq-Time".to_owned(), Utc::now().to_rfc3339()),
+    ]);
+    // A replayed letter keeps pointing at where the event first came from.
+    let (source_stream, source_seq, source_subject) = if replayed {
+        let find = |name: &str| {
+            letter
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        (
+            find("Dlq-Source-Stream"),
+            find("Dlq-Source-Sequence"),
+            find("Dlq-Source-Subject"),
+        )
+    } else {
+        (
+            letter.stream.to_owned(),
+            letter.stream_sequence.to_string(),
+            letter.subject.to_owned(),
+        )
+    };
+    headers.extend([
+        ("Dlq-Source-Stream".to_owned(), source_stream),
+        ("Dlq-Source-Sequence".to_owned(), source_seq),
+        ("Dlq-Source-Subject".to_owned(), source_subject),
+    ]);
+    if let Some(id) = original_id {
+        headers.push(("Dlq-Original-Msg-Id".to_owned(), id));
+    }
+    if replayed {
+        headers.push(("Dlq-Replayed".to_owned(), "true".to_owned()));
+    }
+    let map = header_map(&headers);
+    js.publish_with_headers(
+        subject(letter.group, Some(letter.topic)),
+        map,
+        letter.payload.clone(),
+    )
+    .await
+    .map_err(ConsumerError::nats)?
+    .await
+    .map_err(ConsumerError::nats)?;
+    Ok(())
+}
+
+/// The group's dead letters (of one topic, or all), oldest first.
+pub async fn list(
+    js: &jetstream::Context,
+    group: &str,
+    topic: Option<&str>,
+) -> Result<Vec<Stored>, ConsumerError> {
+    ensure_streams(js).await?;
+    let stream = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(ConsumerError::nats)?;
+    let filter = subject(group, topic);
+    let mut letters = Vec::new();
+    let mut next = 1;
+    loop {
+        let found = stream
+            .raw_message_builder()
+            .sequence(next)
+            .next_by_subject(filter.clone())
+            .send()
+            .await;
+        let message = match found {
+            Ok(message) => message,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(ConsumerError::nats(e)),
+        };
+        next = message.sequence + 1;
+        letters.push(stored(message));
+    }
+    Ok(letters)
+}
+
+fn stored(message: jetstream::message::StreamMessage) -> Stored {
+    let headers = headers_of(Some(&message.headers));
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    Stored {
+        sequence: message.sequence,
+        subject: message.subject.to_string(),
+        time: nats_time(message.time.unix_timestamp_nanos()),
+        group: get("Dlq-Group"),
+        topic: get("Dlq-Topic"),
+        reason: get("Dlq-Reason"),
+        error: get("Dlq-Error"),
+        source: (
+            get("Dlq-Source-Stream"),
+            get("Dlq-Source-Sequence").parse().unwrap_or(0),
+        ),
+        delivered: get("Dlq-Delivered").parse().unwrap_or(0),
+        headers,
+        payload: message.payload,
+    }
+}
+
+/// Sends the group's dead letters (of one topic, or all) back to the group, once each: publishes
+/// each onto `replay.<group>.<topic>`, then deletes it from `ORDER_DLQ`. Returns how many.
+pub async fn replay(
+    js: &jetstream::Context,
+    group: &str,
+    topic: Option<&str>,
+) -> Result<usize, ConsumerError> {
+    let letters = list(js, group, topic).await?;
+    let stream = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(ConsumerError::nats)?;
+    for letter in &letters {
+        let mut headers = letter.headers.clone();
+        // Replaying a letter twice within the window (a retried command) sends it once.
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(MSG_ID_HEADER));
+        headers.push((
+            MSG_ID_HEADER.to_owned(),
+            format!("replay.{DLQ_STREAM}.{}", letter.sequence),
+        ));
+        js.publish_with_headers(
+            replay_subject(group, &letter.topic),
+            header_map(&headers),
+            letter.payload.clone(),
+        )
+        .await
+        .map_err(ConsumerError::nats)?
+        .await
+        .map_err(ConsumerError::nats)?;
+        stream
+            .delete_message(letter.sequence)
+            .await
+            .map_err(ConsumerError::nats)?;
+    }
+    Ok(letters.len())
+}
+
+/// Deletes the group's dead letters (of one topic, or all); returns how many.
+pub async fn purge(
+    js: &jetstream::Context,
+    group: &str,
+    topic: Option<&str>,
+) -> Result<u64, ConsumerError> {
+    ensure_streams(js).await?;
+    let stream = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(ConsumerError::nats)?;
+    let purged = stream
+        .purge()
+        .filter(subject(group, topic))
+        .await
+        .map_err(ConsumerError::nats)?;
+    Ok(purged.purged)
+}
+
+/// Dead letters held per (group, topic).
+pub async fn counts(
+    js: &jetstream::Context,
+) -> Result<BTreeMap<(String, String), u64>, ConsumerError> {
+    use futures::TryStreamExt;
+    let mut counts = BTreeMap::new();
+    let Ok(stream) = js.get_stream(DLQ_STREAM).await else {
+        return Ok(counts);
+    };
+    let mut subjects = stream
+        .info_builder()
+        .subjects("dlq.>")
+        .fetch()
+        .await
+        .map_err(ConsumerError::nats)?;
+    while let Some((subject, count)) = subjects.try_next().await.map_err(ConsumerError::nats)? {
+        let mut parts = subject.splitn(3, '.');
+        let (_, Some(group), Some(topic)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        counts.insert((group.to_owned(), topic.to_owned()), count as u64);
+    }
+    Ok(counts)
+}
+
+/// The dead letters as a table for the terminal.
+pub fn format_table(letters: &[Stored]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<6} {:<20} {:<28} {:<12} {:>4} {:<26} {:<36} error",
+        "seq", "time", "topic", "reason", "dlv", "source", "event_id"
+    );
+    for l in letters {
+        let _ = writeln!(
+            out,
+            "{:<6} {:<20} {:<28} {:<12} {:>4} {:<26} {:<36} {}",
+            l.sequence,
+            l.time.format("%Y-%m-%d %H:%M:%S"),
+            l.topic,
+            l.reason,
+            l.delivered,
+            format!("{}#{}", l.source.0, l.source.1),
+            l.header("Dlq-Original-Msg-Id").unwrap_or("-"),
+            l.error
+        );
+    }
+    let _ = writeln!(out, "{} dead letter(s)", letters.len());
+    out
+}

@@ -1,0 +1,307 @@
+//! The consumer's own SQLite file: the processed-events table and the transaction a handler
+//! writes its state in.
+//!
+//! A batch of messages runs in one `BEGIN IMMEDIATE` transaction (one fsync for many events), each
+//! message inside its own SAVEPOINT: the row `(group, event_id)` is inserted first, and when it
+//! already exists the event was processed before and the handler is not called. A handler that
+//! fails rolls back only its own savepoint, row included, so the event can be tried again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::handler::{Delivery, Event, Failure, Handler};
+
+/// How long a connection waits for another writer of the same file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS processed_events (
+    consumer_group TEXT    NOT NULL,
+    event_id       TEXT    NOT NULL,
+    topic          TEXT    NOT NULL,
+    stream         TEXT    NOT NULL,
+    stream_seq     INTEGER NOT NULL,
+    delivered      INTEGER NOT NULL,
+    processed_at   TEXT    NOT NULL,
+    PRIMARY KEY (consumer_group, event_id)
+) WITHOUT ROWID;
+";
+
+/// Opens (creating when missing) a consumer's database: WAL, the processed-events table.
+/// `synchronous_full` makes a committed (and then acknowledged) event survive power loss.
+pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if synchronous_full { "FULL" } else { "NORMAL" },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// The open transaction a handler writes its own state in.
+///
+/// It holds the connection mutably so that the handler's future stays `Send`; take
+/// [`Tx::conn`] for each statement and do not keep it across an `.await`.
+pub struct Tx<'c> {
+    conn: &'c mut Connection,
+}
+
+impl<'c> Tx<'c> {
+    /// The connection, inside the transaction.
+    pub fn conn(&self) -> &Connection {
+        self.conn
+    }
+
+    /// Runs one statement; see [`Connection::execute`].
+    pub fn execute(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.execute(sql, params)
+    }
+}
+
+/// Where an event came from, as the processed-events row records it.
+#[derive(Debug, Clone)]
+pub struct Processed<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// The event.
+    pub event_id: Uuid,
+    /// Its topic.
+    pub topic: &'a str,
+    /// The stream it was delivered from.
+    pub stream: &'a str,
+    /// Its sequence there.
+    pub stream_seq: u64,
+    /// The delivery that processed it.
+    pub delivered: u64,
+}
+
+/// One batch's transaction.
+pub(crate) struct Batch<'c> {
+    conn: &'c mut Connection,
+}
+
+/// What running a message inside the batch came to.
+pub(crate) enum Step<E> {
+    /// The handler ran and its savepoint was kept.
+    Done,
+    /// The event was processed before; nothing ran.
+    AlreadyProcessed,
+    /// The handler failed; its savepoint was rolled back.
+    Failed(E),
+}
+
+impl<'c> Batch<'c> {
+    /// Begins the batch's transaction.
+    pub(crate) fn begin(conn: &'c mut Connection) -> rusqlite::Result<Batch<'c>> {
+        // A task cancelled mid-batch leaves its transaction open on a connection it owned, and
+        // that connection is dropped with it; this is for a connection handed in from outside.
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")?;
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Batch { conn })
+    }
+
+    /// Records the event as processed and runs `handle` in a savepoint; rolls both back when
+    /// `handle` fails or the record was already there.
+    pub(crate) async fn run<H: Handler>(
+        &mut self,
+        processed: &Processed<'_>,
+        handler: &H,
+        event: &Event,
+        delivery: &Delivery,
+    ) -> rusqlite::Result<Step<Failure>> {
+        self.conn.execute_batch("SAVEPOINT event")?;
+        let inserted = self.conn.execute(
+            "INSERT INTO processed_events
+                 (consumer_group, event_id, topic, stream, stream_seq, delivered, processed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (consumer_group, event_id) DO NOTHING",
+            params![
+                processed.group,
+                processed.event_id.to_string(),
+                processed.topic,
+                processed.stream,
+                processed.stream_seq as i64,
+                processed.delivered as i64,
+                Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+            ],
+        )?;
+        if inserted == 0 {
+            self.conn.execute_batch("RELEASE event")?;
+            return Ok(Step::AlreadyProcessed);
+        }
+        let outcome = {
+            let mut tx = Tx {
+                conn: &mut *self.conn,
+            };
+            handler.handle(event, delivery, &mut tx).await
+        };
+        match outcome {
+            Ok(()) => {
+                self.conn.execute_batch("RELEASE event")?;
+                Ok(Step::Done)
+            }
+            Err(error) => {
+                self.conn
+                    .execute_batch("ROLLBACK TO event; RELEASE event")?;
+                Ok(Step::Failed(error))
+            }
+        }
+    }
+
+    /// Commits the batch.
+    pub(crate) fn commit(self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")
+    }
+
+    /// Rolls the batch back.
+    pub(crate) fn rollback(self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("ROLLBACK")
+    }
+}
+
+/// Whether `group` has processed `event_id`.
+pub fn is_processed(conn: &Connection, group: &str, event_id: Uuid) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM processed_events WHERE consumer_group = ?1 AND event_id = ?2",
+        params![group, event_id.to_string()],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
+/// How many events `group` has processed.
+pub fn processed_count(conn: &Connection, group: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM processed_events WHERE consumer_group = ?1",
+        [group],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Topic;
+
+    struct Effects;
+
+    impl Handler for Effects {
+        async fn handle(
+            &self,
+            event: &Event,
+            delivery: &Delivery,
+            tx: &mut Tx<'_>,
+        ) -> Result<(), Failure> {
+            tx.execute(
+                "INSERT INTO effects VALUES (?1)",
+                [event.event_id().to_string()],
+            )?;
+            if delivery.header("fail").is_some() {
+                return Err(Failure::transient("asked to fail"));
+            }
+            Ok(())
+        }
+    }
+
+    fn event() -> (Event, Delivery) {
+        let body = serde_json::json!({
+            "event_id": uuid::Uuid::now_v7(),
+            "event_type": "order.chat_linked",
+            "timestamp": "2025-06-29T10:35:00Z",
+            "version": "1.0",
+            "source": "order-service",
+            "data": {
+                "order_id": uuid::Uuid::now_v7(),
+                "order_number": "ORD-2025-001234",
+                "chat_id": uuid::Uuid::now_v7(),
+                "link_type": "support",
+                "linked_by": uuid::Uuid::now_v7(),
+                "context": "where is it"
+            },
+            "metadata": {
+                "correlation_id": uuid::Uuid::now_v7(),
+                "causation_id": uuid::Uuid::now_v7(),
+                "user_id": uuid::Uuid::now_v7()
+            }
+        });
+        let payload = serde_json::to_vec(&body).unwrap();
+        let event = super::super::handler::decode(Topic::ChatLinked, &payload).unwrap();
+        let delivery = Delivery {
+            subject: "order.chat_linked.0.k".into(),
+            stream: "ORDER_CHAT_LINKED".into(),
+            stream_sequence: 1,
+            delivered: 1,
+            published: Utc::now(),
+            headers: vec![],
+            payload: payload.into(),
+        };
+        (event, delivery)
+    }
+
+    fn processed(id: Uuid) -> Processed<'static> {
+        Processed {
+            group: "g",
+            event_id: id,
+            topic: "order.chat_linked",
+            stream: "ORDER_CHAT_LINKED",
+            stream_seq: 1,
+            delivered: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_runs_once_and_a_failure_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("c.db"), false).unwrap();
+        conn.execute_batch("CREATE TABLE effects (event_id TEXT)")
+            .unwrap();
+        let (ok, ok_delivery) = event();
+        let (failing, mut failing_delivery) = event();
+        failing_delivery.headers.push(("fail".into(), "1".into()));
+        for round in 0..2 {
+            let mut batch = Batch::begin(&mut conn).unwrap();
+            let step = batch
+                .run(&processed(ok.event_id()), &Effects, &ok, &ok_delivery)
+                .await
+                .unwrap();
+            assert!(matches!(
+                (round, step),
+                (0, Step::Done) | (1, Step::AlreadyProcessed)
+            ));
+            let step = batch
+                .run(
+                    &processed(failing.event_id()),
+                    &Effects,
+                    &failing,
+                    &failing_delivery,
+                )
+                .await
+                .unwrap();
+            assert!(matches!(step, Step::Failed(Failure::Transient(_))));
+            batch.commit().unwrap();
+        }
+        let effects: i64 = conn
+            .query_row("SELECT count(*) FROM effects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(effects, 1);
+        assert!(is_processed(&conn, "g", ok.event_id()).unwrap());
+        assert!(!is_processed(&conn, "g", failing.event_id()).unwrap());
+        assert_eq!(processed_count(&conn, "g").unwrap(), 1);
+    }
+}
