@@ -584,7 +584,19 @@ impl<H: Handler> Worker<H> {
         let mut verdicts = Vec::with_capacity(received.len());
         // Keys whose earlier message failed in this batch: their later ones wait as long.
         let mut held: HashMap<String, Duration> = HashMap::new();
-        let mut tx = Batch::begin(conn)?;
+        let mut tx = match Batch::begin(conn) {
+            Ok(tx) => tx,
+            Err(e) => {
+                // The database is busy or failing: the messages come back after the backoff, and
+                // the worker carries on.
+                tracing::error!(group, error = %e, "cannot begin the batch's transaction");
+                let delay = self.config.delay_after(1);
+                for r in &received {
+                    let _ = r.message.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+                return Ok(());
+            }
+        };
         let mut failed_sql = None;
         for r in &received {
             let d = &r.delivery;
