@@ -194,7 +194,7 @@ impl Relay {
         let batch = self.config.batch_size;
         let rows = self
             .store
-            .read(move |conn| outbox::due(conn, now, batch))
+            .read(move |conn| outbox::due(conn, now, 0, batch))
             .await?;
         let mut outcome = Outcome {
             read: rows.len(),
@@ -225,44 +225,89 @@ impl Relay {
         outcome.held_back = outcome.read - results.len();
 
         let acked_at = Utc::now();
-        let mut records = Vec::with_capacity(results.len());
-        for (row, result) in results {
-            let record = match result {
-                Ok(ack) => {
-                    outcome.published += 1;
-                    outcome.duplicates += usize::from(ack.duplicate);
-                    self.metrics
-                        .published(&row.topic, row.created_at, ack.duplicate);
-                    Record::Published(ack)
-                }
-                Err(error) if error.is_transient() => {
-                    outcome.transient += 1;
-                    self.metrics.failed(&row.topic, true);
-                    Record::Transient(error.to_string())
-                }
-                Err(error) => {
-                    outcome.permanent += 1;
-                    self.metrics.failed(&row.topic, false);
-                    let failures = row.attempts + 1;
-                    let retry_at = (failures <= self.config.max_retries).then(|| {
-                        acked_at
-                            + chrono::Duration::from_std(self.config.retry.delay(failures))
-                                .unwrap_or(chrono::Duration::MAX)
-                    });
-                    if retry_at.is_none() {
-                        outcome.dead += 1;
-                        tracing::error!(
-                            id = row.id, event_id = %row.event_id, topic = %row.topic, %error,
-                            "outbox row is dead after {failures} failed attempts; later rows of its key wait"
-                        );
-                    } else {
-                        tracing::warn!(id = row.id, topic = %row.topic, %error, failures, "publish failed; will retry");
-                    }
-                    Record::Permanent(error.to_string(), retry_at)
-                }
-            };
-            records.push((row.id, record));
+        let records = results
+            .into_iter()
+            .map(|(row, result)| (row.id, self.record(&row, result, &mut outcome, acked_at)))
+            .collect();
+        self.write_records(records, acked_at).await?;
+        Ok(outcome)
+    }
+
+    async fn publish_chain(&self, chain: Vec<Due>) -> Vec<(Due, Result<Published, PublishError>)> {
+        let mut results = Vec::with_capacity(chain.len());
+        for row in chain {
+            let (row, result) = self.publish_row(row).await;
+            let failed = result.is_err();
+            results.push((row, result));
+            if failed {
+                break;
+            }
         }
+        results
+    }
+
+    /// Publishes one row and waits for its PubAck (or the failure).
+    async fn publish_row(&self, row: Due) -> (Due, Result<Published, PublishError>) {
+        let message = OutboxMessage {
+            topic: row.topic.clone(),
+            key: row.key.clone(),
+            payload: row.payload.clone().into(),
+            headers: row.headers.clone(),
+        };
+        let result = publish(&self.js, &message, self.config.ack_timeout).await;
+        (row, result)
+    }
+
+    /// What to write for a publish's outcome; counts it in `outcome` and the metrics.
+    fn record(
+        &self,
+        row: &Due,
+        result: Result<Published, PublishError>,
+        outcome: &mut Outcome,
+        acked_at: DateTime<Utc>,
+    ) -> Record {
+        match result {
+            Ok(ack) => {
+                outcome.published += 1;
+                outcome.duplicates += usize::from(ack.duplicate);
+                self.metrics
+                    .published(&row.topic, row.created_at, ack.duplicate);
+                Record::Published(ack)
+            }
+            Err(error) if error.is_transient() => {
+                outcome.transient += 1;
+                self.metrics.failed(&row.topic, true);
+                Record::Transient(error.to_string())
+            }
+            Err(error) => {
+                outcome.permanent += 1;
+                self.metrics.failed(&row.topic, false);
+                let failures = row.attempts + 1;
+                let retry_at = (failures <= self.config.max_retries).then(|| {
+                    acked_at
+                        + chrono::Duration::from_std(self.config.retry.delay(failures))
+                            .unwrap_or(chrono::Duration::MAX)
+                });
+                if retry_at.is_none() {
+                    outcome.dead += 1;
+                    tracing::error!(
+                        id = row.id, event_id = %row.event_id, topic = %row.topic, %error,
+                        "outbox row is dead after {failures} failed attempts; later rows of its key wait"
+                    );
+                } else {
+                    tracing::warn!(id = row.id, topic = %row.topic, %error, failures, "publish failed; will retry");
+                }
+                Record::Permanent(error.to_string(), retry_at)
+            }
+        }
+    }
+
+    /// Writes the outcomes of publishes in one transaction.
+    async fn write_records(
+        &self,
+        records: Vec<(i64, Record)>,
+        acked_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.store
             .write(move |tx| {
                 for (id, record) in &records {
@@ -278,27 +323,7 @@ impl Relay {
                 }
                 Ok::<_, StoreError>(())
             })
-            .await?;
-        Ok(outcome)
-    }
-
-    async fn publish_chain(&self, chain: Vec<Due>) -> Vec<(Due, Result<Published, PublishError>)> {
-        let mut results = Vec::with_capacity(chain.len());
-        for row in chain {
-            let message = OutboxMessage {
-                topic: row.topic.clone(),
-                key: row.key.clone(),
-                payload: row.payload.clone().into(),
-                headers: row.headers.clone(),
-            };
-            let result = publish(&self.js, &message, self.config.ack_timeout).await;
-            let failed = result.is_err();
-            results.push((row, result));
-            if failed {
-                break;
-            }
-        }
-        results
+            .await
     }
 
     /// Runs until `shutdown`: publishes whenever rows are due, sleeps otherwise. A batch in
