@@ -2,17 +2,20 @@
 //! marks them published with the stream and sequence the broker acknowledged.
 //!
 //! - [`Relay::run_once`] is one step: read a batch, publish it, record the outcome.
-//! - [`Relay::run`] loops: woken right after each commit that wrote outbox rows, polling only as
-//!   a fallback, draining while rows are due, and backing off while the broker is away.
+//! - [`Relay::run`] loops over pipelined passes ([`pipeline`]): a window of publishes in flight
+//!   across batches, the next batch read while acks arrive, marks in batch transactions; woken
+//!   right after each commit that wrote outbox rows, polling only as a fallback, and backing off
+//!   while the broker is away.
 //! - [`backoff`] is the retry schedule of permanent failures; [`cleanup`] keeps the table bounded.
 //!
 //! Per subject key (the order, or the customer for statistics) the commit order is the publish
-//! order: a batch publishes each key's rows one after another, stopping at the key's first
-//! failure, while different keys are published concurrently. A row that waits for a retry, or is
+//! order: each key's rows are published one after another (one in flight per key), stopping at
+//! the key's first failure, while different keys are published concurrently. A row that waits for a retry, or is
 //! dead, holds back only the later rows of its own key.
 
 pub mod backoff;
 pub mod cleanup;
+mod pipeline;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::store::outbox::{self, Due};
 use crate::store::{Store, StoreError};
 pub use backoff::{Backoff, BackoffKind};
+use pipeline::PassEnd;
 
 /// The shortest and longest wait while the broker is unreachable.
 const BROKER_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -48,6 +52,9 @@ pub struct RelayConfig {
     pub retry: Backoff,
     /// How long to wait for a PubAck.
     pub ack_timeout: Duration,
+    /// Publishes in flight at most, across keys and batches (`EVENT_OUTBOX_PUBLISH_WINDOW`);
+    /// a key never has more than one.
+    pub window: usize,
 }
 
 /// What one [`Relay::run_once`] did.
@@ -326,24 +333,30 @@ impl Relay {
             .await
     }
 
-    /// Runs until `shutdown`: publishes whenever rows are due, sleeps otherwise. A batch in
-    /// flight when `shutdown` completes is finished and recorded before this returns.
+    /// Runs until `shutdown`: publishes whenever rows are due, with a window of publishes in
+    /// flight (see [`pipeline`]), and sleeps otherwise. What is in flight when `shutdown`
+    /// completes is finished and recorded before this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         self.status.running.store(true, Ordering::Relaxed);
         let _running = RunningGuard(&self.status);
         let committed = self.store.outbox_committed();
         let mut broker_backoff = BROKER_BACKOFF_MIN;
-        tracing::info!(batch_size = self.config.batch_size, "outbox relay started");
+        tracing::info!(
+            batch_size = self.config.batch_size,
+            window = self.config.window,
+            "outbox relay started"
+        );
         loop {
-            let outcome = self.run_once().await;
+            let end = self.pass(&mut shutdown, &committed).await;
             self.status.beat();
-            let wait = match outcome {
-                Err(e) => {
+            let wait = match end {
+                PassEnd::Shutdown => break,
+                PassEnd::Failed(e) => {
                     tracing::error!(error = %e, "outbox relay step failed");
                     Some(self.config.polling_interval.min(Duration::from_secs(1)))
                 }
-                Ok(o) if o.transient > 0 => {
+                PassEnd::Again(o) if o.transient > 0 => {
                     tracing::warn!(failed = o.transient, wait = ?broker_backoff, "broker unavailable; backing off");
                     let wait = broker_backoff;
                     broker_backoff = (broker_backoff * 2).min(BROKER_BACKOFF_MAX);
@@ -354,9 +367,8 @@ impl Relay {
                     }
                     continue;
                 }
-                // A full batch: there may be more right away.
-                Ok(o) if o.read == self.config.batch_size as usize => None,
-                Ok(_) => Some(self.idle_wait().await),
+                PassEnd::Again(_) => None,
+                PassEnd::Idle => Some(self.idle_wait().await),
             };
             broker_backoff = BROKER_BACKOFF_MIN;
             if let Some(wait) = wait {
@@ -365,8 +377,6 @@ impl Relay {
                     () = committed.notified() => {}
                     () = tokio::time::sleep(wait) => {}
                 }
-            } else if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
-                break;
             }
         }
         tracing::info!("outbox relay stopped");

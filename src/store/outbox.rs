@@ -256,7 +256,10 @@ pub enum Requeue {
     Published,
 }
 
-/// Puts a dead (or waiting) row back to pending with fresh attempts, to be published at once.
+/// Puts a dead (or waiting) row back to pending with fresh attempts, to be published at once:
+/// due from now on, `next_attempt_at` being the time of the requeue. That time (rather than
+/// none) keeps holding back the later rows of its key from a relay pass that began before it:
+/// such a pass has read past the row, and would otherwise publish newer rows of the key first.
 pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
     let status: Option<String> = tx
         .query_row(
@@ -271,9 +274,9 @@ pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
         Some(_) => {
             tx.execute(
                 "UPDATE order_events_outbox
-                 SET status = 'pending', attempts = 0, next_attempt_at = NULL
+                 SET status = 'pending', attempts = 0, next_attempt_at = ?2
                  WHERE id = ?1",
-                [id],
+                params![id, timestamp(Utc::now())],
             )?;
             tx.wrote_outbox.set(true);
             Ok(Requeue::Requeued)
