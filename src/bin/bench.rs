@@ -121,53 +121,73 @@ async fn run() -> Res<bool> {
     )
     .await?;
     wait_for_streams(&js).await?;
-    eprintln!("bench: 4. create-order end to end, {CONCURRENCY} connections, {LOAD_FOR:?}");
-    let before = stream_messages(&js).await?;
-    let load = closed_loop(service.addr, &token, &body, CONCURRENCY, LOAD_FOR).await?;
-    let after = stream_messages(&js).await?;
-    let backlog = pending(&db)?;
-    let rss = service.peak_rss_kib()?;
-    report.e2e = Some(E2e {
-        orders_per_s: load.rate(),
-        p50_ms: ms(percentile(&load.latencies, 50.0)),
-        p99_ms: ms(percentile(&load.latencies, 99.0)),
-        events_per_s: (after - before) as f64 / load.elapsed.as_secs_f64(),
-        backlog,
-        errors: load.failed,
-    });
-    report.rss_mib = Some(rss as f64 / 1024.0);
+    if wants("4") {
+        eprintln!("bench: 4. create-order end to end, {CONCURRENCY} connections, {LOAD_FOR:?}");
+        let before = stream_messages(&js).await?;
+        let load = closed_loop(service.addr, &token, &body, CONCURRENCY, LOAD_FOR).await?;
+        let after = stream_messages(&js).await?;
+        let backlog = pending(&db)?;
+        let rss = service.peak_rss_kib()?;
+        report.e2e = Some(E2e {
+            orders_per_s: load.rate(),
+            p50_ms: ms(percentile(&load.latencies, 50.0)),
+            p99_ms: ms(percentile(&load.latencies, 99.0)),
+            events_per_s: (after - before) as f64 / load.elapsed.as_secs_f64(),
+            backlog,
+            errors: load.failed,
+        });
+        report.rss_mib = Some(rss as f64 / 1024.0);
+    } else {
+        // One order, for the messages the other phases copy.
+        let mut sender = http_connect(service.addr).await?;
+        send(
+            &mut sender,
+            Method::POST,
+            "/api/v1/orders",
+            &token,
+            body.clone(),
+        )
+        .await?;
+    }
     wait_drained(&db, Duration::from_secs(60)).await?;
 
-    eprintln!("bench: 5. commit→PubAck at {STEADY_RATE} orders/s for {STEADY_FOR:?}");
-    report.steady = Some(paced(&js, service.addr, &token, &body).await?);
+    if wants("5") {
+        eprintln!("bench: 5. commit→PubAck at {STEADY_RATE} orders/s for {STEADY_FOR:?}");
+        report.steady = Some(paced(&js, service.addr, &token, &body).await?);
+    }
     let template = template_rows(&db)?;
     service.stop().await;
 
-    // 3.
-    eprintln!("bench: C. SQLite, one order row and one outbox row a transaction");
-    report.sqlite_tx_per_s = Some(baseline_sqlite(
-        &scratch.0.join("baseline-c.db"),
-        &template,
-    )?);
+    if wants("C") {
+        eprintln!("bench: C. SQLite, one order row and one outbox row a transaction");
+        report.sqlite_tx_per_s = Some(baseline_sqlite(
+            &scratch.0.join("baseline-c.db"),
+            &template,
+        )?);
+    }
+    if wants("B") {
+        eprintln!("bench: B. parse-only axum handler, {CONCURRENCY} connections");
+        let server = BaselineServer::start().await?;
+        let b = closed_loop(server.addr, &token, &body, CONCURRENCY, LOAD_FOR).await?;
+        drop(server);
+        report.parse_only_per_s = Some(b.rate());
+    }
 
-    // 1.
-    eprintln!("bench: A. raw JetStream publish, window {WINDOW}");
-    report.raw_publish_per_s = Some(baseline_publish(&js, &template).await?);
+    // Right before the drains it is compared with, on a machine whose load drifts.
+    if wants("A") {
+        eprintln!("bench: A. raw JetStream publish, window {WINDOW}");
+        report.raw_publish_per_s = Some(baseline_publish(&js, &template).await?);
+    }
 
-    // 2.
-    eprintln!("bench: B. parse-only axum handler, {CONCURRENCY} connections");
-    let server = BaselineServer::start().await?;
-    let b = closed_loop(server.addr, &token, &body, CONCURRENCY, LOAD_FOR).await?;
-    drop(server);
-    report.parse_only_per_s = Some(b.rate());
-
-    // 6.
     for batch in [DEFAULT_BATCH, LARGE_BATCH] {
+        if !wants("6") && !wants(&format!("6-{batch}")) {
+            continue;
+        }
         eprintln!("bench: 6. drain {DRAIN_ROWS} rows, batch {batch}");
         let db = scratch.0.join(format!("drain-{batch}.db"));
         write_pending(&db, &template, DRAIN_ROWS)?;
         let service = Service::start(&service_bin, &db, &nats.url, true, batch, &scratch.0).await?;
-        let drain = drain(&db).await?;
+        let drain = drain(&js, &db).await?;
         service.stop().await;
         report.drains.push((batch, drain));
     }
@@ -183,6 +203,12 @@ async fn run() -> Res<bool> {
     eprintln!("bench: wrote {}", json_path.display());
     drop(nats);
     Ok(all_met)
+}
+
+/// Whether to run a phase: all unless `BENCH_ONLY` lists some (e.g. `BENCH_ONLY=A,6-256`), for
+/// profiling one at a time.
+fn wants(phase: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == phase))
 }
 
 fn env_path(var: &str, default: PathBuf) -> PathBuf {
@@ -830,6 +856,7 @@ fn fresh_database(db: &Path) -> Res<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -887,41 +914,62 @@ fn write_pending(db: &Path, template: &[TemplateRow], rows: usize) -> Res<()> {
     Ok(())
 }
 
-/// Times the relay from its first published row to an empty outbox.
-async fn drain(db: &Path) -> Res<Drain> {
-    let start_wait = Instant::now() + Duration::from_secs(30);
+/// Times the relay from its first message stored in JetStream to an empty outbox. Progress is
+/// watched on the broker (one stream listing every few milliseconds) rather than by counting
+/// rows in SQLite, which would take CPU from the service being measured.
+async fn drain(js: &jetstream::Context, db: &Path) -> Res<Drain> {
     let total = pending(db)?;
+    let base = stream_messages(js).await?;
+    let start_wait = Instant::now() + Duration::from_secs(30);
     let began = loop {
-        if pending(db)? < total {
+        if stream_messages(js).await? > base {
             break Instant::now();
         }
         if Instant::now() > start_wait {
             return Err("the relay published nothing within 30 s".into());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let first = total - pending(db)?;
     let cap = began + DRAIN_CAP;
-    loop {
-        let left = pending(db)?;
-        if left == 0 || Instant::now() > cap {
-            let seconds = began.elapsed().as_secs_f64();
-            let rows = (total - left - first) as usize;
-            if left > 0 {
-                eprintln!("bench: drain cut short after {DRAIN_CAP:?}, {left} rows left");
-            }
-            return Ok(Drain {
-                rows: (total - left) as usize,
-                events_per_s: rows as f64 / seconds,
-                seconds,
-            });
+    let conn = Connection::open(db)?;
+    let mut polls = 0_u32;
+    while stream_messages(js).await? - base < total && Instant::now() < cap {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        polls += 1;
+        // The broker's count alone would miss a drain that published some rows twice.
+        if polls % 10 == 0 && count_pending(&conn)? == 0 {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let stored_at = began.elapsed();
+    let stored = stream_messages(js).await? - base;
+    // Every event is stored; the outbox is drained once the last marks are committed.
+    while count_pending(&conn)? > 0 && Instant::now() < cap {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    let left = count_pending(&conn)?;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!(
+            "bench: drain: {stored} of {total} stored after {stored_at:?}, {left} left after {seconds:.1} s"
+        );
+    }
+    if left > 0 {
+        eprintln!("bench: drain cut short after {DRAIN_CAP:?}, {left} rows left");
+    }
+    let rows = (total - left) as usize;
+    Ok(Drain {
+        rows,
+        events_per_s: rows as f64 / seconds,
+        seconds,
+    })
 }
 
 fn pending(db: &Path) -> Res<u64> {
-    let conn = Connection::open(db)?;
+    count_pending(&Connection::open(db)?)
+}
+
+fn count_pending(conn: &Connection) -> Res<u64> {
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn.query_row(
         "SELECT count(*) FROM order_events_outbox WHERE status = 'pending'",
@@ -932,11 +980,12 @@ fn pending(db: &Path) -> Res<u64> {
 
 async fn wait_drained(db: &Path, limit: Duration) -> Res<()> {
     let deadline = Instant::now() + limit;
-    while pending(db)? > 0 {
+    let conn = Connection::open(db)?;
+    while count_pending(&conn)? > 0 {
         if Instant::now() > deadline {
             return Err(format!("the backlog did not drain within {limit:?}").into());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }
@@ -957,6 +1006,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            eprintln!("bench: kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -1089,7 +1142,10 @@ impl Service {
             .env("NATS_URL", nats_url)
             .env("EVENT_OUTBOX_ENABLED", relay.to_string())
             .env("EVENT_OUTBOX_BATCH_SIZE", batch.to_string())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
