@@ -937,7 +937,7 @@ async fn drain(js: &jetstream::Context, db: &Path) -> Res<Drain> {
         tokio::time::sleep(Duration::from_millis(10)).await;
         polls += 1;
         // The broker's count alone would miss a drain that published some rows twice.
-        if polls % 10 == 0 && count_pending(&conn)? == 0 {
+        if polls.is_multiple_of(10) && count_pending(&conn)? == 0 {
             break;
         }
     }
