@@ -60,8 +60,14 @@ const DRAIN_CAP: Duration = Duration::from_secs(40);
 /// The service's default batch size (`EVENT_OUTBOX_BATCH_SIZE`) and the larger one measured.
 const DEFAULT_BATCH: u32 = 10;
 const LARGE_BATCH: u32 = 256;
-/// The relay's publish window (`EVENT_OUTBOX_PUBLISH_WINDOW`'s default), used for baseline A.
-const WINDOW: usize = 256;
+/// The relay's publish window, used for baseline A too: `EVENT_OUTBOX_PUBLISH_WINDOW` when set
+/// (the service inherits it), else the service's default.
+fn window() -> usize {
+    std::env::var("EVENT_OUTBOX_PUBLISH_WINDOW")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(256)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -175,7 +181,7 @@ async fn run() -> Res<bool> {
 
     // Right before the drains it is compared with, on a machine whose load drifts.
     if wants("A") {
-        eprintln!("bench: A. raw JetStream publish, window {WINDOW}");
+        eprintln!("bench: A. raw JetStream publish, window {}", window());
         report.raw_publish_per_s = Some(baseline_publish(&js, &template).await?);
     }
 
@@ -186,8 +192,9 @@ async fn run() -> Res<bool> {
         eprintln!("bench: 6. drain {DRAIN_ROWS} rows, batch {batch}");
         let db = scratch.0.join(format!("drain-{batch}.db"));
         write_pending(&db, &template, DRAIN_ROWS)?;
+        let base = stream_messages(&js).await?;
         let service = Service::start(&service_bin, &db, &nats.url, true, batch, &scratch.0).await?;
-        let drain = drain(&js, &db).await?;
+        let drain = drain(&js, &db, base, DRAIN_ROWS as u64).await?;
         service.stop().await;
         report.drains.push((batch, drain));
     }
@@ -322,7 +329,7 @@ impl Report {
         let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
         let f = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.0} {unit}"));
         row(
-            "A  raw JetStream publish (window 256)",
+            &format!("A  raw JetStream publish (window {})", window()),
             f(self.raw_publish_per_s, "events/s"),
         );
         row(
@@ -425,7 +432,7 @@ impl Report {
             "baseline_a_raw_publish_events_per_s": self.raw_publish_per_s,
             "baseline_b_parse_only_req_per_s": self.parse_only_per_s,
             "baseline_c_sqlite_tx_per_s": self.sqlite_tx_per_s,
-            "window": WINDOW,
+            "window": window(),
             "concurrency": CONCURRENCY,
             "end_to_end": self.e2e.as_ref().map(|e| json!({
                 "orders_per_s": e.orders_per_s, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms,
@@ -802,8 +809,9 @@ impl TemplateRow {
     }
 }
 
-/// Baseline A: the relay's messages published straight to JetStream, `WINDOW` in flight.
+/// Baseline A: the relay's messages published straight to JetStream, `window()` in flight.
 async fn baseline_publish(js: &jetstream::Context, template: &[TemplateRow]) -> Res<f64> {
+    let window = window();
     let mut in_flight = FuturesUnordered::new();
     let (mut acked, mut failed) = (0u64, 0u64);
     let start = Instant::now();
@@ -823,7 +831,7 @@ async fn baseline_publish(js: &jetstream::Context, template: &[TemplateRow]) -> 
                 .await?
                 .into_future(),
         );
-        while in_flight.len() >= WINDOW {
+        while in_flight.len() >= window {
             match in_flight.next().await {
                 Some(Ok(_)) => acked += 1,
                 _ => failed += 1,
@@ -917,13 +925,15 @@ fn write_pending(db: &Path, template: &[TemplateRow], rows: usize) -> Res<()> {
 /// Times the relay from its first message stored in JetStream to an empty outbox. Progress is
 /// watched on the broker (one stream listing every few milliseconds) rather than by counting
 /// rows in SQLite, which would take CPU from the service being measured.
-async fn drain(js: &jetstream::Context, db: &Path) -> Res<Drain> {
-    let total = pending(db)?;
-    let base = stream_messages(js).await?;
+///
+/// `base` is the streams' message count before the service started, `total` the pending rows.
+/// The rows already stored when the first is seen are left out of the rate.
+async fn drain(js: &jetstream::Context, db: &Path, base: u64, total: u64) -> Res<Drain> {
     let start_wait = Instant::now() + Duration::from_secs(30);
-    let began = loop {
-        if stream_messages(js).await? > base {
-            break Instant::now();
+    let (began, first) = loop {
+        let stored = stream_messages(js).await? - base;
+        if stored > 0 {
+            break (Instant::now(), stored.min(total));
         }
         if Instant::now() > start_wait {
             return Err("the relay published nothing within 30 s".into());
@@ -960,7 +970,7 @@ async fn drain(js: &jetstream::Context, db: &Path) -> Res<Drain> {
     let rows = (total - left) as usize;
     Ok(Drain {
         rows,
-        events_per_s: rows as f64 / seconds,
+        events_per_s: (rows as u64).saturating_sub(first) as f64 / seconds,
         seconds,
     })
 }
@@ -1065,8 +1075,14 @@ impl Nats {
             &conf,
             format!(
                 "server_name: order-service-bench\nlisten: 127.0.0.1:{port}\n\
-                 jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
-                scratch.join("nats").display()
+                 jetstream {{\n  store_dir: \"{}\"\n  {}\n}}\n",
+                scratch.join("nats").display(),
+                // BENCH_NATS_SYNC=default measures the server's default (fsync every 2 min).
+                if std::env::var("BENCH_NATS_SYNC").as_deref() == Ok("default") {
+                    ""
+                } else {
+                    "sync_interval: always"
+                }
             ),
         )?;
         let log = std::fs::File::create(scratch.join("nats.log"))?;
