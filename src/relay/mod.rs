@@ -386,13 +386,16 @@ impl Relay {
     /// due sooner.
     async fn idle_wait(&self) -> Duration {
         let now = Utc::now();
+        // A pass reads with a "now" a millisecond early (see `pipeline`), so a row that came
+        // due within the last millisecond (a requeue, say) may not have been read: wake at once.
+        let since = now - chrono::Duration::milliseconds(1);
         let next = self
             .store
-            .read(move |conn| outbox::next_retry_at(conn, now))
+            .read(move |conn| outbox::next_retry_at(conn, since))
             .await
             .ok()
             .flatten();
-        let until_retry = next.and_then(|t| (t - now).to_std().ok());
+        let until_retry = next.map(|t| (t - now).to_std().unwrap_or(Duration::ZERO));
         match until_retry {
             Some(d) => d.min(self.config.polling_interval),
             None => self.config.polling_interval,
