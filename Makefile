@@ -9,7 +9,7 @@ ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build demo
+.PHONY: run test lint fmt schemas token build demo bench
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
 ## Ctrl-C stops both.
@@ -66,6 +66,12 @@ token: $(DEV_SECRET)
 
 build:
 	$(CARGO) build --release --locked
+
+## bench: release build, then one run of src/bin/bench.rs: its own NATS and service on loopback,
+## baselines A/B/C beside the end-to-end figures; prints a table, writes target/bench/latest.json.
+## Under 3 minutes once built (a first release build takes longer).
+bench: nats-server build
+	@NATS_SERVER_BIN='$(NATS_SERVER)' ./target/release/bench
 
 # A development secret, generated once and kept: tokens stay valid across restarts.
 $(DEV_SECRET):

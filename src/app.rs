@@ -296,6 +296,7 @@ pub fn relay_config(config: &Config) -> RelayConfig {
             max: config.event_outbox_retry_max,
         },
         ack_timeout: config.nats_ack_timeout,
+        window: config.event_outbox_publish_window as usize,
     }
 }
 

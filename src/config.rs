@@ -162,6 +162,10 @@ pub struct Config {
     #[arg(long, env = "EVENT_OUTBOX_BATCH_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub event_outbox_batch_size: u32,
 
+    /// Publishes the relay keeps in flight at most, across keys and batches (one per key).
+    #[arg(long, env = "EVENT_OUTBOX_PUBLISH_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub event_outbox_publish_window: u32,
+
     /// Retries of a permanently failing row before it is parked as dead.
     #[arg(long, env = "EVENT_OUTBOX_MAX_RETRIES", default_value_t = 3)]
     pub event_outbox_max_retries: u32,

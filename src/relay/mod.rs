@@ -2,17 +2,20 @@
 //! marks them published with the stream and sequence the broker acknowledged.
 //!
 //! - [`Relay::run_once`] is one step: read a batch, publish it, record the outcome.
-//! - [`Relay::run`] loops: woken right after each commit that wrote outbox rows, polling only as
-//!   a fallback, draining while rows are due, and backing off while the broker is away.
+//! - [`Relay::run`] loops over pipelined passes ([`pipeline`]): a window of publishes in flight
+//!   across batches, the next batch read while acks arrive, marks in batch transactions; woken
+//!   right after each commit that wrote outbox rows, polling only as a fallback, and backing off
+//!   while the broker is away.
 //! - [`backoff`] is the retry schedule of permanent failures; [`cleanup`] keeps the table bounded.
 //!
 //! Per subject key (the order, or the customer for statistics) the commit order is the publish
-//! order: a batch publishes each key's rows one after another, stopping at the key's first
-//! failure, while different keys are published concurrently. A row that waits for a retry, or is
+//! order: each key's rows are published one after another (one in flight per key), stopping at
+//! the key's first failure, while different keys are published concurrently. A row that waits for a retry, or is
 //! dead, holds back only the later rows of its own key.
 
 pub mod backoff;
 pub mod cleanup;
+mod pipeline;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::store::outbox::{self, Due};
 use crate::store::{Store, StoreError};
 pub use backoff::{Backoff, BackoffKind};
+use pipeline::PassEnd;
 
 /// The shortest and longest wait while the broker is unreachable.
 const BROKER_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -48,6 +52,9 @@ pub struct RelayConfig {
     pub retry: Backoff,
     /// How long to wait for a PubAck.
     pub ack_timeout: Duration,
+    /// Publishes in flight at most, across keys and batches (`EVENT_OUTBOX_PUBLISH_WINDOW`);
+    /// a key never has more than one.
+    pub window: usize,
 }
 
 /// What one [`Relay::run_once`] did.
@@ -194,7 +201,7 @@ impl Relay {
         let batch = self.config.batch_size;
         let rows = self
             .store
-            .read(move |conn| outbox::due(conn, now, batch))
+            .read(move |conn| outbox::due(conn, now, 0, batch))
             .await?;
         let mut outcome = Outcome {
             read: rows.len(),
@@ -225,44 +232,89 @@ impl Relay {
         outcome.held_back = outcome.read - results.len();
 
         let acked_at = Utc::now();
-        let mut records = Vec::with_capacity(results.len());
-        for (row, result) in results {
-            let record = match result {
-                Ok(ack) => {
-                    outcome.published += 1;
-                    outcome.duplicates += usize::from(ack.duplicate);
-                    self.metrics
-                        .published(&row.topic, row.created_at, ack.duplicate);
-                    Record::Published(ack)
-                }
-                Err(error) if error.is_transient() => {
-                    outcome.transient += 1;
-                    self.metrics.failed(&row.topic, true);
-                    Record::Transient(error.to_string())
-                }
-                Err(error) => {
-                    outcome.permanent += 1;
-                    self.metrics.failed(&row.topic, false);
-                    let failures = row.attempts + 1;
-                    let retry_at = (failures <= self.config.max_retries).then(|| {
-                        acked_at
-                            + chrono::Duration::from_std(self.config.retry.delay(failures))
-                                .unwrap_or(chrono::Duration::MAX)
-                    });
-                    if retry_at.is_none() {
-                        outcome.dead += 1;
-                        tracing::error!(
-                            id = row.id, event_id = %row.event_id, topic = %row.topic, %error,
-                            "outbox row is dead after {failures} failed attempts; later rows of its key wait"
-                        );
-                    } else {
-                        tracing::warn!(id = row.id, topic = %row.topic, %error, failures, "publish failed; will retry");
-                    }
-                    Record::Permanent(error.to_string(), retry_at)
-                }
-            };
-            records.push((row.id, record));
+        let records = results
+            .into_iter()
+            .map(|(row, result)| (row.id, self.record(&row, result, &mut outcome, acked_at)))
+            .collect();
+        self.write_records(records, acked_at).await?;
+        Ok(outcome)
+    }
+
+    async fn publish_chain(&self, chain: Vec<Due>) -> Vec<(Due, Result<Published, PublishError>)> {
+        let mut results = Vec::with_capacity(chain.len());
+        for row in chain {
+            let (row, result) = self.publish_row(row).await;
+            let failed = result.is_err();
+            results.push((row, result));
+            if failed {
+                break;
+            }
         }
+        results
+    }
+
+    /// Publishes one row and waits for its PubAck (or the failure).
+    async fn publish_row(&self, row: Due) -> (Due, Result<Published, PublishError>) {
+        let message = OutboxMessage {
+            topic: row.topic.clone(),
+            key: row.key.clone(),
+            payload: row.payload.clone().into(),
+            headers: row.headers.clone(),
+        };
+        let result = publish(&self.js, &message, self.config.ack_timeout).await;
+        (row, result)
+    }
+
+    /// What to write for a publish's outcome; counts it in `outcome` and the metrics.
+    fn record(
+        &self,
+        row: &Due,
+        result: Result<Published, PublishError>,
+        outcome: &mut Outcome,
+        acked_at: DateTime<Utc>,
+    ) -> Record {
+        match result {
+            Ok(ack) => {
+                outcome.published += 1;
+                outcome.duplicates += usize::from(ack.duplicate);
+                self.metrics
+                    .published(&row.topic, row.created_at, ack.duplicate);
+                Record::Published(ack)
+            }
+            Err(error) if error.is_transient() => {
+                outcome.transient += 1;
+                self.metrics.failed(&row.topic, true);
+                Record::Transient(error.to_string())
+            }
+            Err(error) => {
+                outcome.permanent += 1;
+                self.metrics.failed(&row.topic, false);
+                let failures = row.attempts + 1;
+                let retry_at = (failures <= self.config.max_retries).then(|| {
+                    acked_at
+                        + chrono::Duration::from_std(self.config.retry.delay(failures))
+                            .unwrap_or(chrono::Duration::MAX)
+                });
+                if retry_at.is_none() {
+                    outcome.dead += 1;
+                    tracing::error!(
+                        id = row.id, event_id = %row.event_id, topic = %row.topic, %error,
+                        "outbox row is dead after {failures} failed attempts; later rows of its key wait"
+                    );
+                } else {
+                    tracing::warn!(id = row.id, topic = %row.topic, %error, failures, "publish failed; will retry");
+                }
+                Record::Permanent(error.to_string(), retry_at)
+            }
+        }
+    }
+
+    /// Writes the outcomes of publishes in one transaction.
+    async fn write_records(
+        &self,
+        records: Vec<(i64, Record)>,
+        acked_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.store
             .write(move |tx| {
                 for (id, record) in &records {
@@ -278,47 +330,33 @@ impl Relay {
                 }
                 Ok::<_, StoreError>(())
             })
-            .await?;
-        Ok(outcome)
+            .await
     }
 
-    async fn publish_chain(&self, chain: Vec<Due>) -> Vec<(Due, Result<Published, PublishError>)> {
-        let mut results = Vec::with_capacity(chain.len());
-        for row in chain {
-            let message = OutboxMessage {
-                topic: row.topic.clone(),
-                key: row.key.clone(),
-                payload: row.payload.clone().into(),
-                headers: row.headers.clone(),
-            };
-            let result = publish(&self.js, &message, self.config.ack_timeout).await;
-            let failed = result.is_err();
-            results.push((row, result));
-            if failed {
-                break;
-            }
-        }
-        results
-    }
-
-    /// Runs until `shutdown`: publishes whenever rows are due, sleeps otherwise. A batch in
-    /// flight when `shutdown` completes is finished and recorded before this returns.
+    /// Runs until `shutdown`: publishes whenever rows are due, with a window of publishes in
+    /// flight (see [`pipeline`]), and sleeps otherwise. What is in flight when `shutdown`
+    /// completes is finished and recorded before this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         self.status.running.store(true, Ordering::Relaxed);
         let _running = RunningGuard(&self.status);
         let committed = self.store.outbox_committed();
         let mut broker_backoff = BROKER_BACKOFF_MIN;
-        tracing::info!(batch_size = self.config.batch_size, "outbox relay started");
+        tracing::info!(
+            batch_size = self.config.batch_size,
+            window = self.config.window,
+            "outbox relay started"
+        );
         loop {
-            let outcome = self.run_once().await;
+            let end = self.pass(&mut shutdown, &committed).await;
             self.status.beat();
-            let wait = match outcome {
-                Err(e) => {
+            let wait = match end {
+                PassEnd::Shutdown => break,
+                PassEnd::Failed(e) => {
                     tracing::error!(error = %e, "outbox relay step failed");
                     Some(self.config.polling_interval.min(Duration::from_secs(1)))
                 }
-                Ok(o) if o.transient > 0 => {
+                PassEnd::Again(o) if o.transient > 0 => {
                     tracing::warn!(failed = o.transient, wait = ?broker_backoff, "broker unavailable; backing off");
                     let wait = broker_backoff;
                     broker_backoff = (broker_backoff * 2).min(BROKER_BACKOFF_MAX);
@@ -329,9 +367,8 @@ impl Relay {
                     }
                     continue;
                 }
-                // A full batch: there may be more right away.
-                Ok(o) if o.read == self.config.batch_size as usize => None,
-                Ok(_) => Some(self.idle_wait().await),
+                PassEnd::Again(_) => None,
+                PassEnd::Idle => Some(self.idle_wait().await),
             };
             broker_backoff = BROKER_BACKOFF_MIN;
             if let Some(wait) = wait {
@@ -340,8 +377,6 @@ impl Relay {
                     () = committed.notified() => {}
                     () = tokio::time::sleep(wait) => {}
                 }
-            } else if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
-                break;
             }
         }
         tracing::info!("outbox relay stopped");
@@ -351,13 +386,16 @@ impl Relay {
     /// due sooner.
     async fn idle_wait(&self) -> Duration {
         let now = Utc::now();
+        // A pass reads with a "now" a millisecond early (see `pipeline`), so a row that came
+        // due within the last millisecond (a requeue, say) may not have been read: wake at once.
+        let since = now - chrono::Duration::milliseconds(1);
         let next = self
             .store
-            .read(move |conn| outbox::next_retry_at(conn, now))
+            .read(move |conn| outbox::next_retry_at(conn, since))
             .await
             .ok()
             .flatten();
-        let until_retry = next.and_then(|t| (t - now).to_std().ok());
+        let until_retry = next.map(|t| (t - now).to_std().unwrap_or(Duration::ZERO));
         match until_retry {
             Some(d) => d.min(self.config.polling_interval),
             None => self.config.polling_interval,

@@ -11,41 +11,41 @@ use crate::domain::{Money, Text};
 /// Hands out the next order number of `at`'s year, `ORD-<year>-<6+ digit sequence>`.
 pub fn next_order_number(tx: &Tx<'_>, at: DateTime<Utc>) -> Result<String, StoreError> {
     let year = at.year();
-    let seq: i64 = tx.query_row(
-        "INSERT INTO order_number_counters (year, last) VALUES (?1, 1)
-         ON CONFLICT (year) DO UPDATE SET last = last + 1
-         RETURNING last",
-        [year],
-        |r| r.get(0),
-    )?;
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO order_number_counters (year, last) VALUES (?1, 1)
+             ON CONFLICT (year) DO UPDATE SET last = last + 1
+             RETURNING last",
+        )?
+        .query_row([year], |r| r.get(0))?;
     Ok(format!("ORD-{year}-{seq:06}"))
 }
 
 /// Stores a new order and its items.
 pub fn insert(tx: &Tx<'_>, order: &Order) -> Result<(), StoreError> {
     let a = &order.shipping_address;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO orders (order_id, order_number, customer_id, status, currency, street, city,
             postal_code, country, source_channel, created_by, payment_confirmed, created_at,
             updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        params![
-            order.order_id.to_string(),
-            order.order_number,
-            order.customer_id.to_string(),
-            order.status.as_str(),
-            order.currency.as_str(),
-            a.street.as_str(),
-            a.city.as_str(),
-            a.postal_code.as_str(),
-            a.country.as_str(),
-            order.source_channel.as_str(),
-            order.created_by.to_string(),
-            order.payment_confirmed,
-            timestamp(order.created_at),
-            timestamp(order.updated_at),
-        ],
-    )?;
+    )?
+    .execute(params![
+        order.order_id.to_string(),
+        order.order_number,
+        order.customer_id.to_string(),
+        order.status.as_str(),
+        order.currency.as_str(),
+        a.street.as_str(),
+        a.city.as_str(),
+        a.postal_code.as_str(),
+        a.country.as_str(),
+        order.source_channel.as_str(),
+        order.created_by.to_string(),
+        order.payment_confirmed,
+        timestamp(order.created_at),
+        timestamp(order.updated_at),
+    ])?;
     insert_items(tx, order.order_id, &order.items)
 }
 

@@ -143,15 +143,21 @@ pub struct Due {
     pub created_at: DateTime<Utc>,
 }
 
-/// Up to `limit` pending rows that may be published at `now`, in commit order: rows whose retry
-/// time has come, and only while no earlier row of the same key waits for a retry or is dead, so
-/// that per key the commit order is the publish order.
-pub fn due(conn: &Connection, now: DateTime<Utc>, limit: u32) -> Result<Vec<Due>, StoreError> {
+/// Up to `limit` pending rows after `after_id` that may be published at `now`, in commit order:
+/// rows whose retry time has come, and only while no earlier row of the same key waits for a
+/// retry or is dead, so that per key the commit order is the publish order. `after_id` lets the
+/// relay read on past the rows it already has in flight; 0 reads from the start.
+pub fn due(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<Due>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT o.id, o.event_id, o.topic, o.subject_key, o.payload, o.headers, o.attempts,
                 o.created_at
          FROM order_events_outbox o
-         WHERE o.status = 'pending'
+         WHERE o.status = 'pending' AND o.id > ?3
            AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?1)
            AND NOT EXISTS (
                SELECT 1 FROM order_events_outbox b
@@ -161,7 +167,7 @@ pub fn due(conn: &Connection, now: DateTime<Utc>, limit: u32) -> Result<Vec<Due>
          LIMIT ?2",
     )?;
     let rows = stmt
-        .query_map(params![timestamp(now), limit], |r| {
+        .query_map(params![timestamp(now), limit, after_id], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -250,7 +256,10 @@ pub enum Requeue {
     Published,
 }
 
-/// Puts a dead (or waiting) row back to pending with fresh attempts, to be published at once.
+/// Puts a dead (or waiting) row back to pending with fresh attempts, to be published at once:
+/// due from now on, `next_attempt_at` being the time of the requeue. That time (rather than
+/// none) keeps holding back the later rows of its key from a relay pass that began before it:
+/// such a pass has read past the row, and would otherwise publish newer rows of the key first.
 pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
     let status: Option<String> = tx
         .query_row(
@@ -265,9 +274,9 @@ pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
         Some(_) => {
             tx.execute(
                 "UPDATE order_events_outbox
-                 SET status = 'pending', attempts = 0, next_attempt_at = NULL
+                 SET status = 'pending', attempts = 0, next_attempt_at = ?2
                  WHERE id = ?1",
-                [id],
+                params![id, timestamp(Utc::now())],
             )?;
             tx.wrote_outbox.set(true);
             Ok(Requeue::Requeued)

@@ -53,11 +53,11 @@ pub fn adjust(
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     if delta != 0 {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE product_stock SET available = available + ?2, updated_at = ?3
              WHERE product_id = ?1",
-            params![product_id.to_string(), delta, timestamp(at)],
-        )?;
+        )?
+        .execute(params![product_id.to_string(), delta, timestamp(at)])?;
     }
     Ok(())
 }

@@ -78,7 +78,9 @@ where
     F: FnOnce(&Tx<'_>) -> Result<T, E>,
     E: From<StoreError>,
 {
-    tx.execute_batch("SAVEPOINT command")
+    // Prepared once: this and RELEASE run for every command.
+    tx.prepare_cached("SAVEPOINT command")
+        .and_then(|mut s| s.execute([]))
         .map_err(|e| E::from(e.into()))?;
     let wrote_outbox_before = tx.wrote_outbox.get();
     let outcome = match catch_unwind(AssertUnwindSafe(|| command(tx))) {
@@ -86,7 +88,9 @@ where
         Err(_) => Err(E::from(StoreError::CommandPanicked)),
     };
     let end = if outcome.is_ok() {
-        tx.execute_batch("RELEASE command")
+        tx.prepare_cached("RELEASE command")
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
     } else {
         tx.wrote_outbox.set(wrote_outbox_before);
         tx.execute_batch("ROLLBACK TO command; RELEASE command")
