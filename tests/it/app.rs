@@ -310,6 +310,41 @@ pub fn order_body(products: &[Uuid]) -> Value {
     })
 }
 
+/// A valid `POST /chat/orders` body for `customer` and `chat_id`, with one new product.
+pub fn chat_order(customer: Uuid, chat_id: Uuid) -> Value {
+    let mut body = simple_order();
+    body.as_object_mut().unwrap().remove("source_channel");
+    body["customer_id"] = json!(customer);
+    body["chat_id"] = json!(chat_id);
+    body["template_used"] = json!("quick_order");
+    body["ai_confidence"] = json!(0.95);
+    body["customer_preferences"] =
+        json!({"delivery_speed": "standard", "communication_method": "sms"});
+    body["requires_confirmation"] = json!(true);
+    body
+}
+
+/// The value of one series in `/metrics` text, e.g. `outbox_dead` or
+/// `outbox_publish_failures_total{topic="order.audit",kind="permanent"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+impl TestApp {
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 /// A valid create body with one new product.
 pub fn simple_order() -> Value {
     order_body(&[Uuid::now_v7()])

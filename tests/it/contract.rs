@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::{User, order_body, spawn_app};
+use crate::app::{User, chat_order, order_body, spawn_app};
 
 fn kind(v: &Value) -> &'static str {
     match v {
@@ -125,15 +125,7 @@ async fn every_topic_matches_the_spec_example_field_for_field() {
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // order.chat_created
-    let mut chat = order_body(&[Uuid::now_v7()]);
-    chat.as_object_mut().unwrap().remove("source_channel");
-    chat["customer_id"] = json!(customer.id);
-    chat["chat_id"] = json!(Uuid::now_v7());
-    chat["template_used"] = json!("quick_order");
-    chat["ai_confidence"] = json!(0.95);
-    chat["customer_preferences"] =
-        json!({"delivery_speed": "standard", "communication_method": "sms"});
-    chat["requires_confirmation"] = json!(true);
+    let chat = chat_order(customer.id, Uuid::now_v7());
     let (status, body) = app.post(ai, "/api/v1/chat/orders", chat).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 

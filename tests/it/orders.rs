@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::{User, order_body, simple_order, spawn_app, topics};
+use crate::app::{User, chat_order, order_body, simple_order, spawn_app, topics};
 
 #[tokio::test]
 async fn customer_creates_an_order_and_its_events_are_in_the_outbox() {
@@ -479,15 +479,7 @@ async fn chat_orders_and_chat_links() {
     let ai = User::new(Role::Ai);
     let customer = User::new(Role::Customer);
     let chat_id = Uuid::now_v7();
-    let mut body = simple_order();
-    body.as_object_mut().unwrap().remove("source_channel");
-    body["customer_id"] = json!(customer.id);
-    body["chat_id"] = json!(chat_id);
-    body["template_used"] = json!("quick_order");
-    body["ai_confidence"] = json!(0.95);
-    body["customer_preferences"] =
-        json!({"delivery_speed": "standard", "communication_method": "sms"});
-    body["requires_confirmation"] = json!(true);
+    let body = chat_order(customer.id, chat_id);
     let (status, order) = app.post(ai, "/api/v1/chat/orders", body).await;
     assert_eq!(status, StatusCode::CREATED, "{order}");
     assert_eq!(order["source_channel"], "chat");

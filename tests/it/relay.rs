@@ -14,7 +14,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::{SECRET, TestApp, User, into_json, order_body, simple_order, spawn_app_with};
+use crate::app::{
+    SECRET, TestApp, User, chat_order, into_json, metric, order_body, simple_order, spawn_app_with,
+};
 use crate::nats::NatsServer;
 
 /// How long any wait for the relay may take before the test fails.
@@ -258,15 +260,7 @@ async fn whole_life_cycle(app: &TestApp) -> String {
         let (status, answer) = app.send(user, method, &path, Some(body)).await;
         assert!(status.is_success(), "{path}: {answer}");
     }
-    let mut chat = simple_order();
-    chat.as_object_mut().unwrap().remove("source_channel");
-    chat["customer_id"] = json!(customer.id);
-    chat["chat_id"] = json!(Uuid::now_v7());
-    chat["template_used"] = json!("quick_order");
-    chat["ai_confidence"] = json!(0.9);
-    chat["customer_preferences"] =
-        json!({"delivery_speed": "standard", "communication_method": "sms"});
-    chat["requires_confirmation"] = json!(true);
+    let chat = chat_order(customer.id, Uuid::now_v7());
     let (status, answer) = app.post(ai, "/api/v1/chat/orders", chat).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     id
@@ -445,26 +439,12 @@ async fn per_order_order_holds_while_publishes_fail_and_retry() {
     drained(&app).await;
     let (_, published, dead) = counts(&app);
     assert_eq!(dead, 0);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let permanent: u64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "outbox_publish_failures_total{topic=\"order.audit\",kind=\"permanent\"} ",
-            )
-        })
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(permanent > 0, "the broken stream caused permanent failures");
+    let permanent = metric(
+        &app.metrics().await,
+        r#"outbox_publish_failures_total{topic="order.audit",kind="permanent"}"#,
+    )
+    .unwrap();
+    assert!(permanent > 0.0, "the broken stream caused permanent failures");
     eprintln!("relay: {published} events published through a broken stream and a broker restart");
     in_commit_order_per_key(&app, &nats.jetstream().await).await;
 }

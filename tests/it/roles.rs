@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::{TestApp, User, simple_order, spawn_app};
+use crate::app::{TestApp, User, chat_order, simple_order, spawn_app};
 
 const ALL: [Role; 4] = [Role::Admin, Role::System, Role::Customer, Role::Ai];
 
@@ -194,15 +194,7 @@ async fn every_endpoint_enforces_its_roles() {
         &[Role::Ai, Role::Admin],
         nothing,
         |user, _| async move {
-            let mut body = simple_order();
-            body.as_object_mut().unwrap().remove("source_channel");
-            body["customer_id"] = json!(Uuid::now_v7());
-            body["chat_id"] = json!(Uuid::now_v7());
-            body["template_used"] = json!("quick_order");
-            body["ai_confidence"] = json!(0.8);
-            body["customer_preferences"] =
-                json!({"delivery_speed": "express", "communication_method": "line"});
-            body["requires_confirmation"] = json!(false);
+            let body = chat_order(Uuid::now_v7(), Uuid::now_v7());
             app.post(user, "/api/v1/chat/orders", body).await
         },
     )
