@@ -444,7 +444,10 @@ async fn per_order_order_holds_while_publishes_fail_and_retry() {
         r#"outbox_publish_failures_total{topic="order.audit",kind="permanent"}"#,
     )
     .unwrap();
-    assert!(permanent > 0.0, "the broken stream caused permanent failures");
+    assert!(
+        permanent > 0.0,
+        "the broken stream caused permanent failures"
+    );
     eprintln!("relay: {published} events published through a broken stream and a broker restart");
     in_commit_order_per_key(&app, &nats.jetstream().await).await;
 }
