@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::nats::NatsServer;
+
 /// The secret the test service signs with.
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
@@ -353,4 +355,53 @@ pub fn simple_order() -> Value {
 /// The topics of `rows`, in order.
 pub fn topics(rows: &[OutboxRow]) -> Vec<&str> {
     rows.iter().map(|r| r.topic.as_str()).collect()
+}
+
+/// How long any wait for the relay or a consumer may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The service with its relay on, publishing to `nats`, retrying quickly, once `/ready` says
+/// ready (the streams are reconciled and the relay runs).
+pub async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let url = nats.url();
+    let app = spawn_app_with(move |c| {
+        c.event_outbox_enabled = true;
+        c.nats_url = url;
+        c.event_outbox_retry_base = Duration::from_millis(20);
+        c.event_outbox_retry_max = Duration::from_millis(200);
+        c.nats_ack_timeout = Duration::from_secs(2);
+        adjust(c);
+    })
+    .await;
+    ready(&app).await;
+    app
+}
+
+/// Waits until `/ready` says ready; returns it.
+pub async fn ready(app: &TestApp) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, ready) = into_json(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+        if ready["status"] == "ready" {
+            return ready;
+        }
+        assert!(start.elapsed() < PATIENCE, "never ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the `order-service` binary with `args` against `nats`; returns what it printed.
+pub fn run_cli(nats: &NatsServer, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .args(args)
+        .env("NATS_URL", nats.url())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }

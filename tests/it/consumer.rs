@@ -24,36 +24,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::app::{OutboxRow, TestApp, User, into_json, metric, simple_order, spawn_app_with};
+use crate::app::{OutboxRow, PATIENCE, TestApp, User, into_json, metric, run_cli, simple_order};
 use crate::nats::NatsServer;
 
-/// How long any wait may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// The service with its relay on, publishing to `nats` in large batches, retrying quickly.
+/// The service with its relay on, publishing in large batches and sampling lag often.
 async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let url = nats.url();
-    let app = spawn_app_with(move |c| {
-        c.event_outbox_enabled = true;
-        c.nats_url = url;
+    crate::app::relaying_app(nats, |c| {
         c.event_outbox_batch_size = 500;
-        c.event_outbox_retry_base = Duration::from_millis(20);
-        c.event_outbox_retry_max = Duration::from_millis(200);
-        c.nats_ack_timeout = Duration::from_secs(2);
         c.consumer_lag_interval = Duration::from_millis(200);
         adjust(c);
     })
-    .await;
-    let start = Instant::now();
-    loop {
-        let (_, ready) = into_json(app.client.get(app.url("/ready")).send().await.unwrap()).await;
-        if ready["status"] == "ready" {
-            break;
-        }
-        assert!(start.elapsed() < PATIENCE, "never ready: {ready}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    app
+    .await
 }
 
 /// A group's settings for tests: quick retries, a file in `dir`.
@@ -850,21 +831,6 @@ async fn publish_raw(js: &jetstream::Context, key: &str, body: String) {
     bus::publish(js, &message, Duration::from_secs(5))
         .await
         .unwrap();
-}
-
-fn run_cli(nats: &NatsServer, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
-        .args(args)
-        .env("NATS_URL", nats.url())
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test]

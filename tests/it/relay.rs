@@ -9,51 +9,15 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use order_service::auth::Role;
 use order_service::bus::{self, OutboxMessage, Topics};
-use order_service::config::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::{
-    SECRET, TestApp, User, chat_order, into_json, metric, order_body, simple_order, spawn_app_with,
+    PATIENCE, SECRET, TestApp, User, chat_order, into_json, metric, order_body, ready,
+    relaying_app, run_cli, simple_order, spawn_app_with,
 };
 use crate::nats::NatsServer;
-
-/// How long any wait for the relay may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The service with its relay on, publishing to `nats`, retrying quickly.
-async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let url = nats.url();
-    let app = spawn_app_with(move |c| {
-        relay_settings(c, url);
-        adjust(c);
-    })
-    .await;
-    ready(&app).await;
-    app
-}
-
-/// Waits until `/ready` says ready (the streams are reconciled and the relay runs); returns it.
-async fn ready(app: &TestApp) -> Value {
-    let start = Instant::now();
-    loop {
-        let (_, ready) = into_json(app.client.get(app.url("/ready")).send().await.unwrap()).await;
-        if ready["status"] == "ready" {
-            return ready;
-        }
-        assert!(start.elapsed() < PATIENCE, "never ready: {ready}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn relay_settings(c: &mut Config, url: String) {
-    c.event_outbox_enabled = true;
-    c.nats_url = url;
-    c.event_outbox_retry_base = Duration::from_millis(20);
-    c.event_outbox_retry_max = Duration::from_millis(200);
-    c.nats_ack_timeout = Duration::from_secs(2);
-}
 
 /// (pending, published, dead) outbox rows.
 fn counts(app: &TestApp) -> (i64, i64, i64) {
@@ -847,21 +811,7 @@ async fn a_service_killed_mid_drain_loses_nothing_and_duplicates_are_dropped() {
 #[tokio::test]
 async fn the_streams_command_applies_diffs_and_lists_the_table() {
     let nats = NatsServer::start().await;
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
-            .arg("streams")
-            .args(args)
-            .env("NATS_URL", nats.url())
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| run_cli(&nats, &[&["streams"], args].concat());
     let before = run(&["diff"]);
     assert!(
         before.contains("ORDER_CREATED"),
