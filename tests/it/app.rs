@@ -179,6 +179,19 @@ impl TestApp {
         order
     }
 
+    /// Sets a product's available stock as an admin.
+    pub async fn set_stock(&self, product: Uuid, available: u32) {
+        let (status, body) = self
+            .send(
+                User::new(Role::Admin),
+                Method::PUT,
+                &format!("/api/v1/products/{product}/stock"),
+                Some(json!({ "available": available })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "set stock: {body}");
+    }
+
     /// A read-only connection to the service's database file.
     pub fn db(&self) -> Connection {
         let conn =

@@ -60,15 +60,7 @@ async fn every_topic_matches_the_spec_example_field_for_field() {
     let (a, b, short) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
 
     // order.created, order.audit, order.stock_override_applied
-    let (status, _) = app
-        .send(
-            admin,
-            Method::PUT,
-            &format!("/api/v1/products/{short}/stock"),
-            Some(json!({"available": 1})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    app.set_stock(short, 1).await;
     let mut body = order_body(&[a, b, short]);
     body["customer_id"] = json!(customer.id);
     body["stock_override"] = json!({"reason": "VIP customer special request", "expected_restock_date": "2030-07-01T00:00:00Z"});

@@ -315,18 +315,10 @@ async fn status_walks_the_life_cycle_and_refuses_skips() {
 #[tokio::test]
 async fn cancel_restocks_and_writes_four_events() {
     let app = spawn_app().await;
-    let admin = User::new(Role::Admin);
+    let _admin = User::new(Role::Admin);
     let customer = User::new(Role::Customer);
     let product = Uuid::now_v7();
-    let (status, _) = app
-        .send(
-            admin,
-            Method::PUT,
-            &format!("/api/v1/products/{product}/stock"),
-            Some(json!({"available": 5})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    app.set_stock(product, 5).await;
     let order = app.create_order(customer, order_body(&[product])).await;
     let id = order["order_id"].as_str().unwrap();
     let available = |app: &crate::app::TestApp| -> i64 {
@@ -373,15 +365,7 @@ async fn short_stock_is_refused_unless_an_admin_overrides_it() {
     let customer = User::new(Role::Customer);
     let (short, plenty, untracked) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     for (p, n) in [(short, 1), (plenty, 10)] {
-        let (status, _) = app
-            .send(
-                admin,
-                Method::PUT,
-                &format!("/api/v1/products/{p}/stock"),
-                Some(json!({"available": n})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
+        app.set_stock(p, n).await;
     }
     let before = app.footprint();
     let (status, body) = app

@@ -167,15 +167,7 @@ async fn whole_life_cycle(app: &TestApp) -> String {
     let ai = User::new(Role::Ai);
     let customer = User::new(Role::Customer);
     let (a, short) = (Uuid::now_v7(), Uuid::now_v7());
-    let (status, _) = app
-        .send(
-            admin,
-            Method::PUT,
-            &format!("/api/v1/products/{short}/stock"),
-            Some(json!({"available": 0})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    app.set_stock(short, 0).await;
     let mut body = order_body(&[a, short]);
     body["customer_id"] = json!(customer.id);
     body["stock_override"] =
