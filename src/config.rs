@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use uuid::Uuid;
 
 use crate::auth::Role;
-use crate::relay::BackoffKind;
+use crate::backoff::BackoffKind;
 use crate::store::Synchronous;
 
 /// order-service: orders over HTTP, kept in SQLite, every event published through an outbox.

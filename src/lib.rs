@@ -9,6 +9,8 @@
 //! - [`config`] — the command line and its environment variables.
 //! - [`telemetry`] — logging.
 //! - [`auth`] — bearer tokens and roles.
+//! - [`backoff`] — retry schedules: how long to wait after a failure.
+//! - [`shutdown`] — one shutdown signal for every long-running task.
 //! - [`error`] — the API's error type and JSON error shape.
 //! - [`api`] — the HTTP routes, one module per resource.
 //! - [`domain`] — orders, money and the ten events, without IO.
@@ -21,6 +23,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod consumer;
@@ -29,5 +32,6 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod relay;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;

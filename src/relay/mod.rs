@@ -6,14 +6,14 @@
 //!   across batches, the next batch read while acks arrive, marks in batch transactions; woken
 //!   right after each commit that wrote outbox rows, polling only as a fallback, and backing off
 //!   while the broker is away.
-//! - [`backoff`] is the retry schedule of permanent failures; [`cleanup`] keeps the table bounded.
+//! - [`crate::backoff`] is the retry schedule of permanent failures; [`cleanup`] keeps the table
+//!   bounded.
 //!
 //! Per subject key (the order, or the customer for statistics) the commit order is the publish
 //! order: each key's rows are published one after another (one in flight per key), stopping at
 //! the key's first failure, while different keys are published concurrently. A row that waits for a retry, or is
 //! dead, holds back only the later rows of its own key.
 
-pub mod backoff;
 pub mod cleanup;
 mod pipeline;
 
@@ -28,11 +28,11 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
+pub use crate::backoff::{Backoff, BackoffKind};
 use crate::bus::{OutboxMessage, PublishError, Published, ReconcileReport, publish};
 use crate::metrics::Metrics;
 use crate::store::outbox::{self, Due};
 use crate::store::{Store, StoreError};
-pub use backoff::{Backoff, BackoffKind};
 use pipeline::PassEnd;
 
 /// The shortest and longest wait while the broker is unreachable.

@@ -1,4 +1,9 @@
-//! How long a row waits after a permanent publish failure before it is tried again.
+//! How long to wait before trying again: one schedule for every retry loop in the service.
+//!
+//! [`Backoff`] is the schedule (exponential or fixed, capped, with jitter); it answers "how long
+//! after the n-th failure" for the outbox rows that count their failures, and [`Backoff::waits`]
+//! gives the stateful form for loops that just keep trying (connecting, reconciling, setting up a
+//! consumer): each wait doubles up to the cap until the loop calls [`Waits::reset`].
 
 use std::time::Duration;
 
@@ -11,7 +16,7 @@ pub enum BackoffKind {
     Fixed,
 }
 
-/// The retry schedule for permanent failures.
+/// A retry schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// How the wait grows.
@@ -37,6 +42,43 @@ impl Backoff {
         let half = full / 2;
         half + full.saturating_sub(half).mul_f64(fastrand::f64())
     }
+
+    /// An exponential schedule from `base` up to `max`.
+    pub const fn exponential(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            kind: BackoffKind::Exponential,
+            base,
+            max,
+        }
+    }
+
+    /// The waits of a loop that keeps trying: the first is about `base`, each next one longer.
+    pub fn waits(self) -> Waits {
+        Waits {
+            schedule: self,
+            failures: 0,
+        }
+    }
+}
+
+/// The waits of a retry loop, one per failure in a row; see [`Backoff::waits`].
+#[derive(Debug, Clone)]
+pub struct Waits {
+    schedule: Backoff,
+    failures: u32,
+}
+
+impl Waits {
+    /// The wait after one more failure.
+    pub fn next_wait(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.schedule.delay(self.failures)
+    }
+
+    /// Starts again from the shortest wait, after a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +101,20 @@ mod tests {
             assert!(d9 >= Duration::from_secs(5) && d9 <= Duration::from_secs(10));
             assert!(b.delay(u32::MAX) <= Duration::from_secs(10));
         }
+    }
+
+    #[test]
+    fn waits_grow_until_reset() {
+        let mut waits =
+            Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)).waits();
+        assert!(waits.next_wait() <= Duration::from_millis(100));
+        assert!(waits.next_wait() >= Duration::from_millis(100));
+        for _ in 0..10 {
+            assert!(waits.next_wait() <= Duration::from_secs(1));
+        }
+        assert!(waits.next_wait() >= Duration::from_millis(500));
+        waits.reset();
+        assert!(waits.next_wait() <= Duration::from_millis(100));
     }
 
     #[test]
