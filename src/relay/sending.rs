@@ -22,12 +22,15 @@ use crate::bus::{
 };
 use crate::store::outbox::Due;
 
+/// Rows tried, each with its outcome.
+type Tried = Vec<(Due, Result<Published, PublishError>)>;
+
 /// What became of a batch.
 pub(super) struct Sent {
     /// The stream.
     pub stream: String,
     /// The rows tried, each with its outcome.
-    pub results: Vec<(Due, Result<Published, PublishError>)>,
+    pub results: Tried,
     /// Rows that were not stored and go back to the lane (in commit order); rows of keys that
     /// failed permanently among them are dropped by the lane.
     pub unsent: Vec<Due>,
@@ -111,12 +114,11 @@ impl Relay {
             chains[at].push(row);
         }
         let window = self.config.window.max(1);
-        let outcomes: Vec<(Vec<(Due, Result<Published, PublishError>)>, Vec<Due>)> =
-            futures::stream::iter(chains)
-                .map(|chain| self.send_chain(chain))
-                .buffer_unordered(window)
-                .collect()
-                .await;
+        let outcomes: Vec<(Tried, Vec<Due>)> = futures::stream::iter(chains)
+            .map(|chain| self.send_chain(chain))
+            .buffer_unordered(window)
+            .collect()
+            .await;
         for (results, unsent) in outcomes {
             sent.transient |= results
                 .iter()
@@ -128,10 +130,7 @@ impl Relay {
     }
 
     /// One key's rows in order, up to the first failure; a transiently failed row is unsent too.
-    async fn send_chain(
-        &self,
-        chain: Vec<Due>,
-    ) -> (Vec<(Due, Result<Published, PublishError>)>, Vec<Due>) {
+    async fn send_chain(&self, chain: Vec<Due>) -> (Tried, Vec<Due>) {
         let mut results = Vec::with_capacity(chain.len());
         let mut rows = chain.into_iter();
         for row in rows.by_ref() {
