@@ -396,3 +396,112 @@ pub fn delete_published_before(
         )?
         .execute(params![timestamp(cutoff), limit])?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreConfig, Synchronous};
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&StoreConfig {
+            path: dir.path().join("outbox.db"),
+            synchronous: Synchronous::Normal,
+            readers: 2,
+        })
+        .unwrap()
+    }
+
+    /// Inserts a row of `key` in `status`; returns its id.
+    async fn insert(store: &Store, key: &'static str, status: &'static str) -> i64 {
+        store
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO order_events_outbox
+                        (event_id, topic, subject_key, payload, headers, status, created_at)
+                     VALUES (?1, 'order.created', ?2, '{}', '{}', ?3, ?4)",
+                    params![
+                        uuid::Uuid::now_v7().to_string(),
+                        key,
+                        status,
+                        timestamp(Utc::now())
+                    ],
+                )?;
+                Ok::<_, StoreError>(tx.last_insert_rowid())
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn due_ids(store: &Store, now: DateTime<Utc>, epoch: i64, after: i64) -> Vec<i64> {
+        store
+            .read(move |conn| due(conn, now, epoch, after, 100))
+            .await
+            .unwrap()
+            .rows
+            .iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_requeue_committed_during_a_pass_is_left_with_its_key_to_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let dead = insert(&store, "k", "dead").await;
+        let other = insert(&store, "j", "pending").await;
+
+        // A pass begins. Its clock may read later than the requeue's does: the requeue reads its
+        // clock before its commit lands.
+        let epoch = store.read(|conn| requeue_epoch(conn)).await.unwrap();
+        let pass_now = Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(due_ids(&store, pass_now, epoch, 0).await, vec![other]);
+
+        // The dead row is requeued, then a newer row of its key is committed.
+        let requeued = store.write(move |tx| requeue(tx, dead)).await.unwrap();
+        assert_eq!(requeued, Requeue::Requeued);
+        let newer = insert(&store, "k", "pending").await;
+
+        // The running pass reads on past its cursor: the newer row must not overtake the
+        // requeued one, which this pass has already read past.
+        assert_eq!(
+            due_ids(&store, pass_now, epoch, other).await,
+            Vec::<i64>::new()
+        );
+        // The next pass reads both, in commit order.
+        let epoch = store.read(|conn| requeue_epoch(conn)).await.unwrap();
+        assert_eq!(
+            due_ids(&store, Utc::now(), epoch, 0).await,
+            vec![dead, other, newer]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_row_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let bad = insert(&store, "k", "pending").await;
+        store
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE order_events_outbox SET headers = '[1,2' WHERE id = ?1",
+                    [bad],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let good = insert(&store, "j", "pending").await;
+        let found = store
+            .read(|conn| due(conn, Utc::now(), 0, 0, 10))
+            .await
+            .unwrap();
+        assert_eq!(
+            found.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![good]
+        );
+        assert_eq!(found.unreadable.len(), 1);
+        assert_eq!(found.unreadable[0].id, bad);
+        assert_eq!(found.unreadable[0].key.as_deref(), Some("k"));
+        assert_eq!((found.count, found.last_id), (2, good));
+    }
+}

@@ -20,7 +20,7 @@ use crate::app::{
 use crate::nats::NatsServer;
 
 /// (pending, published, dead) outbox rows.
-fn counts(app: &TestApp) -> (i64, i64, i64) {
+pub(crate) fn counts(app: &TestApp) -> (i64, i64, i64) {
     app.db()
         .query_row(
             "SELECT count(*) FILTER (WHERE status = 'pending'),
@@ -34,7 +34,7 @@ fn counts(app: &TestApp) -> (i64, i64, i64) {
 }
 
 /// Waits until nothing is pending; fails the test after [`PATIENCE`].
-async fn drained(app: &TestApp) {
+pub(crate) async fn drained(app: &TestApp) {
     let start = Instant::now();
     loop {
         let (pending, _, _) = counts(app);
@@ -48,19 +48,17 @@ async fn drained(app: &TestApp) {
 
 /// A message as the broker stored it.
 #[derive(Debug, Clone)]
-struct Stored {
-    stream: String,
-    subject: String,
-    sequence: u64,
-    msg_id: String,
-    headers: BTreeMap<String, String>,
-    payload: String,
-    /// Server timestamp, nanoseconds since the epoch.
-    time: i128,
+pub(crate) struct Stored {
+    pub stream: String,
+    pub subject: String,
+    pub sequence: u64,
+    pub msg_id: String,
+    pub headers: BTreeMap<String, String>,
+    pub payload: String,
 }
 
 /// Every message of every stream of the topic table.
-async fn stored(js: &jetstream::Context) -> Vec<Stored> {
+pub(crate) async fn stored(js: &jetstream::Context) -> Vec<Stored> {
     let mut all = Vec::new();
     for topic in &Topics::embedded() {
         let name = topic.stream_name();
@@ -88,7 +86,6 @@ async fn stored(js: &jetstream::Context) -> Vec<Stored> {
                 msg_id: headers.get("Nats-Msg-Id").cloned().unwrap_or_default(),
                 headers,
                 payload: String::from_utf8(m.payload.to_vec()).unwrap(),
-                time: m.time.unix_timestamp_nanos(),
             });
         }
     }
@@ -96,7 +93,7 @@ async fn stored(js: &jetstream::Context) -> Vec<Stored> {
 }
 
 /// Checks that the broker holds each outbox event exactly once, as stored in the outbox.
-async fn every_event_once(app: &TestApp, js: &jetstream::Context) -> Vec<Stored> {
+pub(crate) async fn every_event_once(app: &TestApp, js: &jetstream::Context) -> Vec<Stored> {
     let rows = app.outbox();
     let messages = stored(js).await;
     let mut by_id: HashMap<&str, Vec<&Stored>> = HashMap::new();
