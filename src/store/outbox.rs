@@ -452,7 +452,7 @@ mod tests {
 
         // A pass begins. Its clock may read later than the requeue's does: the requeue reads its
         // clock before its commit lands.
-        let epoch = store.read(|conn| requeue_epoch(conn)).await.unwrap();
+        let epoch = store.read(requeue_epoch).await.unwrap();
         let pass_now = Utc::now() + chrono::Duration::seconds(1);
         assert_eq!(due_ids(&store, pass_now, epoch, 0).await, vec![other]);
 
@@ -468,7 +468,7 @@ mod tests {
             Vec::<i64>::new()
         );
         // The next pass reads both, in commit order.
-        let epoch = store.read(|conn| requeue_epoch(conn)).await.unwrap();
+        let epoch = store.read(requeue_epoch).await.unwrap();
         assert_eq!(
             due_ids(&store, Utc::now(), epoch, 0).await,
             vec![dead, other, newer]
