@@ -5,9 +5,11 @@
 //! - [`products`] — the stock view.
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`health`] — liveness, readiness and metrics.
-//! - [`json`], [`path`], [`context`] — how bodies, path ids and request metadata are read.
+//! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
+//!   the caller's token are read.
 
 pub mod admin;
+mod bearer;
 pub mod chat;
 pub mod context;
 pub mod health;
