@@ -62,8 +62,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
+        // The ids are read before the request's span is made, so that the span, and every log
+        // line inside it, carries them: the trace layer sits inside the ids middleware.
+        .layer(TraceLayer::new_for_http().make_span_with(context::request_span))
         .layer(axum::middleware::from_fn(context::ids))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
