@@ -310,8 +310,9 @@ fn topics(config: &Config) -> Result<Topics, AppError> {
 fn auth(config: &Config) -> Result<Auth, AppError> {
     let secret = config
         .auth_jwt_secret
-        .as_deref()
-        .ok_or(AppError::NoSecret)?;
+        .as_ref()
+        .ok_or(AppError::NoSecret)?
+        .expose();
     Ok(Auth::new(
         secret,
         config.auth_jwt_issuer.clone(),

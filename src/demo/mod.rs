@@ -67,10 +67,9 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     let js = jetstream::new(client);
 
     // The service, in-process, on a free port.
-    let secret = config
-        .auth_jwt_secret
-        .clone()
-        .unwrap_or_else(|| format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()));
+    let secret = config.auth_jwt_secret.clone().unwrap_or_else(|| {
+        format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()).into()
+    });
     config.auth_jwt_secret = Some(secret.clone());
     config.database_path = dir.join("order-service.db");
     config.event_outbox_enabled = true;
@@ -195,7 +194,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     let driver = Driver {
         api,
         auth: Auth::new(
-            &secret,
+            secret.expose(),
             config.auth_jwt_issuer.clone(),
             config.auth_jwt_audience.clone(),
         )
