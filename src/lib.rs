@@ -13,6 +13,7 @@
 //! - [`shutdown`] — one shutdown signal for every long-running task.
 //! - [`error`] — the API's error type and JSON error shape.
 //! - [`api`] — the HTTP routes, one module per resource.
+//! - [`commands`] — what changes orders (place, update, life cycle, stock, chat links); no HTTP.
 //! - [`domain`] — orders, money and the ten events, without IO.
 //! - [`store`] — SQLite: the writer, the readers, orders and the outbox.
 //! - [`relay`] — the outbox relay: publishes pending rows onto JetStream, cleans up.
@@ -25,6 +26,7 @@ pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod bus;
+pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod demo;

@@ -2,6 +2,7 @@
 //!
 //! - [`orders`] — create, read, list, update, status, confirm, cancel, stock override.
 //! - [`chat`] — chat orders and chat links.
+//! - [`order_view`] — an order as both answer it.
 //! - [`products`] — the stock view.
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`health`] — liveness, readiness and metrics.
@@ -14,6 +15,7 @@ pub mod chat;
 pub mod context;
 pub mod health;
 pub mod json;
+pub mod order_view;
 pub mod orders;
 pub mod path;
 pub mod products;
