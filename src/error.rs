@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::auth::Refusal;
 use crate::commands::CommandError;
 use crate::domain::OrderError;
 use crate::store::StoreError;
@@ -164,6 +165,15 @@ impl From<StoreError> for ApiError {
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> ApiError {
         ApiError::from(StoreError::from(e))
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(e: Refusal) -> ApiError {
+        match e {
+            Refusal::Unauthenticated(message) => ApiError::Unauthorized(message),
+            Refusal::NotAllowed(message) => ApiError::Forbidden(message),
+        }
     }
 }
 

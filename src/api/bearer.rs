@@ -27,6 +27,6 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
             })?;
-        state.auth.verify(token)
+        Ok(state.auth.verify(token)?)
     }
 }
