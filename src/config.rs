@@ -57,7 +57,7 @@ pub enum Command {
         action: crate::consumer::commands::DlqAction,
     },
     /// Run the demo: the service, three example consumers and a few orders (`make demo`).
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
 }
 
 /// What `streams` does.
@@ -94,6 +94,14 @@ pub struct SchemaArgs {
     /// Write every topic's schema as `<topic>.json` into this folder instead.
     #[arg(long, conflicts_with = "topic")]
     pub out: Option<PathBuf>,
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Folder for the service's and the consumers' databases (emptied first).
+    #[arg(long, default_value = "./data/demo")]
+    pub dir: PathBuf,
 }
 
 /// How log lines are written.

@@ -4,6 +4,7 @@
 //! JetStream through a transactional outbox.
 //!
 //! # Layout
+//! - [`cli`] — the command line: what each subcommand does.
 //! - [`app`] — builds everything production builds and runs it until shutdown.
 //! - [`bus`] — NATS JetStream: connection, topic table and streams, publishing events.
 //! - [`config`] — the command line and its environment variables.
@@ -26,6 +27,7 @@ pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod bus;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod consumer;
