@@ -14,11 +14,11 @@ use tokio::task::JoinSet;
 
 use crate::api::{self, AppState};
 use crate::auth::{Auth, AuthConfigError};
+use crate::backoff::Backoff;
 use crate::bus::{self, Topics, TopicsError};
 use crate::config::Config;
 use crate::consumer;
 use crate::metrics::Metrics;
-use crate::backoff::Backoff;
 use crate::relay::{self, Relay, RelayConfig, RelayStatus, StreamsSummary};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreConfig, StoreError};
@@ -154,45 +154,17 @@ async fn publish_outbox(
 ) {
     tokio::pin!(shutdown);
     let reconnected = Arc::new(tokio::sync::Notify::new());
-    let mut waits = START_BACKOFF.waits();
-    let client = loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            connected = bus::connect_watched(&config.nats_url, reconnected.clone()) => match connected {
-                Ok(client) => break client,
-                Err(e) => {
-                    let retry_in = waits.next_wait();
-                    tracing::warn!(url = %config.nats_url, error = %e, ?retry_in, "NATS unreachable; orders are kept in the outbox");
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = tokio::time::sleep(retry_in) => {}
-                    }
-                }
-            },
-        }
+    let started = async {
+        let client = connect(&config.nats_url, &reconnected).await;
+        status.set_client(client.clone());
+        let js = jetstream::new(client);
+        reconcile(&js, &topics, config.nats_duplicate_window, &status).await;
+        js
     };
-    status.set_client(client.clone());
-    let js = jetstream::new(client);
-
-    let mut waits = START_BACKOFF.waits();
-    loop {
-        match bus::reconcile(&js, &topics, config.nats_duplicate_window).await {
-            Ok(report) => {
-                tracing::info!(%report, "streams reconciled");
-                status.set_streams(Ok(StreamsSummary::from(&report)));
-                break;
-            }
-            Err(e) => {
-                let retry_in = waits.next_wait();
-                tracing::warn!(error = %e, ?retry_in, "reconciling streams failed");
-                status.set_streams(Err(e.to_string()));
-                tokio::select! {
-                    () = &mut shutdown => return,
-                    () = tokio::time::sleep(retry_in) => {}
-                }
-            }
-        }
-    }
+    let js = tokio::select! {
+        () = &mut shutdown => return,
+        js = started => js,
+    };
 
     let relay = Relay::new(
         store,
@@ -214,6 +186,47 @@ async fn publish_outbox(
     tokio::select! {
         () = &mut relayed => {}
         () = reconciled => {}
+    }
+}
+
+/// Connects to NATS, trying again as long as it takes; `reconnected` is notified after every
+/// reconnect of the client.
+async fn connect(url: &str, reconnected: &Arc<tokio::sync::Notify>) -> async_nats::Client {
+    let mut waits = START_BACKOFF.waits();
+    loop {
+        match bus::connect_watched(url, reconnected.clone()).await {
+            Ok(client) => return client,
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(url = %url, error = %e, ?retry_in, "NATS unreachable; orders are kept in the outbox");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// Reconciles the streams with the topic table, trying again until it succeeds.
+async fn reconcile(
+    js: &jetstream::Context,
+    topics: &Topics,
+    duplicate_window: Duration,
+    status: &RelayStatus,
+) {
+    let mut waits = START_BACKOFF.waits();
+    loop {
+        match bus::reconcile(js, topics, duplicate_window).await {
+            Ok(report) => {
+                tracing::info!(%report, "streams reconciled");
+                status.set_streams(Ok(StreamsSummary::from(&report)));
+                return;
+            }
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(error = %e, ?retry_in, "reconciling streams failed");
+                status.set_streams(Err(e.to_string()));
+                tokio::time::sleep(retry_in).await;
+            }
+        }
     }
 }
 
