@@ -10,21 +10,25 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::api::{self, AppState};
 use crate::auth::{Auth, AuthConfigError};
+use crate::backoff::Backoff;
 use crate::bus::{self, Topics, TopicsError};
-use crate::config::{Cli, Command, Config, SchemaArgs, StreamsAction, TokenArgs};
+use crate::config::Config;
 use crate::consumer;
-use crate::domain::Topic;
 use crate::metrics::Metrics;
-use crate::relay::{self, Backoff, Relay, RelayConfig, RelayStatus, StreamsSummary};
+use crate::relay::{self, Relay, RelayConfig, RelayStatus, StreamsSummary};
+use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreConfig, StoreError};
 
-/// The longest wait between two tries to reach the broker at start-up.
-const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The waits between tries to reach the broker and reconcile its streams at start-up.
+const START_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
+/// The waits between tries to reconcile the streams after a reconnect.
+const RECONNECT_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why the service could not start or a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,40 +61,6 @@ pub enum AppError {
     Consumer(#[from] crate::consumer::ConsumerError),
 }
 
-/// Runs the command line.
-pub fn execute(cli: Cli) -> Result<(), AppError> {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime()?.block_on(async {
-            let listener = TcpListener::bind(cli.config.http_addr).await?;
-            run(cli.config, listener, shutdown_signal()).await
-        }),
-        Command::Token(args) => token(&cli.config, &args),
-        Command::Schema(args) => schema(&args),
-        Command::Streams { action } => runtime()?.block_on(streams(&cli.config, action)),
-        Command::Tail(args) => Ok(runtime()?.block_on(consumer::commands::tail(
-            &cli.config.nats_url,
-            args,
-            shutdown_signal(),
-        ))?),
-        Command::Consumers { action } => Ok(runtime()?.block_on(consumer::commands::consumers(
-            &cli.config.nats_url,
-            &topics(&cli.config)?,
-            action,
-        ))?),
-        Command::Dlq { action } => Ok(runtime()?.block_on(consumer::commands::dead_letters(
-            &cli.config.nats_url,
-            action,
-        ))?),
-        Command::Demo(args) => runtime()?.block_on(crate::demo::run(cli.config, args)),
-    }
-}
-
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
-
 /// Builds the application's state: the token verifier, the opened and migrated database, the
 /// metrics and the relay's status.
 pub fn build(config: &Config) -> Result<AppState, AppError> {
@@ -121,13 +91,7 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let topics = topics(&config)?;
     let state = build(&config)?;
-    let (stop, stopping) = watch::channel(false);
-    let stopped = move || {
-        let mut stopping = stopping.clone();
-        async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        }
-    };
+    let stop = Shutdown::new();
 
     let mut tasks = JoinSet::new();
     if config.event_outbox_enabled {
@@ -137,7 +101,7 @@ pub async fn run(
             topics.clone(),
             state.metrics.clone(),
             config.consumer_lag_interval,
-            stopped(),
+            stop.signal(),
         ));
     }
     if let Some(status) = state.relay.clone() {
@@ -147,14 +111,14 @@ pub async fn run(
             state.store.clone(),
             state.metrics.clone(),
             status,
-            stopped(),
+            stop.signal(),
         ));
     }
     tasks.spawn(relay::cleanup::run(
         state.store.clone(),
         config.event_outbox_retention,
         config.event_outbox_cleanup_interval,
-        stopped(),
+        stop.signal(),
     ));
 
     tracing::info!(
@@ -169,7 +133,7 @@ pub async fn run(
     )
     .with_graceful_shutdown(async move {
         shutdown.await;
-        let _ = stop.send(true);
+        stop.trigger();
     })
     .await;
     while tasks.join_next().await.is_some() {}
@@ -190,43 +154,17 @@ async fn publish_outbox(
 ) {
     tokio::pin!(shutdown);
     let reconnected = Arc::new(tokio::sync::Notify::new());
-    let mut backoff = Duration::from_millis(200);
-    let client = loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            connected = bus::connect_watched(&config.nats_url, reconnected.clone()) => match connected {
-                Ok(client) => break client,
-                Err(e) => tracing::warn!(url = %config.nats_url, error = %e, retry_in = ?backoff, "NATS unreachable; orders are kept in the outbox"),
-            },
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+    let started = async {
+        let client = connect(&config.nats_url, &reconnected).await;
+        status.set_client(client.clone());
+        let js = jetstream::new(client);
+        reconcile(&js, &topics, config.nats_duplicate_window, &status).await;
+        js
     };
-    status.set_client(client.clone());
-    let js = jetstream::new(client);
-
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match bus::reconcile(&js, &topics, config.nats_duplicate_window).await {
-            Ok(report) => {
-                tracing::info!(%report, "streams reconciled");
-                status.set_streams(Ok(StreamsSummary::from(&report)));
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "reconciling streams failed");
-                status.set_streams(Err(e.to_string()));
-            }
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
-    }
+    let js = tokio::select! {
+        () = &mut shutdown => return,
+        js = started => js,
+    };
 
     let relay = Relay::new(
         store,
@@ -251,6 +189,47 @@ async fn publish_outbox(
     }
 }
 
+/// Connects to NATS, trying again as long as it takes; `reconnected` is notified after every
+/// reconnect of the client.
+async fn connect(url: &str, reconnected: &Arc<tokio::sync::Notify>) -> async_nats::Client {
+    let mut waits = START_BACKOFF.waits();
+    loop {
+        match bus::connect_watched(url, reconnected.clone()).await {
+            Ok(client) => return client,
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(url = %url, error = %e, ?retry_in, "NATS unreachable; orders are kept in the outbox");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// Reconciles the streams with the topic table, trying again until it succeeds.
+async fn reconcile(
+    js: &jetstream::Context,
+    topics: &Topics,
+    duplicate_window: Duration,
+    status: &RelayStatus,
+) {
+    let mut waits = START_BACKOFF.waits();
+    loop {
+        match bus::reconcile(js, topics, duplicate_window).await {
+            Ok(report) => {
+                tracing::info!(%report, "streams reconciled");
+                status.set_streams(Ok(StreamsSummary::from(&report)));
+                return;
+            }
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(error = %e, ?retry_in, "reconciling streams failed");
+                status.set_streams(Err(e.to_string()));
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
 /// Reconciles the streams again after every reconnect: a broker that comes back without its
 /// store (a fresh container, a wiped disk) has no streams, and every publish would otherwise
 /// fail for want of one until its row went dead.
@@ -261,12 +240,13 @@ async fn reconcile_on_reconnect(
     status: &RelayStatus,
     reconnected: &tokio::sync::Notify,
 ) {
+    let mut waits = RECONNECT_BACKOFF.waits();
     loop {
         tokio::select! {
             () = reconnected.notified() => {}
             () = status.heal_requested() => {}
         }
-        let mut backoff = Duration::from_millis(100);
+        waits.reset();
         loop {
             // Publishing waits while a stream's subjects or transform may change under it.
             let paused = status.pause_publishing().await;
@@ -283,8 +263,7 @@ async fn reconcile_on_reconnect(
                 Err(e) => {
                     tracing::warn!(error = %e, "reconciling streams after a reconnect failed");
                     status.set_streams(Err(e.to_string()));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+                    tokio::time::sleep(waits.next_wait()).await;
                 }
             }
         }
@@ -309,110 +288,24 @@ pub fn relay_config(config: &Config, topics: &Topics) -> RelayConfig {
     }
 }
 
-fn topics(config: &Config) -> Result<Topics, AppError> {
+/// The topic table: the configured file, or the built-in copy.
+pub(crate) fn topics(config: &Config) -> Result<Topics, AppError> {
     Ok(match &config.topics_file {
         Some(path) => Topics::load(path)?,
         None => Topics::embedded(),
     })
 }
 
-fn auth(config: &Config) -> Result<Auth, AppError> {
+/// The token verifier of the configured secret.
+pub(crate) fn auth(config: &Config) -> Result<Auth, AppError> {
     let secret = config
         .auth_jwt_secret
-        .as_deref()
-        .ok_or(AppError::NoSecret)?;
+        .as_ref()
+        .ok_or(AppError::NoSecret)?
+        .expose();
     Ok(Auth::new(
         secret,
         config.auth_jwt_issuer.clone(),
         config.auth_jwt_audience.clone(),
     )?)
-}
-
-fn token(config: &Config, args: &TokenArgs) -> Result<(), AppError> {
-    let sub = args.sub.unwrap_or_else(uuid::Uuid::now_v7);
-    println!("{}", auth(config)?.issue(sub, args.role, args.ttl));
-    Ok(())
-}
-
-fn schema(args: &SchemaArgs) -> Result<(), AppError> {
-    let render = |topic: Topic| {
-        serde_json::to_string_pretty(&topic.schema()).expect("schemas serialize") + "\n"
-    };
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)?;
-        for topic in Topic::ALL {
-            std::fs::write(dir.join(format!("{}.json", topic.as_str())), render(topic))?;
-        }
-        return Ok(());
-    }
-    let name = args.topic.as_deref().unwrap_or_default();
-    let topic = Topic::parse(name).ok_or_else(|| {
-        let known: Vec<&str> = Topic::ALL.iter().map(|t| t.as_str()).collect();
-        AppError::Usage(format!(
-            "unknown topic `{name}`; topics: {}",
-            known.join(", ")
-        ))
-    })?;
-    print!("{}", render(topic));
-    Ok(())
-}
-
-async fn streams(config: &Config, action: StreamsAction) -> Result<(), AppError> {
-    let topics = topics(config)?;
-    let nats = |e: &dyn std::fmt::Display| AppError::Nats(e.to_string());
-    let client = bus::connect(&config.nats_url).await.map_err(|e| nats(&e))?;
-    let js = jetstream::new(client);
-    let window = config.nats_duplicate_window;
-    match action {
-        StreamsAction::List => {
-            let rows = bus::list(&js, &topics).await.map_err(|e| nats(&e))?;
-            print!("{}", bus::streams::format_stream_table(&rows));
-        }
-        StreamsAction::Diff => {
-            let cluster = bus::streams::ClusterSize::from_server_info(&js.client().server_info());
-            for plan in bus::streams::stream_configs(&topics, window, &cluster) {
-                for clamp in plan.clamps {
-                    println!("clamped: {clamp}");
-                }
-            }
-            let drifts = bus::diff(&js, &topics, window)
-                .await
-                .map_err(|e| nats(&e))?;
-            if drifts.is_empty() {
-                println!("the streams match the topic table");
-            } else {
-                print!("{}", bus::streams::format_drift_table(&drifts));
-            }
-        }
-        StreamsAction::Apply => {
-            let report = bus::reconcile(&js, &topics, window)
-                .await
-                .map_err(|e| nats(&e))?;
-            println!("{report}");
-        }
-    }
-    Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown requested");
 }

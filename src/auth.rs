@@ -6,14 +6,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use crate::api::AppState;
-use crate::error::ApiError;
 
 /// The shortest secret accepted: HS256 is only as strong as its key.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -71,6 +66,17 @@ pub enum AuthConfigError {
         "AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {0}; `make run` generates a development secret"
     )]
     SecretTooShort(usize),
+}
+
+/// Why a caller is turned away; the API answers 401 or 403 with the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No valid credentials (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials, not allowed to do this (403).
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 /// Verifies and issues tokens.
@@ -141,7 +147,7 @@ impl Auth {
     }
 
     /// The caller behind a token, or why the token is refused.
-    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Caller, Refusal> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -154,17 +160,17 @@ impl Auth {
                     ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
                     _ => "the token is malformed",
                 };
-                ApiError::Unauthorized(why.to_owned())
+                Refusal::Unauthenticated(why.to_owned())
             })?;
         let user_id = Uuid::parse_str(&data.claims.sub)
-            .map_err(|_| ApiError::Unauthorized("the token's subject is not a UUID".into()))?;
+            .map_err(|_| Refusal::Unauthenticated("the token's subject is not a UUID".into()))?;
         let role = match data.claims.role.as_str() {
             "admin" => Role::Admin,
             "system" => Role::System,
             "customer" => Role::Customer,
             "ai" => Role::Ai,
             other => {
-                return Err(ApiError::Unauthorized(format!(
+                return Err(Refusal::Unauthenticated(format!(
                     "the token's role `{other}` is not one of admin, system, customer, ai"
                 )));
             }
@@ -183,13 +189,13 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Ok when the caller has one of `roles`, else 403.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+    /// Ok when the caller has one of `roles`, else refused (403).
+    pub fn require(&self, roles: &[Role]) -> Result<(), Refusal> {
         if roles.contains(&self.role) {
             Ok(())
         } else {
             let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-            Err(ApiError::Forbidden(format!(
+            Err(Refusal::NotAllowed(format!(
                 "role `{}` may not do this; allowed: {}",
                 self.role,
                 allowed.join(", ")
@@ -200,30 +206,6 @@ impl Caller {
     /// Whether the caller is this customer.
     pub fn is_customer(&self, customer_id: Uuid) -> bool {
         self.role == Role::Customer && self.user_id == customer_id
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
-            })?;
-        state.auth.verify(token)
     }
 }
 

@@ -57,7 +57,7 @@ pub enum Command {
         action: crate::consumer::commands::DlqAction,
     },
     /// Run the demo: the service, three example consumers and a few orders (`make demo`).
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
 }
 
 /// What `streams` does.
@@ -96,6 +96,14 @@ pub struct SchemaArgs {
     pub out: Option<PathBuf>,
 }
 
+/// Arguments of `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Folder for the service's and the consumers' databases (emptied first).
+    #[arg(long, default_value = "./data/demo")]
+    pub dir: PathBuf,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -128,7 +136,7 @@ pub struct Config {
 
     /// HS256 secret for bearer tokens, at least 32 bytes.
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
-    pub auth_jwt_secret: Option<String>,
+    pub auth_jwt_secret: Option<Secret>,
 
     /// When set, tokens must carry this `iss`.
     #[arg(long, env = "AUTH_JWT_ISSUER")]
@@ -219,6 +227,30 @@ pub struct Config {
     pub topics_file: Option<PathBuf>,
 }
 
+/// A value that must not show up in logs: `Debug` prints `[redacted]`, and only [`Secret::expose`]
+/// gives the text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Secret {
+        Secret(text)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 fn parse_net(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     text.parse::<IpNet>()
@@ -234,6 +266,19 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn debug_does_not_show_the_secret() {
+        let secret = "do-not-print-me-0123456789abcdef0123";
+        let cli = Cli::try_parse_from(["order-service", "--auth-jwt-secret", secret]).unwrap();
+        assert_eq!(
+            cli.config.auth_jwt_secret.as_ref().unwrap().expose(),
+            secret
+        );
+        let printed = format!("{cli:?}");
+        assert!(!printed.contains(secret), "{printed}");
+        assert!(printed.contains("[redacted]"), "{printed}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::auth::Refusal;
+use crate::commands::CommandError;
 use crate::domain::OrderError;
 use crate::store::StoreError;
 
@@ -163,6 +165,58 @@ impl From<StoreError> for ApiError {
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> ApiError {
         ApiError::from(StoreError::from(e))
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(e: Refusal) -> ApiError {
+        match e {
+            Refusal::Unauthenticated(message) => ApiError::Unauthorized(message),
+            Refusal::NotAllowed(message) => ApiError::Forbidden(message),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            CommandError::Forbidden(_) => ApiError::Forbidden(message),
+            CommandError::InvalidField { field, message } => {
+                ApiError::invalid_field(&field, message)
+            }
+            CommandError::OrderNotFound(order_id) => ApiError::order_not_found(order_id),
+            CommandError::InsufficientStock(short) => {
+                let items: Vec<_> = short
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "product_id": s.product_id,
+                            "requested": s.requested,
+                            "available": s.available.max(0),
+                        })
+                    })
+                    .collect();
+                ApiError::Conflict {
+                    code: "insufficient_stock",
+                    message,
+                    details: json!({ "items": items }),
+                }
+            }
+            CommandError::NothingToChange(_) => unprocessable("nothing_to_change", message),
+            CommandError::CustomerCancelsOnlyPending(status) => ApiError::Conflict {
+                code: "order_not_pending",
+                message,
+                details: json!({ "current_status": status }),
+            },
+            CommandError::OverrideNotAllowed(status) => ApiError::Conflict {
+                code: "invalid_status",
+                message,
+                details: json!({ "current_status": status }),
+            },
+            CommandError::Order(e) => ApiError::from(e),
+            CommandError::Store(e) => ApiError::from(e),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! JetStream through a transactional outbox.
 //!
 //! # Layout
+//! - [`cli`] — the command line: what each subcommand does.
 //! - [`app`] — builds everything production builds and runs it until shutdown.
 //! - [`bus`] — NATS JetStream: connection, topic table and streams, publishing events.
 //! - [`config`] — the command line and its environment variables.
@@ -13,6 +14,7 @@
 //! - [`shutdown`] — one shutdown signal for every long-running task.
 //! - [`error`] — the API's error type and JSON error shape.
 //! - [`api`] — the HTTP routes, one module per resource.
+//! - [`commands`] — what changes orders (place, update, life cycle, stock, chat links); no HTTP.
 //! - [`domain`] — orders, money and the ten events, without IO.
 //! - [`store`] — SQLite: the writer, the readers, orders and the outbox.
 //! - [`relay`] — the outbox relay: publishes pending rows onto JetStream, cleans up.
@@ -25,6 +27,8 @@ pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod bus;
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod demo;

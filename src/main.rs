@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use order_service::{app, config::Cli, telemetry};
+use order_service::{cli, config::Cli, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.config.log_format);
-    match app::execute(cli) {
+    match cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("order-service: {e}");

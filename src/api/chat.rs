@@ -13,15 +13,14 @@ use uuid::Uuid;
 use super::AppState;
 use super::context::RequestMeta;
 use super::json::AppJson;
-use super::orders::{NewOrder, OverrideRequest, audit, change_order, place};
+use super::order_view::created;
 use super::path::OrderId;
 use crate::auth::{Caller, Role};
-use crate::domain::events::{
-    AuditChange, ChatOrderCreated, CustomerPreferences, OrderLinkedToChat,
-};
-use crate::domain::{Address, Currency, Item, Order, SourceChannel, Text};
+use crate::commands::{self, ChatLinkRequest, NewOrder, OverrideRequest};
+use crate::domain::chat::ChatOrigin;
+use crate::domain::events::CustomerPreferences;
+use crate::domain::{Address, Currency, Item, SourceChannel, Text};
 use crate::error::ApiError;
-use crate::store::chat::{ChatLink, ChatOrigin, insert_link};
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
@@ -95,21 +94,9 @@ async fn create(
         source_channel: Some(SourceChannel::Chat),
         stock_override: body.stock_override,
     };
-    place(&state, caller, &meta, order, Some(chat)).await
-}
-
-/// `order.chat_created` for an order placed from `chat`.
-pub fn created_event(order: &Order, chat: &ChatOrigin) -> ChatOrderCreated {
-    ChatOrderCreated {
-        order_id: order.order_id,
-        order_number: order.order_number.clone(),
-        customer_id: order.customer_id,
-        chat_id: chat.chat_id,
-        template_used: chat.template_used.clone(),
-        ai_confidence: chat.ai_confidence,
-        customer_preferences: chat.customer_preferences.clone(),
-        requires_confirmation: chat.requires_confirmation,
-    }
+    let ctx = meta.events(&caller);
+    let order = commands::place(&state.store, caller, ctx, order, Some(chat)).await?;
+    Ok(created(&order))
 }
 
 /// The body of `POST /orders/{id}/chat-links`.
@@ -159,41 +146,12 @@ async fn link(
 ) -> Result<(StatusCode, Json<LinkView>), ApiError> {
     caller.require(&[Role::Ai, Role::Admin, Role::Customer])?;
     let ctx = meta.events(&caller);
-    let link = ChatLink {
-        link_id: Uuid::now_v7(),
-        order_id,
+    let request = ChatLinkRequest {
         chat_id: body.chat_id,
-        link_type: body.link_type.as_str().to_owned(),
+        link_type: body.link_type.as_str(),
         context: body.context.to_string(),
-        linked_by: caller.user_id,
-        created_at: ctx.now,
     };
-    let stored = link.clone();
-    change_order(&state, caller, ctx, order_id, move |tx, order, events| {
-        insert_link(tx, &link)?;
-        events.push(OrderLinkedToChat {
-            order_id,
-            order_number: order.order_number.clone(),
-            chat_id: link.chat_id,
-            link_type: link.link_type.clone(),
-            linked_by: link.linked_by,
-            context: link.context.clone(),
-        });
-        let event = audit(
-            order,
-            events.context(),
-            "chat_link",
-            AuditChange {
-                field: "chat_id".into(),
-                old_value: String::new(),
-                new_value: link.chat_id.to_string(),
-            },
-            &link.context,
-        );
-        events.push(event);
-        Ok(())
-    })
-    .await?;
+    let stored = commands::link_chat(&state.store, caller, ctx, order_id, request).await?;
     Ok((
         StatusCode::CREATED,
         Json(LinkView {

@@ -69,6 +69,20 @@ pub async fn ids(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// The span of one request: method, path and the ids set by [`ids`], so that every log line
+/// written while the request is handled names its request and correlation ids.
+pub fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let ids = req.extensions().get::<RequestIds>();
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        uri = %req.uri(),
+        version = ?req.version(),
+        request_id = ids.map(|i| tracing::field::display(i.request_id)),
+        correlation_id = ids.map(|i| tracing::field::display(i.correlation_id)),
+    )
+}
+
 /// Everything about a request that its events carry, minus who the caller is.
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
@@ -207,6 +221,50 @@ mod tests {
         assert_eq!(
             client_ip(from_proxy, &forged, &trusted).to_string(),
             "198.51.100.7"
+        );
+    }
+
+    #[test]
+    fn request_span_carries_the_request_ids() {
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let ids = RequestIds {
+            correlation_id: Uuid::now_v7(),
+            request_id: Uuid::now_v7(),
+        };
+        let mut req = axum::http::Request::new(());
+        req.extensions_mut().insert(ids);
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let _entered = request_span(&req).entered();
+            tracing::info!("inside the request");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("inside the request"), "{text}");
+        assert!(
+            text.contains(&format!("request_id={}", ids.request_id)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("correlation_id={}", ids.correlation_id)),
+            "{text}"
         );
     }
 

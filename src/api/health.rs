@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics;
+use crate::relay::RelayStatus;
 use crate::store::{self, outbox};
 
 /// The routes of this resource; they sit outside `/api/v1` and need no token.
@@ -36,70 +37,16 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             outbox::stats(conn).map_err(ApiError::from)
         })
         .await;
-    let now = Utc::now();
-    let (database_ok, database, outbox) = match stats {
-        Ok(stats) => {
-            let age = stats
-                .oldest_pending_at
-                .map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
-            (
-                true,
-                json!({ "status": "ok" }),
-                json!({
-                    "status": "ok",
-                    "pending": stats.pending,
-                    "dead": stats.dead,
-                    "oldest_pending_age_seconds": age,
-                }),
-            )
-        }
-        Err(e) => (
-            false,
-            json!({ "status": "error", "error": e.to_string() }),
-            json!({ "status": "unknown" }),
-        ),
-    };
+    let database_ok = stats.is_ok();
+    let (database, outbox) = database_checks(stats);
     let mut checks = json!({ "database": database, "outbox": outbox });
-    let mut degraded = false;
-    match &state.relay {
+    let degraded = match &state.relay {
         None => {
             checks["relay"] = json!({ "status": "disabled" });
+            false
         }
-        Some(status) => {
-            let s = status.snapshot();
-            degraded |= !s.broker_connected || !s.relay_running;
-            checks["broker"] = json!({
-                "status": if s.broker_connected { "ok" } else { "error" },
-                "connected": s.broker_connected,
-            });
-            checks["streams"] = match &s.streams {
-                None => {
-                    degraded = true;
-                    json!({ "status": "pending", "reconciled": false })
-                }
-                Some(Ok(summary)) => json!({
-                    "status": "ok",
-                    "reconciled": true,
-                    "created": summary.created,
-                    "updated": summary.updated,
-                    "drift": summary.drift,
-                    "clamps": summary.clamps,
-                }),
-                Some(Err(e)) => {
-                    degraded = true;
-                    json!({ "status": "error", "reconciled": false, "error": e })
-                }
-            };
-            checks["relay"] = json!({
-                "status": if s.relay_running { "ok" } else { "error" },
-                "alive": s.relay_running,
-                "last_run": s.relay_last_run,
-                // Streams that refused atomic batches (drift, an older server): still published,
-                // one message at a time.
-                "streams_one_by_one": s.streams_one_by_one,
-            });
-        }
-    }
+        Some(status) => relay_checks(&mut checks, status),
+    };
     // The spec's alerting thresholds: warnings, which never take the service out of rotation.
     let consumers = state.consumers.snapshot();
     if consumers.sampled_at.is_some() {
@@ -127,6 +74,68 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         code,
         Json(json!({ "status": status, "checks": checks, "warnings": consumers.warnings })),
     )
+}
+
+/// The `database` and `outbox` checks from the outbox's numbers, or from why they could not be
+/// read.
+fn database_checks(stats: Result<outbox::Stats, ApiError>) -> (Value, Value) {
+    match stats {
+        Ok(stats) => {
+            let age = stats
+                .oldest_pending_at
+                .map_or(0.0, |t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
+            (
+                json!({ "status": "ok" }),
+                json!({
+                    "status": "ok",
+                    "pending": stats.pending,
+                    "dead": stats.dead,
+                    "oldest_pending_age_seconds": age,
+                }),
+            )
+        }
+        Err(e) => (
+            json!({ "status": "error", "error": e.to_string() }),
+            json!({ "status": "unknown" }),
+        ),
+    }
+}
+
+/// Adds the `broker`, `streams` and `relay` checks; answers whether the relay side is degraded.
+fn relay_checks(checks: &mut Value, status: &RelayStatus) -> bool {
+    let s = status.snapshot();
+    let mut degraded = !s.broker_connected || !s.relay_running;
+    checks["broker"] = json!({
+        "status": if s.broker_connected { "ok" } else { "error" },
+        "connected": s.broker_connected,
+    });
+    checks["streams"] = match &s.streams {
+        None => {
+            degraded = true;
+            json!({ "status": "pending", "reconciled": false })
+        }
+        Some(Ok(summary)) => json!({
+            "status": "ok",
+            "reconciled": true,
+            "created": summary.created,
+            "updated": summary.updated,
+            "drift": summary.drift,
+            "clamps": summary.clamps,
+        }),
+        Some(Err(e)) => {
+            degraded = true;
+            json!({ "status": "error", "reconciled": false, "error": e })
+        }
+    };
+    checks["relay"] = json!({
+        "status": if s.relay_running { "ok" } else { "error" },
+        "alive": s.relay_running,
+        "last_run": s.relay_last_run,
+        // Streams that refused atomic batches (drift, an older server): still published, one
+        // message at a time.
+        "streams_one_by_one": s.streams_one_by_one,
+    });
+    degraded
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -2,16 +2,20 @@
 //!
 //! - [`orders`] — create, read, list, update, status, confirm, cancel, stock override.
 //! - [`chat`] — chat orders and chat links.
+//! - [`order_view`] — an order as both answer it.
 //! - [`products`] — the stock view.
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`health`] — liveness, readiness and metrics.
-//! - [`json`], [`path`], [`context`] — how bodies, path ids and request metadata are read.
+//! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
+//!   the caller's token are read.
 
 pub mod admin;
+mod bearer;
 pub mod chat;
 pub mod context;
 pub mod health;
 pub mod json;
+pub mod order_view;
 pub mod orders;
 pub mod path;
 pub mod products;
@@ -60,8 +64,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
+        // The ids are read before the request's span is made, so that the span, and every log
+        // line inside it, carries them: the trace layer sits inside the ids middleware.
+        .layer(TraceLayer::new_for_http().make_span_with(context::request_span))
         .layer(axum::middleware::from_fn(context::ids))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -5,8 +5,10 @@
 //! - [`text`] — client text that is never blank and never too long.
 //! - [`order`] — the order, its items, address and status machine.
 //! - [`revision`] — changing a pending order's items.
+//! - [`chat`] — where a chat assistant's order came from.
 //! - [`events`] — the ten events of the contract, their envelope and the outbox form.
 
+pub mod chat;
 pub mod events;
 pub mod money;
 pub mod order;

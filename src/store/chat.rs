@@ -5,22 +5,7 @@ use rusqlite::params;
 use uuid::Uuid;
 
 use super::{StoreError, Tx, timestamp};
-use crate::domain::events::CustomerPreferences;
-
-/// How a chat-created order came about.
-#[derive(Debug, Clone)]
-pub struct ChatOrigin {
-    /// The conversation.
-    pub chat_id: Uuid,
-    /// The order template the assistant used.
-    pub template_used: String,
-    /// The assistant's confidence, 0 to 1.
-    pub ai_confidence: f64,
-    /// Delivery and contact preferences captured in the chat.
-    pub customer_preferences: CustomerPreferences,
-    /// Whether the customer still has to confirm.
-    pub requires_confirmation: bool,
-}
+use crate::domain::chat::ChatOrigin;
 
 /// Records that `order_id` was created from a chat.
 pub fn insert_origin(tx: &Tx<'_>, order_id: Uuid, chat: &ChatOrigin) -> Result<(), StoreError> {

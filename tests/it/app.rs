@@ -79,7 +79,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let (stop, stopped) = oneshot::channel::<()>();
     let db_path = config.database_path.clone();
     let auth = Auth::new(
-        config.auth_jwt_secret.as_deref().unwrap(),
+        config.auth_jwt_secret.as_ref().unwrap().expose(),
         config.auth_jwt_issuer.clone(),
         config.auth_jwt_audience.clone(),
     )

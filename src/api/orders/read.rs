@@ -6,10 +6,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{OrderView, visible};
+use super::OrderView;
 use crate::api::AppState;
 use crate::api::path::OrderId;
 use crate::auth::{Caller, Role};
+use crate::commands::visible;
 use crate::domain::Status;
 use crate::error::ApiError;
 use crate::store::orders;
