@@ -93,6 +93,11 @@ pub enum StoreError {
     /// The writer thread is gone (the service is stopping).
     #[error("the database writer has stopped")]
     WriterGone,
+    /// SQLite rolled back the whole write transaction (a command hit SQLITE_FULL, an I/O error,
+    /// out of memory, or a savepoint could not be ended), so nothing of its batch was stored and
+    /// the rest of the batch did not run.
+    #[error("the write transaction was rolled back, nothing of this command was stored: {0}")]
+    TransactionLost(String),
     /// A command panicked; it was rolled back.
     #[error("a write command panicked and was rolled back")]
     CommandPanicked,
