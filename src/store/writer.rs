@@ -8,6 +8,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use rusqlite::Connection;
@@ -44,6 +45,17 @@ impl BatchFailure {
 #[derive(Clone, Debug)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Cleared when the thread ends, however it ends (a panic included).
+    running: Arc<AtomicBool>,
+}
+
+/// Clears the running flag when the writer thread ends, by return or by unwinding.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Writer {
@@ -55,10 +67,20 @@ impl Writer {
         outbox_committed: Arc<Notify>,
     ) -> std::io::Result<Writer> {
         let (jobs, rx) = mpsc::channel(max_batch.max(1) * 4);
+        let running = Arc::new(AtomicBool::new(true));
+        let guard = Running(running.clone());
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch.max(1), &outbox_committed))?;
-        Ok(Writer { jobs })
+            .spawn(move || {
+                let _guard = guard;
+                run(conn, rx, max_batch.max(1), &outbox_committed);
+            })?;
+        Ok(Writer { jobs, running })
+    }
+
+    /// False once the writer thread has ended: no write can succeed any more.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 
     /// Runs `command` in a write transaction and answers once it is committed. An `Err` from the
@@ -88,6 +110,15 @@ impl Writer {
             .await
             .map_err(|_| E::from(StoreError::WriterGone))?;
         answer.await.map_err(|_| E::from(StoreError::WriterGone))?
+    }
+}
+
+#[cfg(test)]
+impl Writer {
+    /// Ends the writer thread the way a bug would: a panic outside any command's catch_unwind.
+    pub(crate) async fn kill_for_test(&self) {
+        let job: Job = Box::new(|_| panic!("the writer thread is killed by a test"));
+        let _ = self.jobs.send(job).await;
     }
 }
 
