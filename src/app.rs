@@ -206,7 +206,7 @@ async fn publish_outbox(
         backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
     };
     status.set_client(client.clone());
-    let js = jetstream::new(client);
+    let js = relay_jetstream(client, &config);
 
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -282,6 +282,14 @@ async fn reconcile_on_reconnect(
             }
         }
     }
+}
+
+/// The JetStream context the relay publishes with. Its timeout is `NATS_ACK_TIMEOUT`: with
+/// `jetstream::new` the context's 5 s default gives up on a PubAck first, whatever is configured.
+pub fn relay_jetstream(client: async_nats::Client, config: &Config) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(config.nats_ack_timeout)
+        .build(client)
 }
 
 /// The relay's settings from the service's.

@@ -4,6 +4,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use order_service::bus::{DEFAULT_DUPLICATE_WINDOW, OutboxMessage, PublishError, Topics};
+
+use crate::app::test_config;
+use crate::nats::NatsServer;
+
 /// Runs `order-service serve` with `name=value` and every other setting valid; returns its exit
 /// status and what it wrote to stderr, or fails when it is still running after a few seconds.
 fn serve_with(name: &str, value: &str) -> (std::process::ExitStatus, String) {
@@ -48,4 +54,44 @@ fn unusable_durations_stop_the_service_at_start_up_naming_the_variable() {
         assert!(!status.success(), "{name}={value}: {status}");
         assert!(stderr.contains(name), "{name}={value}: {stderr}");
     }
+}
+
+/// A broker that never answers: the publish fails after `NATS_ACK_TIMEOUT`, not after the
+/// client's own 5 s default for requests.
+#[tokio::test]
+async fn an_ack_timeout_above_five_seconds_is_waited_out() {
+    let nats = NatsServer::start().await;
+    order_service::bus::reconcile(
+        &nats.jetstream().await,
+        &Topics::embedded(),
+        DEFAULT_DUPLICATE_WINDOW,
+    )
+    .await
+    .expect("reconcile the streams");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.nats_ack_timeout = Duration::from_secs(7);
+    let js = order_service::app::relay_jetstream(nats.connect().await, &config);
+    let id = uuid::Uuid::now_v7().to_string();
+    let message = OutboxMessage {
+        topic: "order.created".into(),
+        key: id.clone(),
+        payload: Bytes::from(format!(r#"{{"event_id":"{id}"}}"#)),
+        headers: vec![("Nats-Msg-Id".into(), id)],
+    };
+
+    nats.pause().await;
+    let start = Instant::now();
+    let outcome = order_service::bus::publish(&js, &message, config.nats_ack_timeout).await;
+    let waited = start.elapsed();
+    nats.resume().await;
+
+    assert!(
+        matches!(outcome, Err(PublishError::Transient(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(6_500),
+        "gave up after {waited:?} with NATS_ACK_TIMEOUT=7s: {outcome:?}"
+    );
 }
