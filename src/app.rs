@@ -157,7 +157,7 @@ async fn publish_outbox(
     let started = async {
         let client = connect(&config.nats_url, &reconnected).await;
         status.set_client(client.clone());
-        let js = jetstream::new(client);
+        let js = relay_jetstream(client, &config);
         reconcile(&js, &topics, config.nats_duplicate_window, &status).await;
         js
     };
@@ -268,6 +268,14 @@ async fn reconcile_on_reconnect(
             }
         }
     }
+}
+
+/// The JetStream context the relay publishes with. Its timeout is `NATS_ACK_TIMEOUT`: with
+/// `jetstream::new` the context's 5 s default gives up on a PubAck first, whatever is configured.
+pub fn relay_jetstream(client: async_nats::Client, config: &Config) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(config.nats_ack_timeout)
+        .build(client)
 }
 
 /// The relay's settings from the service's and the topic table.

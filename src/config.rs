@@ -81,7 +81,7 @@ pub struct TokenArgs {
     #[arg(long)]
     pub sub: Option<Uuid>,
     /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = between(Duration::from_secs(1), Duration::from_secs(366 * DAY)))]
     pub ttl: Duration,
 }
 
@@ -163,7 +163,7 @@ pub struct Config {
     pub event_outbox_enabled: bool,
 
     /// The relay's fallback poll; commits wake it at once.
-    #[arg(long, env = "EVENT_OUTBOX_POLLING_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "EVENT_OUTBOX_POLLING_INTERVAL", default_value = "5s", value_parser = between(Duration::from_millis(10), Duration::from_secs(3600)))]
     pub event_outbox_polling_interval: Duration,
 
     /// Outbox rows read per relay batch.
@@ -194,32 +194,32 @@ pub struct Config {
     pub event_outbox_retry_backoff: BackoffKind,
 
     /// The first wait between retries (doubling from there when exponential).
-    #[arg(long, env = "EVENT_OUTBOX_RETRY_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "EVENT_OUTBOX_RETRY_BASE", default_value = "1s", value_parser = between(Duration::from_millis(1), Duration::from_secs(3600)))]
     pub event_outbox_retry_base: Duration,
 
     /// The longest wait between retries.
-    #[arg(long, env = "EVENT_OUTBOX_RETRY_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "EVENT_OUTBOX_RETRY_MAX", default_value = "5m", value_parser = between(Duration::from_millis(1), Duration::from_secs(DAY)))]
     pub event_outbox_retry_max: Duration,
 
     /// How long published rows are kept before they are deleted.
-    #[arg(long, env = "EVENT_OUTBOX_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "EVENT_OUTBOX_RETENTION", default_value = "24h", value_parser = between(Duration::ZERO, Duration::from_secs(3650 * DAY)))]
     pub event_outbox_retention: Duration,
 
     /// How often published rows past the retention are deleted.
-    #[arg(long, env = "EVENT_OUTBOX_CLEANUP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "EVENT_OUTBOX_CLEANUP_INTERVAL", default_value = "1m", value_parser = between(Duration::from_millis(10), Duration::from_secs(DAY)))]
     pub event_outbox_cleanup_interval: Duration,
 
     /// How long the relay waits for a PubAck before it treats the publish as failed (transient).
-    #[arg(long, env = "NATS_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NATS_ACK_TIMEOUT", default_value = "5s", value_parser = between(Duration::from_millis(100), Duration::from_secs(600)))]
     pub nats_ack_timeout: Duration,
 
     /// The streams' duplicate window (never above a stream's max_age).
-    #[arg(long, env = "NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = between(Duration::from_secs(1), Duration::from_secs(30 * DAY)))]
     pub nats_duplicate_window: Duration,
 
     /// How often consumer lag, dead letters and publish failures are sampled for /ready and
     /// /metrics (with the relay on).
-    #[arg(long, env = "CONSUMER_LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CONSUMER_LAG_INTERVAL", default_value = "5s", value_parser = between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub consumer_lag_interval: Duration,
 
     /// A topic table to use instead of the built-in copy of nats/topics.json.
@@ -251,6 +251,29 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+const DAY: u64 = 86_400;
+
+/// A duration parser that refuses values outside `min..=max`. Zero intervals make loops spin and
+/// absurd ones overflow date arithmetic inside background tasks, so they stop the start-up
+/// instead, with clap's message naming the setting.
+fn between(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ))
+        }
+    }
+}
+
 fn parse_net(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     text.parse::<IpNet>()
@@ -266,6 +289,79 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let base = ["order-service", "--auth-jwt-secret", "s"];
+        Cli::try_parse_from(base.iter().chain(args)).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        // (flag, too small, smallest accepted, largest accepted, too large)
+        let bounds = [
+            (
+                "--event-outbox-polling-interval",
+                Some("0s"),
+                "10ms",
+                "1h",
+                "61m",
+            ),
+            ("--event-outbox-retry-base", Some("0s"), "1ms", "1h", "61m"),
+            ("--event-outbox-retry-max", Some("0s"), "1ms", "1day", "25h"),
+            (
+                "--event-outbox-retention",
+                None,
+                "0s",
+                "3650days",
+                "1000000000y",
+            ),
+            (
+                "--event-outbox-cleanup-interval",
+                Some("0s"),
+                "10ms",
+                "1day",
+                "25h",
+            ),
+            ("--nats-ack-timeout", Some("99ms"), "100ms", "10m", "11m"),
+            (
+                "--nats-duplicate-window",
+                Some("999ms"),
+                "1s",
+                "30days",
+                "31days",
+            ),
+            (
+                "--consumer-lag-interval",
+                Some("99ms"),
+                "100ms",
+                "1h",
+                "61m",
+            ),
+        ];
+        for (flag, too_small, min, max, too_large) in bounds {
+            for ok in [min, max] {
+                assert!(parse(&[flag, ok]).is_ok(), "{flag} {ok} is refused");
+            }
+            for bad in too_small.into_iter().chain([too_large]) {
+                let error = parse(&[flag, bad]).expect_err(&format!("{flag} {bad} is accepted"));
+                assert!(
+                    error.to_string().contains("between"),
+                    "{flag} {bad}: {error}"
+                );
+            }
+        }
+        assert!(parse(&[]).is_ok(), "the defaults are in range");
+    }
+
+    #[test]
+    fn a_token_lives_at_most_a_year() {
+        let token = |ttl: &str| {
+            Cli::try_parse_from(["order-service", "token", "--role", "admin", "--ttl", ttl])
+        };
+        assert!(token("366days").is_ok());
+        assert!(token("0s").is_err());
+        assert!(token("1000000000y").is_err());
     }
 
     #[test]

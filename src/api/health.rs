@@ -30,13 +30,18 @@ async fn health() -> Json<Value> {
 /// service still takes orders (their events wait in the outbox), so it stays in rotation and
 /// reports `degraded`.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let stats = state
-        .store
-        .read(|conn| {
-            store::ping(conn)?;
-            outbox::stats(conn).map_err(ApiError::from)
-        })
-        .await;
+    // The readers may answer while no write can succeed any more.
+    let stats = if state.store.writer_running() {
+        state
+            .store
+            .read(|conn| {
+                store::ping(conn)?;
+                outbox::stats(conn).map_err(ApiError::from)
+            })
+            .await
+    } else {
+        Err(ApiError::from(store::StoreError::WriterGone))
+    };
     let database_ok = stats.is_ok();
     let (database, outbox) = database_checks(stats);
     let mut checks = json!({ "database": database, "outbox": outbox });
@@ -147,4 +152,38 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         state.metrics.render(&stats, Utc::now()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dead_writer_thread_makes_the_service_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("orders.db");
+        let cli = crate::config::Cli::try_parse_from([
+            "order-service",
+            "--database-path",
+            db.to_str().unwrap(),
+            "--auth-jwt-secret",
+            "a-test-secret-of-at-least-32-bytes!",
+            "--event-outbox-enabled",
+            "false",
+        ])
+        .unwrap();
+        let state = crate::app::build(&cli.config).unwrap();
+        let (code, _) = ready(State(state.clone())).await;
+        assert_eq!(code, StatusCode::OK);
+
+        state.store.kill_writer_for_test().await;
+        let (code, Json(body)) = ready(State(state)).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["status"], "not_ready", "{body}");
+        assert_eq!(body["checks"]["database"]["status"], "error", "{body}");
+        let error = body["checks"]["database"]["error"].as_str().unwrap();
+        assert!(error.contains("writer"), "{body}");
+    }
 }

@@ -94,9 +94,14 @@ pub enum StoreError {
     /// Creating the database's folder or the writer thread failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    /// The writer thread is gone (the service is stopping).
+    /// The writer thread is gone (the service is stopping, or the thread died).
     #[error("the database writer has stopped")]
     WriterGone,
+    /// SQLite rolled back the whole write transaction (a command hit SQLITE_FULL, an I/O error,
+    /// out of memory, or a savepoint could not be ended), so nothing of its batch was stored and
+    /// the rest of the batch did not run.
+    #[error("the write transaction was rolled back, nothing of this command was stored: {0}")]
+    TransactionLost(String),
     /// A command panicked; it was rolled back.
     #[error("a write command panicked and was rolled back")]
     CommandPanicked,
@@ -203,9 +208,25 @@ impl Store {
         .map_err(StoreError::from)?
     }
 
+    /// False once the writer thread has ended (see [`Writer::is_running`]).
+    pub fn writer_running(&self) -> bool {
+        self.writer.is_running()
+    }
+
     /// Notified after each commit that wrote outbox rows: the relay's wake-up.
     pub fn outbox_committed(&self) -> Arc<Notify> {
         self.outbox_committed.clone()
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Kills the writer thread (see [`Writer::kill_for_test`]) and waits until it is gone.
+    pub(crate) async fn kill_writer_for_test(&self) {
+        self.writer.kill_for_test().await;
+        while self.writer.is_running() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 

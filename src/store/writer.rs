@@ -8,6 +8,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use rusqlite::Connection;
@@ -19,12 +20,42 @@ use super::{StoreError, Tx};
 /// transaction could be begun), returning how to answer its caller once the commit's outcome is
 /// known.
 type Job = Box<dyn FnOnce(Option<&Tx<'_>>) -> Answer + Send>;
-type Answer = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+type Answer = Box<dyn FnOnce(Result<(), &BatchFailure>) + Send>;
+
+/// Why a batch stored nothing, whatever each of its commands returned.
+#[derive(Debug)]
+enum BatchFailure {
+    /// BEGIN or COMMIT failed.
+    Commit(rusqlite::Error),
+    /// The transaction ended under a command: SQLite rolled it back by itself, or a savepoint
+    /// could not be ended and the writer rolled everything back rather than commit it.
+    Lost(String),
+}
+
+impl BatchFailure {
+    fn to_store_error(&self) -> StoreError {
+        match self {
+            BatchFailure::Commit(e) => StoreError::Commit(e.to_string()),
+            BatchFailure::Lost(why) => StoreError::TransactionLost(why.clone()),
+        }
+    }
+}
 
 /// A handle to the writer thread; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Cleared when the thread ends, however it ends (a panic included).
+    running: Arc<AtomicBool>,
+}
+
+/// Clears the running flag when the writer thread ends, by return or by unwinding.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Writer {
@@ -36,10 +67,20 @@ impl Writer {
         outbox_committed: Arc<Notify>,
     ) -> std::io::Result<Writer> {
         let (jobs, rx) = mpsc::channel(max_batch.max(1) * 4);
+        let running = Arc::new(AtomicBool::new(true));
+        let guard = Running(running.clone());
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch.max(1), &outbox_committed))?;
-        Ok(Writer { jobs })
+            .spawn(move || {
+                let _guard = guard;
+                run(conn, rx, max_batch.max(1), &outbox_committed);
+            })?;
+        Ok(Writer { jobs, running })
+    }
+
+    /// False once the writer thread has ended: no write can succeed any more.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 
     /// Runs `command` in a write transaction and answers once it is committed. An `Err` from the
@@ -53,11 +94,11 @@ impl Writer {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |tx: Option<&Tx<'_>>| {
             let outcome = tx.map(|tx| in_savepoint(tx, command));
-            Box::new(move |commit: Result<(), &rusqlite::Error>| {
+            Box::new(move |commit: Result<(), &BatchFailure>| {
                 let result = match (outcome, commit) {
                     (Some(Err(e)), _) => Err(e),
                     (Some(Ok(value)), Ok(())) => Ok(value),
-                    (_, Err(e)) => Err(E::from(StoreError::Commit(e.to_string()))),
+                    (_, Err(e)) => Err(E::from(e.to_store_error())),
                     (None, Ok(())) => Err(E::from(StoreError::WriterGone)),
                 };
                 // The caller may have gone away (client disconnected); the write stands.
@@ -72,7 +113,20 @@ impl Writer {
     }
 }
 
+#[cfg(test)]
+impl Writer {
+    /// Ends the writer thread the way a bug would: a panic outside any command's catch_unwind.
+    pub(crate) async fn kill_for_test(&self) {
+        let job: Job = Box::new(|_| panic!("the writer thread is killed by a test"));
+        let _ = self.jobs.send(job).await;
+    }
+}
+
 /// Runs one command inside a SAVEPOINT: released on success, rolled back on error or panic.
+///
+/// When the savepoint cannot be ended that way (RELEASE failed, or the savepoint is gone), its
+/// writes are rolled back to it; when even that fails they cannot be undone alone, so the whole
+/// transaction is rolled back and the writer fails the rest of the batch.
 fn in_savepoint<T, E, F>(tx: &Tx<'_>, command: F) -> Result<T, E>
 where
     F: FnOnce(&Tx<'_>) -> Result<T, E>,
@@ -87,17 +141,33 @@ where
         Ok(outcome) => outcome,
         Err(_) => Err(E::from(StoreError::CommandPanicked)),
     };
-    let end = if outcome.is_ok() {
-        tx.prepare_cached("RELEASE command")
+    let released = match &outcome {
+        Ok(_) => tx
+            .prepare_cached("RELEASE command")
             .and_then(|mut s| s.execute([]))
-            .map(|_| ())
-    } else {
-        tx.wrote_outbox.set(wrote_outbox_before);
-        tx.execute_batch("ROLLBACK TO command; RELEASE command")
+            .map(|_| ()),
+        Err(_) => Ok(()),
     };
-    match end {
-        Ok(()) => outcome,
+    if outcome.is_ok() && released.is_ok() {
+        return outcome;
+    }
+    tx.wrote_outbox.set(wrote_outbox_before);
+    if tx.is_autocommit() {
+        // SQLite already rolled back the whole transaction; the writer sees that too.
+        return match released {
+            Err(e) => Err(E::from(e.into())),
+            Ok(()) => outcome,
+        };
+    }
+    if let Err(e) = tx.execute_batch("ROLLBACK TO command; RELEASE command") {
+        tracing::error!(error = %e, "a command's savepoint cannot be rolled back; rolling back its whole batch");
+        // Committing now would store what the command wrote although its caller hears it failed.
+        let _ = tx.execute_batch("ROLLBACK");
+        return Err(E::from(e.into()));
+    }
+    match released {
         Err(e) => Err(E::from(e.into())),
+        Ok(()) => outcome,
     }
 }
 
@@ -113,13 +183,31 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, notify: 
         }
         let tx = Tx::new(&conn);
         let began = conn.execute_batch("BEGIN IMMEDIATE");
-        let in_tx = began.as_ref().ok().map(|()| &tx);
-        let answers: Vec<Answer> = batch.drain(..).map(|job| job(in_tx)).collect();
-        let committed = began.and_then(|()| conn.execute_batch("COMMIT"));
+        let mut lost = None;
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            let open = began.is_ok() && lost.is_none();
+            answers.push(job(open.then_some(&tx)));
+            // On SQLITE_FULL, IOERR or NOMEM SQLite may roll back the whole transaction; the
+            // next command would then run, and be stored, in autocommit.
+            if open && conn.is_autocommit() {
+                lost = Some(format!(
+                    "SQLite rolled back the transaction under command {} of its batch",
+                    answers.len()
+                ));
+            }
+        }
+        let committed = match (began, lost) {
+            (Err(e), _) => Err(BatchFailure::Commit(e)),
+            (Ok(()), Some(why)) => Err(BatchFailure::Lost(why)),
+            (Ok(()), None) => conn.execute_batch("COMMIT").map_err(BatchFailure::Commit),
+        };
         if let Err(e) = &committed {
-            tracing::error!(error = %e, commands = answers.len(), "write transaction failed");
+            tracing::error!(error = ?e, commands = answers.len(), "write transaction failed");
             // Leave no transaction open for the next batch; there may be none to roll back.
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
         let result = committed.as_ref().map(|_| ());
         for answer in answers {
@@ -127,6 +215,180 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, notify: 
         }
         if committed.is_ok() && tx.wrote_outbox.get() {
             notify.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A writer on a fresh database file with one table, `t(name)`.
+    fn writer_on_file(dir: &tempfile::TempDir) -> (Writer, std::path::PathBuf) {
+        let path = dir.path().join("writer.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (name TEXT NOT NULL)")
+            .unwrap();
+        let writer = Writer::spawn(conn, 64, Arc::new(Notify::new())).unwrap();
+        (writer, path)
+    }
+
+    fn stored(path: &std::path::Path) -> Vec<String> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT name FROM t ORDER BY rowid").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    fn insert(tx: &Tx<'_>, name: &str) -> Result<(), StoreError> {
+        tx.execute("INSERT INTO t (name) VALUES (?1)", [name])?;
+        Ok(())
+    }
+
+    type Command = Box<dyn FnOnce(&Tx<'_>) -> Result<(), StoreError> + Send>;
+
+    /// Runs `commands` in one transaction: a first command holds the writer thread until all of
+    /// them are queued behind it, so the writer takes them as one batch. Returns each one's answer.
+    async fn in_one_batch(writer: &Writer, commands: Vec<Command>) -> Vec<Result<(), StoreError>> {
+        let (started, holding) = oneshot::channel();
+        let hold = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write(move |_tx: &Tx<'_>| {
+                        let _ = started.send(());
+                        thread::sleep(Duration::from_millis(300));
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+            })
+        };
+        holding.await.unwrap();
+        // On the current-thread runtime spawned tasks first run in spawn order, so the commands
+        // are queued in this order.
+        let tasks: Vec<_> = commands
+            .into_iter()
+            .map(|command| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.write(command).await })
+            })
+            .collect();
+        hold.await.unwrap().unwrap();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn a_transaction_rolled_back_under_a_command_fails_the_rest_of_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer_on_file(&dir);
+        let answers = in_one_batch(
+            &writer,
+            vec![
+                Box::new(|tx| insert(tx, "before")),
+                // What SQLite does on SQLITE_FULL, IOERR or NOMEM: the whole transaction is
+                // rolled back and the connection is back in autocommit.
+                Box::new(|tx| {
+                    insert(tx, "culprit")?;
+                    tx.execute_batch("ROLLBACK")?;
+                    Err(StoreError::Commit("disk full (simulated)".into()))
+                }),
+                Box::new(|tx| insert(tx, "after 1")),
+                Box::new(|tx| insert(tx, "after 2")),
+            ],
+        )
+        .await;
+        assert_eq!(stored(&path), Vec::<String>::new(), "nothing of the batch");
+        for (n, answer) in answers.iter().enumerate() {
+            assert!(answer.is_err(), "command {n} was told {answer:?}");
+        }
+        assert!(
+            matches!(answers[2], Err(StoreError::TransactionLost(_))),
+            "{:?}",
+            answers[2]
+        );
+        // The writer goes on with the next batch.
+        writer
+            .write(|tx: &Tx<'_>| insert(tx, "next"))
+            .await
+            .unwrap();
+        assert_eq!(stored(&path), vec!["next"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_database_stores_nothing_its_callers_were_told_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer_on_file(&dir);
+        writer
+            .write(|tx: &Tx<'_>| {
+                let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                tx.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 4))?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let answers = in_one_batch(
+            &writer,
+            vec![
+                Box::new(|tx| insert(tx, "small 1")),
+                Box::new(|tx| {
+                    tx.execute("INSERT INTO t (name) VALUES (hex(zeroblob(1000000)))", [])?;
+                    Ok(())
+                }),
+                Box::new(|tx| insert(tx, "small 2")),
+            ],
+        )
+        .await;
+        assert!(answers[1].is_err(), "{:?}", answers[1]);
+        let stored = stored(&path);
+        for (answer, name) in [(&answers[0], "small 1"), (&answers[2], "small 2")] {
+            assert_eq!(
+                answer.is_ok(),
+                stored.iter().any(|s| s == name),
+                "{name}: told {answer:?}, stored {stored:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_savepoint_that_cannot_be_released_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer_on_file(&dir);
+        let answers = in_one_batch(
+            &writer,
+            vec![
+                Box::new(|tx| insert(tx, "before")),
+                // Releases its own savepoint, so the writer's RELEASE fails and its writes can
+                // no longer be rolled back alone.
+                Box::new(|tx| {
+                    insert(tx, "released early")?;
+                    tx.execute_batch("RELEASE command")?;
+                    insert(tx, "unguarded")
+                }),
+                Box::new(|tx| insert(tx, "after")),
+            ],
+        )
+        .await;
+        let stored = stored(&path);
+        assert!(answers[1].is_err(), "{:?}", answers[1]);
+        for (answer, name) in [
+            (&answers[0], "before"),
+            (&answers[1], "released early"),
+            (&answers[1], "unguarded"),
+            (&answers[2], "after"),
+        ] {
+            assert_eq!(
+                answer.is_ok(),
+                stored.iter().any(|s| s == name),
+                "{name}: told {answer:?}, stored {stored:?}"
+            );
         }
     }
 }

@@ -12,5 +12,6 @@ mod orders;
 mod relay;
 mod roles;
 mod schemas;
+mod settings;
 mod store;
 mod streams;

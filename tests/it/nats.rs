@@ -318,6 +318,37 @@ impl NatsServer {
             Runtime::Process(process) => process.exited(),
         }
     }
+
+    /// Freezes the server (`docker pause`, or SIGSTOP for the process): connections stay open
+    /// and nothing is answered, as with a hung broker.
+    pub async fn pause(&self) {
+        self.signal_frozen(true).await;
+    }
+
+    /// Lets a [`pause`](Self::pause)d server run again.
+    pub async fn resume(&self) {
+        self.signal_frozen(false).await;
+    }
+
+    async fn signal_frozen(&self, frozen: bool) {
+        match &self.runtime {
+            Runtime::Container(container) if frozen => container.pause().await.expect("pause"),
+            Runtime::Container(container) => container.unpause().await.expect("unpause"),
+            Runtime::Process(process) => {
+                let pid = process
+                    .child
+                    .as_ref()
+                    .and_then(|c| c.id())
+                    .expect("running");
+                let signal = if frozen { "-STOP" } else { "-CONT" };
+                let sent = std::process::Command::new("kill")
+                    .args([signal, &pid.to_string()])
+                    .status()
+                    .expect("run kill");
+                assert!(sent.success(), "kill {signal} {pid}");
+            }
+        }
+    }
 }
 
 impl Process {
