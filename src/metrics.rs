@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::domain::Topic;
-use crate::store::outbox::Stats;
+use crate::store::outbox::OutboxCounts;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -260,7 +260,7 @@ impl Metrics {
     }
 
     /// The exposition text, with the outbox gauges set from `stats`.
-    pub fn render(&self, stats: &Stats, now: DateTime<Utc>) -> String {
+    pub fn render(&self, stats: &OutboxCounts, now: DateTime<Utc>) -> String {
         self.pending
             .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
         self.dead.set(i64::try_from(stats.dead).unwrap_or(i64::MAX));

@@ -25,7 +25,7 @@ use async_nats::jetstream::stream::{
 };
 use async_nats::jetstream::{self, ErrorCode};
 
-use super::topics::{Topic, Topics, format_retention};
+use super::topics::{TopicSpec, Topics, format_retention};
 
 /// The deduplication window used when configuration does not choose one (the server's default).
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
@@ -110,7 +110,7 @@ impl fmt::Display for Clamp {
 #[derive(Debug, Clone)]
 pub struct StreamPlan {
     /// The topic the stream holds.
-    pub topic: Topic,
+    pub topic: TopicSpec,
     /// The config to create the stream with.
     pub config: stream::Config,
     /// Values that differ from what was asked for.
@@ -122,7 +122,7 @@ pub struct StreamPlan {
 /// retention, discard old, `max_age` = retention, the duplicate window (at most `max_age`), the
 /// table row as metadata and the replication clamped to the cluster.
 pub fn stream_config(
-    topic: &Topic,
+    topic: &TopicSpec,
     duplicate_window: Duration,
     cluster: &ClusterSize,
 ) -> StreamPlan {
@@ -706,7 +706,7 @@ fn format_table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn table_metadata(topic: &Topic) -> HashMap<String, String> {
+fn table_metadata(topic: &TopicSpec) -> HashMap<String, String> {
     HashMap::from([
         (METADATA_TOPIC.to_string(), topic.name.clone()),
         (
@@ -772,8 +772,8 @@ fn format_duration(duration: Duration) -> String {
 mod tests {
     use super::*;
 
-    fn topic(name: &str, partitions: u32, replication: u32, retention: Duration) -> Topic {
-        Topic {
+    fn topic(name: &str, partitions: u32, replication: u32, retention: Duration) -> TopicSpec {
+        TopicSpec {
             name: name.into(),
             partitions,
             replication,

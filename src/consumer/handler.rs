@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::idempotency::Tx;
+use super::idempotency::HandlerTx;
 use crate::domain::Topic;
 use crate::domain::events::{
     ChatOrderCreated, Envelope, OrderAuditEvent, OrderCancelled, OrderConfirmed, OrderCreated,
@@ -228,7 +228,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         event: &Event,
         delivery: &Delivery,
-        tx: &mut Tx<'_>,
+        tx: &mut HandlerTx<'_>,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 

@@ -53,12 +53,12 @@ pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection>
 /// The open transaction a handler writes its own state in.
 ///
 /// It holds the connection mutably so that the handler's future stays `Send`; take
-/// [`Tx::conn`] for each statement and do not keep it across an `.await`.
-pub struct Tx<'c> {
+/// [`HandlerTx::conn`] for each statement and do not keep it across an `.await`.
+pub struct HandlerTx<'c> {
     conn: &'c mut Connection,
 }
 
-impl<'c> Tx<'c> {
+impl<'c> HandlerTx<'c> {
     /// The connection, inside the transaction.
     pub fn conn(&self) -> &Connection {
         self.conn
@@ -144,7 +144,7 @@ impl<'c> Batch<'c> {
             return Ok(Step::AlreadyProcessed);
         }
         let outcome = {
-            let mut tx = Tx {
+            let mut tx = HandlerTx {
                 conn: &mut *self.conn,
             };
             handler.handle(event, delivery, &mut tx).await
@@ -206,7 +206,7 @@ mod tests {
             &self,
             event: &Event,
             delivery: &Delivery,
-            tx: &mut Tx<'_>,
+            tx: &mut HandlerTx<'_>,
         ) -> Result<(), Failure> {
             tx.execute(
                 "INSERT INTO effects VALUES (?1)",

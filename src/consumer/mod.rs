@@ -57,7 +57,7 @@ use crate::bus::stream_name;
 use crate::domain::Topic;
 pub use dlq::Reason;
 pub use handler::{Delivery, Event, Failure, Handler, SchemaError};
-pub use idempotency::Tx;
+pub use idempotency::HandlerTx;
 use idempotency::{Batch, Processed, Step};
 
 /// How long a pull request waits on the server.
@@ -250,7 +250,7 @@ pub fn is_valid_group(name: &str) -> bool {
 
 /// What a group has done since it started, for tests, the demo and logs.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub struct GroupStats {
     /// Messages received, redeliveries included.
     pub deliveries: AtomicU64,
     /// Of those, deliveries after the first (the broker's count says so).
@@ -265,28 +265,28 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
 }
 
-/// A snapshot of [`Stats`].
+/// A snapshot of [`GroupStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// See [`Stats::deliveries`].
+pub struct GroupStatsSnapshot {
+    /// See [`GroupStats::deliveries`].
     pub deliveries: u64,
-    /// See [`Stats::redeliveries`].
+    /// See [`GroupStats::redeliveries`].
     pub redeliveries: u64,
-    /// See [`Stats::processed`].
+    /// See [`GroupStats::processed`].
     pub processed: u64,
-    /// See [`Stats::duplicates`].
+    /// See [`GroupStats::duplicates`].
     pub duplicates: u64,
-    /// See [`Stats::retried`].
+    /// See [`GroupStats::retried`].
     pub retried: u64,
-    /// See [`Stats::dead_lettered`].
+    /// See [`GroupStats::dead_lettered`].
     pub dead_lettered: u64,
 }
 
-impl Stats {
+impl GroupStats {
     /// The counts now.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub fn snapshot(&self) -> GroupStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
+        GroupStatsSnapshot {
             deliveries: get(&self.deliveries),
             redeliveries: get(&self.redeliveries),
             processed: get(&self.processed),
@@ -306,7 +306,7 @@ pub struct Group<H> {
     config: Arc<GroupConfig>,
     handler: Arc<H>,
     js: jetstream::Context,
-    stats: Arc<Stats>,
+    stats: Arc<GroupStats>,
 }
 
 /// Where a consumer task reads from.
@@ -330,12 +330,12 @@ impl<H: Handler> Group<H> {
             config: Arc::new(config),
             handler: Arc::new(handler),
             js,
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(GroupStats::default()),
         })
     }
 
     /// The group's counters, shared with its running tasks.
-    pub fn stats(&self) -> Arc<Stats> {
+    pub fn stats(&self) -> Arc<GroupStats> {
         self.stats.clone()
     }
 
@@ -469,7 +469,7 @@ struct Worker<H> {
     config: Arc<GroupConfig>,
     handler: Arc<H>,
     js: jetstream::Context,
-    stats: Arc<Stats>,
+    stats: Arc<GroupStats>,
     source: Source,
 }
 
@@ -600,9 +600,9 @@ impl<H: Handler> Worker<H> {
         let mut failed_sql = None;
         for r in &received {
             let d = &r.delivery;
-            Stats::add(&self.stats.deliveries);
+            GroupStats::add(&self.stats.deliveries);
             if d.delivered > 1 {
-                Stats::add(&self.stats.redeliveries);
+                GroupStats::add(&self.stats.redeliveries);
             }
             let key = d.subject.rsplit('.').next().unwrap_or_default().to_owned();
             if let Some(&delay) = held.get(&key) {
@@ -680,7 +680,7 @@ impl<H: Handler> Worker<H> {
         let d = &r.delivery;
         let acked = match verdict {
             Verdict::Ack { duplicate } => {
-                Stats::add(if duplicate {
+                GroupStats::add(if duplicate {
                     &self.stats.duplicates
                 } else {
                     &self.stats.processed
@@ -688,7 +688,7 @@ impl<H: Handler> Worker<H> {
                 r.message.ack().await
             }
             Verdict::Nak(delay) => {
-                Stats::add(&self.stats.retried);
+                GroupStats::add(&self.stats.retried);
                 r.message.ack_with(AckKind::Nak(Some(delay))).await
             }
             Verdict::Dead(reason, error) => {
@@ -707,7 +707,7 @@ impl<H: Handler> Worker<H> {
                 };
                 match dlq::publish(&self.js, &letter).await {
                     Ok(()) => {
-                        Stats::add(&self.stats.dead_lettered);
+                        GroupStats::add(&self.stats.dead_lettered);
                         tracing::warn!(group = %self.config.group, topic, reason = reason.as_str(), %error, stream = %d.stream, seq = d.stream_sequence, "dead letter");
                         r.message.ack_with(AckKind::Term).await
                     }
@@ -742,7 +742,7 @@ struct MaxDeliveries {
 async fn exhausted(
     js: jetstream::Context,
     config: Arc<GroupConfig>,
-    stats: Arc<Stats>,
+    stats: Arc<GroupStats>,
     topic: Topic,
     mut advisories: async_nats::Subscriber,
     shutdown: impl Future<Output = ()>,
@@ -789,7 +789,7 @@ async fn exhausted(
         };
         match dlq::publish(&js, &letter).await {
             Ok(()) => {
-                Stats::add(&stats.dead_lettered);
+                GroupStats::add(&stats.dead_lettered);
                 tracing::warn!(group = %config.group, stream = %stream, seq = advisory.stream_seq, "dead letter: max_deliver without an answer");
             }
             Err(e) => {

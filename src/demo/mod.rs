@@ -27,7 +27,7 @@ use crate::auth::{Auth, Role};
 use crate::bus::{self, Topics};
 use crate::config::Config;
 use crate::consumer::tail::{TailArgs, follow, short, summary};
-use crate::consumer::{Group, GroupConfig, Handler, Stats, lag};
+use crate::consumer::{Group, GroupConfig, GroupStats, Handler, lag};
 use crate::domain::Topic;
 use consumers::{
     FINANCE, Finance, INVENTORY, Inventory, NOTIFICATION, Notification, Printer, money,
@@ -300,7 +300,7 @@ async fn wait_ready(api: &Api) -> Result<(), AppError> {
     }
 }
 
-type Running = (tokio::task::JoinHandle<()>, Arc<Stats>);
+type Running = (tokio::task::JoinHandle<()>, Arc<GroupStats>);
 
 fn spawn<H: Handler>(
     js: &jetstream::Context,
@@ -565,7 +565,7 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-fn summary_of(dir: &std::path::Path, stats: &[(&str, Arc<Stats>); 3]) {
+fn summary_of(dir: &std::path::Path, stats: &[(&str, Arc<GroupStats>); 3]) {
     let open = |file: &str| rusqlite::Connection::open(dir.join(file)).ok();
     if let Some(db) = open("inventory.db") {
         let mut lines = Vec::new();
