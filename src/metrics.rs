@@ -46,6 +46,22 @@ pub struct GroupLabels {
     pub consumer: String,
 }
 
+/// One consumer's values for the consumer gauges. The lag watch fills it in; this module does
+/// not know how lag is measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerSample {
+    /// Which consumer.
+    pub labels: GroupLabels,
+    /// Messages not finished: pending plus ack-pending.
+    pub lag_messages: u64,
+    /// Age of the oldest unacknowledged event, 0 when there is none.
+    pub lag_seconds: f64,
+    /// Messages delivered more than once.
+    pub redelivered: u64,
+    /// The group's dead letters of this topic.
+    pub dead_letters: u64,
+}
+
 /// The service's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -201,36 +217,37 @@ impl Metrics {
         (published, failed)
     }
 
-    /// Sets the consumer gauges from the lag watch's latest sample.
-    pub fn set_consumers(&self, rows: &[crate::consumer::lag::LagRow], failure_ratio: f64) {
+    /// Sets the consumer gauges from the lag watch's latest sample: one entry per consumer, and
+    /// the publish failure ratio. Consumers missing from `consumers` lose their series.
+    pub fn set_consumers(
+        &self,
+        consumers: impl IntoIterator<Item = ConsumerSample>,
+        failure_ratio: f64,
+    ) {
         let gauges = &self.consumers;
         gauges.lag_messages.clear();
         gauges.lag_seconds.clear();
         gauges.redelivered.clear();
         gauges.dead_letters.clear();
-        for row in rows {
-            let labels = GroupLabels {
-                group: row.group.clone(),
-                topic: row.topic.clone(),
-                consumer: row.consumer.clone(),
-            };
+        for sample in consumers {
+            let labels = &sample.labels;
             let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             gauges
                 .lag_messages
-                .get_or_create(&labels)
-                .set(count(row.lag_messages()));
+                .get_or_create(labels)
+                .set(count(sample.lag_messages));
             gauges
                 .lag_seconds
-                .get_or_create(&labels)
-                .set(row.lag_seconds);
+                .get_or_create(labels)
+                .set(sample.lag_seconds);
             gauges
                 .redelivered
-                .get_or_create(&labels)
-                .set(count(row.redelivered));
+                .get_or_create(labels)
+                .set(count(sample.redelivered));
             gauges
                 .dead_letters
-                .get_or_create(&labels)
-                .set(count(row.dead_letters));
+                .get_or_create(labels)
+                .set(count(sample.dead_letters));
         }
         gauges.publish_failure_ratio.set(failure_ratio);
     }

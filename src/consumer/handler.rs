@@ -10,11 +10,11 @@ use std::future::Future;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::idempotency::HandlerTx;
 use crate::domain::Topic;
 use crate::domain::events::{
     ChatOrderCreated, Envelope, OrderAuditEvent, OrderCancelled, OrderConfirmed, OrderCreated,
@@ -207,6 +207,31 @@ impl From<rusqlite::Error> for Failure {
     /// dead letters after `max_deliver` anyway.
     fn from(error: rusqlite::Error) -> Failure {
         Failure::Transient(format!("database: {error}"))
+    }
+}
+
+/// The open transaction a handler writes its own state in.
+///
+/// It holds the connection mutably so that the handler's future stays `Send`; take
+/// [`HandlerTx::conn`] for each statement and do not keep it across an `.await`.
+pub struct HandlerTx<'c> {
+    conn: &'c mut Connection,
+}
+
+impl<'c> HandlerTx<'c> {
+    /// The transaction on `conn`, which the batch has already begun.
+    pub(crate) fn new(conn: &'c mut Connection) -> HandlerTx<'c> {
+        HandlerTx { conn }
+    }
+
+    /// The connection, inside the transaction.
+    pub fn conn(&self) -> &Connection {
+        self.conn
+    }
+
+    /// Runs one statement; see [`Connection::execute`].
+    pub fn execute(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.execute(sql, params)
     }
 }
 

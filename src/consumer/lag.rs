@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::{ConsumerError, dlq, nats_time};
 use crate::bus::Topics;
-use crate::metrics::Metrics;
+use crate::metrics::{ConsumerSample, GroupLabels, Metrics};
 
 /// Lag above this many messages is a warning (the spec's "high consumer lag").
 pub const LAG_WARN_MESSAGES: u64 = 1000;
@@ -58,6 +58,21 @@ impl LagRow {
     /// Pending plus ack-pending.
     pub fn lag_messages(&self) -> u64 {
         self.pending + self.ack_pending
+    }
+
+    /// The row as the consumer gauges of `/metrics` take it.
+    fn sample(&self) -> ConsumerSample {
+        ConsumerSample {
+            labels: GroupLabels {
+                group: self.group.clone(),
+                topic: self.topic.clone(),
+                consumer: self.consumer.clone(),
+            },
+            lag_messages: self.lag_messages(),
+            lag_seconds: self.lag_seconds,
+            redelivered: self.redelivered,
+            dead_letters: self.dead_letters,
+        }
     }
 }
 
@@ -279,7 +294,7 @@ impl Watch {
         }
         snapshot.judge();
         metrics.set_consumers(
-            &snapshot.groups,
+            snapshot.groups.iter().map(LagRow::sample),
             snapshot.publish_failure_ratio.unwrap_or(0.0),
         );
         *self.snapshot.write().expect("watch lock") = snapshot;

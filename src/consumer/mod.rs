@@ -22,8 +22,9 @@
 //! consumer while a message waits for its retry), at the price of one round trip per message;
 //! [`GroupConfig::ordered`] sets it, and a partition filter lets N such workers share a topic.
 //!
-//! - [`handler`] — the typed [`Event`], the [`Handler`] trait, decoding and versions.
-//! - [`idempotency`] — the consumer's SQLite file, processed events, the handler's transaction.
+//! - [`handler`] — the typed [`Event`], the [`Handler`] trait and its [`HandlerTx`], decoding and
+//!   versions.
+//! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
 //! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
@@ -56,8 +57,7 @@ use tokio::task::JoinSet;
 use crate::bus::stream_name;
 use crate::domain::Topic;
 pub use dlq::Reason;
-pub use handler::{Delivery, Event, Failure, Handler, SchemaError};
-pub use idempotency::HandlerTx;
+pub use handler::{Delivery, Event, Failure, Handler, HandlerTx, SchemaError};
 use idempotency::{Batch, Processed, Step};
 
 /// How long a pull request waits on the server.
