@@ -1,7 +1,8 @@
-//! Prometheus metrics of the outbox and the relay, served at `/metrics`.
+//! Prometheus metrics of the outbox, the relay and the consumer groups, served at `/metrics`.
 //!
 //! Counters and the latency histogram are updated by the relay as it works; the pending, dead and
-//! oldest-age gauges are read from the database when scraped, so they are never stale.
+//! oldest-age gauges are read from the database when scraped, so they are never stale. The
+//! consumer gauges hold the lag watch's latest [`ConsumerSample`]s.
 
 use std::sync::atomic::AtomicU64;
 

@@ -26,6 +26,7 @@ use async_nats::jetstream::stream::{
 use async_nats::jetstream::{self, ErrorCode};
 
 use super::topics::{TopicSpec, Topics, format_retention};
+use crate::table::{Column, Table};
 
 /// The deduplication window used when configuration does not choose one (the server's default).
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
@@ -626,7 +627,8 @@ pub async fn list(
 
 /// Renders [`list`]'s rows as an aligned text table.
 pub fn format_stream_table(rows: &[StreamRow]) -> String {
-    let mut table = vec![
+    let mut table = Table::new(
+        "  ",
         [
             "STREAM",
             "SUBJECTS",
@@ -635,11 +637,10 @@ pub fn format_stream_table(rows: &[StreamRow]) -> String {
             "MESSAGES",
             "BYTES",
         ]
-        .map(String::from)
-        .to_vec(),
-    ];
+        .map(Column::left),
+    );
     for row in rows {
-        let cells = match &row.live {
+        table.row(match &row.live {
             None => vec![
                 row.stream.clone(),
                 "(missing)".into(),
@@ -656,21 +657,19 @@ pub fn format_stream_table(rows: &[StreamRow]) -> String {
                 live.messages.to_string(),
                 live.bytes.to_string(),
             ],
-        };
-        table.push(cells);
+        });
     }
-    format_table(&table)
+    table.render()
 }
 
 /// Renders [`diff`]'s drifts as an aligned text table.
 pub fn format_drift_table(drifts: &[Drift]) -> String {
-    let mut table = vec![
-        ["STREAM", "FIELD", "EXPECTED", "ACTUAL", "FIX"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut table = Table::new(
+        "  ",
+        ["STREAM", "FIELD", "EXPECTED", "ACTUAL", "FIX"].map(Column::left),
+    );
     for drift in drifts {
-        table.push(vec![
+        table.row(vec![
             drift.stream.clone(),
             drift.field.to_string(),
             drift.expected.clone(),
@@ -678,32 +677,7 @@ pub fn format_drift_table(drifts: &[Drift]) -> String {
             drift.fix.to_string(),
         ]);
     }
-    format_table(&table)
-}
-
-fn format_table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|column| {
-            rows.iter()
-                .filter_map(|row| row.get(column))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    table.render()
 }
 
 fn table_metadata(topic: &TopicSpec) -> HashMap<String, String> {
