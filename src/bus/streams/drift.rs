@@ -1,5 +1,5 @@
 //! How a live stream differs from its plan: which settings drifted, and which of them
-//! JetStream lets [`reconcile`](fn@super::reconcile) update in place.
+//! JetStream lets reconcile update in place.
 
 use std::fmt;
 
