@@ -22,7 +22,8 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{ConsumerError, header_map, headers_of, nats_time};
+use super::ConsumerError;
+use super::message::{header_map, headers_of, nats_time};
 use crate::bus::MSG_ID_HEADER;
 use crate::table::{Column, Table};
 

@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::{ConsumerError, dlq, nats_time};
+use super::message::nats_time;
+use super::{ConsumerError, dlq};
 use crate::bus::Topics;
 use crate::metrics::{ConsumerSample, GroupLabels, Metrics};
 use crate::table::{Column, Table};
