@@ -25,6 +25,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// The wait before pulling again after a pull request could not be made.
 const PULL_RETRY: Duration = Duration::from_secs(2);
+
 /// Where a consumer task reads from.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Source {
