@@ -231,7 +231,7 @@ async fn publish_outbox(
     let relay = Relay::new(
         store,
         js.clone(),
-        relay_config(&config),
+        relay_config(&config, &topics),
         metrics,
         status.clone(),
     );
@@ -262,10 +262,17 @@ async fn reconcile_on_reconnect(
     reconnected: &tokio::sync::Notify,
 ) {
     loop {
-        reconnected.notified().await;
+        tokio::select! {
+            () = reconnected.notified() => {}
+            () = status.heal_requested() => {}
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match bus::reconcile(js, topics, duplicate_window).await {
+            // Publishing waits while a stream's subjects or transform may change under it.
+            let paused = status.pause_publishing().await;
+            let reconciled = bus::reconcile(js, topics, duplicate_window).await;
+            drop(paused);
+            match reconciled {
                 Ok(report) => {
                     if !report.changed_nothing() {
                         tracing::warn!(%report, "streams were missing or changed after a reconnect; reconciled");
@@ -284,10 +291,12 @@ async fn reconcile_on_reconnect(
     }
 }
 
-/// The relay's settings from the service's.
-pub fn relay_config(config: &Config) -> RelayConfig {
+/// The relay's settings from the service's and the topic table.
+pub fn relay_config(config: &Config, topics: &Topics) -> RelayConfig {
     RelayConfig {
         batch_size: config.event_outbox_batch_size,
+        publish_batch: config.event_outbox_publish_batch as usize,
+        table_topics: Arc::new(topics.iter().map(|t| t.name.clone()).collect()),
         polling_interval: config.event_outbox_polling_interval,
         max_retries: config.event_outbox_max_retries,
         retry: Backoff {

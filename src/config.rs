@@ -162,7 +162,12 @@ pub struct Config {
     #[arg(long, env = "EVENT_OUTBOX_BATCH_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub event_outbox_batch_size: u32,
 
-    /// Publishes the relay keeps in flight at most, across keys and batches (one per key).
+    /// Rows per atomic batch the relay sends to a stream (one batch in flight per stream); the
+    /// server takes at most 1,000.
+    #[arg(long, env = "EVENT_OUTBOX_PUBLISH_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub event_outbox_publish_batch: u32,
+
+    /// Publishes in flight at most when a batch goes row by row (one per key).
     #[arg(long, env = "EVENT_OUTBOX_PUBLISH_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub event_outbox_publish_window: u32,
 

@@ -94,6 +94,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
                 "status": if s.relay_running { "ok" } else { "error" },
                 "alive": s.relay_running,
                 "last_run": s.relay_last_run,
+                // Streams that refused atomic batches (drift, an older server): still published,
+                // one message at a time.
+                "streams_one_by_one": s.streams_one_by_one,
             });
         }
     }

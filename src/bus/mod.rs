@@ -9,6 +9,7 @@
 //! `order.created.<order_id>` and stored by stream `ORDER_CREATED` as
 //! `order.created.<partition>.<order_id>`.
 
+pub mod batch;
 pub mod publish;
 pub mod streams;
 pub mod topics;
@@ -21,6 +22,7 @@ use tokio::sync::Notify;
 
 use async_nats::{Client, ConnectError, ConnectOptions, Event};
 
+pub use batch::{BatchAck, BatchError, MAX_BATCH, publish_batch};
 pub use publish::{
     DEFAULT_ACK_TIMEOUT, MSG_ID_HEADER, OutboxMessage, PermanentCause, PublishError, Published,
     TransientCause, publish,

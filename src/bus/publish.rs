@@ -96,6 +96,10 @@ pub enum TransientCause {
         /// The stream that should have answered.
         stream: String,
     },
+    /// No stream takes the subject although the topic is in the table: the stream was deleted or
+    /// the broker lost its store, and reconciling brings it back.
+    #[error("no stream takes {0}; reconciling the streams")]
+    StreamMissing(String),
     /// JetStream itself is unavailable, out of resources or failed to store; the text says which.
     #[error("JetStream unavailable: {0}")]
     BrokerUnavailable(String),
@@ -195,7 +199,7 @@ async fn classify(
     }
 }
 
-async fn no_responders(js: &jetstream::Context, subject: &str) -> PublishError {
+pub(super) async fn no_responders(js: &jetstream::Context, subject: &str) -> PublishError {
     match tokio::time::timeout(STREAM_LOOKUP_TIMEOUT, js.stream_by_subject(subject)).await {
         Err(_elapsed) => PublishError::Transient(TransientCause::BrokerUnavailable(format!(
             "no responders for {subject}, and no answer to a stream lookup"
@@ -233,7 +237,7 @@ fn classify_other(error: &AckError) -> PublishError {
 }
 
 /// Sorts a JetStream API error answer by its status code and JetStream error code.
-fn classify_api_error(status: usize, code: ErrorCode, text: String) -> PublishError {
+pub(super) fn classify_api_error(status: usize, code: ErrorCode, text: String) -> PublishError {
     const BROKER_SIDE: [ErrorCode; 9] = [
         ErrorCode::CLUSTER_NOT_AVAILABLE,
         ErrorCode::CLUSTER_NOT_LEADER,
@@ -256,7 +260,7 @@ fn classify_api_error(status: usize, code: ErrorCode, text: String) -> PublishEr
 
 /// Builds the NATS header map, refusing names and values the protocol cannot carry (the client
 /// would panic on them) and a message without `Nats-Msg-Id`.
-fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, PermanentCause> {
+pub(super) fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, PermanentCause> {
     let mut map = HeaderMap::new();
     let mut has_msg_id = false;
     for (name, value) in headers {

@@ -7,11 +7,14 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-/// Headers as name-value pairs, in the order the map keeps them.
+/// Headers as name-value pairs, in the order the map keeps them, without the broker's
+/// `Nats-Batch-*` headers: they belong to how the relay published the event (an atomic batch),
+/// not to the event, and a dead letter or replay carrying them would be taken for part of a batch.
 pub(crate) fn headers_of(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
     headers
         .map(|map| {
             map.iter()
+                .filter(|(name, _)| !is_batch_header(name.as_ref()))
                 .flat_map(|(name, values)| {
                     values
                         .iter()
@@ -20,6 +23,11 @@ pub(crate) fn headers_of(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn is_batch_header(name: &str) -> bool {
+    name.get(..11)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("Nats-Batch-"))
 }
 
 /// A header map of pairs; pairs the protocol cannot carry are left out.

@@ -1,49 +1,60 @@
 //! The outbox relay: reads pending outbox rows in commit order, publishes them to JetStream and
 //! marks them published with the stream and sequence the broker acknowledged.
 //!
-//! - [`Relay::run_once`] is one step: read a batch, publish it, record the outcome.
-//! - [`Relay::run`] loops over pipelined passes ([`pipeline`]): a window of publishes in flight
-//!   across batches, the next batch read while acks arrive, marks in batch transactions; woken
-//!   right after each commit that wrote outbox rows, polling only as a fallback, and backing off
-//!   while the broker is away.
-//! - [`crate::backoff`] is the retry schedule of permanent failures; [`cleanup`] keeps the table
-//!   bounded.
+//! - [`Relay::run`] loops over passes ([`pass`]): due rows are read in commit order into one lane
+//!   per stream ([`lanes`]); each lane sends its rows as atomic batches, one batch in flight per
+//!   stream and all streams at once ([`sending`]); acknowledged rows are marked in batch
+//!   transactions. It is woken right after each commit that wrote outbox rows, polling only as a
+//!   fallback. [`Relay::run_once`] is one pass, for tests.
+//! - [`cleanup`] keeps the table bounded; [`status`] is what readiness reports.
 //!
-//! Per subject key (the order, or the customer for statistics) the commit order is the publish
-//! order: each key's rows are published one after another (one in flight per key), stopping at
-//! the key's first failure, while different keys are published concurrently. A row that waits for a retry, or is
-//! dead, holds back only the later rows of its own key.
+//! Per key and stream, the stored order is the commit order, across relay restarts, retries,
+//! fall-backs and broker restarts: a stream's rows go out in commit order, a batch is stored whole
+//! and in order, and a lane that failed sends the same rows again before any later one. A row
+//! that waits for a retry or is dead holds back the later rows of its key in every stream from
+//! the moment it is known (rows already in flight are not recalled); other keys go on.
 
 pub mod cleanup;
-mod pipeline;
+mod lanes;
+mod pass;
+mod sending;
+pub mod status;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use serde::Serialize;
 
 pub use crate::backoff::{Backoff, BackoffKind};
-use crate::bus::{OutboxMessage, PublishError, Published, ReconcileReport, publish};
+use crate::bus::{PublishError, Published};
 use crate::metrics::Metrics;
 use crate::store::outbox::{self, Due};
 use crate::store::{Store, StoreError};
-use pipeline::PassEnd;
+use lanes::Lanes;
+use pass::PassEnd;
+use status::RunningGuard;
+pub use status::{RelaySnapshot, RelayStatus, StreamsSummary};
 
-/// The shortest and longest wait while the broker is unreachable.
-const BROKER_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BROKER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long a lane waits after a transient failure: from 100 ms, doubling, up to 2 s.
+const LANE_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2));
+
+/// The default and largest `EVENT_OUTBOX_PUBLISH_BATCH`: the server takes at most 1,000 messages
+/// in an atomic batch, and the largest batch stores the most messages per fsync.
+pub const DEFAULT_PUBLISH_BATCH: usize = crate::bus::MAX_BATCH;
 
 /// How the relay works.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Rows read per batch (`EVENT_OUTBOX_BATCH_SIZE`).
+    /// Rows read at least per read (`EVENT_OUTBOX_BATCH_SIZE`); reads take a publish batch's
+    /// worth when that is more.
     pub batch_size: u32,
+    /// Rows per atomic batch, 1 to 1,000 (`EVENT_OUTBOX_PUBLISH_BATCH`).
+    pub publish_batch: usize,
     /// The fallback poll when no commit wakes the relay (`EVENT_OUTBOX_POLLING_INTERVAL`).
     pub polling_interval: Duration,
     /// Retries of a permanent failure before the row is dead (`EVENT_OUTBOX_MAX_RETRIES`).
@@ -52,9 +63,12 @@ pub struct RelayConfig {
     pub retry: Backoff,
     /// How long to wait for a PubAck.
     pub ack_timeout: Duration,
-    /// Publishes in flight at most, across keys and batches (`EVENT_OUTBOX_PUBLISH_WINDOW`);
+    /// Publishes in flight at most when a batch is sent row by row (`EVENT_OUTBOX_PUBLISH_WINDOW`);
     /// a key never has more than one.
     pub window: usize,
+    /// The topics of the table: a missing stream of one of those is healed (reconciled), not a
+    /// failure of the row.
+    pub table_topics: Arc<HashSet<String>>,
 }
 
 /// What one [`Relay::run_once`] did.
@@ -72,99 +86,14 @@ pub struct Outcome {
     pub permanent: usize,
     /// Of those, rows that used up their retries and are now dead.
     pub dead: usize,
-    /// Rows not tried because an earlier row of their key failed in this batch.
+    /// Rows not tried because an earlier row of their key failed in this pass.
     pub held_back: usize,
-}
-
-/// What readiness reports about the bus and the relay.
-#[derive(Debug, Default)]
-pub struct RelayStatus {
-    client: RwLock<Option<async_nats::Client>>,
-    streams: RwLock<Option<Result<StreamsSummary, String>>>,
-    running: AtomicBool,
-    last_run_ms: AtomicI64,
-}
-
-/// The outcome of the last stream reconciliation.
-#[derive(Debug, Clone, Serialize)]
-pub struct StreamsSummary {
-    /// Streams created.
-    pub created: Vec<String>,
-    /// Fields updated, as text.
-    pub updated: Vec<String>,
-    /// Drift left for an operator, as text.
-    pub drift: Vec<String>,
-    /// Values clamped to what the server holds, as text.
-    pub clamps: Vec<String>,
-}
-
-impl From<&ReconcileReport> for StreamsSummary {
-    fn from(r: &ReconcileReport) -> StreamsSummary {
-        StreamsSummary {
-            created: r.created.clone(),
-            updated: r.updated.iter().map(ToString::to_string).collect(),
-            drift: r.manual.iter().map(ToString::to_string).collect(),
-            clamps: r.clamps.iter().map(ToString::to_string).collect(),
-        }
-    }
-}
-
-/// A snapshot of [`RelayStatus`].
-#[derive(Debug, Clone, Serialize)]
-pub struct RelaySnapshot {
-    /// Whether the NATS connection is up.
-    pub broker_connected: bool,
-    /// The last reconciliation: `None` before the first, `Err` when it failed.
-    pub streams: Option<Result<StreamsSummary, String>>,
-    /// Whether the relay loop is running.
-    pub relay_running: bool,
-    /// When the relay last finished a step.
-    pub relay_last_run: Option<DateTime<Utc>>,
-}
-
-impl RelayStatus {
-    /// Records the NATS client, whose connection state readiness reports.
-    pub fn set_client(&self, client: async_nats::Client) {
-        *self.client.write().expect("status lock") = Some(client);
-    }
-
-    /// Records a reconciliation's outcome.
-    pub fn set_streams(&self, outcome: Result<StreamsSummary, String>) {
-        *self.streams.write().expect("status lock") = Some(outcome);
-    }
-
-    /// The current state.
-    pub fn snapshot(&self) -> RelaySnapshot {
-        let broker_connected = self
-            .client
-            .read()
-            .expect("status lock")
-            .as_ref()
-            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
-        let last = self.last_run_ms.load(Ordering::Relaxed);
-        RelaySnapshot {
-            broker_connected,
-            streams: self.streams.read().expect("status lock").clone(),
-            relay_running: self.running.load(Ordering::Relaxed),
-            relay_last_run: (last > 0)
-                .then(|| DateTime::from_timestamp_millis(last))
-                .flatten(),
-        }
-    }
-
-    fn beat(&self) {
-        self.last_run_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
-    }
-}
-
-/// Clears `running` when the relay loop ends, however it ends.
-struct RunningGuard<'a>(&'a RelayStatus);
-
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        self.0.running.store(false, Ordering::Relaxed);
-    }
+    /// Rows that could not be read back and were parked as dead.
+    pub unreadable: usize,
+    /// Batches sent.
+    pub batches: usize,
+    /// Of those, batches refused whole and sent row by row.
+    pub fallbacks: usize,
 }
 
 /// The relay.
@@ -195,74 +124,20 @@ impl Relay {
         }
     }
 
-    /// One step: publishes up to a batch of due rows and records the outcome in one transaction.
+    /// One pass: publishes what is due now, records the outcome, and returns once nothing more
+    /// is due (or after the longest a pass lasts).
     pub async fn run_once(&self) -> Result<Outcome, StoreError> {
-        let now = Utc::now();
-        let batch = self.config.batch_size;
-        let rows = self
-            .store
-            .read(move |conn| outbox::due(conn, now, 0, batch))
-            .await?;
-        let mut outcome = Outcome {
-            read: rows.len(),
-            ..Outcome::default()
-        };
-        if rows.is_empty() {
-            return Ok(outcome);
+        let mut lanes = Lanes::new(self.config.publish_batch, LANE_BACKOFF);
+        let never = std::future::pending::<()>();
+        tokio::pin!(never);
+        match self
+            .pass(&mut lanes, &mut never, &tokio::sync::Notify::new())
+            .await
+        {
+            PassEnd::Failed(e) => Err(e),
+            PassEnd::Idle(outcome) | PassEnd::Again(outcome) => Ok(outcome),
+            PassEnd::Shutdown => Ok(Outcome::default()),
         }
-
-        // One chain per key, in commit order; chains run concurrently, a chain stops at its
-        // first failure so that nothing of that key overtakes the failed row.
-        let mut chains: Vec<Vec<Due>> = Vec::new();
-        let mut chain_of: HashMap<String, usize> = HashMap::new();
-        for row in rows {
-            let at = *chain_of.entry(row.key.clone()).or_insert_with(|| {
-                chains.push(Vec::new());
-                chains.len() - 1
-            });
-            chains[at].push(row);
-        }
-        let window = chains.len().max(1);
-        let results: Vec<(Due, Result<Published, PublishError>)> = futures::stream::iter(chains)
-            .map(|chain| self.publish_chain(chain))
-            .buffer_unordered(window)
-            .flat_map(futures::stream::iter)
-            .collect()
-            .await;
-        outcome.held_back = outcome.read - results.len();
-
-        let acked_at = Utc::now();
-        let records = results
-            .into_iter()
-            .map(|(row, result)| (row.id, self.record(&row, result, &mut outcome, acked_at)))
-            .collect();
-        self.write_records(records, acked_at).await?;
-        Ok(outcome)
-    }
-
-    async fn publish_chain(&self, chain: Vec<Due>) -> Vec<(Due, Result<Published, PublishError>)> {
-        let mut results = Vec::with_capacity(chain.len());
-        for row in chain {
-            let (row, result) = self.publish_row(row).await;
-            let failed = result.is_err();
-            results.push((row, result));
-            if failed {
-                break;
-            }
-        }
-        results
-    }
-
-    /// Publishes one row and waits for its PubAck (or the failure).
-    async fn publish_row(&self, row: Due) -> (Due, Result<Published, PublishError>) {
-        let message = OutboxMessage {
-            topic: row.topic.clone(),
-            key: row.key.clone(),
-            payload: row.payload.clone().into(),
-            headers: row.headers.clone(),
-        };
-        let result = publish(&self.js, &message, self.config.ack_timeout).await;
-        (row, result)
     }
 
     /// What to write for a publish's outcome; counts it in `outcome` and the metrics.
@@ -326,6 +201,9 @@ impl Relay {
                         Record::Permanent(error, retry_at) => {
                             outbox::record_permanent(tx, *id, error, *retry_at)?
                         }
+                        Record::Unreadable(error) => {
+                            outbox::record_permanent(tx, *id, error, None)?
+                        }
                     }
                 }
                 Ok::<_, StoreError>(())
@@ -333,72 +211,77 @@ impl Relay {
             .await
     }
 
-    /// Runs until `shutdown`: publishes whenever rows are due, with a window of publishes in
-    /// flight (see [`pipeline`]), and sleeps otherwise. What is in flight when `shutdown`
-    /// completes is finished and recorded before this returns.
+    /// Runs until `shutdown`: publishes whenever rows are due (see [`pass`]) and sleeps
+    /// otherwise. Batches in flight when `shutdown` completes are finished and recorded before
+    /// this returns; rows not yet sent stay pending.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         self.status.running.store(true, Ordering::Relaxed);
         let _running = RunningGuard(&self.status);
         let committed = self.store.outbox_committed();
-        let mut broker_backoff = BROKER_BACKOFF_MIN;
+        let mut lanes = Lanes::new(self.config.publish_batch, LANE_BACKOFF);
+        let mut failures = LANE_BACKOFF.waits();
         tracing::info!(
             batch_size = self.config.batch_size,
-            window = self.config.window,
+            publish_batch = self.config.publish_batch,
             "outbox relay started"
         );
         loop {
-            let end = self.pass(&mut shutdown, &committed).await;
+            let end = self.pass(&mut lanes, &mut shutdown, &committed).await;
             self.status.beat();
             let wait = match end {
                 PassEnd::Shutdown => break,
                 PassEnd::Failed(e) => {
-                    tracing::error!(error = %e, "outbox relay step failed");
-                    Some(self.config.polling_interval.min(Duration::from_secs(1)))
+                    let wait = failures.next_wait();
+                    tracing::error!(error = %e, retry_in = ?wait, "outbox relay pass failed");
+                    wait
                 }
-                PassEnd::Again(o) if o.transient > 0 => {
-                    tracing::warn!(failed = o.transient, wait = ?broker_backoff, "broker unavailable; backing off");
-                    let wait = broker_backoff;
-                    broker_backoff = (broker_backoff * 2).min(BROKER_BACKOFF_MAX);
-                    // Commits do not bring the broker back: only time or shutdown end this wait.
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(wait) => {}
-                    }
+                PassEnd::Again(_) => {
+                    failures.reset();
                     continue;
                 }
-                PassEnd::Again(_) => None,
-                PassEnd::Idle => Some(self.idle_wait().await),
-            };
-            broker_backoff = BROKER_BACKOFF_MIN;
-            if let Some(wait) = wait {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = committed.notified() => {}
-                    () = tokio::time::sleep(wait) => {}
+                PassEnd::Idle(_) => {
+                    failures.reset();
+                    self.idle_wait().await
                 }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = committed.notified() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         tracing::info!("outbox relay stopped");
     }
 
-    /// How long to sleep when nothing is due: the polling interval, or less when a retry comes
-    /// due sooner.
+    /// How long to sleep when a pass found nothing more to do: not at all when a row is due now
+    /// (a requeue, or a retry that came due during the pass, behind the pass's cursor), else
+    /// until the next retry comes due, at most the polling interval.
     async fn idle_wait(&self) -> Duration {
         let now = Utc::now();
-        // A pass reads with a "now" a millisecond early (see `pipeline`), so a row that came
-        // due within the last millisecond (a requeue, say) may not have been read: wake at once.
-        let since = now - chrono::Duration::milliseconds(1);
         let next = self
             .store
-            .read(move |conn| outbox::next_retry_at(conn, since))
-            .await
-            .ok()
-            .flatten();
-        let until_retry = next.map(|t| (t - now).to_std().unwrap_or(Duration::ZERO));
-        match until_retry {
-            Some(d) => d.min(self.config.polling_interval),
-            None => self.config.polling_interval,
+            .read(move |conn| {
+                let epoch = outbox::requeue_epoch(conn)?;
+                if outbox::due(conn, now, epoch, 0, 1)?.count > 0 {
+                    return Ok(Some(now));
+                }
+                outbox::next_retry_at(conn, now)
+            })
+            .await;
+        match next {
+            Ok(Some(at)) => (at - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(self.config.polling_interval),
+            Ok(None) => self.config.polling_interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the next retry time failed");
+                self.config.polling_interval
+            }
         }
     }
 }
@@ -407,4 +290,6 @@ enum Record {
     Published(Published),
     Transient(String),
     Permanent(String, Option<DateTime<Utc>>),
+    /// The row cannot be read back: dead at once, with the reason.
+    Unreadable(String),
 }

@@ -39,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_outbox_keys.sql",
         include_str!("../../migrations/0002_outbox_keys.sql"),
     ),
+    (
+        "0003_outbox_requeues.sql",
+        include_str!("../../migrations/0003_outbox_requeues.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock before giving up.

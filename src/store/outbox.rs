@@ -143,64 +143,108 @@ pub struct Due {
     pub created_at: DateTime<Utc>,
 }
 
+/// A due row that cannot be read back (a column that does not parse): the relay parks it as dead
+/// with `error` instead of stopping on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Commit order.
+    pub id: i64,
+    /// The subject key, when it could be read: the later rows of that key wait behind the row.
+    pub key: Option<String>,
+    /// What could not be read.
+    pub error: String,
+}
+
+/// What [`due`] found.
+#[derive(Debug, Default)]
+pub struct DueRows {
+    /// Rows to publish, in commit order.
+    pub rows: Vec<Due>,
+    /// Rows that cannot be read back.
+    pub unreadable: Vec<Unreadable>,
+    /// The highest id looked at: where the next read goes on from.
+    pub last_id: i64,
+    /// How many rows were looked at (readable or not).
+    pub count: usize,
+}
+
+/// The number of the last requeue: a relay pass reads it when it starts and passes it to [`due`].
+pub fn requeue_epoch(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT last FROM outbox_requeues WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
 /// Up to `limit` pending rows after `after_id` that may be published at `now`, in commit order:
 /// rows whose retry time has come, and only while no earlier row of the same key waits for a
-/// retry or is dead, so that per key the commit order is the publish order. `after_id` lets the
-/// relay read on past the rows it already has in flight; 0 reads from the start.
+/// retry, is dead or was requeued after the pass began (after `epoch`, see [`requeue_epoch`]), so
+/// that per key the commit order is the publish order. `after_id` lets the relay read on past the
+/// rows it already has; 0 reads from the start.
 pub fn due(
     conn: &Connection,
     now: DateTime<Utc>,
+    epoch: i64,
     after_id: i64,
     limit: u32,
-) -> Result<Vec<Due>, StoreError> {
+) -> Result<DueRows, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT o.id, o.event_id, o.topic, o.subject_key, o.payload, o.headers, o.attempts,
                 o.created_at
          FROM order_events_outbox o
-         WHERE o.status = 'pending' AND o.id > ?3
+         WHERE o.status = 'pending' AND o.id > ?3 AND o.requeued_in <= ?4
            AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?1)
            AND NOT EXISTS (
                SELECT 1 FROM order_events_outbox b
                WHERE b.subject_key = o.subject_key AND b.id < o.id AND b.status <> 'published'
-                 AND (b.status = 'dead' OR b.next_attempt_at > ?1))
+                 AND (b.status = 'dead' OR b.next_attempt_at > ?1 OR b.requeued_in > ?4))
          ORDER BY o.id
          LIMIT ?2",
     )?;
-    let rows = stmt
-        .query_map(params![timestamp(now), limit, after_id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, u32>(6)?,
-                r.get::<_, String>(7)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(
-            |(id, event_id, topic, key, payload, headers, attempts, created_at)| {
-                let headers: BTreeMap<String, String> =
-                    serde_json::from_str(&headers).map_err(|_| StoreError::Corrupt {
-                        column: "order_events_outbox.headers",
-                        value: event_id.clone(),
-                    })?;
-                Ok(Due {
-                    id,
-                    event_id,
-                    topic,
-                    key,
-                    payload,
-                    headers: headers.into_iter().collect(),
-                    attempts,
-                    created_at: parse_timestamp("order_events_outbox.created_at", &created_at)?,
-                })
-            },
-        )
-        .collect()
+    let mut found = DueRows::default();
+    let mut rows = stmt.query(params![timestamp(now), limit, after_id, epoch])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        found.last_id = found.last_id.max(id);
+        found.count += 1;
+        match read_due(row, id) {
+            Ok(due) => found.rows.push(due),
+            Err(error) => found.unreadable.push(Unreadable {
+                id,
+                key: row.get::<_, String>(3).ok(),
+                error,
+            }),
+        }
+    }
+    Ok(found)
+}
+
+/// One row of [`due`]'s query; any column that cannot be read makes it [`Unreadable`].
+fn read_due(row: &rusqlite::Row<'_>, id: i64) -> Result<Due, String> {
+    let text = |index: usize, column: &str| {
+        row.get::<_, String>(index)
+            .map_err(|e| format!("unreadable outbox row: column {column}: {e}"))
+    };
+    let event_id = text(1, "event_id")?;
+    let headers: BTreeMap<String, String> =
+        serde_json::from_str(&text(5, "headers")?).map_err(|e| {
+            format!("unreadable outbox row: column headers is not a JSON object of strings: {e}")
+        })?;
+    let created_at = text(7, "created_at")?;
+    Ok(Due {
+        id,
+        event_id,
+        topic: text(2, "topic")?,
+        key: text(3, "subject_key")?,
+        payload: text(4, "payload")?,
+        headers: headers.into_iter().collect(),
+        attempts: row
+            .get::<_, u32>(6)
+            .map_err(|e| format!("unreadable outbox row: column attempts: {e}"))?,
+        created_at: parse_timestamp("order_events_outbox.created_at", &created_at)
+            .map_err(|e| format!("unreadable outbox row: {e}"))?,
+    })
 }
 
 /// Marks a row published with the stream and sequence the broker acknowledged it with.
@@ -256,10 +300,10 @@ pub enum Requeue {
     Published,
 }
 
-/// Puts a dead (or waiting) row back to pending with fresh attempts, to be published at once:
-/// due from now on, `next_attempt_at` being the time of the requeue. That time (rather than
-/// none) keeps holding back the later rows of its key from a relay pass that began before it:
-/// such a pass has read past the row, and would otherwise publish newer rows of the key first.
+/// Puts a dead (or waiting) row back to pending with fresh attempts, to be published at once.
+/// The requeue is numbered (see [`requeue_epoch`]): a relay pass that began before it has read past
+/// the row, so it leaves the row and the later rows of its key to the next pass, which reads
+/// them in commit order.
 pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
     let status: Option<String> = tx
         .query_row(
@@ -272,11 +316,16 @@ pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
         None => Ok(Requeue::Missing),
         Some("published") => Ok(Requeue::Published),
         Some(_) => {
+            let epoch: i64 = tx.query_row(
+                "UPDATE outbox_requeues SET last = last + 1 WHERE id = 1 RETURNING last",
+                [],
+                |r| r.get(0),
+            )?;
             tx.execute(
                 "UPDATE order_events_outbox
-                 SET status = 'pending', attempts = 0, next_attempt_at = ?2
+                 SET status = 'pending', attempts = 0, next_attempt_at = NULL, requeued_in = ?2
                  WHERE id = ?1",
-                params![id, timestamp(Utc::now())],
+                params![id, epoch],
             )?;
             tx.wrote_outbox.set(true);
             Ok(Requeue::Requeued)
@@ -346,4 +395,113 @@ pub fn delete_published_before(
              ORDER BY published_at LIMIT ?2)",
         )?
         .execute(params![timestamp(cutoff), limit])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreConfig, Synchronous};
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&StoreConfig {
+            path: dir.path().join("outbox.db"),
+            synchronous: Synchronous::Normal,
+            readers: 2,
+        })
+        .unwrap()
+    }
+
+    /// Inserts a row of `key` in `status`; returns its id.
+    async fn insert(store: &Store, key: &'static str, status: &'static str) -> i64 {
+        store
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO order_events_outbox
+                        (event_id, topic, subject_key, payload, headers, status, created_at)
+                     VALUES (?1, 'order.created', ?2, '{}', '{}', ?3, ?4)",
+                    params![
+                        uuid::Uuid::now_v7().to_string(),
+                        key,
+                        status,
+                        timestamp(Utc::now())
+                    ],
+                )?;
+                Ok::<_, StoreError>(tx.last_insert_rowid())
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn due_ids(store: &Store, now: DateTime<Utc>, epoch: i64, after: i64) -> Vec<i64> {
+        store
+            .read(move |conn| due(conn, now, epoch, after, 100))
+            .await
+            .unwrap()
+            .rows
+            .iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_requeue_committed_during_a_pass_is_left_with_its_key_to_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let dead = insert(&store, "k", "dead").await;
+        let other = insert(&store, "j", "pending").await;
+
+        // A pass begins. Its clock may read later than the requeue's does: the requeue reads its
+        // clock before its commit lands.
+        let epoch = store.read(requeue_epoch).await.unwrap();
+        let pass_now = Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(due_ids(&store, pass_now, epoch, 0).await, vec![other]);
+
+        // The dead row is requeued, then a newer row of its key is committed.
+        let requeued = store.write(move |tx| requeue(tx, dead)).await.unwrap();
+        assert_eq!(requeued, Requeue::Requeued);
+        let newer = insert(&store, "k", "pending").await;
+
+        // The running pass reads on past its cursor: the newer row must not overtake the
+        // requeued one, which this pass has already read past.
+        assert_eq!(
+            due_ids(&store, pass_now, epoch, other).await,
+            Vec::<i64>::new()
+        );
+        // The next pass reads both, in commit order.
+        let epoch = store.read(requeue_epoch).await.unwrap();
+        assert_eq!(
+            due_ids(&store, Utc::now(), epoch, 0).await,
+            vec![dead, other, newer]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_row_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let bad = insert(&store, "k", "pending").await;
+        store
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE order_events_outbox SET headers = '[1,2' WHERE id = ?1",
+                    [bad],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let good = insert(&store, "j", "pending").await;
+        let found = store
+            .read(|conn| due(conn, Utc::now(), 0, 0, 10))
+            .await
+            .unwrap();
+        assert_eq!(
+            found.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![good]
+        );
+        assert_eq!(found.unreadable.len(), 1);
+        assert_eq!(found.unreadable[0].id, bad);
+        assert_eq!(found.unreadable[0].key.as_deref(), Some("k"));
+        assert_eq!((found.count, found.last_id), (2, good));
+    }
 }

@@ -4,6 +4,7 @@
 mod app;
 mod auth;
 mod bad_input;
+mod batches;
 mod consumer;
 mod contract;
 mod nats;

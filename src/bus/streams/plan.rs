@@ -171,6 +171,8 @@ pub fn stream_config(
         max_age: topic.retention,
         duplicate_window: window,
         num_replicas: replicas,
+        // The relay publishes each stream's events as atomic batches: one fsync per batch.
+        allow_atomic_publish: true,
         metadata: table_metadata(topic),
         ..Default::default()
     };

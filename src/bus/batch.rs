@@ -1,0 +1,268 @@
+//! Publishing outbox messages to one stream as an atomic batch (ADR-50).
+//!
+//! With `sync_interval: always` the broker fsyncs once per stored message, or once per atomic
+//! batch: a batch is what lets the relay keep pace with the write side. The protocol is plain
+//! NATS: each message goes to its own subject with `Nats-Batch-Id` (one id per attempt) and
+//! `Nats-Batch-Sequence` (1, 2, …); the last also carries `Nats-Batch-Commit: 1` and is sent as a
+//! request, whose answer is the batch's PubAck `{"stream", "seq": <last>, "batch", "count"}` or
+//! an error. The others are sent without a reply subject: the stream keeps them aside until the
+//! commit and stores all of them or none, so nothing is learnt by waiting on each.
+//!
+//! `Nats-Msg-Id` stays on every message. A batch holding an id the stream has already stored
+//! (within its duplicate window) or holding one id twice is refused whole with
+//! [`BatchError::Duplicate`] (err_code 10201) and nothing is stored: the caller then publishes
+//! those messages one by one, and the stored ones answer as duplicates. A stream without
+//! `allow_atomic` refuses every batch with [`BatchError::NotAtomic`] (err_code 10174).
+
+use std::time::Duration;
+
+use async_nats::Client;
+use async_nats::client::{Request, RequestErrorKind};
+use async_nats::connection::State;
+use async_nats::jetstream::{self, ErrorCode};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::publish::{
+    OutboxMessage, PermanentCause, PublishError, TransientCause, classify_api_error, header_map,
+    no_responders,
+};
+use super::topics::is_valid_key;
+
+/// The most messages the server takes in one atomic batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// The server's "atomic publish batch contains duplicate message id".
+const DUPLICATE_IN_BATCH: ErrorCode = ErrorCode(10201);
+/// The server's "atomic publish is disabled" (the stream lacks `allow_atomic`).
+const ATOMIC_DISABLED: ErrorCode = ErrorCode(10174);
+
+/// A stored batch: its messages have the contiguous sequences `first..first + count`, in the
+/// order they were given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchAck {
+    /// The stream that stored them.
+    pub stream: String,
+    /// The first message's sequence.
+    pub first_sequence: u64,
+    /// How many were stored.
+    pub count: u64,
+}
+
+impl BatchAck {
+    /// The sequence of the `index`-th message (0-based) of the batch.
+    pub fn sequence(&self, index: usize) -> u64 {
+        self.first_sequence + index as u64
+    }
+}
+
+/// Why a batch was not stored. In every case nothing of it was stored, except after a
+/// [`TransientCause::TimedOut`], whose outcome is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A message's `Nats-Msg-Id` is already stored or repeats in the batch: publish them one by one.
+    #[error("the batch holds a message id the stream already has (or holds one twice)")]
+    Duplicate,
+    /// The stream does not take atomic batches: publish them one by one.
+    #[error("stream {0} does not allow atomic batches")]
+    NotAtomic(String),
+    /// The batch as a whole failed the way a single publish fails.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// The commit's answer: a PubAck or a JetStream error.
+#[derive(Debug, Deserialize)]
+struct CommitAnswer {
+    #[serde(default)]
+    stream: String,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    count: Option<u64>,
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiError {
+    code: usize,
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// Publishes `messages` (1 to [`MAX_BATCH`], all for one stream) as one atomic batch and waits up
+/// to `ack_timeout` for the commit's answer.
+pub async fn publish_batch(
+    client: &Client,
+    messages: &[OutboxMessage],
+    ack_timeout: Duration,
+) -> Result<BatchAck, BatchError> {
+    assert!(
+        !messages.is_empty() && messages.len() <= MAX_BATCH,
+        "a batch holds 1 to {MAX_BATCH} messages"
+    );
+    let mut prepared = Vec::with_capacity(messages.len());
+    for message in messages {
+        if !is_valid_key(&message.key) {
+            return Err(
+                PublishError::Permanent(PermanentCause::InvalidKey(message.key.clone())).into(),
+            );
+        }
+        let headers = header_map(&message.headers).map_err(PublishError::Permanent)?;
+        prepared.push((message.subject(), headers));
+    }
+    if client.connection_state() != State::Connected {
+        return Err(PublishError::Transient(TransientCause::NotConnected).into());
+    }
+
+    let batch_id = Uuid::now_v7().simple().to_string();
+    let last = prepared.len();
+    let mut commit = None;
+    for (index, ((subject, mut headers), message)) in prepared.into_iter().zip(messages).enumerate()
+    {
+        let sequence = index + 1;
+        headers.insert("Nats-Batch-Id", batch_id.as_str());
+        headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+        if sequence == last {
+            headers.insert("Nats-Batch-Commit", "1");
+            commit = Some((subject, headers, message.payload.clone()));
+        } else {
+            client
+                .publish_with_headers(subject, headers, message.payload.clone())
+                .await
+                .map_err(|e| transient(format!("sending a batch message: {e}")))?;
+        }
+    }
+    let (subject, headers, payload) = commit.expect("a batch has a last message");
+    let request = Request::new()
+        .headers(headers)
+        .payload(payload)
+        .timeout(Some(ack_timeout));
+    let answer = match tokio::time::timeout(
+        ack_timeout,
+        client.send_request(subject.clone(), request),
+    )
+    .await
+    {
+        Err(_elapsed) => {
+            return Err(PublishError::Transient(TransientCause::TimedOut(ack_timeout)).into());
+        }
+        Ok(Err(e)) => return Err(request_failed(client, &subject, e, ack_timeout).await),
+        Ok(Ok(answer)) => answer,
+    };
+    parse_commit(&answer.payload, messages.len())
+}
+
+/// Sorts a failed commit request like a failed single publish.
+async fn request_failed(
+    client: &Client,
+    subject: &str,
+    error: async_nats::RequestError,
+    ack_timeout: Duration,
+) -> BatchError {
+    let publish_error = match error.kind() {
+        RequestErrorKind::TimedOut => {
+            PublishError::Transient(TransientCause::TimedOut(ack_timeout))
+        }
+        RequestErrorKind::NoResponders => {
+            no_responders(&jetstream::new(client.clone()), subject).await
+        }
+        RequestErrorKind::MaxPayloadExceeded => {
+            PublishError::Permanent(PermanentCause::TooLarge(error.to_string()))
+        }
+        RequestErrorKind::InvalidSubject => {
+            PublishError::Permanent(PermanentCause::NoStream(subject.to_string()))
+        }
+        RequestErrorKind::Other => {
+            PublishError::Transient(TransientCause::BrokerUnavailable(error.to_string()))
+        }
+    };
+    publish_error.into()
+}
+
+/// Reads the commit's answer; `sent` is how many messages the batch had.
+fn parse_commit(payload: &[u8], sent: usize) -> Result<BatchAck, BatchError> {
+    let answer: CommitAnswer = serde_json::from_slice(payload).map_err(|e| {
+        // The commit may or may not have landed: sending the same messages again is safe.
+        transient(format!(
+            "unreadable batch PubAck ({e}): {}",
+            String::from_utf8_lossy(payload)
+        ))
+    })?;
+    if let Some(error) = answer.error {
+        let code = ErrorCode(error.err_code);
+        return Err(if code == DUPLICATE_IN_BATCH {
+            BatchError::Duplicate
+        } else if code == ATOMIC_DISABLED {
+            BatchError::NotAtomic(answer.stream)
+        } else {
+            let text = format!(
+                "{} (status {}, err_code {})",
+                error.description, error.code, error.err_code
+            );
+            classify_api_error(error.code, code, text).into()
+        });
+    }
+    let count = answer.count.unwrap_or(0);
+    if count != sent as u64 || answer.seq < count || answer.stream.is_empty() {
+        return Err(PublishError::Permanent(PermanentCause::Rejected(format!(
+            "batch PubAck for {sent} messages says stream {:?}, last sequence {}, count {count}",
+            answer.stream, answer.seq
+        )))
+        .into());
+    }
+    Ok(BatchAck {
+        stream: answer.stream,
+        first_sequence: answer.seq - count + 1,
+        count,
+    })
+}
+
+fn transient(text: String) -> BatchError {
+    PublishError::Transient(TransientCause::BrokerUnavailable(text)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_ack_gives_every_message_its_sequence() {
+        let ack = parse_commit(
+            br#"{"stream":"ORDER_CREATED","seq":107,"batch":"b","count":5}"#,
+            5,
+        )
+        .unwrap();
+        assert_eq!(ack.stream, "ORDER_CREATED");
+        assert_eq!((ack.sequence(0), ack.sequence(4)), (103, 107));
+    }
+
+    #[test]
+    fn duplicates_and_disabled_batches_are_told_apart() {
+        let dup = br#"{"error":{"code":400,"err_code":10201,"description":"atomic publish batch contains duplicate message id"},"stream":"T","seq":0}"#;
+        assert!(matches!(parse_commit(dup, 3), Err(BatchError::Duplicate)));
+        let off = br#"{"error":{"code":400,"err_code":10174,"description":"atomic publish is disabled"},"stream":"U","seq":0}"#;
+        assert!(matches!(parse_commit(off, 3), Err(BatchError::NotAtomic(s)) if s == "U"));
+        let unavailable =
+            br#"{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}"#;
+        assert!(matches!(
+            parse_commit(unavailable, 3),
+            Err(BatchError::Publish(e)) if e.is_transient()
+        ));
+    }
+
+    #[test]
+    fn an_ack_that_does_not_add_up_is_refused() {
+        let short = br#"{"stream":"S","seq":10,"batch":"b","count":4}"#;
+        assert!(matches!(
+            parse_commit(short, 5),
+            Err(BatchError::Publish(PublishError::Permanent(_)))
+        ));
+        assert!(matches!(
+            parse_commit(b"not json", 5),
+            Err(BatchError::Publish(e)) if e.is_transient()
+        ));
+    }
+}

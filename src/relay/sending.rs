@@ -1,0 +1,179 @@
+//! Sending one lane's batch: as one atomic batch, or row by row when it must.
+//!
+//! An atomic batch is stored whole or not at all, so its outcome is one of three:
+//! - stored: every row gets its own sequence, computed from the commit's PubAck;
+//! - refused because of what it holds (a duplicate id, err_code 10201, or a permanent error):
+//!   its rows are sent one by one, so duplicates are acknowledged as duplicates and a poison row
+//!   is isolated and alone takes the retry/dead path;
+//! - failed transiently, or no answer: nothing is recorded against the rows; the lane backs off
+//!   and sends the same rows again with the same `Nats-Msg-Id`s (if the first commit did land,
+//!   the second meets 10201 and falls back, and nothing is stored twice).
+//!
+//! Row by row, each key's rows go one after another and stop at the key's first failure, while
+//! up to the publish window of keys go at once.
+
+use futures::StreamExt;
+
+use super::Relay;
+use super::lanes::{Batch, Mode};
+use crate::bus::{
+    BatchError, OutboxMessage, PermanentCause, PublishError, Published, TransientCause, publish,
+    publish_batch,
+};
+use crate::store::outbox::Due;
+
+/// Rows tried, each with its outcome.
+type Tried = Vec<(Due, Result<Published, PublishError>)>;
+
+/// What became of a batch.
+pub(super) struct Sent {
+    /// The stream.
+    pub stream: String,
+    /// The rows tried, each with its outcome.
+    pub results: Tried,
+    /// Rows that were not stored and go back to the lane (in commit order); rows of keys that
+    /// failed permanently among them are dropped by the lane.
+    pub unsent: Vec<Due>,
+    /// A failure said nothing about the rows: the lane backs off.
+    pub transient: bool,
+    /// The stream refused atomic batches.
+    pub not_atomic: bool,
+    /// The batch was refused whole and its rows were sent one by one.
+    pub fell_back: bool,
+}
+
+impl Relay {
+    /// Sends `batch` and reports what became of each row.
+    pub(super) async fn send(&self, batch: Batch) -> Sent {
+        let Batch { stream, rows, mode } = batch;
+        let mut sent = Sent {
+            stream,
+            results: Vec::new(),
+            unsent: Vec::new(),
+            transient: false,
+            not_atomic: false,
+            fell_back: false,
+        };
+        let rows = if mode == Mode::Batches {
+            match self.send_atomic(&rows).await {
+                Ok(acks) => {
+                    sent.results = rows.into_iter().zip(acks.into_iter().map(Ok)).collect();
+                    return sent;
+                }
+                Err(BatchError::Publish(error)) if error.is_transient() => {
+                    sent.transient = true;
+                    sent.results.push((rows[0].clone(), Err(error)));
+                    sent.unsent = rows;
+                    return sent;
+                }
+                Err(BatchError::NotAtomic(name)) => {
+                    tracing::warn!(stream = %name, "the stream refuses atomic batches; publishing its events one by one");
+                    sent.not_atomic = true;
+                    rows
+                }
+                Err(error) => {
+                    tracing::debug!(stream = %sent.stream, rows = rows.len(), %error, "batch refused; publishing its rows one by one");
+                    sent.fell_back = true;
+                    rows
+                }
+            }
+        } else {
+            rows
+        };
+        self.send_one_by_one(rows, &mut sent).await;
+        sent
+    }
+
+    /// One atomic batch; the acks of its rows in order.
+    async fn send_atomic(&self, rows: &[Due]) -> Result<Vec<Published>, BatchError> {
+        let messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
+        let ack = publish_batch(&self.js.client(), &messages, self.config.ack_timeout)
+            .await
+            .map_err(|error| match error {
+                BatchError::Publish(e) => BatchError::Publish(self.heal_missing(&rows[0].topic, e)),
+                other => other,
+            })?;
+        Ok((0..rows.len())
+            .map(|index| Published {
+                stream: ack.stream.clone(),
+                sequence: ack.sequence(index),
+                duplicate: false,
+            })
+            .collect())
+    }
+
+    /// Row by row: per key in commit order, stopping at the key's first failure; keys at once.
+    async fn send_one_by_one(&self, rows: Vec<Due>, sent: &mut Sent) {
+        let mut chains: Vec<Vec<Due>> = Vec::new();
+        let mut chain_of = std::collections::HashMap::new();
+        for row in rows {
+            let at = *chain_of.entry(row.key.clone()).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+            chains[at].push(row);
+        }
+        let window = self.config.window.max(1);
+        let outcomes: Vec<(Tried, Vec<Due>)> = futures::stream::iter(chains)
+            .map(|chain| self.send_chain(chain))
+            .buffer_unordered(window)
+            .collect()
+            .await;
+        for (results, unsent) in outcomes {
+            sent.transient |= results
+                .iter()
+                .any(|(_, result)| result.as_ref().is_err_and(PublishError::is_transient));
+            sent.results.extend(results);
+            sent.unsent.extend(unsent);
+        }
+        sent.unsent.sort_by_key(|row| row.id);
+    }
+
+    /// One key's rows in order, up to the first failure; a transiently failed row is unsent too.
+    async fn send_chain(&self, chain: Vec<Due>) -> (Tried, Vec<Due>) {
+        let mut results = Vec::with_capacity(chain.len());
+        let mut rows = chain.into_iter();
+        for row in rows.by_ref() {
+            let result = publish(&self.js, &message(&row), self.config.ack_timeout)
+                .await
+                .map_err(|e| self.heal_missing(&row.topic, e));
+            match result {
+                Ok(ack) => results.push((row, Ok(ack))),
+                Err(error) => {
+                    let mut unsent = Vec::new();
+                    if error.is_transient() {
+                        unsent.push(row.clone());
+                    }
+                    results.push((row, Err(error)));
+                    unsent.extend(rows);
+                    return (results, unsent);
+                }
+            }
+        }
+        (results, Vec::new())
+    }
+
+    /// A topic of the table whose stream is missing (deleted, or a broker that lost its store) is
+    /// not the row's fault: the failure becomes transient and the streams are reconciled.
+    fn heal_missing(&self, topic: &str, error: PublishError) -> PublishError {
+        match error {
+            PublishError::Permanent(PermanentCause::NoStream(subject))
+                if self.config.table_topics.contains(topic) =>
+            {
+                self.status.request_heal();
+                PublishError::Transient(TransientCause::StreamMissing(subject))
+            }
+            other => other,
+        }
+    }
+}
+
+/// The message of an outbox row.
+fn message(row: &Due) -> OutboxMessage {
+    OutboxMessage {
+        topic: row.topic.clone(),
+        key: row.key.clone(),
+        payload: row.payload.clone().into(),
+        headers: row.headers.clone(),
+    }
+}
