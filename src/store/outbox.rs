@@ -335,7 +335,7 @@ pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
 
 /// Counts for readiness and metrics.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Stats {
+pub struct OutboxCounts {
     /// Rows waiting to be published.
     pub pending: u64,
     /// Rows that used up their retries.
@@ -345,7 +345,7 @@ pub struct Stats {
 }
 
 /// Pending and dead counts, and the oldest pending row's commit time.
-pub fn stats(conn: &Connection) -> Result<Stats, StoreError> {
+pub fn stats(conn: &Connection) -> Result<OutboxCounts, StoreError> {
     let (pending, dead): (i64, i64) = conn.query_row(
         "SELECT (SELECT count(*) FROM order_events_outbox WHERE status = 'pending'),
                 (SELECT count(*) FROM order_events_outbox WHERE status = 'dead')",
@@ -357,7 +357,7 @@ pub fn stats(conn: &Connection) -> Result<Stats, StoreError> {
         [],
         |r| r.get(0),
     ).optional()?;
-    Ok(Stats {
+    Ok(OutboxCounts {
         pending: pending.unsigned_abs(),
         dead: dead.unsigned_abs(),
         oldest_pending_at: oldest

@@ -14,8 +14,8 @@ use order_service::auth::Role;
 use order_service::bus::{self, OutboxMessage, Topics};
 use order_service::config::Config;
 use order_service::consumer::{
-    ConsumerError, Delivery, Event, Failure, Group, GroupConfig, Handler, Stats, StatsSnapshot, Tx,
-    dlq, lag,
+    ConsumerError, Delivery, Event, Failure, Group, GroupConfig, GroupStats, GroupStatsSnapshot,
+    Handler, HandlerTx, dlq, lag,
 };
 use order_service::domain::Topic;
 use reqwest::{Method, StatusCode};
@@ -94,7 +94,7 @@ impl Handler for Recorder {
         &self,
         event: &Event,
         delivery: &Delivery,
-        tx: &mut Tx<'_>,
+        tx: &mut HandlerTx<'_>,
     ) -> Result<(), Failure> {
         if let Some(failure) = (self.decide)(event, delivery) {
             return Err(failure);
@@ -126,7 +126,7 @@ impl Handler for Recorder {
 struct Running {
     stop: watch::Sender<bool>,
     handle: JoinHandle<Result<(), ConsumerError>>,
-    stats: Arc<Stats>,
+    stats: Arc<GroupStats>,
 }
 
 impl Running {
@@ -145,14 +145,14 @@ impl Running {
     }
 
     /// Stops gracefully: the batch in flight is committed and acknowledged.
-    async fn stop(self) -> StatsSnapshot {
+    async fn stop(self) -> GroupStatsSnapshot {
         let _ = self.stop.send(true);
         self.handle.await.unwrap().unwrap();
         self.stats.snapshot()
     }
 
     /// Stops abruptly, as a crash would: nothing in flight is committed or acknowledged.
-    async fn kill(self) -> StatsSnapshot {
+    async fn kill(self) -> GroupStatsSnapshot {
         self.handle.abort();
         let _ = self.handle.await;
         self.stats.snapshot()
@@ -267,7 +267,7 @@ async fn create_orders(app: &TestApp, n: usize, clients: usize) -> HashSet<Strin
     ids
 }
 
-fn report(test: &str, s: StatsSnapshot, started: Instant) {
+fn report(test: &str, s: GroupStatsSnapshot, started: Instant) {
     eprintln!(
         "{test}: {} deliveries, {} processed, {} duplicate deliveries, {} redeliveries, {} retried, {} dead letters, {:.1}s",
         s.deliveries,
@@ -280,8 +280,8 @@ fn report(test: &str, s: StatsSnapshot, started: Instant) {
     );
 }
 
-fn add(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
-    StatsSnapshot {
+fn add(a: GroupStatsSnapshot, b: GroupStatsSnapshot) -> GroupStatsSnapshot {
+    GroupStatsSnapshot {
         deliveries: a.deliveries + b.deliveries,
         redeliveries: a.redeliveries + b.redeliveries,
         processed: a.processed + b.processed,
@@ -539,7 +539,7 @@ async fn per_order_order_holds_over_a_thousand_events_while_publishes_and_handle
         () = processed_all(&db, "ordered", &expected) => {}
         () = diagnose => {}
     }
-    let mut stats = StatsSnapshot::default();
+    let mut stats = GroupStatsSnapshot::default();
     for w in workers {
         stats = add(stats, w.stop().await);
     }
@@ -609,7 +609,7 @@ struct Stall {
 }
 
 impl Handler for Stall {
-    async fn handle(&self, _: &Event, _: &Delivery, _: &mut Tx<'_>) -> Result<(), Failure> {
+    async fn handle(&self, _: &Event, _: &Delivery, _: &mut HandlerTx<'_>) -> Result<(), Failure> {
         let _ = self.got.send(chrono::Utc::now().timestamp_millis());
         std::future::pending::<()>().await;
         Ok(())
@@ -681,7 +681,7 @@ async fn a_consumer_stopped_and_restarted_five_times_processes_five_thousand_eve
         let app = app.clone();
         tokio::spawn(async move { create_orders(&app, 2500, 25).await })
     };
-    let mut total = StatsSnapshot::default();
+    let mut total = GroupStatsSnapshot::default();
     let mut running = Running::start(&js, config.clone(), Recorder::new("restarts"));
     for restart in 1..=5u64 {
         let start = Instant::now();
