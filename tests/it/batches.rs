@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::{
-    PATIENCE, TestApp, User, metric, ready, relaying_app, simple_order, spawn_app_with,
+    PATIENCE, TestApp, User, metric, ready, relaying_app, run_cli, simple_order, spawn_app_with,
 };
 use crate::nats::NatsServer;
 use crate::relay::{counts, drained, every_event_once, stored};
@@ -207,6 +207,12 @@ async fn a_stream_without_atomic_batches_is_published_one_by_one_and_said_so() {
         ready["checks"]["relay"]["streams_one_by_one"],
         json!(["ORDER_CREATED"]),
         "{ready}"
+    );
+    let diff = run_cli(&nats, &["streams", "diff"]);
+    assert!(
+        diff.lines()
+            .any(|l| l.contains("ORDER_CREATED") && l.contains("allow_atomic")),
+        "{diff}"
     );
 }
 

@@ -115,7 +115,7 @@ impl Setting {
 }
 
 /// Every single-valued setting [`compare`] checks, in the order drifts are reported.
-const SETTINGS: [Setting; 11] = [
+const SETTINGS: [Setting; 12] = [
     manual("storage", |e, a| unequal(&e.storage, &a.storage, debug)),
     manual("retention", |e, a| {
         unequal(&e.retention, &a.retention, debug)
@@ -144,6 +144,14 @@ const SETTINGS: [Setting; 11] = [
         })
     }),
     update("discard", |e, a| unequal(&e.discard, &a.discard, debug)),
+    // Without it the relay publishes the stream's events one by one: one fsync each.
+    update("allow_atomic", |e, a| {
+        unequal(
+            &e.allow_atomic_publish,
+            &a.allow_atomic_publish,
+            ToString::to_string,
+        )
+    }),
     update("max_age", |e, a| {
         unequal(&e.max_age, &a.max_age, |d| format_duration(*d))
     }),
@@ -211,6 +219,7 @@ pub fn updated_config(
             "subjects" => config.subjects = expected.subjects.clone(),
             "subject_transform" => config.subject_transform = expected.subject_transform.clone(),
             "discard" => config.discard = expected.discard,
+            "allow_atomic" => config.allow_atomic_publish = expected.allow_atomic_publish,
             "max_age" => config.max_age = expected.max_age,
             "duplicate_window" => config.duplicate_window = expected.duplicate_window,
             "description" => config.description = expected.description.clone(),
