@@ -254,8 +254,11 @@ pub trait Handler: Send + Sync + 'static {
         event: &Event,
         delivery: &Delivery,
         tx: &mut HandlerTx<'_>,
-    ) -> impl Future<Output = Result<(), Failure>> + Send;
+    ) -> impl Future<Output = Handled> + Send;
 }
+
+/// What [`Handler::handle`] answers: `Ok(())` once the event is processed (or of no interest).
+pub type Handled = Result<(), Failure>;
 
 /// Why a message is not an event this consumer can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

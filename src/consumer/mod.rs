@@ -52,7 +52,7 @@ mod worker;
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
 pub use group::Group;
-pub use handler::{Delivery, Event, Failure, Handler, HandlerTx, SchemaError};
+pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, SchemaError};
 pub use stats::{GroupStats, GroupStatsSnapshot};
 
 /// Why a consumer operation failed.

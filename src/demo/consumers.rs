@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rusqlite::{OptionalExtension, params};
 
 use crate::consumer::tail::short;
-use crate::consumer::{Delivery, Event, Failure, Handler, HandlerTx};
+use crate::consumer::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
 use crate::domain::Status;
 use crate::domain::money::Money;
 
@@ -62,12 +62,7 @@ impl Handler for Inventory {
         )
     }
 
-    async fn handle(
-        &self,
-        event: &Event,
-        _: &Delivery,
-        tx: &mut HandlerTx<'_>,
-    ) -> Result<(), Failure> {
+    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
         match event {
             Event::Created(e) => {
                 let lines: Vec<String> = e
@@ -170,12 +165,7 @@ impl Handler for Notification {
         )
     }
 
-    async fn handle(
-        &self,
-        event: &Event,
-        _: &Delivery,
-        tx: &mut HandlerTx<'_>,
-    ) -> Result<(), Failure> {
+    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
         let Event::StatusChanged(e) = event else {
             return Ok(());
         };
@@ -221,12 +211,7 @@ impl Handler for Finance {
         )
     }
 
-    async fn handle(
-        &self,
-        event: &Event,
-        _: &Delivery,
-        tx: &mut HandlerTx<'_>,
-    ) -> Result<(), Failure> {
+    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
         match event {
             Event::Confirmed(e) => {
                 let d = &e.data;

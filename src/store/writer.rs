@@ -347,14 +347,7 @@ mod tests {
         )
         .await;
         assert!(answers[1].is_err(), "{:?}", answers[1]);
-        let stored = stored(&path);
-        for (answer, name) in [(&answers[0], "small 1"), (&answers[2], "small 2")] {
-            assert_eq!(
-                answer.is_ok(),
-                stored.iter().any(|s| s == name),
-                "{name}: told {answer:?}, stored {stored:?}"
-            );
-        }
+        told_as_stored(&path, &[(&answers[0], "small 1"), (&answers[2], "small 2")]);
     }
 
     #[tokio::test]
@@ -376,14 +369,22 @@ mod tests {
             ],
         )
         .await;
-        let stored = stored(&path);
         assert!(answers[1].is_err(), "{:?}", answers[1]);
-        for (answer, name) in [
-            (&answers[0], "before"),
-            (&answers[1], "released early"),
-            (&answers[1], "unguarded"),
-            (&answers[2], "after"),
-        ] {
+        told_as_stored(
+            &path,
+            &[
+                (&answers[0], "before"),
+                (&answers[1], "released early"),
+                (&answers[1], "unguarded"),
+                (&answers[2], "after"),
+            ],
+        );
+    }
+
+    /// Each caller was told success exactly when its row is stored.
+    fn told_as_stored(path: &std::path::Path, answers: &[(&Result<(), StoreError>, &str)]) {
+        let stored = stored(path);
+        for (answer, name) in answers {
             assert_eq!(
                 answer.is_ok(),
                 stored.iter().any(|s| s == name),
