@@ -49,6 +49,15 @@ pub async fn send(
     Ok((status, body))
 }
 
+/// One create-order request.
+pub async fn create_order(
+    sender: &mut SendRequest<Full<Bytes>>,
+    token: &str,
+    body: &Bytes,
+) -> Res<(StatusCode, Bytes)> {
+    send(sender, Method::POST, "/api/v1/orders", token, body.clone()).await
+}
+
 /// What a closed loop achieved.
 pub struct Load {
     pub ok: u64,
@@ -88,15 +97,7 @@ pub async fn closed_loop(
                 let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    match send(
-                        &mut sender,
-                        Method::POST,
-                        "/api/v1/orders",
-                        &token,
-                        body.clone(),
-                    )
-                    .await
-                    {
+                    match create_order(&mut sender, &token, &body).await {
                         Ok((StatusCode::CREATED, _)) => {
                             ok += 1;
                             latencies.push(sent.elapsed().as_micros() as i64);
@@ -184,14 +185,8 @@ pub async fn paced(
                 if Instant::now() >= deadline {
                     break;
                 }
-                if let Ok((StatusCode::CREATED, reply)) = send(
-                    &mut sender,
-                    Method::POST,
-                    "/api/v1/orders",
-                    &token,
-                    body.clone(),
-                )
-                .await
+                if let Ok((StatusCode::CREATED, reply)) =
+                    create_order(&mut sender, &token, &body).await
                 {
                     let at = Instant::now();
                     let order: Value = serde_json::from_slice(&reply).unwrap_or_default();

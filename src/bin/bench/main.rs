@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use hyper::Method;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -49,7 +48,7 @@ use order_service::auth::{Auth, Role};
 
 use crate::baselines::{baseline_publish, baseline_server, baseline_sqlite};
 use crate::drain::drain;
-use crate::load::{closed_loop, http_connect, paced, send};
+use crate::load::{closed_loop, create_order, http_connect, paced};
 use crate::outbox::{pending, template_rows, wait_drained, write_pending};
 use crate::processes::{
     BaselineServer, Scratch, Service, start_nats, stream_messages, wait_for_streams,
@@ -164,14 +163,7 @@ async fn run() -> Res<bool> {
     } else {
         // One order, for the messages the other phases copy.
         let mut sender = http_connect(service.addr).await?;
-        send(
-            &mut sender,
-            Method::POST,
-            "/api/v1/orders",
-            &token,
-            body.clone(),
-        )
-        .await?;
+        create_order(&mut sender, &token, &body).await?;
     }
     wait_drained(&db, Duration::from_secs(60)).await?;
 

@@ -100,45 +100,57 @@ impl Report {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
         let f = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.0} {unit}"));
-        row(
-            &format!("A  raw JetStream publish (window {})", window()),
-            f(self.raw_publish_per_s, "events/s"),
-        );
-        row(
-            "B  parse-only axum handler (c=64)",
-            f(self.parse_only_per_s, "req/s"),
-        );
-        row(
-            "C  SQLite order+outbox, 1 tx each",
-            f(self.sqlite_tx_per_s, "tx/s"),
-        );
-        if let Some(e) = &self.e2e {
-            row(
-                "4  create-order end to end (c=64)",
-                format!("{:.0} orders/s", e.orders_per_s),
-            );
-            row(
-                "4  latency p50 / p99",
-                format!("{:.2} / {:.2} ms", e.p50_ms, e.p99_ms),
-            );
-            row(
-                "4  events reaching JetStream",
-                format!("{:.0} events/s", e.events_per_s),
-            );
-            row(
-                "4  backlog at the end / errors",
-                format!("{} rows / {}", e.backlog, e.errors),
-            );
+        let baselines = [
+            (
+                format!("A  raw JetStream publish (window {})", window()),
+                f(self.raw_publish_per_s, "events/s"),
+            ),
+            (
+                "B  parse-only axum handler (c=64)".into(),
+                f(self.parse_only_per_s, "req/s"),
+            ),
+            (
+                "C  SQLite order+outbox, 1 tx each".into(),
+                f(self.sqlite_tx_per_s, "tx/s"),
+            ),
+        ];
+        let e2e = self.e2e.iter().flat_map(|e| {
+            [
+                (
+                    "4  create-order end to end (c=64)",
+                    format!("{:.0} orders/s", e.orders_per_s),
+                ),
+                (
+                    "4  latency p50 / p99",
+                    format!("{:.2} / {:.2} ms", e.p50_ms, e.p99_ms),
+                ),
+                (
+                    "4  events reaching JetStream",
+                    format!("{:.0} events/s", e.events_per_s),
+                ),
+                (
+                    "4  backlog at the end / errors",
+                    format!("{} rows / {}", e.backlog, e.errors),
+                ),
+            ]
+        });
+        let steady = self.steady.iter().flat_map(|s| {
+            [
+                (
+                    "5  steady rate achieved",
+                    format!("{:.0} orders/s ({} samples)", s.achieved_per_s, s.samples),
+                ),
+                (
+                    "5  commit→PubAck p50 / p99 / max",
+                    format!("{:.2} / {:.2} / {:.2} ms", s.p50_ms, s.p99_ms, s.max_ms),
+                ),
+            ]
+        });
+        for (k, v) in baselines {
+            row(&k, v);
         }
-        if let Some(s) = &self.steady {
-            row(
-                "5  steady rate achieved",
-                format!("{:.0} orders/s ({} samples)", s.achieved_per_s, s.samples),
-            );
-            row(
-                "5  commit→PubAck p50 / p99 / max",
-                format!("{:.2} / {:.2} / {:.2} ms", s.p50_ms, s.p99_ms, s.max_ms),
-            );
+        for (k, v) in e2e.chain(steady) {
+            row(k, v);
         }
         for (batch, d) in &self.drains {
             row(
