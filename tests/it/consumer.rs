@@ -18,9 +18,9 @@ use order_service::consumer::{
     dlq, lag,
 };
 use order_service::domain::Topic;
+use order_service::shutdown::Shutdown;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -124,7 +124,7 @@ impl Handler for Recorder {
 
 /// A group running in the background.
 struct Running {
-    stop: watch::Sender<bool>,
+    shutdown: Shutdown,
     handle: JoinHandle<Result<(), ConsumerError>>,
     stats: Arc<Stats>,
 }
@@ -133,12 +133,10 @@ impl Running {
     fn start<H: Handler>(js: &jetstream::Context, config: GroupConfig, handler: H) -> Running {
         let group = Group::new(js.clone(), config, handler).unwrap();
         let stats = group.stats();
-        let (stop, mut stopping) = watch::channel(false);
-        let handle = tokio::spawn(group.run(async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        }));
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(group.run(shutdown.signal()));
         Running {
-            stop,
+            shutdown,
             handle,
             stats,
         }
@@ -146,7 +144,7 @@ impl Running {
 
     /// Stops gracefully: the batch in flight is committed and acknowledged.
     async fn stop(self) -> StatsSnapshot {
-        let _ = self.stop.send(true);
+        self.shutdown.trigger();
         self.handle.await.unwrap().unwrap();
         self.stats.snapshot()
     }
