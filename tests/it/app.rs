@@ -275,6 +275,15 @@ impl Drop for TestApp {
     }
 }
 
+/// The configuration `name` has on the broker now.
+pub async fn stream_config(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::stream::Config {
+    let mut stream = js.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().config.clone()
+}
+
 /// An outbox row as tests look at it.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -354,6 +363,13 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// `outbox_publish_failures_total` of `topic`'s permanent failures.
+    pub async fn permanent_publish_failures(&self, topic: &str) -> f64 {
+        let series =
+            format!(r#"outbox_publish_failures_total{{topic="{topic}",kind="permanent"}}"#);
+        metric(&self.metrics().await, &series).unwrap()
     }
 }
 
