@@ -121,7 +121,7 @@ async fn run() -> Res<bool> {
         }
     }
     let scratch = Scratch::new()?;
-    let nats = start_nats(&nats_bin, &scratch.0).await?;
+    let mut nats = start_nats(&nats_bin, &scratch.0).await?;
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client);
     let token = Auth::new(SECRET, None, None)?.issue(
@@ -219,7 +219,8 @@ async fn run() -> Res<bool> {
         serde_json::to_string_pretty(&report.json())? + "\n",
     )?;
     eprintln!("bench: wrote {}", json_path.display());
-    drop(nats);
+    // Killed and reaped before the scratch folder holding its store is removed.
+    nats.kill().await;
     Ok(all_met)
 }
 
