@@ -67,7 +67,7 @@ token: $(DEV_SECRET)
 build:
 	$(CARGO) build --release --locked
 
-## bench: release build, then one run of src/bin/bench.rs: its own NATS and service on loopback,
+## bench: release build, then one run of src/bin/bench/: its own NATS and service on loopback,
 ## baselines A/B/C beside the end-to-end figures; prints a table, writes target/bench/latest.json.
 ## Under 3 minutes once built (a first release build takes longer).
 bench: nats-server build

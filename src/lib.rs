@@ -7,6 +7,7 @@
 //! - [`cli`] — the command line: what each subcommand does.
 //! - [`app`] — builds everything production builds and runs it until shutdown.
 //! - [`bus`] — NATS JetStream: connection, topic table and streams, publishing events.
+//! - [`nats_server`] — a local nats-server process, for the bench and the integration tests.
 //! - [`config`] — the command line and its environment variables.
 //! - [`telemetry`] — logging.
 //! - [`auth`] — bearer tokens and roles.
@@ -36,6 +37,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+pub mod nats_server;
 pub mod relay;
 pub mod shutdown;
 pub mod store;

@@ -14,7 +14,18 @@ use crate::domain::OutboxEvent;
 
 /// Writes a command's events as pending rows, in order.
 pub fn enqueue(tx: &Tx<'_>, events: &[OutboxEvent]) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
+    insert_pending(tx, events)?;
+    if !events.is_empty() {
+        tx.wrote_outbox.set(true);
+    }
+    Ok(())
+}
+
+/// Writes events as pending rows, in order, on any connection and without waking the relay: for
+/// tools that prepare or measure a database outside the service's writer (the bench). Commands
+/// use [`enqueue`].
+pub fn insert_pending(conn: &Connection, events: &[OutboxEvent]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
         "INSERT INTO order_events_outbox (event_id, topic, subject_key, payload, headers,
             created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -33,9 +44,6 @@ pub fn enqueue(tx: &Tx<'_>, events: &[OutboxEvent]) -> Result<(), StoreError> {
             serde_json::to_string(&headers).expect("headers serialize"),
             timestamp(event.created_at),
         ])?;
-    }
-    if !events.is_empty() {
-        tx.wrote_outbox.set(true);
     }
     Ok(())
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use clap::Parser;
 use order_service::auth::{Auth, Role};
 use order_service::config::{Cli, Config, LogFormat};
+use order_service::shutdown::Shutdown;
 use order_service::store::Synchronous;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use rusqlite::Connection;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::nats::NatsServer;
@@ -32,7 +32,7 @@ pub struct TestApp {
     /// The database file.
     pub db_path: PathBuf,
     auth: Auth,
-    stop: Option<oneshot::Sender<()>>,
+    shutdown: Shutdown,
     server: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -76,7 +76,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     adjust(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = Shutdown::new();
     let db_path = config.database_path.clone();
     let auth = Auth::new(
         config.auth_jwt_secret.as_ref().unwrap().expose(),
@@ -84,12 +84,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         config.auth_jwt_audience.clone(),
     )
     .unwrap();
+    let signal = shutdown.signal();
     let server = tokio::spawn(async move {
-        order_service::app::run(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("the service runs");
+        order_service::app::run(config, listener, signal)
+            .await
+            .expect("the service runs");
     });
     let app = TestApp {
         base: format!("http://{addr}"),
@@ -99,7 +98,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
             .unwrap(),
         db_path,
         auth,
-        stop: Some(stop),
+        shutdown,
         server: Some(server),
         _dir: dir,
     };
@@ -261,9 +260,7 @@ impl TestApp {
 
     /// Stops the service and waits until it has stopped.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.shutdown.trigger();
         if let Some(server) = self.server.take() {
             server.await.unwrap();
         }
@@ -276,6 +273,15 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// The configuration `name` has on the broker now.
+pub async fn stream_config(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::stream::Config {
+    let mut stream = js.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().config.clone()
 }
 
 /// An outbox row as tests look at it.
@@ -357,6 +363,13 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// `outbox_publish_failures_total` of `topic`'s permanent failures.
+    pub async fn permanent_publish_failures(&self, topic: &str) -> f64 {
+        let series =
+            format!(r#"outbox_publish_failures_total{{topic="{topic}",kind="permanent"}}"#);
+        metric(&self.metrics().await, &series).unwrap()
     }
 }
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::app::{
     PATIENCE, SECRET, TestApp, User, chat_order, into_json, metric, order_body, ready,
-    relaying_app, run_cli, simple_order, spawn_app_with,
+    relaying_app, run_cli, simple_order, spawn_app_with, stream_config,
 };
 use crate::nats::NatsServer;
 
@@ -139,15 +139,7 @@ async fn the_service_creates_the_streams_and_reports_clamps() {
     assert_eq!(ready["checks"]["relay"]["alive"], true);
 
     let js = nats.jetstream().await;
-    let audit = js
-        .get_stream("ORDER_AUDIT")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let audit = stream_config(&js, "ORDER_AUDIT").await;
     assert_eq!(audit.subjects, ["order.audit.*"]);
     assert_eq!(audit.max_age, Duration::from_secs(90 * 24 * 3600));
     assert_eq!(audit.num_replicas, 1);
@@ -339,15 +331,7 @@ async fn per_order_order_holds_while_publishes_fail_and_retry() {
 
     // Break ORDER_AUDIT (no stream takes order.audit.* any more: the relay heals it by
     // reconciling) while orders keep changing; then take the broker away and back.
-    let mut broken = js
-        .get_stream("ORDER_AUDIT")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut broken = stream_config(&js, "ORDER_AUDIT").await;
     let mut ids = Vec::new();
     for round in 0..4 {
         match round {
