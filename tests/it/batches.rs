@@ -400,3 +400,26 @@ async fn a_retry_or_a_requeue_that_comes_due_is_published_without_waiting_for_th
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_test_broker_fsyncs_every_write_as_make_run_does() {
+    let nats = NatsServer::start().await;
+    let varz: Value = reqwest::get(format!("{}/varz", nats.monitor_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        varz["jetstream"]["config"]["sync_always"],
+        json!(true),
+        "{} runs without sync_interval: always: {}",
+        nats.kind(),
+        varz["jetstream"]["config"]
+    );
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/nats-server.conf"),
+    )
+    .unwrap();
+    assert!(shipped.contains("sync_interval: always"));
+}

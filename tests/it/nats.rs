@@ -184,7 +184,6 @@ impl NatsServer {
                 .with_exposed_port(MONITOR_PORT.tcp())
                 // Readiness is /healthz, polled below, not a log line.
                 .with_wait_for(WaitFor::Nothing)
-                .with_cmd(["-js", "-sd", "/data", "-m", "8222"])
                 .with_mapped_port(client_port, CLIENT_PORT.tcp())
                 .with_mapped_port(monitor_port, MONITOR_PORT.tcp())
                 // Publish on loopback only: nothing outside this machine has business with it.
@@ -240,7 +239,7 @@ impl NatsServer {
             binary: binary.clone(),
             dir: dir.path().to_owned(),
             name: None,
-            sync: Sync::Default,
+            sync: Sync::Always,
         };
         let server = NatsProcess::start(settings, READY_TIMEOUT)
             .await
