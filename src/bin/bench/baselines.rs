@@ -1,9 +1,9 @@
-//! Baselines A, B and C: what the same machine does without the service, measured in the same
+//! Baselines A, A2, B and C: what the same machine does without the service, measured in the same
 //! run so the ratios compare like with like.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hyper::StatusCode;
 use order_service::api::orders::NewOrder;
+use order_service::bus::{OutboxMessage, publish_batch};
 use order_service::domain::OutboxEvent;
 use order_service::store;
 use rusqlite::params;
@@ -95,6 +96,42 @@ pub async fn baseline_publish(js: &jetstream::Context, template: &[OutboxEvent])
         eprintln!("bench: baseline A: {failed} publishes failed");
     }
     Ok(acked as f64 / elapsed.as_secs_f64())
+}
+
+/// Baseline A2: the same messages published raw as atomic batches of `batch` messages, one batch
+/// in flight per stream and every stream of the template at once, as the relay sends them but
+/// without SQLite; stored messages per second.
+pub async fn baseline_batches(
+    js: &jetstream::Context,
+    template: &[OutboxEvent],
+    batch: usize,
+) -> Res<f64> {
+    let start = Instant::now();
+    let mut streams: Vec<&OutboxEvent> = template.iter().collect();
+    streams.dedup_by_key(|row| row.topic);
+    let lanes = streams.into_iter().map(|row| async move {
+        let mut stored = 0u64;
+        while start.elapsed() < BASELINE_FOR {
+            let messages: Vec<OutboxMessage> = (0..batch)
+                .map(|_| {
+                    let row = renamed(row, Uuid::now_v7(), Uuid::now_v7(), chrono::Utc::now());
+                    OutboxMessage {
+                        topic: row.topic.as_str().to_owned(),
+                        key: row.key.to_string(),
+                        payload: row.payload.into(),
+                        headers: row.headers,
+                    }
+                })
+                .collect();
+            match publish_batch(&js.client(), &messages, Duration::from_secs(30)).await {
+                Ok(ack) => stored += ack.count,
+                Err(e) => eprintln!("bench: baseline A2: a batch failed: {e}"),
+            }
+        }
+        stored
+    });
+    let stored: u64 = futures::future::join_all(lanes).await.into_iter().sum();
+    Ok(stored as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Baseline C: one order row and one outbox row per `BEGIN IMMEDIATE` … `COMMIT`. The order row

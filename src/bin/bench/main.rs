@@ -6,13 +6,15 @@
 //! own temporary SQLite file, and removes all of it at the end. It measures:
 //!
 //! 1. baseline A: raw JetStream publishes of the service's messages (same size, same headers with a
-//!    fresh `Nats-Msg-Id`, same subjects) with the relay's window in flight;
+//!    fresh `Nats-Msg-Id`, same subjects) with the relay's window in flight, one message each;
+//!    baseline A2: the same messages as atomic batches of the relay's batch size, one batch in
+//!    flight per stream, every stream at once;
 //! 2. baseline B: an axum handler (a child process) that parses the create-order body and answers
 //!    201 without storing, under the same load generator and concurrency as 4;
 //! 3. baseline C: SQLite with the service's pragmas, one order row and one outbox row a transaction;
 //! 4. create-order over HTTP end to end with the relay on, 64 connections;
 //! 5. commit→PubAck latency at a steady 1,000 orders/s, observed from outside (see [`load::paced`]);
-//! 6. draining 100,000 pending outbox rows, with the default batch size and with 256;
+//! 6. draining 100,000 pending outbox rows, with the default publish batch (1,000) and with 100;
 //! 7. the service's peak RSS (VmHWM) during 4.
 //!
 //! It prints a table and the targets met or not, and writes `target/bench/latest.json`.
@@ -46,10 +48,10 @@ use uuid::Uuid;
 
 use order_service::auth::{Auth, Role};
 
-use crate::baselines::{baseline_publish, baseline_server, baseline_sqlite};
+use crate::baselines::{baseline_batches, baseline_publish, baseline_server, baseline_sqlite};
 use crate::drain::drain;
 use crate::load::{closed_loop, create_order, http_connect, paced};
-use crate::outbox::{pending, template_rows, wait_drained, write_pending};
+use crate::outbox::{committed, pending, template_rows, wait_drained, write_pending};
 use crate::processes::{
     BaselineServer, Scratch, Service, start_nats, stream_messages, wait_for_streams,
 };
@@ -73,9 +75,10 @@ const STEADY_FOR: Duration = Duration::from_secs(20);
 /// Rows of the drain, and the longest a drain may take before it is cut short.
 const DRAIN_ROWS: usize = 100_000;
 const DRAIN_CAP: Duration = Duration::from_secs(40);
-/// The service's default batch size (`EVENT_OUTBOX_BATCH_SIZE`) and the larger one measured.
-const DEFAULT_BATCH: u32 = 10;
-const LARGE_BATCH: u32 = 256;
+/// The service's default publish batch (`EVENT_OUTBOX_PUBLISH_BATCH`), which baseline A2 uses too,
+/// and a smaller one, to price the setting.
+const DEFAULT_BATCH: u32 = 1000;
+const SMALL_BATCH: u32 = 100;
 /// The relay's publish window, used for baseline A too: `EVENT_OUTBOX_PUBLISH_WINDOW` when set
 /// (the service inherits it), else the service's default.
 fn window() -> usize {
@@ -146,16 +149,18 @@ async fn run() -> Res<bool> {
     wait_for_streams(&js).await?;
     if wants("4") {
         eprintln!("bench: 4. create-order end to end, {CONCURRENCY} connections, {LOAD_FOR:?}");
-        let before = stream_messages(&js).await?;
+        let (before, committed_before) = (stream_messages(&js).await?, committed(&db)?);
         let load = closed_loop(service.addr, &token, &body, CONCURRENCY, LOAD_FOR).await?;
-        let after = stream_messages(&js).await?;
+        let (after, committed_after) = (stream_messages(&js).await?, committed(&db)?);
         let backlog = pending(&db)?;
         let rss = service.peak_rss_kib()?;
+        let seconds = load.elapsed.as_secs_f64();
         report.e2e = Some(E2e {
             orders_per_s: load.rate(),
             p50_ms: ms(percentile(&load.latencies, 50.0)),
             p99_ms: ms(percentile(&load.latencies, 99.0)),
-            events_per_s: (after - before) as f64 / load.elapsed.as_secs_f64(),
+            events_per_s: (after - before) as f64 / seconds,
+            committed_per_s: (committed_after - committed_before) as f64 / seconds,
             backlog,
             errors: load.failed,
         });
@@ -194,12 +199,17 @@ async fn run() -> Res<bool> {
         eprintln!("bench: A. raw JetStream publish, window {}", window());
         report.raw_publish_per_s = Some(baseline_publish(&js, &template).await?);
     }
+    if wants("A2") {
+        eprintln!("bench: A2. raw atomic batches of {DEFAULT_BATCH}, one in flight per stream");
+        report.raw_batches_per_s =
+            Some(baseline_batches(&js, &template, DEFAULT_BATCH as usize).await?);
+    }
 
-    for batch in [DEFAULT_BATCH, LARGE_BATCH] {
+    for batch in [DEFAULT_BATCH, SMALL_BATCH] {
         if !wants("6") && !wants(&format!("6-{batch}")) {
             continue;
         }
-        eprintln!("bench: 6. drain {DRAIN_ROWS} rows, batch {batch}");
+        eprintln!("bench: 6. drain {DRAIN_ROWS} rows, publish batch {batch}");
         let db = scratch.0.join(format!("drain-{batch}.db"));
         write_pending(&db, &template, DRAIN_ROWS)?;
         let base = stream_messages(&js).await?;
@@ -224,7 +234,7 @@ async fn run() -> Res<bool> {
     Ok(all_met)
 }
 
-/// Whether to run a phase: all unless `BENCH_ONLY` lists some (e.g. `BENCH_ONLY=A,6-256`), for
+/// Whether to run a phase: all unless `BENCH_ONLY` lists some (e.g. `BENCH_ONLY=A2,6-1000`), for
 /// profiling one at a time.
 fn wants(phase: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == phase))

@@ -120,6 +120,17 @@ pub fn pending(db: &Path) -> Res<u64> {
     count_pending(&Connection::open(db)?)
 }
 
+/// Rows ever written to the outbox (the highest id): events committed so far.
+pub fn committed(db: &Path) -> Res<u64> {
+    let conn = Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn.query_row(
+        "SELECT coalesce(max(id), 0) FROM order_events_outbox",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
 /// Pending rows, on an open connection.
 pub fn count_pending(conn: &Connection) -> Res<u64> {
     conn.busy_timeout(Duration::from_secs(5))?;

@@ -111,7 +111,7 @@ impl Service {
             .env("HTTP_ADDR", addr.to_string())
             .env("NATS_URL", nats_url)
             .env("EVENT_OUTBOX_ENABLED", relay.to_string())
-            .env("EVENT_OUTBOX_BATCH_SIZE", batch.to_string())
+            .env("EVENT_OUTBOX_PUBLISH_BATCH", batch.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
