@@ -226,13 +226,15 @@ mod tests {
     use super::*;
 
     /// A writer on a fresh database file with one table, `t(name)`.
-    fn writer_on_file(dir: &tempfile::TempDir) -> (Writer, std::path::PathBuf) {
+    /// A writer on a fresh file (kept while the returned folder lives).
+    fn writer_on_file() -> (tempfile::TempDir, Writer, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("writer.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (name TEXT NOT NULL)")
             .unwrap();
         let writer = Writer::spawn(conn, 64, Arc::new(Notify::new())).unwrap();
-        (writer, path)
+        (dir, writer, path)
     }
 
     fn stored(path: &std::path::Path) -> Vec<String> {
@@ -287,8 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_rolled_back_under_a_command_fails_the_rest_of_the_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_on_file(&dir);
+        let (_dir, writer, path) = writer_on_file();
         let answers = in_one_batch(
             &writer,
             vec![
@@ -324,8 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_database_stores_nothing_its_callers_were_told_failed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_on_file(&dir);
+        let (_dir, writer, path) = writer_on_file();
         writer
             .write(|tx: &Tx<'_>| {
                 let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
@@ -352,8 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_savepoint_that_cannot_be_released_is_not_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_on_file(&dir);
+        let (_dir, writer, path) = writer_on_file();
         let answers = in_one_batch(
             &writer,
             vec![

@@ -431,3 +431,21 @@ pub fn run_cli(nats: &NatsServer, args: &[&str]) -> String {
     );
     String::from_utf8(output.stdout).unwrap()
 }
+
+/// The topic table without `order.chat_linked`: no stream takes those events, a permanent failure.
+pub fn table_without_chat_links(dir: &std::path::Path) -> std::path::PathBuf {
+    let table = dir.join("topics.json");
+    let all: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/topics.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let without: Vec<&Value> = all
+        .iter()
+        .filter(|t| t["topic"] != "order.chat_linked")
+        .collect();
+    std::fs::write(&table, serde_json::to_string(&without).unwrap()).unwrap();
+    table
+}
