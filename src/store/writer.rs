@@ -356,7 +356,7 @@ mod tests {
         let answers = in_one_batch(
             &writer,
             vec![
-                Box::new(|tx| insert(tx, "before")),
+                Box::new(|tx| insert(tx, "first")),
                 // Releases its own savepoint, so the writer's RELEASE fails and its writes can
                 // no longer be rolled back alone.
                 Box::new(|tx| {
@@ -372,7 +372,7 @@ mod tests {
         told_as_stored(
             &path,
             &[
-                (&answers[0], "before"),
+                (&answers[0], "first"),
                 (&answers[1], "released early"),
                 (&answers[1], "unguarded"),
                 (&answers[2], "after"),
