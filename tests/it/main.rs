@@ -9,6 +9,7 @@ mod browser;
 mod consumer;
 mod contract;
 mod nats;
+mod ops_api;
 mod ops_page;
 mod orders;
 mod relay;

@@ -512,3 +512,69 @@ async fn every_panel_shows_the_broker_and_a_dead_letter_is_replayed_from_the_pag
     assert!(dlq::list(&js, "billing", None).await.unwrap().is_empty());
     assert!(screenshot_dir().join("every-panel.png").exists());
 }
+
+#[tokio::test]
+async fn the_page_says_when_the_broker_or_the_service_is_unreachable() {
+    let mut nats = NatsServer::start().await;
+    let app = relaying_app(&nats, |_| {}).await;
+    let mut browser = Browser::start().await;
+    sign_in(&mut browser, &app, &app.token(User::new(Role::Admin))).await;
+    refreshed(&mut browser, 1).await;
+    assert_eq!(browser.eval("document.body.dataset.broker").await, "up");
+
+    nats.kill().await;
+    let banner = browser
+        .wait_for(
+            "document.body.dataset.broker === 'down' && !document.getElementById('banner').hidden
+             && document.getElementById('banner').textContent",
+            "the broker banner",
+        )
+        .await;
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .contains("broker cannot be reached"),
+        "{banner}"
+    );
+    assert_eq!(
+        browser.text("#broker").await.as_deref(),
+        Some("unreachable")
+    );
+    browser.screenshot("broker-unreachable").await;
+
+    nats.start_again().await;
+    browser
+        .wait_for(
+            "document.body.dataset.broker === 'up' && document.getElementById('banner').hidden",
+            "the broker banner to clear",
+        )
+        .await;
+
+    app.stop().await;
+    let banner = browser
+        .wait_for(
+            "document.body.dataset.service === 'down' && document.getElementById('banner').textContent",
+            "the service banner",
+        )
+        .await;
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .contains("service cannot be reached"),
+        "{banner}"
+    );
+    assert_eq!(
+        browser
+            .eval("document.getElementById('board').classList.contains('stale')")
+            .await,
+        true,
+        "the old numbers are marked as not current"
+    );
+    assert_eq!(
+        browser.text("#health").await.as_deref(),
+        Some("service unreachable")
+    );
+    browser.screenshot("service-unreachable").await;
+}
