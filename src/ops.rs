@@ -118,7 +118,7 @@ pub async fn run(
                 *ops.jetstream.write().expect("connection lock") = Some(jetstream::new(client));
             }
             let stats = store
-                .read(|conn| outbox::stats(conn))
+                .read(outbox::stats)
                 .await
                 .inspect_err(|e| tracing::warn!(error = %e, "ops history: outbox counts"))
                 .unwrap_or_default();

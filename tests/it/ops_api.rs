@@ -169,8 +169,10 @@ async fn overview_history_and_tail_follow_the_outbox() {
         let busy = history["samples"].as_array().unwrap().iter().find(|s| {
             s["published_per_second"].as_f64().unwrap() > 0.0 && !s["latency_p99_ms"].is_null()
         });
-        if overview["outbox"]["pending"] == 0 && pending == 0 && busy.is_some() {
-            let busy = busy.unwrap();
+        if overview["outbox"]["pending"] == 0
+            && pending == 0
+            && let Some(busy) = busy
+        {
             let (p50, p99) = (
                 busy["latency_p50_ms"].as_f64().unwrap(),
                 busy["latency_p99_ms"].as_f64().unwrap(),

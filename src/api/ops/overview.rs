@@ -28,7 +28,7 @@ pub fn router() -> Router<AppState> {
 async fn overview(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
     // The counts are read now, not from the last sample, so they agree with /admin/outbox.
-    let stats = state.store.read(|conn| outbox::stats(conn)).await?;
+    let stats = state.store.read(outbox::stats).await?;
     let now = Utc::now();
     let oldest_age = stats
         .oldest_pending_at
@@ -132,7 +132,7 @@ async fn events(
     }
     // Without a cursor the tail starts now: the newest row is where the next call begins.
     let Some(after) = q.after else {
-        let last = state.store.read(|conn| tail::last_id(conn)).await?;
+        let last = state.store.read(tail::last_id).await?;
         return Ok(Json(json!({ "events": [], "next_after": last })));
     };
     let rows = state
