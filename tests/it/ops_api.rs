@@ -251,8 +251,30 @@ async fn streams_consumers_and_dead_letters_as_the_broker_has_them() {
         );
     }
 
-    // A group on partition 1 of order.created, with two dead letters.
+    // A stream that refuses atomic batches is published one by one: batching is off.
     let js = nats.jetstream().await;
+    let mut audit = js
+        .get_stream("ORDER_AUDIT")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    audit.allow_atomic_publish = false;
+    js.update_stream(&audit).await.unwrap();
+    let streams = get(&app, "/api/v1/admin/streams").await;
+    for stream in streams["streams"].as_array().unwrap() {
+        let on = stream["stream"] != "ORDER_AUDIT";
+        assert_eq!(
+            (&stream["allow_atomic"], &stream["batching"]),
+            (&json!(on), &json!(on)),
+            "{stream}"
+        );
+    }
+
+    // A group on partition 1 of order.created, with two dead letters.
     js.get_stream("ORDER_CREATED")
         .await
         .unwrap()
