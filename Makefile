@@ -9,7 +9,7 @@ ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build demo bench
+.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
 ## Ctrl-C stops both.
@@ -35,18 +35,48 @@ demo: nats-server build
 ## test: unit and integration tests against a real nats-server: the local image in a container
 ## where a Docker engine answers (ORDER_SERVICE_TEST_NATS=container makes that mandatory), else
 ## the pinned binary as a process. nextest when installed, cargo test otherwise.
-test: nats-server
+## The operations page's browser tests need Chromium: chromium (or CHROMIUM_BIN) is installed
+## when missing, and a browser that cannot start fails those tests.
+test: nats-server chromium
 	@if docker info >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory nats-image; \
 	elif [ "$${ORDER_SERVICE_TEST_NATS:-}" = container ]; then \
 		echo "ORDER_SERVICE_TEST_NATS=container but no Docker engine answers" >&2; exit 1; \
 	fi
-	@export NATS_SERVER_BIN='$(NATS_SERVER)'; \
+	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)'; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
+
+## chromium: the headless browser of the operations page's tests: Debian's `chromium` package,
+## installed with apt-get when missing (CHROMIUM_BIN names another browser and skips the install).
+CHROMIUM_BIN ?=
+CHROMIUM := $(or $(CHROMIUM_BIN),chromium)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@if command -v '$(CHROMIUM)' >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v '$(CHROMIUM)')"; \
+	elif [ -n '$(CHROMIUM_BIN)' ]; then \
+		echo 'CHROMIUM_BIN=$(CHROMIUM_BIN) is not a program' >&2; exit 1; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the operations page's browser tests"; \
+		$(SUDO) apt-get update -q && \
+		apt-cache policy chromium | grep -q 'Candidate: [0-9]' && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "chromium is missing and there is no apt-get: install Chromium or set CHROMIUM_BIN" >&2; exit 1; \
+	fi
+
+## ops-screenshot: regenerate nats/ops-page.png, the README's picture of /ops, with the browser
+## test that fills every panel (a real service, SQLite file, nats-server and Chromium).
+ops-screenshot: nats-server chromium
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory nats-image; fi
+	@NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)' \
+		OPS_README_SCREENSHOT='$(CURDIR)/nats/ops-page.png' \
+		$(CARGO) test --locked --test it -- ops_page::every_panel
+	@echo "wrote nats/ops-page.png"
 
 ## lint: formatting and clippy, warnings are errors
 lint:

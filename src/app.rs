@@ -19,6 +19,7 @@ use crate::bus::{self, Topics, TopicsError};
 use crate::config::Config;
 use crate::consumer;
 use crate::metrics::Metrics;
+use crate::ops::{self, Ops};
 use crate::relay::{self, Relay, RelayConfig, RelayStatus, StreamsSummary};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreConfig, StoreError};
@@ -79,6 +80,7 @@ pub fn build(config: &Config) -> Result<AppState, AppError> {
             .event_outbox_enabled
             .then(|| Arc::new(RelayStatus::default())),
         consumers: Arc::default(),
+        ops: Arc::new(Ops::new(topics(config)?)),
     })
 }
 
@@ -114,6 +116,14 @@ pub async fn run(
             stop.signal(),
         ));
     }
+    tasks.spawn(ops::run(
+        state.ops.clone(),
+        state.store.clone(),
+        state.metrics.clone(),
+        config.event_outbox_enabled.then(|| config.nats_url.clone()),
+        ops::SAMPLE_INTERVAL,
+        stop.signal(),
+    ));
     tasks.spawn(relay::cleanup::run(
         state.store.clone(),
         config.event_outbox_retention,

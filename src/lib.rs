@@ -21,6 +21,7 @@
 //! - [`store`] — SQLite: the writer, the readers, orders and the outbox.
 //! - [`relay`] — the outbox relay: publishes pending rows onto JetStream, cleans up.
 //! - [`metrics`] — Prometheus metrics of the outbox, the relay and the consumer groups.
+//! - [`ops`] — the operations page's 15-minute history and broker connection.
 //! - [`consumer`] — consumer groups: idempotent handlers, dead letters, lag, `tail`.
 //! - [`demo`] — `make demo`: three example consumers and a driver.
 
@@ -38,6 +39,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod nats_server;
+pub mod ops;
 pub mod relay;
 pub mod shutdown;
 pub mod store;

@@ -75,7 +75,13 @@ pub struct Metrics {
     dead: Gauge,
     oldest_pending_age: Gauge<f64, AtomicU64>,
     consumers: ConsumerGauges,
+    /// Commit-to-ack latencies (seconds) since the operations page's last sample: the histogram
+    /// is cumulative, the page charts quantiles per sample.
+    recent_latencies: std::sync::Mutex<Vec<f64>>,
 }
+
+/// Latencies kept between two samples at most; beyond that the page's quantiles use a prefix.
+const RECENT_LATENCIES_MAX: usize = 100_000;
 
 /// Gauges of the consumer groups, set by the lag watch.
 #[derive(Debug, Default)]
@@ -190,7 +196,13 @@ impl Metrics {
             dead,
             oldest_pending_age,
             consumers,
+            recent_latencies: std::sync::Mutex::default(),
         }
+    }
+
+    /// The commit-to-ack latencies (seconds) observed since the last call.
+    pub fn take_latencies(&self) -> Vec<f64> {
+        std::mem::take(&mut *self.recent_latencies.lock().expect("latencies lock"))
     }
 
     /// Publishes acknowledged and publish attempts failed, over every topic, since start.
@@ -265,6 +277,10 @@ impl Metrics {
         }
         let latency = (Utc::now() - committed_at).to_std().unwrap_or_default();
         self.commit_to_ack.observe(latency.as_secs_f64());
+        let mut recent = self.recent_latencies.lock().expect("latencies lock");
+        if recent.len() < RECENT_LATENCIES_MAX {
+            recent.push(latency.as_secs_f64());
+        }
     }
 
     /// Counts a failed publish attempt.

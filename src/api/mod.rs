@@ -5,6 +5,7 @@
 //! - [`order_view`] — an order as both answer it.
 //! - [`products`] — the stock view.
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
+//! - [`ops`] — the operations page at `/ops` and the admin endpoints it reads.
 //! - [`health`] — liveness, readiness and metrics.
 //! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
 //!   the caller's token are read.
@@ -15,6 +16,7 @@ pub mod chat;
 pub mod context;
 pub mod health;
 pub mod json;
+pub mod ops;
 pub mod order_view;
 pub mod orders;
 pub mod path;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub relay: Option<Arc<RelayStatus>>,
     /// The latest sample of consumer lag, dead letters and publish failures.
     pub consumers: Arc<crate::consumer::lag::Watch>,
+    /// The operations page's history and broker connection.
+    pub ops: Arc<crate::ops::Ops>,
 }
 
 /// The whole API.
@@ -57,10 +61,12 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(chat::router())
         .merge(products::router())
-        .merge(admin::router());
+        .merge(admin::router())
+        .merge(ops::router());
     Router::new()
         .nest("/api/v1", v1)
         .merge(health::router())
+        .merge(ops::page_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))

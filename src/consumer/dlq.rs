@@ -328,11 +328,36 @@ pub async fn replay(
     topic: Option<&str>,
 ) -> Result<usize, ConsumerError> {
     let letters = list(js, group, topic).await?;
+    resend(js, group, &letters).await?;
+    Ok(letters.len())
+}
+
+/// Sends one of the group's dead letters, by its `ORDER_DLQ` sequence, back to the group as
+/// [`replay`] does; returns false when the group has no such letter.
+pub async fn replay_one(
+    js: &jetstream::Context,
+    group: &str,
+    sequence: u64,
+) -> Result<bool, ConsumerError> {
+    let letters = list(js, group, None).await?;
+    let Some(letter) = letters.into_iter().find(|l| l.sequence == sequence) else {
+        return Ok(false);
+    };
+    resend(js, group, std::slice::from_ref(&letter)).await?;
+    Ok(true)
+}
+
+/// Publishes each letter onto its replay subject, then deletes it from `ORDER_DLQ`.
+async fn resend(
+    js: &jetstream::Context,
+    group: &str,
+    letters: &[Stored],
+) -> Result<(), ConsumerError> {
     let stream = js
         .get_stream(DLQ_STREAM)
         .await
         .map_err(ConsumerError::nats)?;
-    for letter in &letters {
+    for letter in letters {
         let mut headers = letter.headers.clone();
         // Replaying a letter twice within the window (a retried command) sends it once.
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(MSG_ID_HEADER));
@@ -354,7 +379,7 @@ pub async fn replay(
             .await
             .map_err(ConsumerError::nats)?;
     }
-    Ok(letters.len())
+    Ok(())
 }
 
 /// Deletes the group's dead letters (of one topic, or all); returns how many.

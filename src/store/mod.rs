@@ -5,6 +5,7 @@
 //! - [`products`] — the local stock view.
 //! - [`chat`] — chat origins of orders and chat links.
 //! - [`outbox`] — the transactional outbox `order_events_outbox`.
+//! - [`tail`] — the newest outbox row, where a live tail starts.
 //!
 //! Store functions that change data take a [`Tx`], the open write transaction, so every change a
 //! command makes (order rows and outbox rows alike) commits or rolls back together.
@@ -13,6 +14,7 @@ pub mod chat;
 pub mod orders;
 pub mod outbox;
 pub mod products;
+pub mod tail;
 pub mod writer;
 
 use std::cell::Cell;
