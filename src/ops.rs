@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::bus::Topics;
 use crate::metrics::Metrics;
+use crate::shutdown::step_then_wait;
 use crate::store::{Store, outbox};
 
 /// How often the history takes a sample.
@@ -142,13 +143,8 @@ pub async fn run(
                 latency_p99_ms: quantile(&latencies, 0.99).map(|s| s * 1000.0),
             });
         };
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = step => {}
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(interval) => {}
+        if !step_then_wait(&mut shutdown, step, interval).await {
+            return;
         }
     }
 }

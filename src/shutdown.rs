@@ -6,7 +6,9 @@
 //! `impl Future<Output = ()>`, so anything that completes, Ctrl-C included, can stop them too.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -47,6 +49,23 @@ impl Shutdown {
             // An error means every trigger is gone: nobody can stop the task any more, so stop.
             let _ = receiver.wait_for(|triggered| *triggered).await;
         }
+    }
+}
+
+/// One round of a task that works every `interval` until `shutdown`: runs `step`, then waits out
+/// the interval; false (and at once) when `shutdown` completes during either.
+pub async fn step_then_wait<S: Future<Output = ()>>(
+    shutdown: &mut Pin<&mut S>,
+    step: impl Future<Output = ()>,
+    interval: Duration,
+) -> bool {
+    tokio::select! {
+        () = shutdown.as_mut() => return false,
+        () = step => {}
+    }
+    tokio::select! {
+        () = shutdown.as_mut() => false,
+        () = tokio::time::sleep(interval) => true,
     }
 }
 

@@ -1,13 +1,14 @@
 //! `/admin/outbox`: what the relay has published, what waits, and what is dead; and requeueing
 //! dead rows once their cause is fixed. Admins only.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::store::outbox::{self, OutboxRow, Requeue};
@@ -33,29 +34,21 @@ const MAX_LIMIT: u32 = 1000;
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-    })?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s @ ("pending" | "published" | "dead")) => Some(s.to_owned()),
         Some(other) => {
-            return Err(ApiError::BadRequest {
-                code: "invalid_query",
-                message: format!("status: `{other}` is not one of pending, published, dead"),
-            });
+            return Err(invalid_query(format!(
+                "status: `{other}` is not one of pending, published, dead"
+            )));
         }
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("limit: must be 1 to {MAX_LIMIT}"),
-        });
+        return Err(invalid_query(format!("limit: must be 1 to {MAX_LIMIT}")));
     }
     let after = q.after.unwrap_or(0);
     let rows: Vec<OutboxRow> = state

@@ -21,6 +21,7 @@ pub mod order_view;
 pub mod orders;
 pub mod path;
 pub mod products;
+pub mod query;
 
 use std::sync::Arc;
 

@@ -21,6 +21,7 @@ use super::message::nats_time;
 use super::{ConsumerError, dlq};
 use crate::bus::Topics;
 use crate::metrics::{ConsumerSample, GroupLabels, Metrics};
+use crate::shutdown::step_then_wait;
 use crate::table::{Column, Table};
 
 /// Lag above this many messages is a warning (the spec's "high consumer lag").
@@ -337,13 +338,8 @@ pub async fn run(
             }
             watch.sample(js.as_ref(), &topics, &metrics).await;
         };
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = step => {}
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(interval) => {}
+        if !step_then_wait(&mut shutdown, step, interval).await {
+            return;
         }
     }
 }

@@ -2,8 +2,7 @@
 //! consumer groups and their dead letters as the broker has them, and replaying dead letters.
 //! Admins only. These read the broker: while it cannot be reached they answer 503.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
@@ -12,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::json::AppJson;
+use crate::api::query::AppQuery;
 use crate::auth::{Caller, Role};
 use crate::consumer::{dlq, is_valid_group};
 use crate::domain::Topic;
@@ -165,13 +165,9 @@ fn valid_topic(topic: Option<&str>) -> Result<(), ApiError> {
 async fn dead_letters(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<LetterQuery>, QueryRejection>,
+    AppQuery(q): AppQuery<LetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-    })?;
     if let Some(group) = &q.group {
         valid_group(group)?;
     }

@@ -1,8 +1,7 @@
 //! `/admin/overview`, `/admin/history` and `/admin/tail`: the outbox at a glance, its last 15
 //! minutes, and its newest events. Admins only.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
@@ -11,6 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::domain::Topic;
 use crate::error::ApiError;
@@ -97,17 +97,10 @@ const SCAN: u32 = 1000;
 async fn events(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<TailQuery>, QueryRejection>,
+    AppQuery(q): AppQuery<TailQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-    })?;
-    let invalid = |message: String| ApiError::BadRequest {
-        code: "invalid_query",
-        message,
-    };
+    let invalid = |message: String| invalid_query(message);
     let topic = match q.topic.as_deref().filter(|t| !t.is_empty()) {
         None => None,
         Some(t) => Some(

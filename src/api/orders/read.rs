@@ -1,6 +1,6 @@
 //! Reading one order, and listing orders with filters and a cursor.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::OrderView;
 use crate::api::AppState;
 use crate::api::path::OrderId;
+use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::commands::visible;
 use crate::domain::Status;
@@ -59,17 +60,10 @@ struct OrderPage {
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<Json<OrderPage>, ApiError> {
     caller.require(&[Role::Customer, Role::Admin, Role::System])?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-    })?;
-    let bad = |name: &str, why: String| ApiError::BadRequest {
-        code: "invalid_query",
-        message: format!("{name}: {why}"),
-    };
+    let bad = |name: &str, why: String| invalid_query(format!("{name}: {why}"));
     let uuid = |name: &str, v: &Option<String>| {
         v.as_deref()
             .map(|s| Uuid::parse_str(s).map_err(|_| bad(name, format!("`{s}` is not a UUID"))))
