@@ -672,6 +672,9 @@ impl ServiceProcess {
             .env("NATS_URL", nats_url)
             .env("EVENT_OUTBOX_ENABLED", relay.to_string())
             .env("EVENT_OUTBOX_BATCH_SIZE", "10")
+            // Small atomic batches, so that a drain of a few hundred rows takes many of them and
+            // can be cut in the middle.
+            .env("EVENT_OUTBOX_PUBLISH_BATCH", "20")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)
