@@ -7,6 +7,7 @@ mod bad_input;
 mod batches;
 mod consumer;
 mod contract;
+mod first_run;
 mod nats;
 mod orders;
 mod relay;
