@@ -79,6 +79,7 @@ pub fn build(config: &Config) -> Result<AppState, AppError> {
             .event_outbox_enabled
             .then(|| Arc::new(RelayStatus::default())),
         consumers: Arc::default(),
+        idempotency_in_flight: Arc::default(),
     })
 }
 
@@ -117,6 +118,12 @@ pub async fn run(
     tasks.spawn(relay::cleanup::run(
         state.store.clone(),
         config.event_outbox_retention,
+        config.event_outbox_cleanup_interval,
+        stop.signal(),
+    ));
+    tasks.spawn(crate::store::idempotency::prune(
+        state.store.clone(),
+        config.idempotency_key_retention,
         config.event_outbox_cleanup_interval,
         stop.signal(),
     ));

@@ -205,6 +205,11 @@ pub struct Config {
     #[arg(long, env = "EVENT_OUTBOX_RETENTION", default_value = "24h", value_parser = between(Duration::ZERO, Duration::from_secs(3650 * DAY)))]
     pub event_outbox_retention: Duration,
 
+    /// How long the answer to a request with an Idempotency-Key is kept for its retries; older
+    /// keys are deleted at every EVENT_OUTBOX_CLEANUP_INTERVAL.
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", default_value = "24h", value_parser = between(Duration::from_secs(1), Duration::from_secs(365 * DAY)))]
+    pub idempotency_key_retention: Duration,
+
     /// How often published rows past the retention are deleted.
     #[arg(long, env = "EVENT_OUTBOX_CLEANUP_INTERVAL", default_value = "1m", value_parser = between(Duration::from_millis(10), Duration::from_secs(DAY)))]
     pub event_outbox_cleanup_interval: Duration,
@@ -324,6 +329,13 @@ mod tests {
                 "25h",
             ),
             ("--nats-ack-timeout", Some("99ms"), "100ms", "10m", "11m"),
+            (
+                "--idempotency-key-retention",
+                Some("0s"),
+                "1s",
+                "365days",
+                "366days",
+            ),
             (
                 "--nats-duplicate-window",
                 Some("999ms"),

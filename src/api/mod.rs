@@ -6,6 +6,7 @@
 //! - [`products`] — the stock view.
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`health`] — liveness, readiness and metrics.
+//! - [`idempotency`] — the `Idempotency-Key` header: replays, refusals, claims.
 //! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
 //!   the caller's token are read.
 
@@ -14,6 +15,7 @@ mod bearer;
 pub mod chat;
 pub mod context;
 pub mod health;
+pub mod idempotency;
 pub mod json;
 pub mod order_view;
 pub mod orders;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub relay: Option<Arc<RelayStatus>>,
     /// The latest sample of consumer lag, dead letters and publish failures.
     pub consumers: Arc<crate::consumer::lag::Watch>,
+    /// Idempotency keys whose first request is still being handled.
+    pub idempotency_in_flight: Arc<idempotency::InFlight>,
 }
 
 /// The whole API.
@@ -57,7 +61,11 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(chat::router())
         .merge(products::router())
-        .merge(admin::router());
+        .merge(admin::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::middleware,
+        ));
     Router::new()
         .nest("/api/v1", v1)
         .merge(health::router())

@@ -8,6 +8,7 @@ mod batches;
 mod consumer;
 mod contract;
 mod first_run;
+mod idempotency;
 mod nats;
 mod orders;
 mod relay;
