@@ -106,19 +106,23 @@ fn insert(
     fingerprint: &str,
     response: &StoredResponse,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO idempotency_keys (scope, key, fingerprint, status, location, body, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, location, body, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
         scope,
         key,
         fingerprint,
         response.status,
         response.location,
         response.body,
-        timestamp(Utc::now()),
-    ])?;
+            timestamp(Utc::now()),
+        ])?;
+    if inserted == 0 {
+        return Err(StoreError::IdempotencyKeyTaken(key.to_owned()));
+    }
     Ok(())
 }
 

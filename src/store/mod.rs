@@ -84,6 +84,10 @@ impl Synchronous {
 /// What went wrong in the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another request stored an answer under this Idempotency-Key first (one that outlived its
+    /// in-flight mark, e.g. after a request timeout); this command is rolled back.
+    #[error("the Idempotency-Key `{0}` was used by a request committed meanwhile")]
+    IdempotencyKeyTaken(String),
     /// SQLite said no.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
