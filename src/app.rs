@@ -80,6 +80,12 @@ pub fn build(config: &Config) -> Result<AppState, AppError> {
             .then(|| Arc::new(RelayStatus::default())),
         consumers: Arc::default(),
         idempotency_in_flight: Arc::default(),
+        write_limit: Arc::new(crate::api::limits::WriteLimit::new(
+            config.write_rate_limit,
+            config.write_rate_burst,
+            config.write_rate_limit_exempt.clone(),
+        )),
+        request_timeout: config.request_timeout,
     })
 }
 

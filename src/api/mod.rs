@@ -7,6 +7,7 @@
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`health`] — liveness, readiness and metrics.
 //! - [`idempotency`] — the `Idempotency-Key` header: replays, refusals, claims.
+//! - [`limits`] — the per-caller write limit and the request timeout.
 //! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
 //!   the caller's token are read.
 
@@ -17,6 +18,7 @@ pub mod context;
 pub mod health;
 pub mod idempotency;
 pub mod json;
+pub mod limits;
 pub mod order_view;
 pub mod orders;
 pub mod path;
@@ -53,6 +55,10 @@ pub struct AppState {
     pub consumers: Arc<crate::consumer::lag::Watch>,
     /// Idempotency keys whose first request is still being handled.
     pub idempotency_in_flight: Arc<idempotency::InFlight>,
+    /// The per-caller write limit.
+    pub write_limit: Arc<limits::WriteLimit>,
+    /// The longest a request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 /// The whole API.
@@ -62,9 +68,14 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(products::router())
         .merge(admin::router())
+        // Outermost first on the way in: the write limit, then Idempotency-Key.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::write_limit,
         ));
     Router::new()
         .nest("/api/v1", v1)
@@ -72,6 +83,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::timeout,
+        ))
         // The ids are read before the request's span is made, so that the span, and every log
         // line inside it, carries them: the trace layer sits inside the ids middleware.
         .layer(TraceLayer::new_for_http().make_span_with(context::request_span))

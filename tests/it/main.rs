@@ -9,6 +9,7 @@ mod consumer;
 mod contract;
 mod first_run;
 mod idempotency;
+mod limits;
 mod nats;
 mod orders;
 mod relay;
