@@ -80,7 +80,7 @@ readme-targets:
 	@$(MAKE) --no-print-directory lint
 	@echo "readme targets: token, schemas, nats-image and lint succeed"
 
-## bench: release build, then one run of src/bin/bench.rs: its own NATS and service on loopback,
+## bench: release build, then one run of src/bin/bench/: its own NATS and service on loopback,
 ## baselines A/B/C beside the end-to-end figures; prints a table, writes target/bench/latest.json.
 ## Under 3 minutes once built (a first release build takes longer).
 bench: nats-server build

@@ -1,7 +1,8 @@
-//! Prometheus metrics of the outbox and the relay, served at `/metrics`.
+//! Prometheus metrics of the outbox, the relay and the consumer groups, served at `/metrics`.
 //!
 //! Counters and the latency histogram are updated by the relay as it works; the pending, dead and
-//! oldest-age gauges are read from the database when scraped, so they are never stale.
+//! oldest-age gauges are read from the database when scraped, so they are never stale. The
+//! consumer gauges hold the lag watch's latest [`ConsumerSample`]s.
 
 use std::sync::atomic::AtomicU64;
 
@@ -14,7 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::domain::Topic;
-use crate::store::outbox::Stats;
+use crate::store::outbox::OutboxCounts;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -44,6 +45,22 @@ pub struct GroupLabels {
     pub topic: String,
     /// The durable consumer.
     pub consumer: String,
+}
+
+/// One consumer's values for the consumer gauges. The lag watch fills it in; this module does
+/// not know how lag is measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerSample {
+    /// Which consumer.
+    pub labels: GroupLabels,
+    /// Messages not finished: pending plus ack-pending.
+    pub lag_messages: u64,
+    /// Age of the oldest unacknowledged event, 0 when there is none.
+    pub lag_seconds: f64,
+    /// Messages delivered more than once.
+    pub redelivered: u64,
+    /// The group's dead letters of this topic.
+    pub dead_letters: u64,
 }
 
 /// The service's metrics.
@@ -201,36 +218,37 @@ impl Metrics {
         (published, failed)
     }
 
-    /// Sets the consumer gauges from the lag watch's latest sample.
-    pub fn set_consumers(&self, rows: &[crate::consumer::lag::LagRow], failure_ratio: f64) {
+    /// Sets the consumer gauges from the lag watch's latest sample: one entry per consumer, and
+    /// the publish failure ratio. Consumers missing from `consumers` lose their series.
+    pub fn set_consumers(
+        &self,
+        consumers: impl IntoIterator<Item = ConsumerSample>,
+        failure_ratio: f64,
+    ) {
         let gauges = &self.consumers;
         gauges.lag_messages.clear();
         gauges.lag_seconds.clear();
         gauges.redelivered.clear();
         gauges.dead_letters.clear();
-        for row in rows {
-            let labels = GroupLabels {
-                group: row.group.clone(),
-                topic: row.topic.clone(),
-                consumer: row.consumer.clone(),
-            };
+        for sample in consumers {
+            let labels = &sample.labels;
             let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             gauges
                 .lag_messages
-                .get_or_create(&labels)
-                .set(count(row.lag_messages()));
+                .get_or_create(labels)
+                .set(count(sample.lag_messages));
             gauges
                 .lag_seconds
-                .get_or_create(&labels)
-                .set(row.lag_seconds);
+                .get_or_create(labels)
+                .set(sample.lag_seconds);
             gauges
                 .redelivered
-                .get_or_create(&labels)
-                .set(count(row.redelivered));
+                .get_or_create(labels)
+                .set(count(sample.redelivered));
             gauges
                 .dead_letters
-                .get_or_create(&labels)
-                .set(count(row.dead_letters));
+                .get_or_create(labels)
+                .set(count(sample.dead_letters));
         }
         gauges.publish_failure_ratio.set(failure_ratio);
     }
@@ -260,7 +278,7 @@ impl Metrics {
     }
 
     /// The exposition text, with the outbox gauges set from `stats`.
-    pub fn render(&self, stats: &Stats, now: DateTime<Utc>) -> String {
+    pub fn render(&self, stats: &OutboxCounts, now: DateTime<Utc>) -> String {
         self.pending
             .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
         self.dead.set(i64::try_from(stats.dead).unwrap_or(i64::MAX));

@@ -83,7 +83,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 /// The `database` and `outbox` checks from the outbox's numbers, or from why they could not be
 /// read.
-fn database_checks(stats: Result<outbox::Stats, ApiError>) -> (Value, Value) {
+fn database_checks(stats: Result<outbox::OutboxCounts, ApiError>) -> (Value, Value) {
     match stats {
         Ok(stats) => {
             let age = stats

@@ -31,7 +31,7 @@ pub use streams::{
     DEFAULT_DUPLICATE_WINDOW, Drift, Fix, ReconcileReport, StreamRow, StreamsError, diff, list,
     reconcile,
 };
-pub use topics::{Topic, Topics, TopicsError, stream_name, subject};
+pub use topics::{TopicSpec, Topics, TopicsError, stream_name, subject};
 
 /// The client name the server shows in its connection list.
 const CLIENT_NAME: &str = "order-service";

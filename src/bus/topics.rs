@@ -17,9 +17,9 @@ const EMBEDDED: &str = include_str!("../../nats/topics.json");
 const SECONDS_PER_HOUR: u64 = 60 * 60;
 const SECONDS_PER_DAY: u64 = 24 * SECONDS_PER_HOUR;
 
-/// One row of the topic table.
+/// One row of the topic table: a topic and the stream settings the table gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topic {
+pub struct TopicSpec {
     /// Topic name as the spec writes it, e.g. `order.created`; also the subject prefix.
     pub name: String,
     /// Kafka partition count; the stream spreads keys over this many subject partitions.
@@ -30,7 +30,7 @@ pub struct Topic {
     pub retention: Duration,
 }
 
-impl Topic {
+impl TopicSpec {
     /// The JetStream stream that holds this topic, see [`stream_name`].
     pub fn stream_name(&self) -> String {
         stream_name(&self.name)
@@ -45,7 +45,7 @@ impl Topic {
 /// A validated topic table: at least one topic, unique names and stream names, sane numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
-    topics: Vec<Topic>,
+    topics: Vec<TopicSpec>,
 }
 
 /// Why a topic table was refused.
@@ -104,7 +104,7 @@ impl Topics {
             .map(|row| {
                 let retention = parse_retention(&row.retention)
                     .map_err(|why| TopicsError::Invalid(format!("{}: {why}", row.topic)))?;
-                Ok(Topic {
+                Ok(TopicSpec {
                     name: row.topic,
                     partitions: row.partitions,
                     replication: row.replication,
@@ -116,7 +116,7 @@ impl Topics {
     }
 
     /// Validates rows built in code.
-    pub fn new(topics: Vec<Topic>) -> Result<Topics, TopicsError> {
+    pub fn new(topics: Vec<TopicSpec>) -> Result<Topics, TopicsError> {
         if topics.is_empty() {
             return Err(TopicsError::Invalid("the table has no topics".into()));
         }
@@ -149,12 +149,12 @@ impl Topics {
     }
 
     /// The topics in table order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Topic> {
+    pub fn iter(&self) -> std::slice::Iter<'_, TopicSpec> {
         self.topics.iter()
     }
 
     /// The topic with this name, if the table has it.
-    pub fn get(&self, name: &str) -> Option<&Topic> {
+    pub fn get(&self, name: &str) -> Option<&TopicSpec> {
         self.topics.iter().find(|topic| topic.name == name)
     }
 
@@ -170,8 +170,8 @@ impl Topics {
 }
 
 impl<'a> IntoIterator for &'a Topics {
-    type Item = &'a Topic;
-    type IntoIter = std::slice::Iter<'a, Topic>;
+    type Item = &'a TopicSpec;
+    type IntoIter = std::slice::Iter<'a, TopicSpec>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
@@ -272,8 +272,8 @@ fn validate_topic_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn topic(name: &str) -> Topic {
-        Topic {
+    fn topic(name: &str) -> TopicSpec {
+        TopicSpec {
             name: name.into(),
             partitions: 1,
             replication: 1,

@@ -141,7 +141,7 @@ pub async fn dead_letters(nats_url: &str, action: DlqAction) -> Result<(), Consu
                             "topic": l.topic, "reason": l.reason, "error": l.error,
                             "source_stream": l.source.0, "source_sequence": l.source.1,
                             "delivered": l.delivered, "headers": headers,
-                            "message": super::body_text(&l.payload),
+                            "message": super::message::body_text(&l.payload),
                         })
                     );
                 }

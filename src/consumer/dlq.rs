@@ -22,8 +22,10 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{ConsumerError, header_map, headers_of, nats_time};
+use super::ConsumerError;
+use super::message::{header_map, headers_of, nats_time};
 use crate::bus::MSG_ID_HEADER;
+use crate::table::{Column, Table};
 
 /// The dead-letter stream.
 pub const DLQ_STREAM: &str = "ORDER_DLQ";
@@ -401,26 +403,32 @@ pub async fn counts(
 
 /// The dead letters as a table for the terminal.
 pub fn format_table(letters: &[Stored]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<6} {:<20} {:<28} {:<12} {:>4} {:<26} {:<36} error",
-        "seq", "time", "topic", "reason", "dlv", "source", "event_id"
+    let mut table = Table::new(
+        " ",
+        [
+            Column::left("seq").width(6),
+            Column::left("time").width(20),
+            Column::left("topic").width(28),
+            Column::left("reason").width(12),
+            Column::right("dlv").width(4),
+            Column::left("source").width(26),
+            Column::left("event_id").width(36),
+            Column::left("error"),
+        ],
     );
     for l in letters {
-        let _ = writeln!(
-            out,
-            "{:<6} {:<20} {:<28} {:<12} {:>4} {:<26} {:<36} {}",
-            l.sequence,
-            l.time.format("%Y-%m-%d %H:%M:%S"),
-            l.topic,
-            l.reason,
-            l.delivered,
+        table.row(vec![
+            l.sequence.to_string(),
+            l.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+            l.topic.clone(),
+            l.reason.clone(),
+            l.delivered.to_string(),
             format!("{}#{}", l.source.0, l.source.1),
-            l.header("Dlq-Original-Msg-Id").unwrap_or("-"),
-            l.error
-        );
+            l.header("Dlq-Original-Msg-Id").unwrap_or("-").to_owned(),
+            l.error.clone(),
+        ]);
     }
+    let mut out = table.render();
     let _ = writeln!(out, "{} dead letter(s)", letters.len());
     out
 }

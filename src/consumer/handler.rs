@@ -10,11 +10,11 @@ use std::future::Future;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::idempotency::Tx;
 use crate::domain::Topic;
 use crate::domain::events::{
     ChatOrderCreated, Envelope, OrderAuditEvent, OrderCancelled, OrderConfirmed, OrderCreated,
@@ -210,6 +210,31 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
+/// The open transaction a handler writes its own state in.
+///
+/// It holds the connection mutably so that the handler's future stays `Send`; take
+/// [`HandlerTx::conn`] for each statement and do not keep it across an `.await`.
+pub struct HandlerTx<'c> {
+    conn: &'c mut Connection,
+}
+
+impl<'c> HandlerTx<'c> {
+    /// The transaction on `conn`, which the batch has already begun.
+    pub(crate) fn new(conn: &'c mut Connection) -> HandlerTx<'c> {
+        HandlerTx { conn }
+    }
+
+    /// The connection, inside the transaction.
+    pub fn conn(&self) -> &Connection {
+        self.conn
+    }
+
+    /// Runs one statement; see [`Connection::execute`].
+    pub fn execute(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.execute(sql, params)
+    }
+}
+
 /// A consumer group's business logic.
 ///
 /// `handle` runs inside the group's SQLite transaction, which already holds the event's row in
@@ -228,9 +253,12 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         event: &Event,
         delivery: &Delivery,
-        tx: &mut Tx<'_>,
-    ) -> impl Future<Output = Result<(), Failure>> + Send;
+        tx: &mut HandlerTx<'_>,
+    ) -> impl Future<Output = Handled> + Send;
 }
+
+/// What [`Handler::handle`] answers: `Ok(())` once the event is processed (or of no interest).
+pub type Handled = Result<(), Failure>;
 
 /// Why a message is not an event this consumer can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! The consumer's own SQLite file: the processed-events table and the transaction a handler
-//! writes its state in.
+//! The consumer's own SQLite file: the processed-events table, and the batch transaction whose
+//! savepoints a handler's [`HandlerTx`] writes in.
 //!
 //! A batch of messages runs in one `BEGIN IMMEDIATE` transaction (one fsync for many events), each
 //! message inside its own SAVEPOINT: the row `(group, event_id)` is inserted first, and when it
@@ -13,7 +13,7 @@ use chrono::{SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::handler::{Delivery, Event, Failure, Handler};
+use super::handler::{Delivery, Event, Failure, Handler, HandlerTx};
 
 /// How long a connection waits for another writer of the same file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,26 +48,6 @@ pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection>
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
-}
-
-/// The open transaction a handler writes its own state in.
-///
-/// It holds the connection mutably so that the handler's future stays `Send`; take
-/// [`Tx::conn`] for each statement and do not keep it across an `.await`.
-pub struct Tx<'c> {
-    conn: &'c mut Connection,
-}
-
-impl<'c> Tx<'c> {
-    /// The connection, inside the transaction.
-    pub fn conn(&self) -> &Connection {
-        self.conn
-    }
-
-    /// Runs one statement; see [`Connection::execute`].
-    pub fn execute(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
-        self.conn.execute(sql, params)
-    }
 }
 
 /// Where an event came from, as the processed-events row records it.
@@ -144,9 +124,7 @@ impl<'c> Batch<'c> {
             return Ok(Step::AlreadyProcessed);
         }
         let outcome = {
-            let mut tx = Tx {
-                conn: &mut *self.conn,
-            };
+            let mut tx = HandlerTx::new(&mut *self.conn);
             handler.handle(event, delivery, &mut tx).await
         };
         match outcome {
@@ -206,7 +184,7 @@ mod tests {
             &self,
             event: &Event,
             delivery: &Delivery,
-            tx: &mut Tx<'_>,
+            tx: &mut HandlerTx<'_>,
         ) -> Result<(), Failure> {
             tx.execute(
                 "INSERT INTO effects VALUES (?1)",

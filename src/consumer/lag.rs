@@ -8,7 +8,6 @@
 //! `/ready` and gauges for `/metrics`.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,9 +17,11 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::{ConsumerError, dlq, nats_time};
+use super::message::nats_time;
+use super::{ConsumerError, dlq};
 use crate::bus::Topics;
-use crate::metrics::Metrics;
+use crate::metrics::{ConsumerSample, GroupLabels, Metrics};
+use crate::table::{Column, Table};
 
 /// Lag above this many messages is a warning (the spec's "high consumer lag").
 pub const LAG_WARN_MESSAGES: u64 = 1000;
@@ -58,6 +59,21 @@ impl LagRow {
     /// Pending plus ack-pending.
     pub fn lag_messages(&self) -> u64 {
         self.pending + self.ack_pending
+    }
+
+    /// The row as the consumer gauges of `/metrics` take it.
+    fn sample(&self) -> ConsumerSample {
+        ConsumerSample {
+            labels: GroupLabels {
+                group: self.group.clone(),
+                topic: self.topic.clone(),
+                consumer: self.consumer.clone(),
+            },
+            lag_messages: self.lag_messages(),
+            lag_seconds: self.lag_seconds,
+            redelivered: self.redelivered,
+            dead_letters: self.dead_letters,
+        }
     }
 }
 
@@ -155,33 +171,32 @@ async fn oldest_unacked(stream: &stream::Stream, info: &consumer::Info) -> Optio
 
 /// The rows as a table for the terminal.
 pub fn format_table(rows: &[LagRow]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:<30} {:<28} {:>8} {:>11} {:>12} {:>11} {:>12}",
-        "group",
-        "topic",
-        "consumer",
-        "pending",
-        "ack_pending",
-        "lag_seconds",
-        "redelivered",
-        "dead_letters"
+    let mut table = Table::new(
+        " ",
+        [
+            Column::left("group").width(24),
+            Column::left("topic").width(30),
+            Column::left("consumer").width(28),
+            Column::right("pending").width(8),
+            Column::right("ack_pending").width(11),
+            Column::right("lag_seconds").width(12),
+            Column::right("redelivered").width(11),
+            Column::right("dead_letters").width(12),
+        ],
     );
     for r in rows {
-        let _ = writeln!(
-            out,
-            "{:<24} {:<30} {:<28} {:>8} {:>11} {:>12.1} {:>11} {:>12}",
-            r.group,
-            r.topic,
-            r.consumer,
-            r.pending,
-            r.ack_pending,
-            r.lag_seconds,
-            r.redelivered,
-            r.dead_letters
-        );
+        table.row(vec![
+            r.group.clone(),
+            r.topic.clone(),
+            r.consumer.clone(),
+            r.pending.to_string(),
+            r.ack_pending.to_string(),
+            format!("{:.1}", r.lag_seconds),
+            r.redelivered.to_string(),
+            r.dead_letters.to_string(),
+        ]);
     }
+    let mut out = table.render();
     if rows.is_empty() {
         out.push_str("no consumer groups\n");
     }
@@ -279,7 +294,7 @@ impl Watch {
         }
         snapshot.judge();
         metrics.set_consumers(
-            &snapshot.groups,
+            snapshot.groups.iter().map(LagRow::sample),
             snapshot.publish_failure_ratio.unwrap_or(0.0),
         );
         *self.snapshot.write().expect("watch lock") = snapshot;

@@ -16,8 +16,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::ConsumerError;
 use super::handler::{Event, SchemaError, decode};
-use super::{ConsumerError, headers_of, nats_time};
+use super::message::{body_text, headers_of, nats_time};
 use crate::bus::stream_name;
 use crate::domain::Topic;
 
@@ -262,7 +263,7 @@ pub async fn follow(
             subject: message.subject.to_string(),
             time,
             headers: headers_of(message.headers.as_ref()),
-            body: super::body_text(&message.payload),
+            body: body_text(&message.payload),
             event: decode(topic, &message.payload),
         };
         seen += 1;

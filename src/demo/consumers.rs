@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rusqlite::{OptionalExtension, params};
 
 use crate::consumer::tail::short;
-use crate::consumer::{Delivery, Event, Failure, Handler, Tx};
+use crate::consumer::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
 use crate::domain::Status;
 use crate::domain::money::Money;
 
@@ -62,7 +62,7 @@ impl Handler for Inventory {
         )
     }
 
-    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut Tx<'_>) -> Result<(), Failure> {
+    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
         match event {
             Event::Created(e) => {
                 let lines: Vec<String> = e
@@ -117,7 +117,7 @@ impl Handler for Inventory {
 impl Inventory {
     fn step(
         &self,
-        tx: &mut Tx<'_>,
+        tx: &mut HandlerTx<'_>,
         order_id: uuid::Uuid,
         from: &str,
         to: &str,
@@ -134,7 +134,7 @@ impl Inventory {
 
     /// Nothing to change: the order's `order.created` has not been processed yet (transient),
     /// or its reservations are past this step (permanent).
-    fn not_yet(&self, tx: &mut Tx<'_>, order_id: uuid::Uuid) -> Result<Failure, Failure> {
+    fn not_yet(&self, tx: &mut HandlerTx<'_>, order_id: uuid::Uuid) -> Result<Failure, Failure> {
         let known: Option<i64> = tx
             .conn()
             .query_row(
@@ -165,7 +165,7 @@ impl Handler for Notification {
         )
     }
 
-    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut Tx<'_>) -> Result<(), Failure> {
+    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
         let Event::StatusChanged(e) = event else {
             return Ok(());
         };
@@ -211,7 +211,7 @@ impl Handler for Finance {
         )
     }
 
-    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut Tx<'_>) -> Result<(), Failure> {
+    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
         match event {
             Event::Confirmed(e) => {
                 let d = &e.data;

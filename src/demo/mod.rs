@@ -27,7 +27,7 @@ use crate::auth::Auth;
 use crate::bus::{self, Topics};
 use crate::config::{Config, DemoArgs, Secret};
 use crate::consumer::tail::{TailArgs, follow, summary};
-use crate::consumer::{Group, GroupConfig, Handler, Stats, lag};
+use crate::consumer::{Group, GroupConfig, GroupStats, Handler, lag};
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
 use consumers::{FINANCE, Finance, INVENTORY, Inventory, NOTIFICATION, Notification, Printer};
@@ -174,7 +174,7 @@ fn group_configs(dir: &Path) -> [GroupConfig; 3] {
 /// The three running consumer groups.
 struct Groups {
     handles: Vec<JoinHandle<()>>,
-    stats: [(&'static str, Arc<Stats>); 3],
+    stats: [(&'static str, Arc<GroupStats>); 3],
 }
 
 impl Groups {
@@ -269,7 +269,7 @@ fn start_tails(js: &jetstream::Context, log: &Log, shutdown: &Shutdown) -> Vec<J
 /// The consumers' state, each group's counts, and the lag table.
 async fn print_summary(
     dir: &Path,
-    stats: &[(&str, Arc<Stats>); 3],
+    stats: &[(&str, Arc<GroupStats>); 3],
     js: &jetstream::Context,
     topics: &Topics,
 ) {
@@ -352,7 +352,7 @@ async fn wait_ready(api: &Api) -> Result<(), AppError> {
     }
 }
 
-type Running = (tokio::task::JoinHandle<()>, Arc<Stats>);
+type Running = (tokio::task::JoinHandle<()>, Arc<GroupStats>);
 
 fn spawn<H: Handler>(
     js: &jetstream::Context,

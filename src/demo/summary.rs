@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use super::consumers::{FINANCE, INVENTORY, NOTIFICATION, money};
-use crate::consumer::Stats;
+use crate::consumer::GroupStats;
 
 pub(super) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-pub(super) fn summary_of(dir: &std::path::Path, stats: &[(&str, Arc<Stats>); 3]) {
+pub(super) fn summary_of(dir: &std::path::Path, stats: &[(&str, Arc<GroupStats>); 3]) {
     let open = |file: &str| rusqlite::Connection::open(dir.join(file)).ok();
     if let Some(db) = open("inventory.db") {
         let mut lines = Vec::new();

@@ -14,7 +14,18 @@ use crate::domain::OutboxEvent;
 
 /// Writes a command's events as pending rows, in order.
 pub fn enqueue(tx: &Tx<'_>, events: &[OutboxEvent]) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
+    insert_pending(tx, events)?;
+    if !events.is_empty() {
+        tx.wrote_outbox.set(true);
+    }
+    Ok(())
+}
+
+/// Writes events as pending rows, in order, on any connection and without waking the relay: for
+/// tools that prepare or measure a database outside the service's writer (the bench). Commands
+/// use [`enqueue`].
+pub fn insert_pending(conn: &Connection, events: &[OutboxEvent]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
         "INSERT INTO order_events_outbox (event_id, topic, subject_key, payload, headers,
             created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -33,9 +44,6 @@ pub fn enqueue(tx: &Tx<'_>, events: &[OutboxEvent]) -> Result<(), StoreError> {
             serde_json::to_string(&headers).expect("headers serialize"),
             timestamp(event.created_at),
         ])?;
-    }
-    if !events.is_empty() {
-        tx.wrote_outbox.set(true);
     }
     Ok(())
 }
@@ -335,7 +343,7 @@ pub fn requeue(tx: &Tx<'_>, id: i64) -> Result<Requeue, StoreError> {
 
 /// Counts for readiness and metrics.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Stats {
+pub struct OutboxCounts {
     /// Rows waiting to be published.
     pub pending: u64,
     /// Rows that used up their retries.
@@ -345,7 +353,7 @@ pub struct Stats {
 }
 
 /// Pending and dead counts, and the oldest pending row's commit time.
-pub fn stats(conn: &Connection) -> Result<Stats, StoreError> {
+pub fn stats(conn: &Connection) -> Result<OutboxCounts, StoreError> {
     let (pending, dead): (i64, i64) = conn.query_row(
         "SELECT (SELECT count(*) FROM order_events_outbox WHERE status = 'pending'),
                 (SELECT count(*) FROM order_events_outbox WHERE status = 'dead')",
@@ -357,7 +365,7 @@ pub fn stats(conn: &Connection) -> Result<Stats, StoreError> {
         [],
         |r| r.get(0),
     ).optional()?;
-    Ok(Stats {
+    Ok(OutboxCounts {
         pending: pending.unsigned_abs(),
         dead: dead.unsigned_abs(),
         oldest_pending_at: oldest

@@ -226,13 +226,15 @@ mod tests {
     use super::*;
 
     /// A writer on a fresh database file with one table, `t(name)`.
-    fn writer_on_file(dir: &tempfile::TempDir) -> (Writer, std::path::PathBuf) {
+    /// A writer on a fresh file (kept while the returned folder lives).
+    fn writer_on_file() -> (tempfile::TempDir, Writer, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("writer.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (name TEXT NOT NULL)")
             .unwrap();
         let writer = Writer::spawn(conn, 64, Arc::new(Notify::new())).unwrap();
-        (writer, path)
+        (dir, writer, path)
     }
 
     fn stored(path: &std::path::Path) -> Vec<String> {
@@ -287,8 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_rolled_back_under_a_command_fails_the_rest_of_the_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_on_file(&dir);
+        let (_dir, writer, path) = writer_on_file();
         let answers = in_one_batch(
             &writer,
             vec![
@@ -324,8 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_database_stores_nothing_its_callers_were_told_failed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_on_file(&dir);
+        let (_dir, writer, path) = writer_on_file();
         writer
             .write(|tx: &Tx<'_>| {
                 let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
@@ -347,24 +347,16 @@ mod tests {
         )
         .await;
         assert!(answers[1].is_err(), "{:?}", answers[1]);
-        let stored = stored(&path);
-        for (answer, name) in [(&answers[0], "small 1"), (&answers[2], "small 2")] {
-            assert_eq!(
-                answer.is_ok(),
-                stored.iter().any(|s| s == name),
-                "{name}: told {answer:?}, stored {stored:?}"
-            );
-        }
+        told_as_stored(&path, &[(&answers[0], "small 1"), (&answers[2], "small 2")]);
     }
 
     #[tokio::test]
     async fn a_savepoint_that_cannot_be_released_is_not_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer_on_file(&dir);
+        let (_dir, writer, path) = writer_on_file();
         let answers = in_one_batch(
             &writer,
             vec![
-                Box::new(|tx| insert(tx, "before")),
+                Box::new(|tx| insert(tx, "first")),
                 // Releases its own savepoint, so the writer's RELEASE fails and its writes can
                 // no longer be rolled back alone.
                 Box::new(|tx| {
@@ -376,14 +368,22 @@ mod tests {
             ],
         )
         .await;
-        let stored = stored(&path);
         assert!(answers[1].is_err(), "{:?}", answers[1]);
-        for (answer, name) in [
-            (&answers[0], "before"),
-            (&answers[1], "released early"),
-            (&answers[1], "unguarded"),
-            (&answers[2], "after"),
-        ] {
+        told_as_stored(
+            &path,
+            &[
+                (&answers[0], "first"),
+                (&answers[1], "released early"),
+                (&answers[1], "unguarded"),
+                (&answers[2], "after"),
+            ],
+        );
+    }
+
+    /// Each caller was told success exactly when its row is stored.
+    fn told_as_stored(path: &std::path::Path, answers: &[(&Result<(), StoreError>, &str)]) {
+        let stored = stored(path);
+        for (answer, name) in answers {
             assert_eq!(
                 answer.is_ok(),
                 stored.iter().any(|s| s == name),

@@ -9,11 +9,11 @@ use std::time::Duration;
 use clap::Parser;
 use order_service::auth::{Auth, Role};
 use order_service::config::{Cli, Config, LogFormat};
+use order_service::shutdown::Shutdown;
 use order_service::store::Synchronous;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use rusqlite::Connection;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::nats::NatsServer;
@@ -32,7 +32,7 @@ pub struct TestApp {
     /// The database file.
     pub db_path: PathBuf,
     auth: Auth,
-    stop: Option<oneshot::Sender<()>>,
+    shutdown: Shutdown,
     server: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -80,7 +80,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     adjust(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = Shutdown::new();
     let db_path = config.database_path.clone();
     let auth = Auth::new(
         config.auth_jwt_secret.as_ref().unwrap().expose(),
@@ -88,12 +88,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         config.auth_jwt_audience.clone(),
     )
     .unwrap();
+    let signal = shutdown.signal();
     let server = tokio::spawn(async move {
-        order_service::app::run(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("the service runs");
+        order_service::app::run(config, listener, signal)
+            .await
+            .expect("the service runs");
     });
     let app = TestApp {
         base: format!("http://{addr}"),
@@ -103,7 +102,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
             .unwrap(),
         db_path,
         auth,
-        stop: Some(stop),
+        shutdown,
         server: Some(server),
         _dir: dir,
     };
@@ -265,9 +264,7 @@ impl TestApp {
 
     /// Stops the service and waits until it has stopped.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.shutdown.trigger();
         if let Some(server) = self.server.take() {
             server.await.unwrap();
         }
@@ -280,6 +277,15 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// The configuration `name` has on the broker now.
+pub async fn stream_config(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::stream::Config {
+    let mut stream = js.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().config.clone()
 }
 
 /// An outbox row as tests look at it.
@@ -362,6 +368,13 @@ impl TestApp {
             .await
             .unwrap()
     }
+
+    /// `outbox_publish_failures_total` of `topic`'s permanent failures.
+    pub async fn permanent_publish_failures(&self, topic: &str) -> f64 {
+        let series =
+            format!(r#"outbox_publish_failures_total{{topic="{topic}",kind="permanent"}}"#);
+        metric(&self.metrics().await, &series).unwrap()
+    }
 }
 
 /// A valid create body with one new product.
@@ -421,4 +434,22 @@ pub fn run_cli(nats: &NatsServer, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// The topic table without `order.chat_linked`: no stream takes those events, a permanent failure.
+pub fn table_without_chat_links(dir: &std::path::Path) -> std::path::PathBuf {
+    let table = dir.join("topics.json");
+    let all: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/topics.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let without: Vec<&Value> = all
+        .iter()
+        .filter(|t| t["topic"] != "order.chat_linked")
+        .collect();
+    std::fs::write(&table, serde_json::to_string(&without).unwrap()).unwrap();
+    table
 }

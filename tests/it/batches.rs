@@ -14,28 +14,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::{
-    PATIENCE, TestApp, User, metric, ready, relaying_app, simple_order, spawn_app_with,
+    PATIENCE, TestApp, User, metric, ready, relaying_app, run_cli, simple_order, spawn_app_with,
+    table_without_chat_links,
 };
 use crate::nats::NatsServer;
 use crate::relay::{counts, drained, every_event_once, stored};
-
-/// The topic table without `order.chat_linked`: no stream takes those events, a permanent failure.
-fn table_without_chat_links(dir: &std::path::Path) -> std::path::PathBuf {
-    let table = dir.join("topics.json");
-    let all: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/topics.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let without: Vec<&Value> = all
-        .iter()
-        .filter(|t| t["topic"] != "order.chat_linked")
-        .collect();
-    std::fs::write(&table, serde_json::to_string(&without).unwrap()).unwrap();
-    table
-}
 
 /// Every row's recorded stream and sequence, by event id.
 fn recorded(app: &TestApp) -> HashMap<String, (Option<String>, Option<u64>, String)> {
@@ -208,6 +191,12 @@ async fn a_stream_without_atomic_batches_is_published_one_by_one_and_said_so() {
         json!(["ORDER_CREATED"]),
         "{ready}"
     );
+    let diff = run_cli(&nats, &["streams", "diff"]);
+    assert!(
+        diff.lines()
+            .any(|l| l.contains("ORDER_CREATED") && l.contains("allow_atomic")),
+        "{diff}"
+    );
 }
 
 #[tokio::test]
@@ -291,13 +280,48 @@ async fn an_unreadable_row_is_parked_as_dead_and_the_relay_goes_on() {
     assert_eq!(later.len(), 3);
 }
 
+/// Links a chat to `order` (events order.chat_linked and order.audit).
+async fn link_chat(app: &TestApp, order: &str) {
+    let (status, body) = app
+        .post(
+            User::new(Role::Admin),
+            &format!("/api/v1/orders/{order}/chat-links"),
+            json!({"chat_id": Uuid::now_v7(), "link_type": "support", "context": "help"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// A stream outside the table that takes `order.chat_linked` events.
+async fn chat_links_stream(js: &jetstream::Context) {
+    js.create_stream(jetstream::stream::Config {
+        name: "CHAT_LINKS".into(),
+        subjects: vec!["order.chat_linked.*".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until nothing is pending, failing after 30 s: far less than the ten-minute poll.
+async fn drained_before_the_poll(app: &TestApp, what: &str) {
+    let start = Instant::now();
+    while counts(app).0 > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} waited for the poll"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_retry_or_a_requeue_that_comes_due_is_published_without_waiting_for_the_poll() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let table = table_without_chat_links(dir.path());
     let app = relaying_app(&nats, |c| {
-        c.topics_file = Some(table);
+        c.topics_file = Some(table.clone());
         c.event_outbox_polling_interval = Duration::from_secs(600);
         c.event_outbox_retry_base = Duration::from_millis(1);
         c.event_outbox_retry_max = Duration::from_millis(1);
@@ -305,16 +329,8 @@ async fn a_retry_or_a_requeue_that_comes_due_is_published_without_waiting_for_th
     })
     .await;
     let js = nats.jetstream().await;
-    let admin = User::new(Role::Admin);
     let order = create_orders(&app, 1).await.remove(0);
-    let (status, _) = app
-        .post(
-            admin,
-            &format!("/api/v1/orders/{order}/chat-links"),
-            json!({"chat_id": Uuid::now_v7(), "link_type": "support", "context": "help"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    link_chat(&app, &order).await;
     wait_until("the link's publish failed", || {
         app.db()
             .query_row(
@@ -328,51 +344,22 @@ async fn a_retry_or_a_requeue_that_comes_due_is_published_without_waiting_for_th
     .await;
     // Mend the cause: a stream now takes the subject. The retry comes due within a
     // millisecond and must not wait out the ten-minute poll.
-    js.create_stream(jetstream::stream::Config {
-        name: "CHAT_LINKS".into(),
-        subjects: vec!["order.chat_linked.*".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let start = Instant::now();
-    loop {
-        let (pending, _, _) = counts(&app);
-        if pending == 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the retry waited for the poll"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    chat_links_stream(&js).await;
+    drained_before_the_poll(&app, "the retry").await;
 
     // A dead row requeued is published at once too.
     js.delete_stream("CHAT_LINKS").await.unwrap();
     let dead_app = relaying_app(&nats, |c| {
-        c.topics_file = Some(table_without_chat_links(dir.path()));
+        c.topics_file = Some(table);
         c.event_outbox_polling_interval = Duration::from_secs(600);
         c.event_outbox_max_retries = 0;
     })
     .await;
     let order = create_orders(&dead_app, 1).await.remove(0);
-    let (status, _) = dead_app
-        .post(
-            admin,
-            &format!("/api/v1/orders/{order}/chat-links"),
-            json!({"chat_id": Uuid::now_v7(), "link_type": "support", "context": "help"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    link_chat(&dead_app, &order).await;
     wait_until("the link's row went dead", || counts(&dead_app).2 == 1).await;
-    js.create_stream(jetstream::stream::Config {
-        name: "CHAT_LINKS".into(),
-        subjects: vec!["order.chat_linked.*".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    chat_links_stream(&js).await;
+    let admin = User::new(Role::Admin);
     let (_, dead) = dead_app
         .get(admin, "/api/v1/admin/outbox?status=dead")
         .await;
@@ -385,12 +372,28 @@ async fn a_retry_or_a_requeue_that_comes_due_is_published_without_waiting_for_th
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let start = Instant::now();
-    while counts(&dead_app).0 > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the requeued row waited for the poll"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drained_before_the_poll(&dead_app, "the requeued row").await;
+}
+
+#[tokio::test]
+async fn the_test_broker_fsyncs_every_write_as_make_run_does() {
+    let nats = NatsServer::start().await;
+    let varz: Value = reqwest::get(format!("{}/varz", nats.monitor_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        varz["jetstream"]["config"]["sync_always"],
+        json!(true),
+        "{} runs without sync_interval: always: {}",
+        nats.kind(),
+        varz["jetstream"]["config"]
+    );
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/nats-server.conf"),
+    )
+    .unwrap();
+    assert!(shipped.contains("sync_interval: always"));
 }

@@ -4,7 +4,7 @@
 //! events processed, that each side effect happened once, and prints the duplicate deliveries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,17 +14,19 @@ use order_service::auth::Role;
 use order_service::bus::{self, OutboxMessage, Topics};
 use order_service::config::Config;
 use order_service::consumer::{
-    ConsumerError, Delivery, Event, Failure, Group, GroupConfig, Handler, Stats, StatsSnapshot, Tx,
-    dlq, lag,
+    ConsumerError, Delivery, Event, Failure, Group, GroupConfig, GroupStats, GroupStatsSnapshot,
+    Handler, HandlerTx, dlq, lag,
 };
 use order_service::domain::Topic;
+use order_service::shutdown::Shutdown;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::app::{OutboxRow, PATIENCE, TestApp, User, into_json, metric, run_cli, simple_order};
+use crate::app::{
+    OutboxRow, PATIENCE, TestApp, User, into_json, run_cli, simple_order, stream_config,
+};
 use crate::nats::NatsServer;
 
 /// The service with its relay on, publishing in large batches and sampling lag often.
@@ -35,6 +37,28 @@ async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> Te
         adjust(c);
     })
     .await
+}
+
+/// What every test here starts with: the time it started, a broker, the relaying service (its
+/// settings changed by `adjust`), JetStream, and a folder (deleted on drop) with the path of the
+/// consumers' database in it.
+async fn setup(
+    adjust: impl FnOnce(&mut Config),
+) -> (
+    Instant,
+    NatsServer,
+    TestApp,
+    jetstream::Context,
+    tempfile::TempDir,
+    PathBuf,
+) {
+    let started = Instant::now();
+    let nats = NatsServer::start().await;
+    let app = relaying_app(&nats, adjust).await;
+    let js = nats.jetstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("consumer.db");
+    (started, nats, app, js, dir, db)
 }
 
 /// A group's settings for tests: quick retries, a file in `dir`.
@@ -94,7 +118,7 @@ impl Handler for Recorder {
         &self,
         event: &Event,
         delivery: &Delivery,
-        tx: &mut Tx<'_>,
+        tx: &mut HandlerTx<'_>,
     ) -> Result<(), Failure> {
         if let Some(failure) = (self.decide)(event, delivery) {
             return Err(failure);
@@ -124,35 +148,38 @@ impl Handler for Recorder {
 
 /// A group running in the background.
 struct Running {
-    stop: watch::Sender<bool>,
+    shutdown: Shutdown,
     handle: JoinHandle<Result<(), ConsumerError>>,
-    stats: Arc<Stats>,
+    stats: Arc<GroupStats>,
 }
 
 impl Running {
     fn start<H: Handler>(js: &jetstream::Context, config: GroupConfig, handler: H) -> Running {
         let group = Group::new(js.clone(), config, handler).unwrap();
         let stats = group.stats();
-        let (stop, mut stopping) = watch::channel(false);
-        let handle = tokio::spawn(group.run(async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        }));
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(group.run(shutdown.signal()));
         Running {
-            stop,
+            shutdown,
             handle,
             stats,
         }
     }
 
+    /// A [`Recorder`] group named `name` with the test settings, started.
+    fn recording(js: &jetstream::Context, name: &str, topics: &[Topic], db: &Path) -> Running {
+        Running::start(js, group_config(name, topics, db), Recorder::new(name))
+    }
+
     /// Stops gracefully: the batch in flight is committed and acknowledged.
-    async fn stop(self) -> StatsSnapshot {
-        let _ = self.stop.send(true);
+    async fn stop(self) -> GroupStatsSnapshot {
+        self.shutdown.trigger();
         self.handle.await.unwrap().unwrap();
         self.stats.snapshot()
     }
 
     /// Stops abruptly, as a crash would: nothing in flight is committed or acknowledged.
-    async fn kill(self) -> StatsSnapshot {
+    async fn kill(self) -> GroupStatsSnapshot {
         self.handle.abort();
         let _ = self.handle.await;
         self.stats.snapshot()
@@ -267,7 +294,7 @@ async fn create_orders(app: &TestApp, n: usize, clients: usize) -> HashSet<Strin
     ids
 }
 
-fn report(test: &str, s: StatsSnapshot, started: Instant) {
+fn report(test: &str, s: GroupStatsSnapshot, started: Instant) {
     eprintln!(
         "{test}: {} deliveries, {} processed, {} duplicate deliveries, {} redeliveries, {} retried, {} dead letters, {:.1}s",
         s.deliveries,
@@ -280,8 +307,8 @@ fn report(test: &str, s: StatsSnapshot, started: Instant) {
     );
 }
 
-fn add(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
-    StatsSnapshot {
+fn add(a: GroupStatsSnapshot, b: GroupStatsSnapshot) -> GroupStatsSnapshot {
+    GroupStatsSnapshot {
         deliveries: a.deliveries + b.deliveries,
         redeliveries: a.redeliveries + b.redeliveries,
         processed: a.processed + b.processed,
@@ -293,18 +320,9 @@ fn add(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
 
 #[tokio::test]
 async fn a_hundred_events_arrive_with_body_and_headers_intact() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = relaying_app(&nats, |_| {}).await;
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
     let topics = [Topic::Created, Topic::Audit];
-    let running = Running::start(
-        &js,
-        group_config("intact", &topics, &db),
-        Recorder::new("intact"),
-    );
+    let running = Running::recording(&js, "intact", &topics, &db);
 
     let orders = create_orders(&app, 50, 5).await;
     let expected = expected_events(&app, &orders, &topics);
@@ -343,12 +361,7 @@ async fn a_hundred_events_arrive_with_body_and_headers_intact() {
 
 #[tokio::test]
 async fn five_thousand_orders_from_fifty_clients_are_all_processed_and_lag_shows() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = relaying_app(&nats, |_| {}).await;
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
     let topics = [Topic::Created];
     let config = group_config("bulk", &topics, &db);
 
@@ -396,15 +409,7 @@ async fn five_thousand_orders_from_fifty_clients_are_all_processed_and_lag_shows
         assert!(start.elapsed() < PATIENCE, "no lag warning: {ready}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.lines().any(|l| l.starts_with(
             "consumer_lag_messages{group=\"bulk\",topic=\"order.created\",consumer=\"bulk\"}"
@@ -454,12 +459,7 @@ fn processing_order(db: &Path) -> HashMap<String, Vec<String>> {
 
 #[tokio::test]
 async fn per_order_order_holds_over_a_thousand_events_while_publishes_and_handlers_fail() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = relaying_app(&nats, |c| c.event_outbox_max_retries = 10_000).await;
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, _nats, app, js, _dir, db) = setup(|c| c.event_outbox_max_retries = 10_000).await;
     let topics = [Topic::Updated];
     // One ordered worker per partition of order.updated; a fifth of the events fail on their
     // first delivery and on their second.
@@ -479,15 +479,7 @@ async fn per_order_order_holds_over_a_thousand_events_while_publishes_and_handle
 
     let orders: Vec<String> = create_orders(&app, 100, 10).await.into_iter().collect();
     let admin = User::new(Role::Admin);
-    let healthy = js
-        .get_stream("ORDER_UPDATED")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let healthy = stream_config(&js, "ORDER_UPDATED").await;
     for round in 0..10 {
         match round {
             // The stream refuses every message for a while (too large): permanent publish
@@ -539,7 +531,7 @@ async fn per_order_order_holds_over_a_thousand_events_while_publishes_and_handle
         () = processed_all(&db, "ordered", &expected) => {}
         () = diagnose => {}
     }
-    let mut stats = StatsSnapshot::default();
+    let mut stats = GroupStatsSnapshot::default();
     for w in workers {
         stats = add(stats, w.stop().await);
     }
@@ -548,11 +540,7 @@ async fn per_order_order_holds_over_a_thousand_events_while_publishes_and_handle
         stats.retried >= 2 * expected.len() as u64 / 6,
         "the handler failed: {stats:?}"
     );
-    let permanent = metric(
-        &app.metrics().await,
-        r#"outbox_publish_failures_total{topic="order.updated",kind="permanent"}"#,
-    )
-    .unwrap();
+    let permanent = app.permanent_publish_failures("order.updated").await;
     assert!(
         permanent > 0.0,
         "publishes failed while the stream was broken"
@@ -573,12 +561,7 @@ async fn per_order_order_holds_over_a_thousand_events_while_publishes_and_handle
 
 #[tokio::test]
 async fn a_handler_failing_transiently_twice_processes_the_event_once_on_the_third_delivery() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = relaying_app(&nats, |_| {}).await;
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
     let topics = [Topic::Created];
     let running = Running::start(
         &js,
@@ -609,7 +592,7 @@ struct Stall {
 }
 
 impl Handler for Stall {
-    async fn handle(&self, _: &Event, _: &Delivery, _: &mut Tx<'_>) -> Result<(), Failure> {
+    async fn handle(&self, _: &Event, _: &Delivery, _: &mut HandlerTx<'_>) -> Result<(), Failure> {
         let _ = self.got.send(chrono::Utc::now().timestamp_millis());
         std::future::pending::<()>().await;
         Ok(())
@@ -618,12 +601,7 @@ impl Handler for Stall {
 
 #[tokio::test]
 async fn an_unacknowledged_message_is_not_redelivered_before_ack_wait() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = relaying_app(&nats, |_| {}).await;
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
     let topics = [Topic::Created];
     let ack_wait = Duration::from_secs(2);
     let mut config = group_config("ackwait", &topics, &db);
@@ -665,12 +643,8 @@ async fn an_unacknowledged_message_is_not_redelivered_before_ack_wait() {
 
 #[tokio::test]
 async fn a_consumer_stopped_and_restarted_five_times_processes_five_thousand_events_once() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = Arc::new(relaying_app(&nats, |_| {}).await);
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let app = Arc::new(app);
     let topics = [Topic::Created, Topic::Audit];
     let mut config = group_config("restarts", &topics, &db);
     config.batch_size = 50;
@@ -681,7 +655,7 @@ async fn a_consumer_stopped_and_restarted_five_times_processes_five_thousand_eve
         let app = app.clone();
         tokio::spawn(async move { create_orders(&app, 2500, 25).await })
     };
-    let mut total = StatsSnapshot::default();
+    let mut total = GroupStatsSnapshot::default();
     let mut running = Running::start(&js, config.clone(), Recorder::new("restarts"));
     for restart in 1..=5u64 {
         let start = Instant::now();
@@ -709,24 +683,12 @@ async fn a_consumer_stopped_and_restarted_five_times_processes_five_thousand_eve
 
 #[tokio::test]
 async fn two_groups_each_get_every_event_and_a_later_group_gets_the_old_ones() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = relaying_app(&nats, |_| {}).await;
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (started, _nats, app, js, dir, _) = setup(|_| {}).await;
     // One file for all three: the processed-events key is (group, event_id).
     let db = dir.path().join("consumers.db");
     let topics = [Topic::Created, Topic::Audit];
-    let a = Running::start(
-        &js,
-        group_config("group-a", &topics, &db),
-        Recorder::new("group-a"),
-    );
-    let b = Running::start(
-        &js,
-        group_config("group-b", &topics, &db),
-        Recorder::new("group-b"),
-    );
+    let a = Running::recording(&js, "group-a", &topics, &db);
+    let b = Running::recording(&js, "group-b", &topics, &db);
     let orders = create_orders(&app, 200, 10).await;
     let expected = expected_events(&app, &orders, &topics);
     assert_eq!(expected.len(), 400);
@@ -735,11 +697,7 @@ async fn two_groups_each_get_every_event_and_a_later_group_gets_the_old_ones() {
     let a = a.stop().await;
     let b = b.stop().await;
 
-    let late = Running::start(
-        &js,
-        group_config("group-late", &topics, &db),
-        Recorder::new("group-late"),
-    );
+    let late = Running::recording(&js, "group-late", &topics, &db);
     processed_all(&db, "group-late", &expected).await;
     let late = late.stop().await;
 
@@ -753,11 +711,7 @@ async fn two_groups_each_get_every_event_and_a_later_group_gets_the_old_ones() {
             .await
             .unwrap();
     }
-    let again = Running::start(
-        &js,
-        group_config("group-a", &topics, &db),
-        Recorder::new("group-a"),
-    );
+    let again = Running::recording(&js, "group-a", &topics, &db);
     let start = Instant::now();
     while again.stats.snapshot().duplicates < expected.len() as u64 {
         assert!(start.elapsed() < PATIENCE, "{:?}", again.stats.snapshot());
@@ -776,18 +730,10 @@ async fn two_groups_each_get_every_event_and_a_later_group_gets_the_old_ones() {
 
 #[tokio::test]
 async fn the_broker_restarted_at_a_third_and_at_half_of_ten_thousand_events_loses_nothing() {
-    let started = Instant::now();
-    let mut nats = NatsServer::start().await;
-    let app = Arc::new(relaying_app(&nats, |_| {}).await);
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, mut nats, app, js, _dir, db) = setup(|_| {}).await;
+    let app = Arc::new(app);
     let topics = [Topic::Created, Topic::Audit];
-    let running = Running::start(
-        &js,
-        group_config("outage", &topics, &db),
-        Recorder::new("outage"),
-    );
+    let running = Running::recording(&js, "outage", &topics, &db);
     let producer = {
         let app = app.clone();
         tokio::spawn(async move { create_orders(&app, 5000, 50).await })
@@ -835,12 +781,7 @@ async fn publish_raw(js: &jetstream::Context, key: &str, body: String) {
 
 #[tokio::test]
 async fn schema_permanent_and_exhausted_messages_become_dead_letters_and_replay_delivers_once() {
-    let started = Instant::now();
-    let nats = NatsServer::start().await;
-    let app = relaying_app(&nats, |_| {}).await;
-    let js = nats.jetstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("consumer.db");
+    let (started, nats, app, js, _dir, db) = setup(|_| {}).await;
     let topics = [Topic::Created];
     let mut config = group_config("dead", &topics, &db);
     config.max_deliver = 3;
@@ -953,15 +894,7 @@ async fn schema_permanent_and_exhausted_messages_become_dead_letters_and_replay_
     }
     let start = Instant::now();
     loop {
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         if metrics.contains(
             "consumer_dead_letters{group=\"dead\",topic=\"order.created\",consumer=\"dead\"} 4",
         ) {

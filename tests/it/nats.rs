@@ -5,7 +5,8 @@
 //! free loopback port. `ORDER_SERVICE_TEST_NATS=container` makes the container mandatory (CI sets
 //! it) and `ORDER_SERVICE_TEST_NATS=process` forces the process. Either way readiness is the
 //! monitoring endpoint `/healthz` answering ok, and a server that cannot start fails the test:
-//! nothing is skipped. The path taken is printed.
+//! nothing is skipped. The path taken is printed. The process path is the library's
+//! [`order_service::nats_server`], which the bench runs too.
 //!
 //! The server can be stopped and started again with its data (for outage tests). Its host ports
 //! are chosen up front and stay the same across restarts, so a connected client reconnects by
@@ -20,11 +21,10 @@
 //! nats.start_again().await;   // same ports, same data; `client` reconnects
 //! ```
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use order_service::nats_server::{self, NatsProcess, Settings, Sync};
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
@@ -36,8 +36,6 @@ const CLIENT_PORT: u16 = 4222;
 const MONITOR_PORT: u16 = 8222;
 /// How long a server may take to answer `/healthz` after a start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a graceful stop may take before the server is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Environment variable choosing the path: `container`, `process`, or unset for automatic.
 const MODE_VAR: &str = "ORDER_SERVICE_TEST_NATS";
 
@@ -54,10 +52,9 @@ enum Runtime {
 }
 
 struct Process {
-    binary: PathBuf,
-    /// Store directory and log file; deleted on drop.
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
+    server: NatsProcess,
+    /// Store directory and log file; deleted on drop, after the server (fields drop in order).
+    _dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -112,10 +109,10 @@ impl NatsServer {
     pub async fn stop(&mut self) {
         match &mut self.runtime {
             Runtime::Container(container) => container
-                .stop_with_timeout(Some(STOP_TIMEOUT.as_secs() as i32))
+                .stop_with_timeout(Some(nats_server::STOP_TIMEOUT.as_secs() as i32))
                 .await
                 .expect("stop the nats container"),
-            Runtime::Process(process) => process.stop(false).await,
+            Runtime::Process(process) => process.server.stop().await,
         }
     }
 
@@ -126,7 +123,7 @@ impl NatsServer {
                 .stop_with_timeout(Some(0))
                 .await
                 .expect("kill the nats container"),
-            Runtime::Process(process) => process.stop(true).await,
+            Runtime::Process(process) => process.server.kill().await,
         }
     }
 
@@ -141,11 +138,9 @@ impl NatsServer {
                     .expect("start the nats container again");
             }
             Runtime::Process(process) => {
-                assert!(
-                    process.child.is_none(),
-                    "the nats-server process is running"
-                );
-                process.spawn(self.client_port, self.monitor_port);
+                if let Err(error) = process.server.start_again() {
+                    panic!("starting nats-server again: {error}");
+                }
             }
         }
         if let Err(error) = self.wait_until_healthy().await {
@@ -182,13 +177,13 @@ impl NatsServer {
         // The ports are free when probed but another process may take one before Docker binds
         // it; a few attempts cover that race.
         for _attempt in 0..3 {
-            let (client_port, monitor_port) = free_ports();
+            let [client_port, monitor_port] =
+                nats_server::free_ports().expect("probe free loopback ports");
             let started = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
                 .with_exposed_port(CLIENT_PORT.tcp())
                 .with_exposed_port(MONITOR_PORT.tcp())
                 // Readiness is /healthz, polled below, not a log line.
                 .with_wait_for(WaitFor::Nothing)
-                .with_cmd(["-js", "-sd", "/data", "-m", "8222"])
                 .with_mapped_port(client_port, CLIENT_PORT.tcp())
                 .with_mapped_port(monitor_port, MONITOR_PORT.tcp())
                 // Publish on loopback only: nothing outside this machine has business with it.
@@ -229,76 +224,51 @@ impl NatsServer {
     }
 
     async fn start_process() -> NatsServer {
-        let binary = nats_server_binary();
-        let mut last_error = String::new();
-        // As for containers: a probed port can be taken before nats-server binds it, and then
-        // the server exits at once; a few attempts on fresh ports cover that race.
-        for _attempt in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("order-service-nats-")
-                .tempdir()
-                .expect("create a temp dir for the nats store");
-            let (client_port, monitor_port) = free_ports();
-            let mut process = Process {
-                binary: binary.clone(),
-                dir,
-                child: None,
-            };
-            process.spawn(client_port, monitor_port);
-            eprintln!(
-                "nats fixture: process {} at nats://127.0.0.1:{client_port} \
-                 (monitor http://127.0.0.1:{monitor_port}, store {})",
-                process.binary.display(),
-                process.dir.path().display()
-            );
-            let mut server = NatsServer {
-                runtime: Runtime::Process(Box::new(process)),
-                client_port,
-                monitor_port,
-            };
-            match server.wait_until_healthy().await {
-                Ok(()) => return server,
-                Err(error) => last_error = error,
-            }
-        }
-        panic!(
-            "cannot start nats-server {}: {last_error}",
-            binary.display()
+        let binary = nats_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no nats-server: set NATS_SERVER_BIN, run `make nats-server` (installs \
+                     tools/nats-server) or put nats-server on PATH"
+                )
+            });
+        let dir = tempfile::Builder::new()
+            .prefix("order-service-nats-")
+            .tempdir()
+            .expect("create a temp dir for the nats store");
+        let settings = Settings {
+            binary: binary.clone(),
+            dir: dir.path().to_owned(),
+            name: None,
+            sync: Sync::Always,
+        };
+        let server = NatsProcess::start(settings, READY_TIMEOUT)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start nats-server {}: nats-server (process) {error}",
+                    binary.display()
+                )
+            });
+        eprintln!(
+            "nats fixture: process {} at {} (monitor http://127.0.0.1:{}, store {})",
+            binary.display(),
+            server.url(),
+            server.monitor_port(),
+            dir.path().display()
         );
+        NatsServer {
+            client_port: server.client_port(),
+            monitor_port: server.monitor_port(),
+            runtime: Runtime::Process(Box::new(Process { server, _dir: dir })),
+        }
     }
 
     /// Polls `/healthz` until it says ok; gives up early when the server has exited.
     async fn wait_until_healthy(&mut self) -> Result<(), String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .expect("build an HTTP client");
-        let url = format!("{}/healthz", self.monitor_url());
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let last = match http.get(&url).send().await {
-                Ok(response) if response.status().is_success() => return Ok(()),
-                Ok(response) => format!(
-                    "{}: {}",
-                    response.status(),
-                    response.text().await.unwrap_or_default()
-                ),
-                Err(error) => error.to_string(),
-            };
-            if let Some(exited) = self.exited().await {
-                return Err(format!(
-                    "nats-server ({}) exited before it was healthy: {exited}",
-                    self.kind()
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "nats-server ({}) not healthy after {READY_TIMEOUT:?} at {url}: {last}",
-                    self.kind()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (port, kind) = (self.monitor_port, self.kind());
+        nats_server::wait_until_healthy(port, READY_TIMEOUT, async || self.exited().await)
+            .await
+            .map_err(|error| format!("nats-server ({kind}) {error}"))
     }
 
     /// Why the server is no longer running, if it is not.
@@ -315,7 +285,7 @@ impl NatsServer {
                 }
                 Err(error) => Some(format!("cannot inspect the container: {error}")),
             },
-            Runtime::Process(process) => process.exited(),
+            Runtime::Process(process) => process.server.exited(),
         }
     }
 
@@ -335,11 +305,7 @@ impl NatsServer {
             Runtime::Container(container) if frozen => container.pause().await.expect("pause"),
             Runtime::Container(container) => container.unpause().await.expect("unpause"),
             Runtime::Process(process) => {
-                let pid = process
-                    .child
-                    .as_ref()
-                    .and_then(|c| c.id())
-                    .expect("running");
+                let pid = process.server.pid().expect("running");
                 let signal = if frozen { "-STOP" } else { "-CONT" };
                 let sent = std::process::Command::new("kill")
                     .args([signal, &pid.to_string()])
@@ -351,88 +317,6 @@ impl NatsServer {
     }
 }
 
-impl Process {
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("nats-server.log")
-    }
-
-    fn spawn(&mut self, client_port: u16, monitor_port: u16) {
-        let store = self.dir.path().join("store");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open the nats-server log");
-        let child = tokio::process::Command::new(&self.binary)
-            .arg("-js")
-            .arg("-sd")
-            .arg(&store)
-            .args(["-a", "127.0.0.1", "-p", &client_port.to_string()])
-            .args(["-m", &monitor_port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot run {}: {error}", self.binary.display()));
-        self.child = Some(child);
-    }
-
-    async fn stop(&mut self, abrupt: bool) {
-        let mut child = self
-            .child
-            .take()
-            .expect("the nats-server process is not running");
-        if !abrupt && let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        child.kill().await.expect("kill nats-server");
-    }
-
-    fn exited(&mut self) -> Option<String> {
-        let child = self.child.as_mut()?;
-        match child.try_wait() {
-            Ok(None) => None,
-            Ok(Some(status)) => Some(format!(
-                "{status}; its log:\n{}",
-                std::fs::read_to_string(self.log_path()).unwrap_or_default()
-            )),
-            Err(error) => Some(format!("cannot check the process: {error}")),
-        }
-    }
-}
-
-/// `NATS_SERVER_BIN`, else `tools/nats-server` (installed by `make nats-server`), else
-/// `nats-server` on PATH.
-fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|path| !path.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/nats-server");
-    if tools.is_file() {
-        return tools;
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no nats-server: set NATS_SERVER_BIN, run `make nats-server` (installs \
-                 tools/nats-server) or put nats-server on PATH"
-            )
-        })
-}
-
 /// Whether a Docker engine answers within two seconds.
 async fn docker_answers() -> bool {
     let Ok(docker) = testcontainers::bollard::Docker::connect_with_local_defaults() else {
@@ -442,15 +326,6 @@ async fn docker_answers() -> bool {
         tokio::time::timeout(Duration::from_secs(2), docker.ping()).await,
         Ok(Ok(_))
     )
-}
-
-/// Two distinct loopback ports nobody listens on right now (client, monitoring).
-fn free_ports() -> (u16, u16) {
-    // Both listeners are held until both ports are known, so the two cannot coincide.
-    let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("probe a free loopback port");
-    let second = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("probe a free loopback port");
-    let port = |listener: &TcpListener| listener.local_addr().expect("local address").port();
-    (port(&first), port(&second))
 }
 
 #[tokio::test]

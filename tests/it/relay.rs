@@ -10,12 +10,12 @@ use async_nats::jetstream;
 use order_service::auth::Role;
 use order_service::bus::{self, OutboxMessage, Topics};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::app::{
     PATIENCE, SECRET, TestApp, User, chat_order, into_json, metric, order_body, ready,
-    relaying_app, run_cli, simple_order, spawn_app_with,
+    relaying_app, run_cli, simple_order, spawn_app_with, stream_config, table_without_chat_links,
 };
 use crate::nats::NatsServer;
 
@@ -139,15 +139,7 @@ async fn the_service_creates_the_streams_and_reports_clamps() {
     assert_eq!(ready["checks"]["relay"]["alive"], true);
 
     let js = nats.jetstream().await;
-    let audit = js
-        .get_stream("ORDER_AUDIT")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let audit = stream_config(&js, "ORDER_AUDIT").await;
     assert_eq!(audit.subjects, ["order.audit.*"]);
     assert_eq!(audit.max_age, Duration::from_secs(90 * 24 * 3600));
     assert_eq!(audit.num_replicas, 1);
@@ -339,15 +331,7 @@ async fn per_order_order_holds_while_publishes_fail_and_retry() {
 
     // Break ORDER_AUDIT (no stream takes order.audit.* any more: the relay heals it by
     // reconciling) while orders keep changing; then take the broker away and back.
-    let mut broken = js
-        .get_stream("ORDER_AUDIT")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut broken = stream_config(&js, "ORDER_AUDIT").await;
     let mut ids = Vec::new();
     for round in 0..4 {
         match round {
@@ -458,17 +442,7 @@ async fn a_poison_row_goes_dead_alone_and_requeue_delivers_it_once() {
     let nats = NatsServer::start().await;
     // The service's table lacks order.chat_linked: no stream takes those events.
     let dir = tempfile::tempdir().unwrap();
-    let table = dir.path().join("topics.json");
-    let all: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/topics.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let without: Vec<&Value> = all
-        .iter()
-        .filter(|t| t["topic"] != "order.chat_linked")
-        .collect();
-    std::fs::write(&table, serde_json::to_string(&without).unwrap()).unwrap();
+    let table = table_without_chat_links(dir.path());
     let app = relaying_app(&nats, |c| {
         c.topics_file = Some(table);
         c.event_outbox_max_retries = 2;

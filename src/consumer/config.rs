@@ -1,0 +1,169 @@
+//! A consumer group's settings, checked, and the JetStream consumer configs they imply: one
+//! durable pull consumer per topic stream, and one on the group's replayed dead letters.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
+
+use super::ConsumerError;
+use crate::domain::Topic;
+
+/// A consumer group's settings.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// The group's name, also its consumers' durable name: letters, digits, `-` and `_`.
+    pub group: String,
+    /// The topics it takes.
+    pub topics: Vec<Topic>,
+    /// Only this partition of each topic (`<topic>.<P>.>`); `None` for every partition.
+    pub partition: Option<u32>,
+    /// The group's SQLite file: processed events and the handler's own state.
+    pub database: PathBuf,
+    /// `synchronous=FULL` for the database (an acknowledged event's effects survive power loss);
+    /// `NORMAL` survives a crash of the process only.
+    pub synchronous_full: bool,
+    /// Deliveries of a message before it is a dead letter.
+    pub max_deliver: i64,
+    /// Waits before redelivering a transiently failed message: the n-th failure waits the n-th
+    /// entry, the last entry repeating.
+    pub backoff: Vec<Duration>,
+    /// How long the broker waits for an ack before it delivers a message again.
+    pub ack_wait: Duration,
+    /// Messages delivered and not yet acknowledged, at most; 1 keeps a strict order per key
+    /// across retries (see the module docs).
+    pub max_ack_pending: i64,
+    /// Messages processed per transaction, at most.
+    pub batch_size: usize,
+}
+
+impl GroupConfig {
+    /// Defaults: every partition, `max_deliver` 5, backoff 1 s, 5 s, 30 s, 2 min, `ack_wait`
+    /// 30 s, up to 1,000 unacknowledged, batches of 100, `synchronous=FULL`.
+    pub fn new(group: impl Into<String>, topics: &[Topic], database: impl Into<PathBuf>) -> Self {
+        GroupConfig {
+            group: group.into(),
+            topics: topics.to_vec(),
+            partition: None,
+            database: database.into(),
+            synchronous_full: true,
+            max_deliver: 5,
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(120),
+            ],
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1000,
+            batch_size: 100,
+        }
+    }
+
+    /// Strict order per key across retries: `max_ack_pending = 1`.
+    pub fn ordered(mut self) -> Self {
+        self.max_ack_pending = 1;
+        self
+    }
+
+    /// The durable name of the group's consumer on a topic stream.
+    pub fn consumer_name(&self) -> String {
+        match self.partition {
+            Some(p) => format!("{}-p{p}", self.group),
+            None => self.group.clone(),
+        }
+    }
+
+    /// The subject filter of the group's consumer on `topic`.
+    pub fn filter(&self, topic: Topic) -> String {
+        match self.partition {
+            Some(p) => format!("{}.{p}.>", topic.as_str()),
+            None => format!("{}.>", topic.as_str()),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConsumerError> {
+        let bad = |why: String| {
+            Err(ConsumerError::Config(format!(
+                "group {:?}: {why}",
+                self.group
+            )))
+        };
+        if !is_valid_group(&self.group) {
+            return bad("a group name is letters, digits, `-` and `_`".into());
+        }
+        if self.topics.is_empty() {
+            return bad("no topics".into());
+        }
+        if self.max_deliver < 1 {
+            return bad("max_deliver must be at least 1".into());
+        }
+        if self.backoff.is_empty() {
+            return bad("the backoff schedule is empty".into());
+        }
+        if self.batch_size == 0 || self.max_ack_pending < 1 {
+            return bad("batch_size and max_ack_pending must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The wait before delivery `delivered + 1` of a message that failed on delivery `delivered`.
+    pub fn delay_after(&self, delivered: u64) -> Duration {
+        let index = (delivered.max(1) - 1) as usize;
+        self.backoff[index.min(self.backoff.len() - 1)]
+    }
+
+    pub(super) fn consumer_config(&self, topic: Topic) -> consumer::pull::Config {
+        let mut metadata = HashMap::from([
+            ("group".to_owned(), self.group.clone()),
+            ("topic".to_owned(), topic.as_str().to_owned()),
+        ]);
+        if let Some(p) = self.partition {
+            metadata.insert("partition".to_owned(), p.to_string());
+        }
+        consumer::pull::Config {
+            durable_name: Some(self.consumer_name()),
+            description: Some(format!(
+                "consumer group {} on {}",
+                self.group,
+                topic.as_str()
+            )),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            filter_subject: self.filter(topic),
+            max_ack_pending: self.max_ack_pending,
+            metadata,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn replay_consumer_config(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.group.clone()),
+            description: Some(format!("dead letters replayed to {}", self.group)),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            filter_subject: format!("replay.{}.>", self.group),
+            max_ack_pending: self.max_ack_pending,
+            metadata: HashMap::from([
+                ("group".to_owned(), self.group.clone()),
+                ("topic".to_owned(), "replay".to_owned()),
+            ]),
+            ..Default::default()
+        }
+    }
+}
+
+/// Whether `name` can be a group (and durable consumer) name.
+pub fn is_valid_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}

@@ -1,0 +1,168 @@
+//! A consumer group at run time: set up its streams, consumers and database (waiting for the
+//! broker as long as it takes), then run one worker per consumer and one dead-letter watch per
+//! topic until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use tokio::task::JoinSet;
+
+use super::config::GroupConfig;
+use super::exhausted::exhausted;
+use super::handler::Handler;
+use super::stats::GroupStats;
+use super::worker::{Source, Worker};
+use super::{ConsumerError, dlq, idempotency};
+use crate::backoff::Backoff;
+use crate::bus::stream_name;
+use crate::shutdown::Shutdown;
+
+/// The first wait between two tries to set the group up while the broker is away.
+const SETUP_BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// The longest wait between two tries to set the group up while the broker is away.
+const SETUP_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A consumer group with its handler.
+pub struct Group<H> {
+    config: Arc<GroupConfig>,
+    handler: Arc<H>,
+    js: jetstream::Context,
+    stats: Arc<GroupStats>,
+}
+
+impl<H: Handler> Group<H> {
+    /// A group reading through `js`; checks the settings.
+    pub fn new(
+        js: jetstream::Context,
+        config: GroupConfig,
+        handler: H,
+    ) -> Result<Group<H>, ConsumerError> {
+        config.validate()?;
+        Ok(Group {
+            config: Arc::new(config),
+            handler: Arc::new(handler),
+            js,
+            stats: Arc::new(GroupStats::default()),
+        })
+    }
+
+    /// The group's counters, shared with its running tasks.
+    pub fn stats(&self) -> Arc<GroupStats> {
+        self.stats.clone()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// Creates (or updates) the dead-letter streams and the group's consumers, and the group's
+    /// database; returns the consumers.
+    async fn setup(&self) -> Result<Vec<(Source, PullConsumer)>, ConsumerError> {
+        let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
+        self.handler.migrate(&conn)?;
+        drop(conn);
+        dlq::ensure_streams(&self.js).await?;
+        let mut consumers = Vec::new();
+        for &topic in &self.config.topics {
+            let stream = self
+                .js
+                .get_stream(stream_name(topic.as_str()))
+                .await
+                .map_err(ConsumerError::nats)?;
+            let consumer = stream
+                .create_consumer(self.config.consumer_config(topic))
+                .await
+                .map_err(ConsumerError::nats)?;
+            consumers.push((Source::Topic(topic), consumer));
+        }
+        let replay = self
+            .js
+            .get_stream(dlq::REPLAY_STREAM)
+            .await
+            .map_err(ConsumerError::nats)?
+            .create_consumer(self.config.replay_consumer_config())
+            .await
+            .map_err(ConsumerError::nats)?;
+        consumers.push((Source::Replay, replay));
+        Ok(consumers)
+    }
+
+    /// Runs the group until `shutdown`: sets it up (waiting for the broker as long as it takes),
+    /// then drains each consumer. A batch in flight when `shutdown` completes is finished,
+    /// committed and acknowledged before this returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
+        tokio::pin!(shutdown);
+        let mut waits = Backoff::exponential(SETUP_BACKOFF_BASE, SETUP_BACKOFF_MAX).waits();
+        let consumers = loop {
+            let error = match self.setup().await {
+                Ok(consumers) => break consumers,
+                Err(ConsumerError::Nats(error)) => error,
+                Err(other) => return Err(other),
+            };
+            let wait = waits.next_wait();
+            tracing::warn!(group = %self.config.group, %error, retry_in = ?wait, "setting up the consumer group failed");
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        };
+        tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
+        let stop = Shutdown::new();
+        let mut tasks = JoinSet::new();
+        for (source, consumer) in consumers {
+            if let Source::Topic(topic) = source {
+                let stream = stream_name(topic.as_str());
+                let subscriber = self
+                    .js
+                    .client()
+                    .subscribe(format!(
+                        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{}",
+                        self.config.consumer_name()
+                    ))
+                    .await
+                    .map_err(ConsumerError::nats)?;
+                tasks.spawn(exhausted(
+                    self.js.clone(),
+                    self.config.clone(),
+                    self.stats.clone(),
+                    topic,
+                    subscriber,
+                    stop.signal(),
+                ));
+            }
+            let worker = Worker {
+                config: self.config.clone(),
+                handler: self.handler.clone(),
+                js: self.js.clone(),
+                stats: self.stats.clone(),
+                source,
+            };
+            let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
+            tasks.spawn(worker.drain(consumer, conn, stop.signal()));
+        }
+        let mut result = Ok(());
+        tokio::select! {
+            () = &mut shutdown => {}
+            Some(ended) = tasks.join_next() => {
+                // A worker only ends early on an error it cannot get past.
+                result = match ended {
+                    Ok(r) => r,
+                    Err(e) => Err(ConsumerError::Config(format!("a consumer task failed: {e}"))),
+                };
+            }
+        }
+        stop.trigger();
+        while let Some(ended) = tasks.join_next().await {
+            if let Ok(Err(e)) = ended
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        tracing::info!(group = %self.config.group, "consumer group stopped");
+        result
+    }
+}

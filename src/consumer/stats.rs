@@ -1,0 +1,57 @@
+//! What a consumer group has done since it started: counters its workers bump, and snapshots of
+//! them for tests, the demo and logs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a group has done since it started, for tests, the demo and logs.
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    /// Messages received, redeliveries included.
+    pub deliveries: AtomicU64,
+    /// Of those, deliveries after the first (the broker's count says so).
+    pub redeliveries: AtomicU64,
+    /// Events the handler processed (committed and acknowledged).
+    pub processed: AtomicU64,
+    /// Deliveries of events already processed: acknowledged without running the handler.
+    pub duplicates: AtomicU64,
+    /// Transient failures sent back for a retry.
+    pub retried: AtomicU64,
+    /// Messages sent to the dead letters.
+    pub dead_lettered: AtomicU64,
+}
+
+/// A snapshot of [`GroupStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStatsSnapshot {
+    /// See [`GroupStats::deliveries`].
+    pub deliveries: u64,
+    /// See [`GroupStats::redeliveries`].
+    pub redeliveries: u64,
+    /// See [`GroupStats::processed`].
+    pub processed: u64,
+    /// See [`GroupStats::duplicates`].
+    pub duplicates: u64,
+    /// See [`GroupStats::retried`].
+    pub retried: u64,
+    /// See [`GroupStats::dead_lettered`].
+    pub dead_lettered: u64,
+}
+
+impl GroupStats {
+    /// The counts now.
+    pub fn snapshot(&self) -> GroupStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        GroupStatsSnapshot {
+            deliveries: get(&self.deliveries),
+            redeliveries: get(&self.redeliveries),
+            processed: get(&self.processed),
+            duplicates: get(&self.duplicates),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+        }
+    }
+
+    pub(super) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
