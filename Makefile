@@ -9,7 +9,7 @@ ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot
+.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
 ## Ctrl-C stops both.
@@ -88,14 +88,27 @@ fmt:
 
 ## schemas: regenerate nats/schemas/<topic>.json from the event types
 schemas:
-	$(CARGO) run --locked -q -- schema --out nats/schemas
+	$(CARGO) run --locked -q --bin order-service -- schema --out nats/schemas
 
 ## token: print a token for the development secret, e.g. `make token ROLE=customer`
 token: $(DEV_SECRET)
-	@AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CARGO) run --release --locked -q -- token --role $(ROLE)
+	@AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CARGO) run --release --locked -q --bin order-service -- token --role $(ROLE)
 
 build:
 	$(CARGO) build --release --locked
+
+## readme-targets: the targets the README's first steps name succeed (CI runs it on a fresh
+## clone): a token that looks like a JWT, schemas identical to the checked-in ones, the image, lint.
+readme-targets:
+	@token="$$($(MAKE) -s --no-print-directory token ROLE=admin)" && \
+		echo "$$token" | grep -Eq '^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$$' || \
+		{ echo "make token did not print a token: $$token" >&2; exit 1; }
+	@$(MAKE) --no-print-directory schemas
+	@git diff --exit-code --stat -- nats/schemas || \
+		{ echo "make schemas changed nats/schemas: commit the regenerated files" >&2; exit 1; }
+	@$(MAKE) --no-print-directory nats-image
+	@$(MAKE) --no-print-directory lint
+	@echo "readme targets: token, schemas, nats-image and lint succeed"
 
 ## bench: release build, then one run of src/bin/bench/: its own NATS and service on loopback,
 ## baselines A/B/C beside the end-to-end figures; prints a table, writes target/bench/latest.json.
@@ -103,8 +116,9 @@ build:
 bench: nats-server build
 	@NATS_SERVER_BIN='$(NATS_SERVER)' ./target/release/bench
 
-# A development secret, generated once and kept: tokens stay valid across restarts.
+# A development secret, generated once and kept (the message goes to stderr, so that
+# `TOKEN=$$(make -s token)` gets only the token on a fresh clone): tokens stay valid across restarts.
 $(DEV_SECRET):
 	@mkdir -p $(DATA)
 	@umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
-	@echo "generated a development JWT secret in $@"
+	@echo "generated a development JWT secret in $@" >&2

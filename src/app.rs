@@ -81,6 +81,13 @@ pub fn build(config: &Config) -> Result<AppState, AppError> {
             .then(|| Arc::new(RelayStatus::default())),
         consumers: Arc::default(),
         ops: Arc::new(Ops::new(topics(config)?)),
+        idempotency_in_flight: Arc::default(),
+        write_limit: Arc::new(crate::api::limits::WriteLimit::new(
+            config.write_rate_limit,
+            config.write_rate_burst,
+            config.write_rate_limit_exempt.clone(),
+        )),
+        request_timeout: config.request_timeout,
     })
 }
 
@@ -127,6 +134,12 @@ pub async fn run(
     tasks.spawn(relay::cleanup::run(
         state.store.clone(),
         config.event_outbox_retention,
+        config.event_outbox_cleanup_interval,
+        stop.signal(),
+    ));
+    tasks.spawn(crate::store::idempotency::prune(
+        state.store.clone(),
+        config.idempotency_key_retention,
         config.event_outbox_cleanup_interval,
         stop.signal(),
     ));

@@ -51,7 +51,9 @@ struct Claims {
     sub: String,
     role: String,
     exp: u64,
-    iat: u64,
+    /// Optional (RFC 7519): many identity providers' minimal tokens leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +116,8 @@ impl Auth {
         required.extend(issuer.as_ref().map(|_| "iss"));
         required.extend(audience.as_ref().map(|_| "aud"));
         validation.set_required_spec_claims(&required);
+        // `nbf` is checked when present and never required.
+        validation.validate_nbf = true;
         match &issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -137,7 +141,7 @@ impl Auth {
         let claims = Claims {
             sub: sub.to_string(),
             role: role.as_str().to_owned(),
-            iat: now,
+            iat: Some(now),
             exp: now + ttl.as_secs(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -153,6 +157,7 @@ impl Auth {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "the token's signature is not valid",
                     ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
                     ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
@@ -162,6 +167,18 @@ impl Auth {
                 };
                 Refusal::Unauthenticated(why.to_owned())
             })?;
+        // An `iat` beyond the clock-skew leeway is a token from the future: refused like an
+        // `nbf` still ahead.
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if data
+            .claims
+            .iat
+            .is_some_and(|iat| iat > now + self.validation.leeway)
+        {
+            return Err(Refusal::Unauthenticated(
+                "the token is issued in the future (iat)".into(),
+            ));
+        }
         let user_id = Uuid::parse_str(&data.claims.sub)
             .map_err(|_| Refusal::Unauthenticated("the token's subject is not a UUID".into()))?;
         let role = match data.claims.role.as_str() {

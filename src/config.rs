@@ -146,7 +146,32 @@ pub struct Config {
     #[arg(long, env = "AUTH_JWT_AUDIENCE")]
     pub auth_jwt_audience: Option<String>,
 
-    /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is believed for audit.
+    /// Writes (POST, PUT, PATCH, DELETE) per second one caller may sustain: per token subject,
+    /// or per client address for requests without a valid token. 0 turns the limit off.
+    #[arg(long, env = "WRITE_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub write_rate_limit: u32,
+
+    /// Writes one caller may send at once above the sustained rate (the bucket's size).
+    #[arg(long, env = "WRITE_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub write_rate_burst: u32,
+
+    /// Roles whose callers the write limit does not apply to (comma-separated): by default
+    /// `system`, the other services of the shop (and `make bench`'s load generator).
+    #[arg(
+        long,
+        env = "WRITE_RATE_LIMIT_EXEMPT",
+        value_delimiter = ',',
+        default_value = "system"
+    )]
+    pub write_rate_limit_exempt: Vec<Role>,
+
+    /// The longest a request may take, from its headers to its answer; a slower one answers 408
+    /// and what it had not finished is not applied.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = between(Duration::from_millis(100), Duration::from_secs(600)))]
+    pub request_timeout: Duration,
+
+    /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is believed for audit and
+    /// the write limit.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<IpNet>,
 
@@ -204,6 +229,11 @@ pub struct Config {
     /// How long published rows are kept before they are deleted.
     #[arg(long, env = "EVENT_OUTBOX_RETENTION", default_value = "24h", value_parser = between(Duration::ZERO, Duration::from_secs(3650 * DAY)))]
     pub event_outbox_retention: Duration,
+
+    /// How long the answer to a request with an Idempotency-Key is kept for its retries; older
+    /// keys are deleted at every EVENT_OUTBOX_CLEANUP_INTERVAL.
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", default_value = "24h", value_parser = between(Duration::from_secs(1), Duration::from_secs(365 * DAY)))]
+    pub idempotency_key_retention: Duration,
 
     /// How often published rows past the retention are deleted.
     #[arg(long, env = "EVENT_OUTBOX_CLEANUP_INTERVAL", default_value = "1m", value_parser = between(Duration::from_millis(10), Duration::from_secs(DAY)))]
@@ -324,6 +354,14 @@ mod tests {
                 "25h",
             ),
             ("--nats-ack-timeout", Some("99ms"), "100ms", "10m", "11m"),
+            ("--request-timeout", Some("99ms"), "100ms", "10m", "11m"),
+            (
+                "--idempotency-key-retention",
+                Some("0s"),
+                "1s",
+                "365days",
+                "366days",
+            ),
             (
                 "--nats-duplicate-window",
                 Some("999ms"),

@@ -70,6 +70,23 @@ pub enum ApiError {
         /// Where: usually `{"field": "items[0].quantity"}`.
         details: Value,
     },
+    /// 408: the request took longer than `REQUEST_TIMEOUT` (a body sent too slowly, or a
+    /// command that waited too long); what it did not finish was not applied.
+    #[error("the request took longer than {seconds} s")]
+    RequestTimeout {
+        /// The limit in seconds.
+        seconds: u64,
+    },
+    /// 429: the caller sent more writes than its limit; `Retry-After` says when to try again.
+    #[error("too many writes from this caller; retry in {retry_after} s")]
+    TooManyRequests {
+        /// Seconds until the next write is allowed.
+        retry_after: u64,
+        /// The sustained limit, writes per second.
+        limit: u32,
+        /// The burst allowed.
+        burst: u32,
+    },
     /// 500: our failure; the cause is logged, not answered.
     #[error("internal error: {0}")]
     Internal(String),
@@ -110,6 +127,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -127,6 +146,8 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RequestTimeout { .. } => "request_timeout",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -149,6 +170,17 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 (self.to_string(), json!({ "limit_bytes": limit }))
             }
+            ApiError::RequestTimeout { seconds } => {
+                (self.to_string(), json!({ "timeout_seconds": seconds }))
+            }
+            ApiError::TooManyRequests {
+                retry_after,
+                limit,
+                burst,
+            } => (
+                self.to_string(),
+                json!({ "retry_after_seconds": retry_after, "limit_per_second": limit, "burst": burst }),
+            ),
             _ => (self.to_string(), Value::Null),
         };
         let mut response = (
@@ -156,6 +188,12 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": self.code(), "message": message, "details": details })),
         )
             .into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -168,7 +206,14 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::IdempotencyKeyTaken(key) => ApiError::Conflict {
+                code: "idempotency_key_in_use",
+                message: "another request with this Idempotency-Key was answered meanwhile; retry to get its answer".into(),
+                details: json!({ "idempotency_key": key }),
+            },
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -3,11 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use order_service::{cli, config::Cli, telemetry};
+use order_service::{
+    cli,
+    config::{Cli, Command},
+    telemetry,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.config.log_format);
+    // A one-shot command prints its output, not the service's start-up chatter.
+    let level = match cli.command {
+        None | Some(Command::Serve) => "info",
+        Some(_) => "warn",
+    };
+    telemetry::init(cli.config.log_format, level);
     match cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,15 +2,18 @@
 //! dead rows once their cause is fixed. Admins only.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::idempotency::stored_json;
 use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::store::idempotency;
 use crate::store::outbox::{self, OutboxRow, Requeue};
 
 /// The routes of this resource.
@@ -71,6 +74,15 @@ async fn requeue(
         code: "invalid_id",
         message: format!("`{raw}` is not an outbox row id"),
     })?;
+    idempotency::respond_with(move |outcome: &Requeue| {
+        (*outcome == Requeue::Requeued).then(|| {
+            stored_json(
+                StatusCode::OK,
+                None,
+                &json!({ "id": id, "status": "pending" }),
+            )
+        })
+    });
     let outcome = state
         .store
         .write(move |tx| Ok::<_, ApiError>(outbox::requeue(tx, id)?))

@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::context::RequestMeta;
+use super::idempotency::stored_json;
 use super::json::AppJson;
-use super::order_view::created;
+use super::order_view::{created, record_created};
 use super::path::OrderId;
 use crate::auth::{Caller, Role};
 use crate::commands::{self, ChatLinkRequest, NewOrder, OverrideRequest};
@@ -21,6 +22,8 @@ use crate::domain::chat::ChatOrigin;
 use crate::domain::events::CustomerPreferences;
 use crate::domain::{Address, Currency, Item, SourceChannel, Text};
 use crate::error::ApiError;
+use crate::store::chat::ChatLink;
+use crate::store::idempotency;
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
@@ -95,6 +98,7 @@ async fn create(
         stock_override: body.stock_override,
     };
     let ctx = meta.events(&caller);
+    record_created();
     let order = commands::place(&state.store, caller, ctx, order, Some(chat)).await?;
     Ok(created(&order))
 }
@@ -151,17 +155,26 @@ async fn link(
         link_type: body.link_type.as_str(),
         context: body.context.to_string(),
     };
+    let link_type = body.link_type;
+    idempotency::respond_with(move |stored: &ChatLink| {
+        Some(stored_json(
+            StatusCode::CREATED,
+            None,
+            &link_view(stored, link_type),
+        ))
+    });
     let stored = commands::link_chat(&state.store, caller, ctx, order_id, request).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(LinkView {
-            link_id: stored.link_id,
-            order_id,
-            chat_id: stored.chat_id,
-            link_type: body.link_type,
-            context: stored.context,
-            linked_by: stored.linked_by,
-            created_at: stored.created_at,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(link_view(&stored, link_type))))
+}
+
+fn link_view(stored: &ChatLink, link_type: LinkType) -> LinkView {
+    LinkView {
+        link_id: stored.link_id,
+        order_id: stored.order_id,
+        chat_id: stored.chat_id,
+        link_type,
+        context: stored.context.clone(),
+        linked_by: stored.linked_by,
+        created_at: stored.created_at,
+    }
 }

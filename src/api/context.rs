@@ -153,7 +153,7 @@ pub fn now_millis() -> DateTime<Utc> {
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in which case the last
 /// `X-Forwarded-For` hop that is not itself a trusted proxy.
-fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;

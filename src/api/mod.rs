@@ -7,6 +7,8 @@
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`ops`] — the operations page at `/ops` and the admin endpoints it reads.
 //! - [`health`] — liveness, readiness and metrics.
+//! - [`idempotency`] — the `Idempotency-Key` header: replays, refusals, claims.
+//! - [`limits`] — the per-caller write limit and the request timeout.
 //! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
 //!   the caller's token are read.
 
@@ -15,7 +17,9 @@ mod bearer;
 pub mod chat;
 pub mod context;
 pub mod health;
+pub mod idempotency;
 pub mod json;
+pub mod limits;
 pub mod ops;
 pub mod order_view;
 pub mod orders;
@@ -54,6 +58,12 @@ pub struct AppState {
     pub consumers: Arc<crate::consumer::lag::Watch>,
     /// The operations page's history and broker connection.
     pub ops: Arc<crate::ops::Ops>,
+    /// Idempotency keys whose first request is still being handled.
+    pub idempotency_in_flight: Arc<idempotency::InFlight>,
+    /// The per-caller write limit.
+    pub write_limit: Arc<limits::WriteLimit>,
+    /// The longest a request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 /// The whole API.
@@ -63,7 +73,16 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(products::router())
         .merge(admin::router())
-        .merge(ops::router());
+        .merge(ops::router())
+        // Outermost first on the way in: the write limit, then Idempotency-Key.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::write_limit,
+        ));
     Router::new()
         .nest("/api/v1", v1)
         .merge(health::router())
@@ -71,6 +90,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::timeout,
+        ))
         // The ids are read before the request's span is made, so that the span, and every log
         // line inside it, carries them: the trace layer sits inside the ids middleware.
         .layer(TraceLayer::new_for_http().make_span_with(context::request_span))

@@ -1,14 +1,15 @@
 //! An order as the API answers it, here and in the chat routes.
 
-use axum::Json;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::api::idempotency::{respond, stored_json};
 use crate::domain::events::ItemLine;
 use crate::domain::{Address, Money, Order, Status};
+use crate::store::idempotency::{self, StoredResponse};
 
 /// An order as the API answers it.
 #[derive(Debug, Serialize)]
@@ -44,15 +45,28 @@ impl From<&Order> for OrderView {
     }
 }
 
+/// 201 with the order and where to find it, as stored for an Idempotency-Key.
+fn created_answer(order: &Order) -> StoredResponse {
+    stored_json(
+        StatusCode::CREATED,
+        Some(format!("/api/v1/orders/{}", order.order_id)),
+        &OrderView::from(order),
+    )
+}
+
 /// Answers 201 with the order and where to find it.
 pub fn created(order: &Order) -> Response {
-    (
-        StatusCode::CREATED,
-        [(
-            header::LOCATION,
-            format!("/api/v1/orders/{}", order.order_id),
-        )],
-        Json(OrderView::from(order)),
-    )
-        .into_response()
+    respond(created_answer(order))
+}
+
+/// Under an Idempotency-Key, the command's order is answered (and stored) as [`created`].
+pub fn record_created() {
+    idempotency::respond_with(|order: &Order| Some(created_answer(order)));
+}
+
+/// Under an Idempotency-Key, the command's order is answered (and stored) as 200 with the order.
+pub fn record_ok() {
+    idempotency::respond_with(|order: &Order| {
+        Some(stored_json(StatusCode::OK, None, &OrderView::from(order)))
+    });
 }

@@ -3,13 +3,13 @@
 
 use uuid::Uuid;
 
-use super::{CommandError, audit, change_order};
+use super::{CommandError, audit, change_order_with};
 use crate::auth::Caller;
 use crate::domain::chat::ChatOrigin;
 use crate::domain::events::{AuditChange, ChatOrderCreated, OrderLinkedToChat};
-use crate::domain::{EventContext, Order};
-use crate::store::Store;
+use crate::domain::{EventContext, Events, Order};
 use crate::store::chat::{ChatLink, insert_link};
+use crate::store::{Store, Tx};
 
 /// `order.chat_created` for an order placed from `chat`.
 pub(super) fn created_event(order: &Order, chat: &ChatOrigin) -> ChatOrderCreated {
@@ -55,7 +55,7 @@ pub async fn link_chat(
         created_at: ctx.now,
     };
     let stored = link.clone();
-    change_order(store, caller, ctx, order_id, move |tx, order, events| {
+    let change = move |tx: &Tx<'_>, order: &mut Order, events: &mut Events<'_>| {
         insert_link(tx, &link)?;
         events.push(OrderLinkedToChat {
             order_id,
@@ -78,7 +78,6 @@ pub async fn link_chat(
         );
         events.push(event);
         Ok(())
-    })
-    .await?;
-    Ok(stored)
+    };
+    change_order_with(store, caller, ctx, order_id, change, move |_| stored).await
 }

@@ -79,6 +79,24 @@ async fn change_order<F>(
 where
     F: FnOnce(&Tx<'_>, &mut Order, &mut Events<'_>) -> Result<(), CommandError> + Send + 'static,
 {
+    change_order_with(store, caller, ctx, order_id, change, |order| order).await
+}
+
+/// [`change_order`], answering `output(order)`: the transaction's result is what the command
+/// answers, which is what an Idempotency-Key's stored answer is rendered from.
+async fn change_order_with<F, O, R>(
+    store: &Store,
+    caller: Caller,
+    ctx: EventContext,
+    order_id: Uuid,
+    change: F,
+    output: O,
+) -> Result<R, CommandError>
+where
+    F: FnOnce(&Tx<'_>, &mut Order, &mut Events<'_>) -> Result<(), CommandError> + Send + 'static,
+    O: FnOnce(Order) -> R + Send + 'static,
+    R: Send + 'static,
+{
     store
         .write(move |tx| {
             let before = visible(orders::find(tx, order_id)?, order_id, &caller)?;
@@ -90,7 +108,7 @@ where
                 orders::save(tx, &order)?;
             }
             outbox::enqueue(tx, &events.into_vec())?;
-            Ok(order)
+            Ok(output(order))
         })
         .await
 }

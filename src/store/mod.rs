@@ -11,6 +11,7 @@
 //! command makes (order rows and outbox rows alike) commits or rolls back together.
 
 pub mod chat;
+pub mod idempotency;
 pub mod orders;
 pub mod outbox;
 pub mod products;
@@ -44,6 +45,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_outbox_requeues.sql",
         include_str!("../../migrations/0003_outbox_requeues.sql"),
+    ),
+    (
+        "0004_idempotency_keys.sql",
+        include_str!("../../migrations/0004_idempotency_keys.sql"),
     ),
 ];
 
@@ -81,6 +86,10 @@ impl Synchronous {
 /// What went wrong in the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another request stored an answer under this Idempotency-Key first (one that outlived its
+    /// in-flight mark, e.g. after a request timeout); this command is rolled back.
+    #[error("the Idempotency-Key `{0}` was used by a request committed meanwhile")]
+    IdempotencyKeyTaken(String),
     /// SQLite said no.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -184,14 +193,27 @@ impl Store {
         })
     }
 
-    /// Runs `command` in a write transaction; see [`Writer::write`].
+    /// Runs `command` in a write transaction; see [`Writer::write`]. Inside a request that
+    /// carries an Idempotency-Key ([`idempotency::claimed`]), the command's answer is recorded in
+    /// the same transaction: both are committed, or neither.
     pub async fn write<T, E, F>(&self, command: F) -> Result<T, E>
     where
         F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.writer.write(command).await
+        match idempotency::current() {
+            None => self.writer.write(command).await,
+            Some(claim) => {
+                self.writer
+                    .write(move |tx| {
+                        let value = command(tx)?;
+                        claim.record(tx, &value)?;
+                        Ok(value)
+                    })
+                    .await
+            }
+        }
     }
 
     /// Runs `query` on a reader connection, off the async threads.

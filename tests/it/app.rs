@@ -38,7 +38,8 @@ pub struct TestApp {
 }
 
 /// The service's settings for a test, with its database in `dir`: every default, as the command
-/// line gives them, except that the relay is off (tests that relay turn it on with a broker).
+/// line gives them, except that the relay is off (tests that relay turn it on with a broker) and
+/// so is the write limit.
 pub fn test_config(dir: &std::path::Path) -> Config {
     let db = dir.join("orders.db");
     let mut config = Cli::parse_from([
@@ -56,6 +57,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     ])
     .config;
     config.sqlite_synchronous = Synchronous::Full;
+    // Load tests drive one caller far faster than a person would; the write limit is tested
+    // with its defaults and its own settings in tests/it/limits.rs.
+    config.write_rate_limit = 0;
     config
 }
 
@@ -68,7 +72,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            order_service::telemetry::init(LogFormat::Text);
+            order_service::telemetry::init(LogFormat::Text, "info");
         }
     });
     let dir = tempfile::tempdir().unwrap();

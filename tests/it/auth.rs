@@ -203,3 +203,60 @@ async fn the_service_refuses_to_start_without_a_strong_secret() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("AUTH_JWT_SECRET"));
     }
 }
+
+#[tokio::test]
+async fn iat_and_nbf_are_optional_and_honoured_when_present() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now().timestamp();
+    let bearer =
+        |claims: serde_json::Value| format!("Bearer {}", sign(claims, SECRET, Algorithm::HS256));
+    let minimal = json!({"sub": Uuid::now_v7(), "role": "admin", "exp": now + 60});
+    let cases = [
+        ("sub, role and exp only", minimal.clone(), StatusCode::OK),
+        (
+            "nbf in the past",
+            json!({"sub": Uuid::now_v7(), "role": "admin", "exp": now + 60, "nbf": now - 60}),
+            StatusCode::OK,
+        ),
+        (
+            "iat in the past",
+            json!({"sub": Uuid::now_v7(), "role": "admin", "exp": now + 60, "iat": now - 60}),
+            StatusCode::OK,
+        ),
+        (
+            "nbf an hour ahead",
+            json!({"sub": Uuid::now_v7(), "role": "admin", "exp": now + 7200, "nbf": now + 3600}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "iat an hour ahead",
+            json!({"sub": Uuid::now_v7(), "role": "admin", "exp": now + 7200, "iat": now + 3600}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "no exp",
+            json!({"sub": Uuid::now_v7(), "role": "admin", "iat": now}),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (what, claims, expected) in cases {
+        let (status, body) = list_with(&app, Some(&bearer(claims))).await;
+        assert_eq!(status, expected, "{what}: {body}");
+    }
+    let (status, order) = {
+        let response = app
+            .client
+            .post(app.url("/api/v1/orders"))
+            .header("Authorization", bearer(minimal))
+            .json(&json!({
+                "customer_id": Uuid::now_v7(),
+                "items": [{"product_id": Uuid::now_v7(), "quantity": 1, "unit_price": 10.00}],
+                "shipping_address": {"street": "1 A St", "city": "B", "postal_code": "1", "country": "C"}
+            }))
+            .send()
+            .await
+            .unwrap();
+        crate::app::into_json(response).await
+    };
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+}

@@ -8,7 +8,7 @@ use axum::routing::post;
 use crate::api::AppState;
 use crate::api::context::RequestMeta;
 use crate::api::json::AppJson;
-use crate::api::order_view::created;
+use crate::api::order_view::{created, record_created};
 use crate::auth::{Caller, Role};
 use crate::commands::{self, NewOrder};
 use crate::domain::SourceChannel;
@@ -33,6 +33,7 @@ async fn create(
         ));
     }
     let ctx = meta.events(&caller);
+    record_created();
     let order = commands::place(&state.store, caller, ctx, body, None).await?;
     Ok(created(&order))
 }

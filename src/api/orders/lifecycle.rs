@@ -11,6 +11,7 @@ use super::OrderView;
 use crate::api::AppState;
 use crate::api::context::RequestMeta;
 use crate::api::json::AppJson;
+use crate::api::order_view::record_ok;
 use crate::api::path::OrderId;
 use crate::auth::{Caller, Role};
 use crate::commands::{self, Cancellation, Confirmation, StatusStep};
@@ -62,6 +63,7 @@ async fn change_status(
         automatic: body.automatic,
     };
     let ctx = meta.events(&caller);
+    record_ok();
     let order = commands::change_status(&state.store, caller, ctx, order_id, step).await?;
     Ok(Json(OrderView::from(&order)))
 }
@@ -91,6 +93,7 @@ async fn confirm(
         reason: body.reason.map(|r| r.to_string()),
     };
     let ctx = meta.events(&caller);
+    record_ok();
     let order = commands::confirm(&state.store, caller, ctx, order_id, confirmation).await?;
     Ok(Json(OrderView::from(&order)))
 }
@@ -116,6 +119,7 @@ async fn cancel(
         refund_required: body.refund_required,
     };
     let ctx = meta.events(&caller);
+    record_ok();
     let order = commands::cancel(&state.store, caller, ctx, order_id, cancellation).await?;
     Ok(Json(OrderView::from(&order)))
 }

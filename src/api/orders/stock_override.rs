@@ -11,6 +11,7 @@ use super::OrderView;
 use crate::api::AppState;
 use crate::api::context::RequestMeta;
 use crate::api::json::AppJson;
+use crate::api::order_view::record_ok;
 use crate::api::path::OrderId;
 use crate::auth::{Caller, Role};
 use crate::commands::{self, OverrideApproval};
@@ -56,6 +57,7 @@ async fn override_stock(
             .collect(),
     };
     let ctx = meta.events(&caller);
+    record_ok();
     let order = commands::override_stock(&state.store, caller, ctx, order_id, approval).await?;
     Ok(Json(OrderView::from(&order)))
 }

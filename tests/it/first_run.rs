@@ -1,0 +1,50 @@
+//! What a new user meets first: one-shot commands print their output and no log lines.
+
+use crate::nats::NatsServer;
+
+#[tokio::test]
+async fn one_shot_commands_log_nothing_below_warn_unless_rust_log_says_so() {
+    let nats = NatsServer::start().await;
+    let run = |args: &[&str], rust_log: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"));
+        cmd.args(args)
+            .env("NATS_URL", nats.url())
+            .env_remove("RUST_LOG");
+        if let Some(level) = rust_log {
+            cmd.env("RUST_LOG", level);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    for args in [
+        &["streams", "apply"][..],
+        &["streams", "list"][..],
+        &["consumers", "list"][..],
+        &["tail", "order.created", "--all", "--limit", "0"][..],
+    ] {
+        let (stdout, stderr) = run(args, None);
+        // Warnings (a clamped replica count) are still shown; nothing chattier is.
+        assert!(
+            !stderr.contains(" INFO ") && !stderr.contains(" DEBUG "),
+            "{args:?} logged below warn: {stderr}"
+        );
+        assert!(
+            !stdout.is_empty() || args[0] == "tail",
+            "{args:?} printed nothing"
+        );
+    }
+    // RUST_LOG still wins: at info the NATS connection is logged.
+    let (_, stderr) = run(&["streams", "list"], Some("info"));
+    assert!(
+        stderr.contains("INFO"),
+        "RUST_LOG=info logged nothing: {stderr}"
+    );
+}
