@@ -3,31 +3,16 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::Utc;
-
-use crate::store::{Store, StoreError, outbox};
+use crate::store::{Store, StoreError, outbox, retention};
 
 /// The most rows one delete takes: small enough that the writer's queue of orders never waits
 /// long behind a cleanup, whatever the backlog.
-pub const CLEANUP_BATCH: u32 = 1000;
+pub const CLEANUP_BATCH: u32 = retention::SWEEP_BATCH;
 
 /// Deletes rows published longer than `retention` ago, in batches of at most [`CLEANUP_BATCH`],
 /// until none are left; returns how many.
 pub async fn cleanup_once(store: &Store, retention: Duration) -> Result<usize, StoreError> {
-    let cutoff =
-        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let mut total = 0;
-    loop {
-        let deleted = store
-            .write(move |tx| outbox::delete_published_before(tx, cutoff, CLEANUP_BATCH))
-            .await?;
-        total += deleted;
-        if deleted < CLEANUP_BATCH as usize {
-            return Ok(total);
-        }
-        // Let waiting commands in between two batches.
-        tokio::task::yield_now().await;
-    }
+    retention::sweep(store, retention, outbox::delete_published_before).await
 }
 
 /// Runs [`cleanup_once`] every `interval` until `shutdown`.
@@ -37,16 +22,13 @@ pub async fn run(
     interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        match cleanup_once(&store, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "outbox cleanup"),
-            Err(e) => tracing::warn!(error = %e, "outbox cleanup failed; trying again next round"),
-        }
-    }
+    retention::run(
+        store,
+        "outbox cleanup",
+        retention,
+        interval,
+        outbox::delete_published_before,
+        shutdown,
+    )
+    .await;
 }

@@ -20,7 +20,7 @@ tokio::task_local! {
 }
 
 /// The most rows one prune deletes: small, so that orders never wait long behind it.
-pub const PRUNE_BATCH: u32 = 1000;
+pub const PRUNE_BATCH: u32 = super::retention::SWEEP_BATCH;
 
 /// An answer as it is stored and replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,19 +158,7 @@ pub fn delete_before(tx: &Tx<'_>, cutoff: DateTime<Utc>, limit: u32) -> Result<u
 
 /// Deletes keys older than `retention` in batches of [`PRUNE_BATCH`]; returns how many.
 pub async fn prune_once(store: &Store, retention: Duration) -> Result<usize, StoreError> {
-    let cutoff =
-        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let mut total = 0;
-    loop {
-        let deleted = store
-            .write(move |tx| delete_before(tx, cutoff, PRUNE_BATCH))
-            .await?;
-        total += deleted;
-        if deleted < PRUNE_BATCH as usize {
-            return Ok(total);
-        }
-        tokio::task::yield_now().await;
-    }
+    super::retention::sweep(store, retention, delete_before).await
 }
 
 /// Runs [`prune_once`] every `interval` until `shutdown`, like the outbox cleanup.
@@ -180,18 +168,13 @@ pub async fn prune(
     interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        match prune_once(&store, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "idempotency keys pruned"),
-            Err(e) => {
-                tracing::warn!(error = %e, "pruning idempotency keys failed; trying again next round")
-            }
-        }
-    }
+    super::retention::run(
+        store,
+        "idempotency keys",
+        retention,
+        interval,
+        delete_before,
+        shutdown,
+    )
+    .await;
 }

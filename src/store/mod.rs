@@ -6,6 +6,8 @@
 //! - [`chat`] — chat origins of orders and chat links.
 //! - [`outbox`] — the transactional outbox `order_events_outbox`.
 //! - [`tail`] — the newest outbox row, where a live tail starts.
+//! - [`idempotency`] — stored responses of requests sent with an `Idempotency-Key`.
+//! - [`retention`] — deleting rows past their retention in small batches.
 //!
 //! Store functions that change data take a [`Tx`], the open write transaction, so every change a
 //! command makes (order rows and outbox rows alike) commits or rolls back together.
@@ -15,6 +17,7 @@ pub mod idempotency;
 pub mod orders;
 pub mod outbox;
 pub mod products;
+pub mod retention;
 pub mod tail;
 pub mod writer;
 
