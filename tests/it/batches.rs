@@ -397,3 +397,49 @@ async fn the_test_broker_fsyncs_every_write_as_make_run_does() {
     .unwrap();
     assert!(shipped.contains("sync_interval: always"));
 }
+
+#[tokio::test]
+async fn the_relay_holds_its_publishing_while_the_streams_are_being_changed() {
+    use order_service::metrics::Metrics;
+    use order_service::relay::{Relay, RelayStatus};
+    use order_service::store::{Store, StoreConfig, Synchronous};
+
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    bus::reconcile(&js, &Topics::embedded(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    // Orders taken with the relay off; then a relay of our own on the same database.
+    let writer = spawn_app_with(|_| {}).await;
+    create_orders(&writer, 3).await;
+    let store = Store::open(&StoreConfig {
+        path: writer.db_path.clone(),
+        synchronous: Synchronous::Full,
+        readers: 2,
+    })
+    .unwrap();
+    let config = crate::app::test_config(std::path::Path::new("/unused"));
+    let status = std::sync::Arc::new(RelayStatus::default());
+    let relay = Relay::new(
+        store,
+        js.clone(),
+        order_service::app::relay_config(&config, &Topics::embedded()),
+        std::sync::Arc::new(Metrics::new()),
+        status.clone(),
+    );
+
+    // What a reconcile that may change a stream's subjects holds while it runs.
+    let paused = status.pause_publishing().await;
+    let shutdown = order_service::shutdown::Shutdown::new();
+    let running = tokio::spawn(relay.run(shutdown.signal()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        stored(&js).await.is_empty(),
+        "published while the streams were changing"
+    );
+    drop(paused);
+    drained(&writer).await;
+    assert_eq!(stored(&js).await.len(), 6);
+    shutdown.trigger();
+    running.await.unwrap();
+}
