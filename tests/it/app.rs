@@ -288,6 +288,12 @@ pub async fn stream_config(
     stream.info().await.unwrap().config.clone()
 }
 
+/// How many messages stream `name` holds.
+pub async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    let mut stream = js.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
 /// An outbox row as tests look at it.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {

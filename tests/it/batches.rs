@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::app::{
     PATIENCE, TestApp, User, metric, ready, relaying_app, run_cli, simple_order, spawn_app_with,
-    table_without_chat_links,
+    stream_config, table_without_chat_links,
 };
 use crate::nats::NatsServer;
 use crate::relay::{counts, drained, every_event_once, stored};
@@ -170,15 +170,7 @@ async fn a_stream_without_atomic_batches_is_published_one_by_one_and_said_so() {
     let nats = NatsServer::start().await;
     let app = relaying_app(&nats, |_| {}).await;
     let js = nats.jetstream().await;
-    let mut config = js
-        .get_stream("ORDER_CREATED")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut config = stream_config(&js, "ORDER_CREATED").await;
     config.allow_atomic_publish = false;
     js.update_stream(&config).await.unwrap();
 

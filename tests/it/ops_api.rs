@@ -11,7 +11,10 @@ use order_service::consumer::dlq::{self, DeadLetter};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::{PATIENCE, User, into_json, relaying_app, simple_order, spawn_app};
+use crate::app::{
+    PATIENCE, User, into_json, relaying_app, simple_order, spawn_app, stream_config,
+    stream_messages,
+};
 use crate::nats::NatsServer;
 
 const GETS: &[&str] = &[
@@ -253,15 +256,7 @@ async fn streams_consumers_and_dead_letters_as_the_broker_has_them() {
 
     // A stream that refuses atomic batches is published one by one: batching is off.
     let js = nats.jetstream().await;
-    let mut audit = js
-        .get_stream("ORDER_AUDIT")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut audit = stream_config(&js, "ORDER_AUDIT").await;
     audit.allow_atomic_publish = false;
     js.update_stream(&audit).await.unwrap();
     let streams = get(&app, "/api/v1/admin/streams").await;
@@ -378,14 +373,5 @@ async fn streams_consumers_and_dead_letters_as_the_broker_has_them() {
     );
     let left = get(&app, "/api/v1/admin/dead-letters?group=billing").await;
     assert_eq!(left["letters"], json!([]));
-    let replayed = js
-        .get_stream(dlq::REPLAY_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
-    assert_eq!(replayed, 2);
+    assert_eq!(stream_messages(&js, dlq::REPLAY_STREAM).await, 2);
 }

@@ -2,7 +2,6 @@
 //! nats-server: sign-in, the outbox numbers after a burst, requeueing a dead row, the live tail,
 //! and every panel filled. Each test saves screenshots under `target/ops-screenshots/`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer;
@@ -14,7 +13,9 @@ use order_service::consumer::dlq::{self, DeadLetter};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::{PATIENCE, TestApp, User, relaying_app, simple_order};
+use crate::app::{
+    PATIENCE, TestApp, User, relaying_app, simple_order, stream_messages, table_without_chat_links,
+};
 use crate::browser::{Browser, screenshot_dir};
 use crate::nats::NatsServer;
 
@@ -183,22 +184,6 @@ async fn the_outbox_numbers_match_the_api_after_a_burst_of_orders() {
     browser.screenshot("burst-published").await;
 }
 
-/// The topic table without `order.chat_linked`: no stream takes those events, so they go dead.
-fn table_without_chat_linked(dir: &Path) -> std::path::PathBuf {
-    let table = dir.join("topics.json");
-    let all: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/topics.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let without: Vec<&Value> = all
-        .iter()
-        .filter(|t| t["topic"] != "order.chat_linked")
-        .collect();
-    std::fs::write(&table, serde_json::to_string(&without).unwrap()).unwrap();
-    table
-}
-
 /// Makes one dead outbox row (a chat link with no stream to take it); returns its order id.
 async fn dead_row(app: &TestApp) -> String {
     let customer = User::new(Role::Customer);
@@ -224,7 +209,7 @@ async fn dead_row(app: &TestApp) -> String {
 async fn a_dead_row_is_requeued_from_the_page_and_gets_published() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let table = table_without_chat_linked(dir.path());
+    let table = table_without_chat_links(dir.path());
     let app = relaying_app(&nats, |c| {
         c.topics_file = Some(table);
         c.event_outbox_max_retries = 1;
@@ -422,7 +407,7 @@ async fn group_with_a_dead_letter(nats: &NatsServer, group: &str) {
 async fn every_panel_shows_the_broker_and_a_dead_letter_is_replayed_from_the_page() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let table = table_without_chat_linked(dir.path());
+    let table = table_without_chat_links(dir.path());
     let app = relaying_app(&nats, |c| {
         c.topics_file = Some(table);
         c.event_outbox_max_retries = 1;
@@ -499,16 +484,11 @@ async fn every_panel_shows_the_broker_and_a_dead_letter_is_replayed_from_the_pag
         )
         .await;
     let js = nats.jetstream().await;
-    let replayed = js
-        .get_stream(dlq::REPLAY_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
-    assert_eq!(replayed, 1, "the letter went back to its group");
+    assert_eq!(
+        stream_messages(&js, dlq::REPLAY_STREAM).await,
+        1,
+        "the letter went back to its group"
+    );
     assert!(dlq::list(&js, "billing", None).await.unwrap().is_empty());
     assert!(screenshot_dir().join("every-panel.png").exists());
 }
