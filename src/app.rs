@@ -106,7 +106,7 @@ pub async fn run(
     if config.event_outbox_enabled {
         tasks.spawn(consumer::lag::run(
             state.consumers.clone(),
-            config.nats_url.clone(),
+            config.nats.clone(),
             topics.clone(),
             state.metrics.clone(),
             config.consumer_lag_interval,
@@ -127,7 +127,7 @@ pub async fn run(
         state.ops.clone(),
         state.store.clone(),
         state.metrics.clone(),
-        config.event_outbox_enabled.then(|| config.nats_url.clone()),
+        config.event_outbox_enabled.then(|| config.nats.clone()),
         ops::SAMPLE_INTERVAL,
         stop.signal(),
     ));
@@ -178,7 +178,7 @@ async fn publish_outbox(
     tokio::pin!(shutdown);
     let reconnected = Arc::new(tokio::sync::Notify::new());
     let started = async {
-        let client = connect(&config.nats_url, &reconnected).await;
+        let client = connect(&config.nats, &reconnected).await;
         status.set_client(client.clone());
         let js = relay_jetstream(client, &config);
         reconcile(&js, &topics, config.nats_duplicate_window, &status).await;
@@ -214,14 +214,17 @@ async fn publish_outbox(
 
 /// Connects to NATS, trying again as long as it takes; `reconnected` is notified after every
 /// reconnect of the client.
-async fn connect(url: &str, reconnected: &Arc<tokio::sync::Notify>) -> async_nats::Client {
+async fn connect(
+    nats: &bus::NatsSettings,
+    reconnected: &Arc<tokio::sync::Notify>,
+) -> async_nats::Client {
     let mut waits = START_BACKOFF.waits();
     loop {
-        match bus::connect_watched(url, reconnected.clone()).await {
+        match bus::connect_watched(nats, reconnected.clone()).await {
             Ok(client) => return client,
             Err(e) => {
                 let retry_in = waits.next_wait();
-                tracing::warn!(url = %url, error = %e, ?retry_in, "NATS unreachable; orders are kept in the outbox");
+                tracing::warn!(url = %nats.url, error = %e, ?retry_in, "NATS unreachable; orders are kept in the outbox");
                 tokio::time::sleep(retry_in).await;
             }
         }

@@ -21,19 +21,18 @@ pub fn execute(cli: Cli) -> Result<(), AppError> {
         Command::Schema(args) => schema(&args),
         Command::Streams { action } => runtime()?.block_on(streams(&cli.config, action)),
         Command::Tail(args) => Ok(runtime()?.block_on(consumer::commands::tail(
-            &cli.config.nats_url,
+            &cli.config.nats,
             args,
             shutdown_signal(),
         ))?),
         Command::Consumers { action } => Ok(runtime()?.block_on(consumer::commands::consumers(
-            &cli.config.nats_url,
+            &cli.config.nats,
             &topics(&cli.config)?,
             action,
         ))?),
-        Command::Dlq { action } => Ok(runtime()?.block_on(consumer::commands::dead_letters(
-            &cli.config.nats_url,
-            action,
-        ))?),
+        Command::Dlq { action } => {
+            Ok(runtime()?.block_on(consumer::commands::dead_letters(&cli.config.nats, action))?)
+        }
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(cli.config, args)),
     }
 }
@@ -76,7 +75,7 @@ fn schema(args: &SchemaArgs) -> Result<(), AppError> {
 async fn streams(config: &Config, action: StreamsAction) -> Result<(), AppError> {
     let topics = topics(config)?;
     let nats = |e: &dyn std::fmt::Display| AppError::Nats(e.to_string());
-    let client = bus::connect(&config.nats_url).await.map_err(|e| nats(&e))?;
+    let client = bus::connect(&config.nats).await.map_err(|e| nats(&e))?;
     let js = jetstream::new(client);
     let window = config.nats_duplicate_window;
     match action {

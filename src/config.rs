@@ -179,9 +179,9 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// The NATS server (the contract's KAFKA_BROKERS).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// The NATS servers and how to reach them.
+    #[command(flatten)]
+    pub nats: crate::bus::NatsSettings,
 
     /// Run the outbox relay; `false` only stores events (another process publishes them).
     #[arg(long, env = "EVENT_OUTBOX_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]

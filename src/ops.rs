@@ -98,13 +98,13 @@ impl Ops {
     }
 }
 
-/// Takes a sample every `interval` until `shutdown`; connects to `nats_url` (when given) and
+/// Takes a sample every `interval` until `shutdown`; connects to `nats` (when given) and
 /// keeps that connection for the page.
 pub async fn run(
     ops: Arc<Ops>,
     store: Store,
     metrics: Arc<Metrics>,
-    nats_url: Option<String>,
+    nats: Option<crate::bus::NatsSettings>,
     interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -112,9 +112,9 @@ pub async fn run(
     let mut previous = (Instant::now(), metrics.publish_totals().0);
     loop {
         let step = async {
-            if let Some(url) = &nats_url
+            if let Some(nats) = &nats
                 && ops.jetstream.read().expect("connection lock").is_none()
-                && let Ok(client) = crate::bus::connect(url).await
+                && let Ok(client) = crate::bus::connect(nats).await
             {
                 *ops.jetstream.write().expect("connection lock") = Some(jetstream::new(client));
             }

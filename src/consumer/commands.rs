@@ -47,18 +47,18 @@ pub struct DlqArgs {
     pub json: bool,
 }
 
-async fn jetstream(nats_url: &str) -> Result<jetstream::Context, ConsumerError> {
-    let client = bus::connect(nats_url).await.map_err(ConsumerError::nats)?;
+async fn jetstream(nats: &bus::NatsSettings) -> Result<jetstream::Context, ConsumerError> {
+    let client = bus::connect(nats).await.map_err(ConsumerError::nats)?;
     Ok(jetstream::new(client))
 }
 
 /// `tail`: prints events until Ctrl-C or `--limit`.
 pub async fn tail(
-    nats_url: &str,
+    nats: &bus::NatsSettings,
     args: TailArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ConsumerError> {
-    let js = jetstream(nats_url).await?;
+    let js = jetstream(nats).await?;
     let mut out = std::io::stdout().lock();
     let mut failed = None;
     follow(&js, &args, shutdown, |event| {
@@ -85,11 +85,11 @@ pub async fn tail(
 
 /// `consumers list`.
 pub async fn consumers(
-    nats_url: &str,
+    nats: &bus::NatsSettings,
     topics: &Topics,
     action: ConsumersAction,
 ) -> Result<(), ConsumerError> {
-    let js = jetstream(nats_url).await?;
+    let js = jetstream(nats).await?;
     match action {
         ConsumersAction::List { json } => {
             let rows = lag::rows(&js, topics, None).await?;
@@ -107,7 +107,10 @@ pub async fn consumers(
 }
 
 /// `dlq list|replay|purge`.
-pub async fn dead_letters(nats_url: &str, action: DlqAction) -> Result<(), ConsumerError> {
+pub async fn dead_letters(
+    nats: &bus::NatsSettings,
+    action: DlqAction,
+) -> Result<(), ConsumerError> {
     let args = match &action {
         DlqAction::List(a) | DlqAction::Replay(a) | DlqAction::Purge(a) => a.clone(),
     };
@@ -122,7 +125,7 @@ pub async fn dead_letters(nats_url: &str, action: DlqAction) -> Result<(), Consu
     {
         return Err(ConsumerError::Config(format!("unknown topic `{topic}`")));
     }
-    let js = jetstream(nats_url).await?;
+    let js = jetstream(nats).await?;
     let (group, topic) = (args.group.as_str(), args.topic.as_deref());
     match action {
         DlqAction::List(_) => {

@@ -317,10 +317,10 @@ impl Watch {
     }
 }
 
-/// Samples every `interval` until `shutdown`, connecting to `nats_url` when it can.
+/// Samples every `interval` until `shutdown`, connecting to `nats` when it can.
 pub async fn run(
     watch: Arc<Watch>,
-    nats_url: String,
+    nats: crate::bus::NatsSettings,
     topics: Topics,
     metrics: Arc<Metrics>,
     interval: Duration,
@@ -331,10 +331,7 @@ pub async fn run(
     loop {
         let step = async {
             if js.is_none() {
-                js = crate::bus::connect(&nats_url)
-                    .await
-                    .ok()
-                    .map(jetstream::new);
+                js = crate::bus::connect(&nats).await.ok().map(jetstream::new);
             }
             watch.sample(js.as_ref(), &topics, &metrics).await;
         };

@@ -50,18 +50,18 @@ fn failed(why: impl std::fmt::Display) -> AppError {
     AppError::Usage(format!("demo: {why}"))
 }
 
-/// Runs the demo against the NATS server at `config.nats_url`.
+/// Runs the demo against the NATS server at `config.nats`.
 pub async fn run(config: Config, args: DemoArgs) -> Result<(), AppError> {
     let dir = args.dir;
     empty_databases(&dir)?;
-    let js = jetstream::new(connect(&config.nats_url).await?);
+    let js = jetstream::new(connect(&config.nats).await?);
     let shutdown = Shutdown::new();
     let config = demo_config(config, &dir);
     let (api, service) = start_service(&config, &shutdown).await?;
     println!("order-service demo");
     println!(
         "  NATS {} · service http://{} · databases in {}",
-        config.nats_url,
+        config.nats.url,
         api.addr,
         dir.display()
     );
@@ -322,14 +322,15 @@ async fn replay_finance(
     Ok(())
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, AppError> {
+async fn connect(nats: &bus::NatsSettings) -> Result<async_nats::Client, AppError> {
     let start = Instant::now();
     loop {
-        match bus::connect(url).await {
+        match bus::connect(nats).await {
             Ok(client) => return Ok(client),
             Err(e) if start.elapsed() > Duration::from_secs(10) => {
                 return Err(failed(format!(
-                    "no NATS at {url} ({e}); `make demo` starts one"
+                    "no NATS at {} ({e}); `make demo` starts one",
+                    nats.url
                 )));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -402,7 +402,7 @@ pub async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -
     let url = nats.url();
     let app = spawn_app_with(move |c| {
         c.event_outbox_enabled = true;
-        c.nats_url = url;
+        c.nats.url = url;
         c.event_outbox_retry_base = Duration::from_millis(20);
         c.event_outbox_retry_max = Duration::from_millis(200);
         c.nats_ack_timeout = Duration::from_secs(2);

@@ -48,3 +48,38 @@ async fn one_shot_commands_log_nothing_below_warn_unless_rust_log_says_so() {
         "RUST_LOG=info logged nothing: {stderr}"
     );
 }
+
+/// `NATS_URL` is a server list, as with every NATS client: a list whose first server is down
+/// still reaches the one that answers, and a bad entry is named in the error.
+#[tokio::test]
+async fn nats_url_takes_a_comma_separated_server_list() {
+    let nats = NatsServer::start().await;
+    let down = {
+        // A port that was free a moment ago: nothing answers there.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("nats://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let streams_list = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+            .args(["streams", "list"])
+            .env("NATS_URL", url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = streams_list(format!("{down}, {}", nats.url()));
+    assert!(
+        out.status.success(),
+        "a list with one live server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ORDER_CREATED"));
+
+    let out = streams_list(format!("{},nats://127.0.0.1:port", nats.url()));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nats://127.0.0.1:port"),
+        "the bad entry is named: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

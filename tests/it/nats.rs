@@ -95,7 +95,7 @@ impl NatsServer {
 
     /// Connects the way the service does ([`order_service::bus::connect`]).
     pub async fn connect(&self) -> async_nats::Client {
-        order_service::bus::connect(&self.url())
+        order_service::bus::connect(&order_service::bus::NatsSettings::new(self.url()))
             .await
             .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", self.url()))
     }
