@@ -31,6 +31,8 @@
 //! - [`handler`] — the typed [`Event`], the [`Handler`] trait and its [`HandlerTx`], decoding and
 //!   versions.
 //! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
+//! - `prune` — deletes processed events older than the streams' `max_age` plus the duplicate
+//!   window.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
 //! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
@@ -50,6 +52,7 @@ pub mod idempotency;
 #[cfg(feature = "service")]
 pub mod lag;
 mod message;
+mod prune;
 mod stats;
 #[cfg(feature = "service")]
 pub mod tail;
