@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make library-check`: the consumer library a subscriber depends on alone (`default-features =
-# false, features = ["consumer"]`) has none of the HTTP stack in its dependency tree, builds, and
-# passes clippy; so does the domain alone (no feature). `make lint` runs it, so CI does.
+# false, features = ["consumer"]`) has none of the HTTP stack in its dependency tree, builds, passes
+# clippy and compiles the README's smallest consumer; the domain alone (no feature) passes clippy.
+# `make lint` runs it, so CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo="${CARGO:-cargo}"
@@ -27,4 +28,7 @@ fi
 
 "$cargo" clippy --locked --no-default-features --features consumer --all-targets -- -D warnings
 "$cargo" clippy --locked --no-default-features --all-targets -- -D warnings
-echo "library check: feature consumer has none of ${forbidden[*]}; it and the domain alone pass clippy"
+"$cargo" build --locked --no-default-features --features consumer
+# The README's smallest consumer, compiled against the library alone.
+"$cargo" test --doc --locked --no-default-features --features consumer
+echo "library check: feature consumer has none of ${forbidden[*]}, builds, passes clippy and compiles the README's consumer; the domain alone passes clippy"
