@@ -60,7 +60,7 @@ struct ListQuery {
     #[schemars(with = "Option<RowStatus>")]
     status: Option<String>,
     /// Rows per page, 1 to 1000; 50 when absent.
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = MAX_LIMIT))]
     limit: Option<u32>,
     /// The `next_after` of the previous page; 0 when absent.
     after: Option<i64>,

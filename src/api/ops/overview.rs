@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::AppState;
-use crate::api::openapi::Api;
+use crate::api::openapi::{self, Api};
 use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::domain::Topic;
@@ -167,14 +167,33 @@ struct TailQuery {
     /// Events after this outbox row id; without it, the answer is only the cursor.
     #[schemars(range(min = 0))]
     after: Option<i64>,
-    /// Only this topic's events (one of the ten).
+    /// Only this topic's events (one of the ten); empty for all.
+    #[serde(default)]
+    #[schemars(schema_with = "topic_or_empty")]
     topic: Option<String>,
-    /// Only this order's events.
-    #[schemars(with = "Option<Uuid>")]
+    /// Only this order's events; empty for all.
+    #[serde(default)]
+    #[schemars(schema_with = "uuid_or_empty")]
     order: Option<String>,
     /// At most this many events, 1 to 500; 50 when absent.
-    #[schemars(range(min = 1, max = 500))]
+    #[schemars(range(min = 1, max = MAX_TAIL))]
     limit: Option<u32>,
+}
+
+/// A topic name, or empty: the page sends its filters whether set or not.
+fn topic_or_empty(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = openapi::topic_schema(generator);
+    if let Some(serde_json::Value::Array(names)) = schema.get_mut("enum") {
+        names.push("".into());
+    }
+    schema
+}
+
+/// An order id, or empty.
+fn uuid_or_empty(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [{ "type": "string", "format": "uuid" }, { "type": "string", "maxLength": 0 }]
+    })
 }
 
 /// One event of the tail.

@@ -69,7 +69,7 @@ struct ListQuery {
     #[schemars(with = "Option<Status>")]
     status: Option<String>,
     /// Orders per page, 1 to 100; 20 when absent.
-    #[schemars(with = "Option<u32>", range(min = 1, max = 100))]
+    #[schemars(with = "Option<u32>", range(min = 1, max = MAX_PAGE))]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     #[schemars(with = "Option<Uuid>")]
