@@ -9,7 +9,7 @@ ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check
+.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check openapi schemathesis
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
 ## Ctrl-C stops both.
@@ -38,18 +38,35 @@ demo: nats-server build
 ## Rust code, which nextest does not run), cargo test otherwise.
 ## The operations page's browser tests need Chromium: chromium (or CHROMIUM_BIN) is installed
 ## when missing, and a browser that cannot start fails those tests.
-test: nats-server chromium
+test: nats-server chromium schemathesis
 	@if docker info >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory nats-image; \
 	elif [ "$${ORDER_SERVICE_TEST_NATS:-}" = container ]; then \
 		echo "ORDER_SERVICE_TEST_NATS=container but no Docker engine answers" >&2; exit 1; \
 	fi
-	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)'; \
+	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)' SCHEMATHESIS_BIN='$(SCHEMATHESIS)'; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast && $(CARGO) test --doc --locked; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
+
+## schemathesis: the property-based API tester of `make test`, pinned with its dependencies in
+## tests/schemathesis-requirements.txt, installed from PyPI into the project-local virtualenv
+## tools/schemathesis (again whenever that file changes).
+SCHEMATHESIS_VENV := $(CURDIR)/tools/schemathesis
+SCHEMATHESIS := $(SCHEMATHESIS_VENV)/bin/st
+SCHEMATHESIS_REQUIREMENTS := tests/schemathesis-requirements.txt
+schemathesis: $(SCHEMATHESIS_VENV)/requirements.txt
+	@'$(SCHEMATHESIS)' --version
+
+$(SCHEMATHESIS_VENV)/requirements.txt: $(SCHEMATHESIS_REQUIREMENTS)
+	@echo 'installing $(SCHEMATHESIS_REQUIREMENTS) into $(SCHEMATHESIS_VENV)'
+	@rm -rf '$(SCHEMATHESIS_VENV)'
+	@python3 -m venv '$(SCHEMATHESIS_VENV)'
+	@'$(SCHEMATHESIS_VENV)/bin/pip' install --quiet --disable-pip-version-check --no-deps \
+		-r '$(SCHEMATHESIS_REQUIREMENTS)'
+	@cp '$(SCHEMATHESIS_REQUIREMENTS)' '$@'
 
 ## chromium: the headless browser of the operations page's tests: Debian's `chromium` package,
 ## installed with apt-get when missing (CHROMIUM_BIN names another browser and skips the install).
@@ -97,6 +114,11 @@ fmt:
 ## schemas: regenerate nats/schemas/<topic>.json from the event types
 schemas:
 	$(CARGO) run --locked -q --bin order-service -- schema --out nats/schemas
+
+## openapi: regenerate nats/openapi.json, the HTTP API's OpenAPI 3.1 document, from the handlers
+openapi:
+	$(CARGO) run --locked -q --bin order-service -- openapi > nats/openapi.json.part && \
+		mv nats/openapi.json.part nats/openapi.json
 
 ## token: print a token for the development secret, e.g. `make token ROLE=customer`
 token: $(DEV_SECRET)

@@ -4,6 +4,7 @@
 use async_nats::jetstream;
 use tokio::net::TcpListener;
 
+use crate::api::openapi;
 use crate::app::{self, AppError, auth, topics};
 use crate::bus;
 use crate::config::{Cli, Command, Config, SchemaArgs, StreamsAction, TokenArgs};
@@ -34,6 +35,10 @@ pub fn execute(cli: Cli) -> Result<(), AppError> {
             Ok(runtime()?.block_on(consumer::commands::dead_letters(&cli.config.nats, action))?)
         }
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(cli.config, args)),
+        Command::Openapi => {
+            print!("{}", openapi::render(&openapi::document()));
+            Ok(())
+        }
     }
 }
 

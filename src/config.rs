@@ -58,6 +58,8 @@ pub enum Command {
     },
     /// Run the demo: the service, three example consumers and a few orders (`make demo`).
     Demo(DemoArgs),
+    /// Print the HTTP API's OpenAPI 3.1 document (as served at `/api/v1/openapi.json`).
+    Openapi,
 }
 
 /// What `streams` does.

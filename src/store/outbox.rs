@@ -49,7 +49,7 @@ pub fn insert_pending(conn: &Connection, events: &[OutboxEvent]) -> Result<(), S
 }
 
 /// An outbox row as stored.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct OutboxRow {
     /// Commit order.
     pub id: i64,

@@ -13,6 +13,7 @@ mod first_run;
 mod idempotency;
 mod limits;
 mod nats;
+mod openapi;
 mod ops_api;
 mod ops_page;
 mod orders;
