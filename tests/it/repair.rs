@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::{TestApp, User, metric, relaying_app, simple_order, spawn_app_with};
+use crate::app::{PATIENCE, TestApp, User, metric, relaying_app, simple_order, spawn_app_with};
 use crate::nats::NatsServer;
 use crate::relay::{Stored, drained, every_event_once, stored};
 
@@ -60,6 +60,20 @@ async fn orders(app: &TestApp, n: usize) -> Vec<String> {
         ids.push(id);
     }
     ids
+}
+
+/// Waits until the broker holds as many messages as the outbox has rows (the repair runs in the
+/// background); fails the test after [`PATIENCE`].
+async fn held_all(app: &TestApp, js: &jetstream::Context) {
+    let start = std::time::Instant::now();
+    loop {
+        let (held, rows) = (stored(js).await.len(), app.outbox().len());
+        if held >= rows {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "{held} of {rows} events stored");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Published rows per stream, as the outbox recorded them.
@@ -171,6 +185,7 @@ async fn a_broker_that_lost_its_store_between_two_runs_gets_every_event_back_in_
     }
     drained(&app).await;
     let js = nats.jetstream().await;
+    held_all(&app, &js).await;
     let messages = every_event_once(&app, &js).await;
     in_commit_order(&app, &messages);
 
@@ -216,20 +231,7 @@ async fn a_broker_that_loses_its_store_while_connected_gets_the_events_back() {
     }
     drained(&app).await;
     let js = nats.jetstream().await;
-    let start = std::time::Instant::now();
-    // The service repairs after its reconnect; wait until the broker holds every event.
-    loop {
-        let held = stored(&js).await.len();
-        if held >= app.outbox().len() {
-            break;
-        }
-        assert!(
-            start.elapsed() < crate::app::PATIENCE,
-            "{held} of {} events stored",
-            app.outbox().len()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    held_all(&app, &js).await;
     let messages = every_event_once(&app, &js).await;
     in_commit_order(&app, &messages);
     let text = app.metrics().await;
@@ -356,4 +358,30 @@ async fn publish(js: &jetstream::Context, key: &str, id: &str, payload: String) 
         .unwrap()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_periodic_check_repairs_a_stream_deleted_without_a_reconnect() {
+    let nats = NatsServer::start().await;
+    let app = relaying_app(&nats, |c| {
+        c.event_outbox_verify_interval = std::time::Duration::from_secs(1);
+    })
+    .await;
+    orders(&app, 5).await;
+    drained(&app).await;
+    let js = nats.jetstream().await;
+    // Nothing new is published and the connection stays up: only the periodic check can notice.
+    js.delete_stream("ORDER_CREATED").await.unwrap();
+    held_all(&app, &js).await;
+    let messages = every_event_once(&app, &js).await;
+    in_commit_order(&app, &messages);
+    let text = app.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"outbox_repaired_events_total{topic="order.created"}"#
+        ),
+        Some(5.0),
+        "{text}"
+    );
 }
