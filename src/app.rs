@@ -27,6 +27,8 @@ use crate::store::{Store, StoreConfig, StoreError};
 /// The waits between tries to reach the broker and reconcile its streams at start-up.
 const START_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
+/// Tries of a broker-loss repair in a row before the relay goes on without it.
+const REPAIR_ATTEMPTS: u32 = 5;
 /// The waits between tries to reconcile the streams after a reconnect.
 const RECONNECT_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
@@ -203,7 +205,7 @@ async fn publish_outbox(
     // the relay publishes anything newer.
     tokio::select! {
         () = &mut shutdown => return,
-        () = repair_until_done(&relay) => {}
+        () = repair_at_start(&relay) => {}
     }
     let relayed = relay.clone().run(shutdown);
     tokio::pin!(relayed);
@@ -266,13 +268,23 @@ async fn reconcile(
     }
 }
 
-/// Repairs the streams ([`Relay::repair`]) until a repair goes through.
-async fn repair_until_done(relay: &Relay) {
+/// Repairs the streams ([`Relay::repair`]), trying up to [`REPAIR_ATTEMPTS`] times: a repair
+/// that cannot succeed (the broker refuses the reads) must not keep every event from being
+/// published; the next reconnect or periodic check tries again.
+async fn repair_at_start(relay: &Relay) {
     let mut waits = START_BACKOFF.waits();
-    while let Err(e) = relay.repair(None).await {
-        let retry_in = waits.next_wait();
-        tracing::warn!(error = %e, ?retry_in, "repairing the streams failed");
-        tokio::time::sleep(retry_in).await;
+    for attempt in 1..=REPAIR_ATTEMPTS {
+        match relay.repair(None).await {
+            Ok(_) => return,
+            Err(e) if attempt == REPAIR_ATTEMPTS => {
+                tracing::error!(error = %e, "repairing the streams failed; the relay goes on, the next check tries again");
+            }
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(error = %e, ?retry_in, "repairing the streams failed");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
     }
 }
 
@@ -306,6 +318,7 @@ async fn reconcile_on_reconnect(
             }
         }
         waits.reset();
+        let mut repair_failures = 0;
         loop {
             // Publishing waits while a stream's subjects or transform may change under it, and
             // while a stream gets back what it lost.
@@ -325,6 +338,11 @@ async fn reconcile_on_reconnect(
                     match repaired {
                         Ok(_) => break,
                         Err(e) => {
+                            repair_failures += 1;
+                            if repair_failures >= REPAIR_ATTEMPTS {
+                                tracing::error!(error = %e, "repairing the streams failed; the next check tries again");
+                                break;
+                            }
                             tracing::warn!(error = %e, "repairing the streams failed");
                             tokio::time::sleep(waits.next_wait()).await;
                         }

@@ -336,7 +336,7 @@ impl NatsServer {
                     .await
                     .expect("start a new nats container on the same ports");
                 // The old container is removed when dropped here.
-                *container = Box::new(fresh);
+                **container = fresh;
             }
             Runtime::Process(process) => {
                 let store = process._dir.path().join("store");
