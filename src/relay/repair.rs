@@ -13,7 +13,7 @@
 //! below its first, or deleted) are not missing: the stream meant to drop them.
 //!
 //! [`Relay::repair`] publishes the missing rows again, per stream in commit order, with their
-//! event ids as `Nats-Msg-Id`, through the relay's own sending ([`Relay::send`]: atomic batches,
+//! event ids as `Nats-Msg-Id`, through the relay's own sending (`Relay::send`: atomic batches,
 //! row by row when it must), and records the new sequences. Rows the stream still holds within
 //! its duplicate window are acknowledged as duplicates and change nothing. The caller holds the
 //! relay's publishing meanwhile ([`super::RelayStatus::pause_publishing`]), so no newer row of a

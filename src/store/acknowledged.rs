@@ -125,3 +125,94 @@ pub fn record_republished(
     .execute(params![id, stream, sequence as i64, timestamp(at)])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreConfig, Synchronous};
+
+    /// Inserts a published row of `stream` at `sequence`, acknowledged `minutes_ago`; returns its
+    /// event id.
+    async fn published(
+        store: &Store,
+        stream: &'static str,
+        sequence: i64,
+        minutes_ago: i64,
+    ) -> String {
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let id = event_id.clone();
+        let at = timestamp(Utc::now() - chrono::Duration::minutes(minutes_ago));
+        store
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO order_events_outbox (event_id, topic, subject_key, payload,
+                        headers, status, stream, stream_seq, created_at, published_at)
+                     VALUES (?1, 'order.created', 'k', '{}', '{}', 'published', ?2, ?3, ?4, ?4)",
+                    params![id, stream, sequence, at],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        event_id
+    }
+
+    #[tokio::test]
+    async fn a_summary_names_the_newest_sequence_and_its_event_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig {
+            path: dir.path().join("acknowledged.db"),
+            synchronous: Synchronous::Normal,
+            readers: 2,
+        })
+        .unwrap();
+        published(&store, "A", 1, 120).await;
+        published(&store, "A", 2, 30).await;
+        let newest = published(&store, "A", 7, 20).await;
+        published(&store, "A", 3, 10).await;
+        published(&store, "B", 1, 5).await;
+
+        let all = store.read(|conn| summaries(conn, None)).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].stream.as_str(), all[0].rows), ("A", 4));
+        assert_eq!(all[0].newest_sequence, 7);
+        assert_eq!(all[0].newest_event_id, newest);
+
+        let since = Utc::now() - chrono::Duration::minutes(60);
+        let recent = store
+            .read(move |conn| summaries(conn, Some(since)))
+            .await
+            .unwrap();
+        assert_eq!(
+            recent[0].rows, 3,
+            "the row acknowledged 2 h ago is outside the window"
+        );
+        assert!(recent[0].first_published_at > since);
+
+        let rows = store
+            .read(move |conn| of_stream(conn, "A", Some(since)))
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+            vec![2, 7, 3],
+            "commit order"
+        );
+        let (id, at) = (rows[0].id, Utc::now());
+        store
+            .write(move |tx| record_republished(tx, id, "A", 9, at))
+            .await
+            .unwrap();
+        let again = store
+            .read(move |conn| of_stream(conn, "A", Some(since)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                again[0].sequence,
+                again[0].published_at >= rows[0].published_at
+            ),
+            (9, true)
+        );
+    }
+}

@@ -17,7 +17,7 @@ use crate::nats::NatsServer;
 use crate::relay::{Stored, drained, every_event_once, stored};
 
 /// Runs `order-service outbox <args>` on the database `db` against `nats`: (succeeded, stdout).
-fn outbox_cli(nats: &NatsServer, db: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn outbox_cli(nats: &NatsServer, db: &Path, args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
         .arg("outbox")
         .args(args)
@@ -33,7 +33,7 @@ fn outbox_cli(nats: &NatsServer, db: &Path, args: &[&str]) -> (bool, String) {
 }
 
 /// The `MISSING` column of `stream`'s line in `outbox verify`'s table.
-fn missing_in(table: &str, stream: &str) -> Option<u64> {
+pub(crate) fn missing_in(table: &str, stream: &str) -> Option<u64> {
     let line = table
         .lines()
         .find(|l| l.split_whitespace().next() == Some(stream))?;
@@ -41,7 +41,7 @@ fn missing_in(table: &str, stream: &str) -> Option<u64> {
 }
 
 /// Creates `n` orders and confirms each: two or more events per order key.
-async fn orders(app: &TestApp, n: usize) -> Vec<String> {
+pub(crate) async fn orders(app: &TestApp, n: usize) -> Vec<String> {
     let admin = User::new(Role::Admin);
     let mut ids = Vec::new();
     for _ in 0..n {
@@ -64,7 +64,7 @@ async fn orders(app: &TestApp, n: usize) -> Vec<String> {
 
 /// Waits until the broker holds as many messages as the outbox has rows (the repair runs in the
 /// background); fails the test after [`PATIENCE`].
-async fn held_all(app: &TestApp, js: &jetstream::Context) {
+pub(crate) async fn held_all(app: &TestApp, js: &jetstream::Context) {
     let start = std::time::Instant::now();
     loop {
         let (held, rows) = (stored(js).await.len(), app.outbox().len());
@@ -77,7 +77,7 @@ async fn held_all(app: &TestApp, js: &jetstream::Context) {
 }
 
 /// Published rows per stream, as the outbox recorded them.
-fn recorded_per_stream(app: &TestApp) -> BTreeMap<String, u64> {
+pub(crate) fn recorded_per_stream(app: &TestApp) -> BTreeMap<String, u64> {
     let conn = app.db();
     let mut stmt = conn
         .prepare(
@@ -93,7 +93,7 @@ fn recorded_per_stream(app: &TestApp) -> BTreeMap<String, u64> {
 
 /// Per key and stream, the broker stored the outbox's events in commit order, and each row's
 /// recorded sequence is where the event is.
-fn in_commit_order(app: &TestApp, messages: &[Stored]) {
+pub(crate) fn in_commit_order(app: &TestApp, messages: &[Stored]) {
     let at: HashMap<&str, (&str, u64)> = messages
         .iter()
         .map(|m| (m.msg_id.as_str(), (m.stream.as_str(), m.sequence)))
