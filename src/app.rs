@@ -215,7 +215,8 @@ async fn publish_outbox(
         config.nats_duplicate_window,
         &status,
         &reconnected,
-        (&relay, config.event_outbox_verify_interval),
+        &relay,
+        config.event_outbox_verify_interval,
     );
     // The watcher never ends by itself; the relay ends on shutdown.
     tokio::select! {
@@ -299,7 +300,8 @@ async fn reconcile_on_reconnect(
     duplicate_window: Duration,
     status: &RelayStatus,
     reconnected: &tokio::sync::Notify,
-    (relay, verify_interval): (&Relay, Duration),
+    relay: &Relay,
+    verify_interval: Duration,
 ) {
     let mut waits = RECONNECT_BACKOFF.waits();
     loop {

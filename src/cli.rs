@@ -116,7 +116,8 @@ async fn streams(config: &Config, action: StreamsAction) -> Result<(), AppError>
 }
 
 /// `outbox verify` and `outbox repair`: the broker-loss check and repair the service runs on every
-/// reconnect and every EVENT_OUTBOX_VERIFY_INTERVAL, on demand. The repair publishes without
+/// reconnect and every EVENT_OUTBOX_VERIFY_INTERVAL, on demand; the repair reconciles the streams
+/// first, as the service does at start-up. It publishes without
 /// the service's relay holding back: run it while the service is stopped, or let the service
 /// repair by itself.
 async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
@@ -129,9 +130,10 @@ async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
     let client = bus::connect(&config.nats)
         .await
         .map_err(|e| AppError::Nats(e.to_string()))?;
+    let js = app::relay_jetstream(client, config);
     let relay = Relay::new(
         store,
-        app::relay_jetstream(client, config),
+        js.clone(),
         app::relay_config(config, &topics),
         std::sync::Arc::new(Metrics::new()),
         std::sync::Arc::default(),
@@ -140,7 +142,10 @@ async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
         args.since
             .map(|window| Utc::now() - chrono::Duration::from_std(window).unwrap_or_default())
     };
-    let failed = |e: RepairError| AppError::Nats(e.to_string());
+    let failed = |e: RepairError| match e {
+        RepairError::Store(e) => AppError::Store(e),
+        other => AppError::Nats(other.to_string()),
+    };
     match action {
         OutboxAction::Verify(args) => {
             let checks = relay.verify(since(args)).await.map_err(failed)?;
@@ -158,6 +163,11 @@ async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
             }
         }
         OutboxAction::Repair(args) => {
+            // A broker that lost its store has lost the streams too: create them first, as the
+            // service does at start-up.
+            bus::reconcile(&js, &topics, config.nats_duplicate_window)
+                .await
+                .map_err(|e| AppError::Nats(e.to_string()))?;
             let repairs = relay.repair(since(args)).await.map_err(failed)?;
             if repairs.is_empty() {
                 println!("every stream holds what it acknowledged; nothing to repair");

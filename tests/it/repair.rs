@@ -1,7 +1,9 @@
 //! Broker-loss repair on a single node: a broker that lost its store between two runs of the
-//! service gets back every event the outbox still keeps, in commit order per key, exactly once,
-//! before newer events; `outbox verify` reports what is missing and `outbox repair` puts back a
-//! stream that holds other events at the recorded sequences.
+//! service, or while the service was connected, gets back every event the outbox still keeps, in
+//! commit order per key, exactly once, before newer events; a stream deleted without a reconnect
+//! is noticed by the periodic check; `outbox verify` reports what is missing and `outbox repair`
+//! puts back a stream that holds other events at the recorded sequences. The helpers are
+//! `pub(crate)` so a cluster test can make the same checks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -205,6 +207,45 @@ async fn a_broker_that_lost_its_store_between_two_runs_gets_every_event_back_in_
     assert!(ok, "nothing is missing after the repair: {table}");
     let (ok, out) = outbox_cli(&nats, &db, &["repair"]);
     assert!(ok && out.contains("nothing to repair"), "{out}");
+}
+
+#[tokio::test]
+async fn outbox_repair_recreates_the_streams_of_an_empty_broker_and_puts_the_events_back() {
+    let mut nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let path = db.clone();
+    let app = relaying_app(&nats, move |c| c.database_path = path).await;
+    orders(&app, 5).await;
+    drained(&app).await;
+    let recorded = recorded_per_stream(&app);
+    let rows = app.outbox();
+    app.stop().await;
+    nats.start_again_empty().await;
+
+    let (ok, out) = outbox_cli(&nats, &db, &["repair", "--since", "1h"]);
+    assert!(ok, "{out}");
+    for (stream, count) in &recorded {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(stream.as_str()))
+            .unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let n = count.to_string();
+        assert_eq!(cells[1..5], [n.as_str(), n.as_str(), "0", "0"], "{out}");
+    }
+    let messages = stored(&nats.jetstream().await).await;
+    assert_eq!(messages.len(), rows.len());
+    for row in &rows {
+        assert_eq!(
+            messages.iter().filter(|m| m.msg_id == row.event_id).count(),
+            1,
+            "event {} stored once",
+            row.event_id
+        );
+    }
+    let (ok, table) = outbox_cli(&nats, &db, &["verify"]);
+    assert!(ok, "{table}");
 }
 
 #[tokio::test]
