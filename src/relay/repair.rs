@@ -10,7 +10,8 @@
 //! missing; of the others (a stream's history is a prefix of what was written to it, so what
 //! differs is a suffix) the first whose sequence holds another event is found by bisection, and
 //! it and every later one are missing. Rows the stream dropped by its own limits (a sequence
-//! below its first, or deleted) are not missing: the stream meant to drop them.
+//! below its first, or deleted, or acknowledged longer ago than its `max_age`) are not missing:
+//! the stream meant to drop them.
 //!
 //! [`Relay::repair`] publishes the missing rows again, per stream in commit order, with their
 //! event ids as `Nats-Msg-Id`, through the relay's own sending (`Relay::send`: atomic batches,
@@ -229,9 +230,16 @@ impl Relay {
             return Ok(check);
         };
         let created = created_at(&stream);
-        let last = stream.cached_info().state.last_sequence;
+        let info = stream.cached_info();
+        let last = info.state.last_sequence;
+        // Rows older than the stream's max_age it would have dropped by now anyway.
+        let expired = chrono::Duration::from_std(info.config.max_age)
+            .ok()
+            .filter(|age| !age.is_zero())
+            .map(|age| Utc::now() - age);
         let (mut missing, mut rest): (Vec<Acknowledged>, Vec<Acknowledged>) = rows
             .into_iter()
+            .filter(|row| expired.is_none_or(|before| row.published_at >= before))
             .partition(|row| row.published_at < created || row.sequence > last);
         rest.sort_by_key(|row| row.sequence);
         let from = first_other(&stream, &rest).await?;
