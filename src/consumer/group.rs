@@ -14,7 +14,7 @@ use super::exhausted::exhausted;
 use super::handler::Handler;
 use super::stats::GroupStats;
 use super::worker::{Source, Worker};
-use super::{ConsumerError, dlq, idempotency};
+use super::{ConsumerError, dlq, idempotency, prune};
 use crate::backoff::Backoff;
 use crate::bus::stream_name;
 use crate::shutdown::Shutdown;
@@ -112,6 +112,11 @@ impl<H: Handler> Group<H> {
         tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
         let stop = Shutdown::new();
         let mut tasks = JoinSet::new();
+        tasks.spawn(prune::run(
+            self.js.clone(),
+            self.config.clone(),
+            stop.signal(),
+        ));
         for (source, consumer) in consumers {
             if let Source::Topic(topic) = source {
                 let stream = stream_name(topic.as_str());
