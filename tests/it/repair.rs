@@ -18,12 +18,13 @@ use crate::app::{PATIENCE, TestApp, User, metric, relaying_app, simple_order, sp
 use crate::nats::NatsServer;
 use crate::relay::{Stored, drained, every_event_once, stored};
 
-/// Runs `order-service outbox <args>` on the database `db` against `nats`: (succeeded, stdout).
-pub(crate) fn outbox_cli(nats: &NatsServer, db: &Path, args: &[&str]) -> (bool, String) {
+/// Runs `order-service outbox <args>` on the database `db` against the servers `nats_url` (one URL
+/// or a comma-separated list): (succeeded, stdout).
+pub(crate) fn outbox_cli(nats_url: &str, db: &Path, args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
         .arg("outbox")
         .args(args)
-        .env("NATS_URL", nats.url())
+        .env("NATS_URL", nats_url)
         .env("DATABASE_PATH", db)
         .env("RUST_LOG", "error")
         .output()
@@ -157,7 +158,7 @@ async fn a_broker_that_lost_its_store_between_two_runs_gets_every_event_back_in_
     nats.start_again_empty().await;
 
     // (a) verify reports, per stream, every acknowledged event as missing.
-    let (ok, table) = outbox_cli(&nats, &db, &["verify", "--since", "24h"]);
+    let (ok, table) = outbox_cli(&nats.url(), &db, &["verify", "--since", "24h"]);
     assert!(!ok, "verify exits non-zero when events are missing");
     for (stream, rows) in &recorded {
         assert_eq!(missing_in(&table, stream), Some(*rows), "{stream}: {table}");
@@ -203,9 +204,9 @@ async fn a_broker_that_lost_its_store_between_two_runs_gets_every_event_back_in_
     );
     app.stop().await;
 
-    let (ok, table) = outbox_cli(&nats, &db, &["verify"]);
+    let (ok, table) = outbox_cli(&nats.url(), &db, &["verify"]);
     assert!(ok, "nothing is missing after the repair: {table}");
-    let (ok, out) = outbox_cli(&nats, &db, &["repair"]);
+    let (ok, out) = outbox_cli(&nats.url(), &db, &["repair"]);
     assert!(ok && out.contains("nothing to repair"), "{out}");
 }
 
@@ -223,7 +224,7 @@ async fn outbox_repair_recreates_the_streams_of_an_empty_broker_and_puts_the_eve
     app.stop().await;
     nats.start_again_empty().await;
 
-    let (ok, out) = outbox_cli(&nats, &db, &["repair", "--since", "1h"]);
+    let (ok, out) = outbox_cli(&nats.url(), &db, &["repair", "--since", "1h"]);
     assert!(ok, "{out}");
     for (stream, count) in &recorded {
         let line = out
@@ -244,7 +245,7 @@ async fn outbox_repair_recreates_the_streams_of_an_empty_broker_and_puts_the_eve
             row.event_id
         );
     }
-    let (ok, table) = outbox_cli(&nats, &db, &["verify"]);
+    let (ok, table) = outbox_cli(&nats.url(), &db, &["verify"]);
     assert!(ok, "{table}");
 }
 
@@ -332,7 +333,7 @@ async fn outbox_repair_puts_back_a_stream_that_holds_other_events_at_recorded_se
     .unwrap();
     drop(conn);
 
-    let (ok, table) = outbox_cli(&nats, &db, &["verify"]);
+    let (ok, table) = outbox_cli(&nats.url(), &db, &["verify"]);
     assert!(!ok, "{table}");
     assert_eq!(
         missing_in(&table, "ORDER_CREATED"),
@@ -350,7 +351,7 @@ async fn outbox_repair_puts_back_a_stream_that_holds_other_events_at_recorded_se
         }
     }
 
-    let (ok, out) = outbox_cli(&nats, &db, &["repair"]);
+    let (ok, out) = outbox_cli(&nats.url(), &db, &["repair"]);
     assert!(ok, "{out}");
     let line = out
         .lines()
@@ -386,7 +387,7 @@ async fn outbox_repair_puts_back_a_stream_that_holds_other_events_at_recorded_se
             assert_eq!(found[0].sequence, index as u64 + 1);
         }
     }
-    let (ok, table) = outbox_cli(&nats, &db, &["verify"]);
+    let (ok, table) = outbox_cli(&nats.url(), &db, &["verify"]);
     assert!(ok, "{table}");
 }
 
