@@ -27,6 +27,8 @@ use crate::store::{Store, StoreConfig, StoreError};
 /// The waits between tries to reach the broker and reconcile its streams at start-up.
 const START_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
+/// Tries of a broker-loss repair in a row before the relay goes on without it.
+const REPAIR_ATTEMPTS: u32 = 5;
 /// The waits between tries to reconcile the streams after a reconnect.
 const RECONNECT_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
@@ -60,6 +62,9 @@ pub enum AppError {
     /// A consumer command failed.
     #[error(transparent)]
     Consumer(#[from] crate::consumer::ConsumerError),
+    /// A check found something wrong, or a repair left something undone; the text says what.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 /// Builds the application's state: the token verifier, the opened and migrated database, the
@@ -196,7 +201,13 @@ async fn publish_outbox(
         metrics,
         status.clone(),
     );
-    let relayed = relay.run(shutdown);
+    // A broker that lost its store while the service was stopped gets the events back before
+    // the relay publishes anything newer.
+    tokio::select! {
+        () = &mut shutdown => return,
+        () = repair_at_start(&relay) => {}
+    }
+    let relayed = relay.clone().run(shutdown);
     tokio::pin!(relayed);
     let reconciled = reconcile_on_reconnect(
         &js,
@@ -204,6 +215,8 @@ async fn publish_outbox(
         config.nats_duplicate_window,
         &status,
         &reconnected,
+        &relay,
+        config.event_outbox_verify_interval,
     );
     // The watcher never ends by itself; the relay ends on shutdown.
     tokio::select! {
@@ -256,27 +269,67 @@ async fn reconcile(
     }
 }
 
+/// Repairs the streams ([`Relay::repair`]), trying up to [`REPAIR_ATTEMPTS`] times: a repair
+/// that cannot succeed (the broker refuses the reads) must not keep every event from being
+/// published; the next reconnect or periodic check tries again.
+async fn repair_at_start(relay: &Relay) {
+    let mut waits = START_BACKOFF.waits();
+    for attempt in 1..=REPAIR_ATTEMPTS {
+        match relay.repair(None).await {
+            Ok(_) => return,
+            Err(e) if attempt == REPAIR_ATTEMPTS => {
+                tracing::error!(error = %e, "repairing the streams failed; the relay goes on, the next check tries again");
+            }
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(error = %e, ?retry_in, "repairing the streams failed");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
 /// Reconciles the streams again after every reconnect: a broker that comes back without its
 /// store (a fresh container, a wiped disk) has no streams, and every publish would otherwise
-/// fail for want of one until its row went dead.
+/// fail for want of one until its row went dead. Then, and every `verify_interval` when a check
+/// finds a stream missing events, the streams are repaired ([`Relay::repair`]) while the relay's
+/// publishing waits, so nothing newer is stored before the events put back.
 async fn reconcile_on_reconnect(
     js: &jetstream::Context,
     topics: &Topics,
     duplicate_window: Duration,
     status: &RelayStatus,
     reconnected: &tokio::sync::Notify,
+    relay: &Relay,
+    verify_interval: Duration,
 ) {
     let mut waits = RECONNECT_BACKOFF.waits();
     loop {
         tokio::select! {
             () = reconnected.notified() => {}
             () = status.heal_requested() => {}
+            () = tokio::time::sleep(verify_interval) => {
+                match relay.verify(None).await {
+                    Ok(checks) if checks.iter().all(|c| c.missing.is_empty()) => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checking the streams failed");
+                        continue;
+                    }
+                }
+            }
         }
         waits.reset();
+        let mut repair_failures = 0;
         loop {
-            // Publishing waits while a stream's subjects or transform may change under it.
+            // Publishing waits while a stream's subjects or transform may change under it, and
+            // while a stream gets back what it lost.
             let paused = status.pause_publishing().await;
             let reconciled = bus::reconcile(js, topics, duplicate_window).await;
+            let repaired = match &reconciled {
+                Ok(_) => relay.repair(None).await.map_err(|e| e.to_string()),
+                Err(_) => Ok(Vec::new()),
+            };
             drop(paused);
             match reconciled {
                 Ok(report) => {
@@ -284,7 +337,18 @@ async fn reconcile_on_reconnect(
                         tracing::warn!(%report, "streams were missing or changed after a reconnect; reconciled");
                     }
                     status.set_streams(Ok(StreamsSummary::from(&report)));
-                    break;
+                    match repaired {
+                        Ok(_) => break,
+                        Err(e) => {
+                            repair_failures += 1;
+                            if repair_failures >= REPAIR_ATTEMPTS {
+                                tracing::error!(error = %e, "repairing the streams failed; the next check tries again");
+                                break;
+                            }
+                            tracing::warn!(error = %e, "repairing the streams failed");
+                            tokio::time::sleep(waits.next_wait()).await;
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reconciling streams after a reconnect failed");

@@ -18,6 +18,7 @@ mod ops_api;
 mod ops_page;
 mod orders;
 mod relay;
+mod repair;
 mod roles;
 mod schemas;
 mod settings;

@@ -179,27 +179,7 @@ impl NatsServer {
         for _attempt in 0..3 {
             let [client_port, monitor_port] =
                 nats_server::free_ports().expect("probe free loopback ports");
-            let started = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
-                .with_exposed_port(CLIENT_PORT.tcp())
-                .with_exposed_port(MONITOR_PORT.tcp())
-                // Readiness is /healthz, polled below, not a log line.
-                .with_wait_for(WaitFor::Nothing)
-                .with_mapped_port(client_port, CLIENT_PORT.tcp())
-                .with_mapped_port(monitor_port, MONITOR_PORT.tcp())
-                // Publish on loopback only: nothing outside this machine has business with it.
-                .with_host_config_modifier(|host_config| {
-                    for bindings in host_config
-                        .port_bindings
-                        .iter_mut()
-                        .flat_map(|map| map.values_mut())
-                    {
-                        for binding in bindings.iter_mut().flatten() {
-                            binding.host_ip = Some("127.0.0.1".into());
-                        }
-                    }
-                })
-                .start()
-                .await;
+            let started = new_container(client_port, monitor_port).await;
             match started {
                 Ok(container) => {
                     let mut server = NatsServer {
@@ -313,6 +293,63 @@ impl NatsServer {
                     .expect("run kill");
                 assert!(sent.success(), "kill {signal} {pid}");
             }
+        }
+    }
+}
+
+/// A container of the image publishing its client and monitoring ports on these loopback ports.
+async fn new_container(
+    client_port: u16,
+    monitor_port: u16,
+) -> testcontainers::core::error::Result<ContainerAsync<GenericImage>> {
+    GenericImage::new(IMAGE_NAME, IMAGE_TAG)
+        .with_exposed_port(CLIENT_PORT.tcp())
+        .with_exposed_port(MONITOR_PORT.tcp())
+        // Readiness is /healthz, polled below, not a log line.
+        .with_wait_for(WaitFor::Nothing)
+        .with_mapped_port(client_port, CLIENT_PORT.tcp())
+        .with_mapped_port(monitor_port, MONITOR_PORT.tcp())
+        // Publish on loopback only: nothing outside this machine has business with it.
+        .with_host_config_modifier(|host_config| {
+            for bindings in host_config
+                .port_bindings
+                .iter_mut()
+                .flat_map(|map| map.values_mut())
+            {
+                for binding in bindings.iter_mut().flatten() {
+                    binding.host_ip = Some("127.0.0.1".into());
+                }
+            }
+        })
+        .start()
+        .await
+}
+
+impl NatsServer {
+    /// Stops the server and starts it again on the same ports with an empty store, as a broker
+    /// that lost its disk: a new container, or the process with its store folder deleted.
+    pub async fn start_again_empty(&mut self) {
+        self.stop().await;
+        match &mut self.runtime {
+            Runtime::Container(container) => {
+                let fresh = new_container(self.client_port, self.monitor_port)
+                    .await
+                    .expect("start a new nats container on the same ports");
+                // The old container is removed when dropped here.
+                **container = fresh;
+            }
+            Runtime::Process(process) => {
+                let store = process._dir.path().join("store");
+                if store.exists() {
+                    std::fs::remove_dir_all(&store).expect("delete the nats store");
+                }
+                if let Err(error) = process.server.start_again() {
+                    panic!("starting nats-server again: {error}");
+                }
+            }
+        }
+        if let Err(error) = self.wait_until_healthy().await {
+            panic!("starting the server with an empty store: {error}");
         }
     }
 }
