@@ -10,6 +10,7 @@ mod consumer;
 mod contract;
 mod first_run;
 mod idempotency;
+mod identities;
 mod limits;
 mod nats;
 mod ops_api;

@@ -14,6 +14,10 @@
 //! every start, which a client holding the old URL would never find. Dropping the fixture removes
 //! the container, or kills the process and deletes its store.
 //!
+//! [`NatsServer::start_with_identities`] runs the shipped users and permissions
+//! (`nats/identities.conf`) with the test passwords below; clients then connect as the service
+//! ([`NatsServer::service`]) or a subscriber ([`NatsServer::subscriber`]).
+//!
 //! ```ignore
 //! let mut nats = NatsServer::start().await;
 //! let client = nats.connect().await;
@@ -38,12 +42,20 @@ const MONITOR_PORT: u16 = 8222;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variable choosing the path: `container`, `process`, or unset for automatic.
 const MODE_VAR: &str = "ORDER_SERVICE_TEST_NATS";
+/// The service's user in `nats/identities.conf`, and its password in the tests.
+pub const SERVICE_USER: &str = "order-service";
+const SERVICE_PASSWORD: &str = "test-service-password";
+/// The subscribers' user in `nats/identities.conf`, and its password in the tests.
+pub const SUBSCRIBER_USER: &str = "subscriber";
+const SUBSCRIBER_PASSWORD: &str = "test-subscriber-password";
 
 /// A running (or stopped) nats-server owned by one test.
 pub struct NatsServer {
     runtime: Runtime,
     client_port: u16,
     monitor_port: u16,
+    /// Whether the server runs the shipped identities (and refuses anonymous clients).
+    identities: bool,
 }
 
 enum Runtime {
@@ -61,6 +73,16 @@ impl NatsServer {
     /// Starts a server on the path `ORDER_SERVICE_TEST_NATS` and the machine allow, and waits until
     /// it is healthy. Panics (fails the test) when it cannot.
     pub async fn start() -> NatsServer {
+        NatsServer::start_on_path(false).await
+    }
+
+    /// [`start`](Self::start), with the shipped identities (`nats/identities.conf`) and the test
+    /// passwords in the server's environment: anonymous clients are refused.
+    pub async fn start_with_identities() -> NatsServer {
+        NatsServer::start_on_path(true).await
+    }
+
+    async fn start_on_path(identities: bool) -> NatsServer {
         let mode = std::env::var(MODE_VAR).unwrap_or_default();
         let use_container = match mode.as_str() {
             "container" => true,
@@ -69,9 +91,62 @@ impl NatsServer {
             other => panic!("{MODE_VAR}={other:?}: expected container, process or unset"),
         };
         if use_container {
-            NatsServer::start_container().await
+            NatsServer::start_container(identities).await
         } else {
-            NatsServer::start_process().await
+            NatsServer::start_process(identities).await
+        }
+    }
+
+    /// The server's environment for the shipped identities: their passwords.
+    fn identity_env() -> Vec<(String, String)> {
+        vec![
+            ("NATS_SERVICE_PASSWORD".into(), SERVICE_PASSWORD.into()),
+            (
+                "NATS_SUBSCRIBER_PASSWORD".into(),
+                SUBSCRIBER_PASSWORD.into(),
+            ),
+        ]
+    }
+
+    /// `nats/<file>` of the repository.
+    fn shipped(file: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("nats")
+            .join(file)
+    }
+
+    /// The settings clients of this server use by default: anonymous, or the service's identity
+    /// when the server runs the shipped identities.
+    pub fn settings(&self) -> order_service::bus::NatsSettings {
+        if self.identities {
+            self.service()
+        } else {
+            order_service::bus::NatsSettings::new(self.url())
+        }
+    }
+
+    /// Settings connecting as the service's user.
+    pub fn service(&self) -> order_service::bus::NatsSettings {
+        order_service::bus::NatsSettings::new(self.url()).with_user(SERVICE_USER, SERVICE_PASSWORD)
+    }
+
+    /// Settings connecting as the subscribers' user.
+    pub fn subscriber(&self) -> order_service::bus::NatsSettings {
+        order_service::bus::NatsSettings::new(self.url())
+            .with_user(SUBSCRIBER_USER, SUBSCRIBER_PASSWORD)
+    }
+
+    /// What the server has logged so far.
+    pub async fn log(&self) -> String {
+        match &self.runtime {
+            Runtime::Container(container) => {
+                let mut log = container.stdout_to_vec().await.unwrap_or_default();
+                log.extend(container.stderr_to_vec().await.unwrap_or_default());
+                String::from_utf8_lossy(&log).into_owned()
+            }
+            Runtime::Process(process) => {
+                std::fs::read_to_string(process.server.log_path()).unwrap_or_default()
+            }
         }
     }
 
@@ -93,9 +168,10 @@ impl NatsServer {
         }
     }
 
-    /// Connects the way the service does ([`order_service::bus::connect`]).
+    /// Connects the way the service does ([`order_service::bus::connect`]), with
+    /// [`settings`](Self::settings).
     pub async fn connect(&self) -> async_nats::Client {
-        order_service::bus::connect(&order_service::bus::NatsSettings::new(self.url()))
+        order_service::bus::connect(&self.settings())
             .await
             .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", self.url()))
     }
@@ -154,7 +230,7 @@ impl NatsServer {
         self.start_again().await;
     }
 
-    async fn start_container() -> NatsServer {
+    async fn start_container(identities: bool) -> NatsServer {
         // Without the image testcontainers would try a registry pull, which cannot work here and
         // would hide the actual fix.
         let image = format!("{IMAGE_NAME}:{IMAGE_TAG}");
@@ -179,7 +255,7 @@ impl NatsServer {
         for _attempt in 0..3 {
             let [client_port, monitor_port] =
                 nats_server::free_ports().expect("probe free loopback ports");
-            let started = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
+            let mut request = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
                 .with_exposed_port(CLIENT_PORT.tcp())
                 .with_exposed_port(MONITOR_PORT.tcp())
                 // Readiness is /healthz, polled below, not a log line.
@@ -197,15 +273,28 @@ impl NatsServer {
                             binding.host_ip = Some("127.0.0.1".into());
                         }
                     }
-                })
-                .start()
-                .await;
+                });
+            if identities {
+                // The image's own config, including the shipped identities as
+                // nats/nats-server.conf does.
+                let config = std::fs::read_to_string(NatsServer::shipped("container.conf"))
+                    .expect("read nats/container.conf")
+                    + "\ninclude \"identities.conf\"\n";
+                request = request
+                    .with_copy_to("/nats-server.conf", config.into_bytes())
+                    .with_copy_to("/identities.conf", NatsServer::shipped("identities.conf"));
+                for (name, value) in NatsServer::identity_env() {
+                    request = request.with_env_var(name, value);
+                }
+            }
+            let started = request.start().await;
             match started {
                 Ok(container) => {
                     let mut server = NatsServer {
                         runtime: Runtime::Container(Box::new(container)),
                         client_port,
                         monitor_port,
+                        identities,
                     };
                     eprintln!(
                         "nats fixture: container {IMAGE_NAME}:{IMAGE_TAG} at {} (monitor {})",
@@ -223,7 +312,7 @@ impl NatsServer {
         panic!("cannot start container {image}: {last_error}");
     }
 
-    async fn start_process() -> NatsServer {
+    async fn start_process(identities: bool) -> NatsServer {
         let binary = nats_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|| {
                 panic!(
@@ -240,6 +329,12 @@ impl NatsServer {
             dir: dir.path().to_owned(),
             name: None,
             sync: Sync::Always,
+            include: identities.then(|| NatsServer::shipped("identities.conf")),
+            env: if identities {
+                NatsServer::identity_env()
+            } else {
+                Vec::new()
+            },
         };
         let server = NatsProcess::start(settings, READY_TIMEOUT)
             .await
@@ -259,6 +354,7 @@ impl NatsServer {
         NatsServer {
             client_port: server.client_port(),
             monitor_port: server.monitor_port(),
+            identities,
             runtime: Runtime::Process(Box::new(Process { server, _dir: dir })),
         }
     }
