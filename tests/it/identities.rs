@@ -119,6 +119,19 @@ async fn the_service_identity_creates_its_streams_and_relays() {
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+    // The operator's commands run as the service.
+    let service = nats.service();
+    assert!(cli(&service, &["streams", "list"]).contains("ORDER_CREATED"));
+    for command in [
+        &["streams", "diff"][..],
+        &["streams", "apply"],
+        &["consumers", "list"],
+        &["dlq", "list", "--group", "billing"],
+        &["dlq", "replay", "--group", "billing"],
+        &["dlq", "purge", "--group", "billing"],
+    ] {
+        cli(&service, command);
+    }
     assert_eq!(
         violations_in_log(&nats, SERVICE_USER).await,
         [] as [String; 0]
@@ -192,6 +205,16 @@ impl Handler for Picky {
             return Err(Failure::permanent("refused by the test"));
         }
         Ok(())
+    }
+}
+
+/// A handler that never answers: its messages use up `max_deliver` unacknowledged, and the
+/// broker's advisory is what dead-letters them.
+struct Hung;
+
+impl Handler for Hung {
+    async fn handle(&self, _: &OrderEvent, _: &Delivery, _: &mut HandlerTx<'_>) -> Handled {
+        std::future::pending().await
     }
 }
 
@@ -289,6 +312,26 @@ async fn a_subscriber_runs_a_consumer_group_and_publishes_its_dead_letters() {
             .any(|l| l["message"]["event_id"] == kept_event.as_str()),
         "{out}"
     );
+
+    // A group whose handler hangs: the broker's MAX_DELIVERIES advisory and the message read
+    // back from its stream make the dead letter.
+    let mut config = GroupConfig::new("stuck", &[Topic::Created], &dir.path().join("stuck.db"));
+    config.max_deliver = 2;
+    config.ack_wait = Duration::from_secs(1);
+    config.synchronous_full = false;
+    let (stuck_client, stuck_errors) = connect_recording(&nats.subscriber()).await;
+    let stuck = Group::new(jetstream::new(stuck_client), config, Hung).unwrap();
+    let stuck = tokio::spawn(stuck.run(std::future::pending()));
+    until("the hung messages never became dead letters", async || {
+        dlq::list(&service_js, "stuck", None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.reason == "max_deliver")
+    })
+    .await;
+    stuck.abort();
+    assert_eq!(*stuck_errors.lock().unwrap(), [] as [String; 0]);
 
     shutdown.trigger();
     running.await.unwrap().unwrap();
