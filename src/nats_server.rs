@@ -62,9 +62,9 @@ pub struct Settings {
     pub name: Option<String>,
     /// JetStream's `sync_interval`.
     pub sync: Sync,
-    /// A config file to include (e.g. `nats/identities.conf`): copied into `dir` beside the
+    /// Config files to include (e.g. `nats/identities.conf`): copied into `dir` beside the
     /// generated config, since nats-server resolves includes relative to the including file.
-    pub include: Option<PathBuf>,
+    pub includes: Vec<PathBuf>,
     /// Environment variables for the process, e.g. the passwords the included file refers to.
     pub env: Vec<(String, String)>,
 }
@@ -133,9 +133,9 @@ impl NatsProcess {
         assert!(self.child.is_none(), "the nats-server process is running");
         let dir = &self.settings.dir;
         std::fs::create_dir_all(dir)?;
-        if let Some(include) = &self.settings.include {
+        for include in &self.settings.includes {
             let name = include.file_name().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, "the include is not a file")
+                io::Error::new(io::ErrorKind::InvalidInput, "an include is not a file")
             })?;
             std::fs::copy(include, dir.join(name))?;
         }
@@ -173,10 +173,10 @@ impl NatsProcess {
             Sync::Default => "",
             Sync::Always => "\n  sync_interval: always",
         };
-        let include = match self.settings.include.as_ref().and_then(|p| p.file_name()) {
-            Some(file) => format!("include \"{}\"\n", file.to_string_lossy()),
-            None => String::new(),
-        };
+        let include: String = (self.settings.includes.iter())
+            .filter_map(|p| p.file_name())
+            .map(|file| format!("include \"{}\"\n", file.to_string_lossy()))
+            .collect();
         format!(
             "{name}listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
              jetstream {{\n  store_dir: \"{}\"{sync}\n}}\n{include}",

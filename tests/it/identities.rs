@@ -22,7 +22,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::app::{PATIENCE, TestApp, User, metric, relaying_app, simple_order, stream_messages};
-use crate::nats::{NatsServer, SERVICE_USER};
+use crate::nats::{NatsServer, SERVICE_USER, ServerTls};
 use crate::relay::{drained, every_event_once};
 
 /// The server's errors on one connection, as the client reports them.
@@ -460,4 +460,127 @@ fn the_single_node_config_needs_both_passwords() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
+}
+
+/// Runs `openssl` in `dir`; fails the test when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA in `dir` (`ca.pem`) and a certificate it signed, `<name>-cert.pem` with `<name>-key.pem`,
+/// for each name: `server` is valid for 127.0.0.1.
+fn certificates(dir: &Path, names: &[&str]) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &key,
+        &["-keyout", "ca-key.pem", "-out", "ca.pem"],
+    ];
+    openssl(
+        dir,
+        &[
+            ca.concat(),
+            vec!["-days", "2", "-subj", "/CN=order-service test CA"],
+        ]
+        .concat(),
+    );
+    for name in names {
+        let (key_file, csr, cert) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}-cert.pem"),
+        );
+        let subject = format!("/CN={name}");
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &key,
+                &["-keyout", &key_file, "-out", &csr, "-subj", &subject],
+                &["-addext", "subjectAltName=IP:127.0.0.1"],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-copy_extensions",
+                "copy",
+            ],
+        );
+    }
+}
+
+#[tokio::test]
+async fn over_tls_the_service_relays_with_a_client_certificate_and_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path(), &["server", "client"]);
+    let file = |name: &str| dir.path().join(name);
+    let nats = NatsServer::start_with_identities_and_tls(&ServerTls {
+        cert: file("server-cert.pem"),
+        key: file("server-key.pem"),
+        ca: file("ca.pem"),
+    })
+    .await;
+    let tls = NatsSettings {
+        tls_ca: Some(file("ca.pem")),
+        tls_cert: Some(file("client-cert.pem")),
+        tls_key: Some(file("client-key.pem")),
+        ..nats.service()
+    };
+
+    let settings = tls.clone();
+    let app = relaying_app(&nats, move |c| c.nats = settings).await;
+    app.create_order(User::new(Role::Customer), simple_order())
+        .await;
+    drained(&app).await;
+    let js = jetstream::new(order_service::bus::connect(&tls).await.unwrap());
+    assert!(!every_event_once(&app, &js).await.is_empty());
+
+    // Without TLS, without a client certificate, or trusting another CA: refused.
+    let other = tempfile::tempdir().unwrap();
+    certificates(other.path(), &[]);
+    for refused in [
+        nats.service(),
+        NatsSettings {
+            tls_cert: None,
+            tls_key: None,
+            ..tls.clone()
+        },
+        NatsSettings {
+            tls_ca: Some(other.path().join("ca.pem")),
+            ..tls.clone()
+        },
+    ] {
+        let error = order_service::bus::connect(&refused).await.err();
+        assert!(error.is_some(), "{refused:?} connected");
+    }
 }

@@ -49,6 +49,27 @@ const SERVICE_PASSWORD: &str = "test-service-password";
 pub const SUBSCRIBER_USER: &str = "subscriber";
 const SUBSCRIBER_PASSWORD: &str = "test-subscriber-password";
 
+/// A server's TLS files (PEM): its certificate and key, and the CA its clients' certificates must
+/// chain to. The server then takes TLS connections only, from clients with such a certificate.
+pub struct ServerTls {
+    /// The server's certificate.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+    /// The CA of the clients' certificates.
+    pub ca: std::path::PathBuf,
+}
+
+impl ServerTls {
+    /// The config block for files at `cert`, `key` and `ca` (paths as the server sees them).
+    fn block(cert: &str, key: &str, ca: &str) -> String {
+        format!(
+            "\ntls {{\n  cert_file: \"{cert}\"\n  key_file: \"{key}\"\n  ca_file: \"{ca}\"\n  \
+             verify: true\n}}\n"
+        )
+    }
+}
+
 /// A running (or stopped) nats-server owned by one test.
 pub struct NatsServer {
     runtime: Runtime,
@@ -73,16 +94,23 @@ impl NatsServer {
     /// Starts a server on the path `ORDER_SERVICE_TEST_NATS` and the machine allow, and waits until
     /// it is healthy. Panics (fails the test) when it cannot.
     pub async fn start() -> NatsServer {
-        NatsServer::start_on_path(false).await
+        NatsServer::start_on_path(false, None).await
     }
 
     /// [`start`](Self::start), with the shipped identities (`nats/identities.conf`) and the test
     /// passwords in the server's environment: anonymous clients are refused.
     pub async fn start_with_identities() -> NatsServer {
-        NatsServer::start_on_path(true).await
+        NatsServer::start_on_path(true, None).await
     }
 
-    async fn start_on_path(identities: bool) -> NatsServer {
+    /// [`start_with_identities`](Self::start_with_identities), taking TLS connections only, from
+    /// clients with a certificate of `tls.ca`.
+    pub async fn start_with_identities_and_tls(tls: &ServerTls) -> NatsServer {
+        NatsServer::start_on_path(true, Some(tls)).await
+    }
+
+    /// TLS is only offered with the identities.
+    async fn start_on_path(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
         let mode = std::env::var(MODE_VAR).unwrap_or_default();
         let use_container = match mode.as_str() {
             "container" => true,
@@ -91,9 +119,9 @@ impl NatsServer {
             other => panic!("{MODE_VAR}={other:?}: expected container, process or unset"),
         };
         if use_container {
-            NatsServer::start_container(identities).await
+            NatsServer::start_container(identities, tls).await
         } else {
-            NatsServer::start_process(identities).await
+            NatsServer::start_process(identities, tls).await
         }
     }
 
@@ -230,7 +258,7 @@ impl NatsServer {
         self.start_again().await;
     }
 
-    async fn start_container(identities: bool) -> NatsServer {
+    async fn start_container(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
         // Without the image testcontainers would try a registry pull, which cannot work here and
         // would hide the actual fix.
         let image = format!("{IMAGE_NAME}:{IMAGE_TAG}");
@@ -276,10 +304,17 @@ impl NatsServer {
                 });
             if identities {
                 // The image's own config, including the shipped identities as
-                // nats/nats-server.conf does.
-                let config = std::fs::read_to_string(NatsServer::shipped("container.conf"))
+                // nats/nats-server.conf does, and the TLS block.
+                let mut config = std::fs::read_to_string(NatsServer::shipped("container.conf"))
                     .expect("read nats/container.conf")
                     + "\ninclude \"identities.conf\"\n";
+                if let Some(tls) = tls {
+                    config += &ServerTls::block("/tls/cert.pem", "/tls/key.pem", "/tls/ca.pem");
+                    request = request
+                        .with_copy_to("/tls/cert.pem", tls.cert.clone())
+                        .with_copy_to("/tls/key.pem", tls.key.clone())
+                        .with_copy_to("/tls/ca.pem", tls.ca.clone());
+                }
                 request = request
                     .with_copy_to("/nats-server.conf", config.into_bytes())
                     .with_copy_to("/identities.conf", NatsServer::shipped("identities.conf"));
@@ -312,7 +347,7 @@ impl NatsServer {
         panic!("cannot start container {image}: {last_error}");
     }
 
-    async fn start_process(identities: bool) -> NatsServer {
+    async fn start_process(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
         let binary = nats_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|| {
                 panic!(
@@ -329,7 +364,22 @@ impl NatsServer {
             dir: dir.path().to_owned(),
             name: None,
             sync: Sync::Always,
-            include: identities.then(|| NatsServer::shipped("identities.conf")),
+            includes: identities
+                .then(|| NatsServer::shipped("identities.conf"))
+                .into_iter()
+                .chain(tls.map(|tls| {
+                    let block = ServerTls::block(
+                        &tls.cert.display().to_string(),
+                        &tls.key.display().to_string(),
+                        &tls.ca.display().to_string(),
+                    );
+                    // Not in the server's folder itself: includes are copied there.
+                    let source = dir.path().join("tls");
+                    std::fs::create_dir(&source).expect("create the tls folder");
+                    std::fs::write(source.join("tls.conf"), block).expect("write tls.conf");
+                    source.join("tls.conf")
+                }))
+                .collect(),
             env: if identities {
                 NatsServer::identity_env()
             } else {
