@@ -371,7 +371,7 @@ mod tests {
             ),
         ];
         for (settings, named) in cases {
-            let error = settings.options().await.err().expect("refused");
+            let error = settings.options().await.expect_err("refused");
             assert!(error.to_string().contains(named), "{error}");
         }
         assert!(base.with_user("u", "p").options().await.is_ok());

@@ -242,7 +242,7 @@ async fn a_subscriber_runs_a_consumer_group_and_publishes_its_dead_letters() {
 
     let (client, errors) = connect_recording(&nats.subscriber()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = GroupConfig::new("billing", &[Topic::Created], &dir.path().join("billing.db"));
+    let mut config = GroupConfig::new("billing", &[Topic::Created], dir.path().join("billing.db"));
     config.backoff = vec![Duration::from_millis(20)];
     config.synchronous_full = false;
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -315,7 +315,7 @@ async fn a_subscriber_runs_a_consumer_group_and_publishes_its_dead_letters() {
 
     // A group whose handler hangs: the broker's MAX_DELIVERIES advisory and the message read
     // back from its stream make the dead letter.
-    let mut config = GroupConfig::new("stuck", &[Topic::Created], &dir.path().join("stuck.db"));
+    let mut config = GroupConfig::new("stuck", &[Topic::Created], dir.path().join("stuck.db"));
     config.max_deliver = 2;
     config.ack_wait = Duration::from_secs(1);
     config.synchronous_full = false;
