@@ -5,6 +5,7 @@
 CARGO      ?= cargo
 DATA       := data
 DEV_SECRET := $(DATA)/dev-jwt-secret
+DEV_NATS   := $(DATA)/dev-nats.env
 ROLE       ?= admin
 
 include nats/nats.mk
@@ -12,14 +13,18 @@ include nats/nats.mk
 .PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check openapi schemathesis
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
-## Ctrl-C stops both.
-run: $(DEV_SECRET) nats-server build
+## Ctrl-C stops both. NATS runs the shipped identities with the development passwords of
+## data/dev-nats.env; the service connects as `order-service`.
+run: $(DEV_SECRET) $(DEV_NATS) nats-server build
 	@mkdir -p $(DATA)
-	@'$(NATS_SERVER)' -c nats/nats-server.conf & nats=$$!; \
+	@set -a && . ./$(DEV_NATS) && set +a; \
+	'$(NATS_SERVER)' -c nats/nats-server.conf & nats=$$!; \
 	trap 'kill -INT $$nats 2>/dev/null; wait $$nats' EXIT; \
 	trap 'exit 0' INT TERM; \
 	AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" DATABASE_PATH="$${DATABASE_PATH:-$(DATA)/order-service.db}" \
-		NATS_URL="$${NATS_URL:-nats://127.0.0.1:4222}" ./target/release/order-service serve
+		NATS_URL="$${NATS_URL:-nats://127.0.0.1:4222}" \
+		NATS_USER="$${NATS_USER:-order-service}" NATS_PASSWORD="$${NATS_PASSWORD:-$$NATS_SERVICE_PASSWORD}" \
+		./target/release/order-service serve
 
 ## demo: a throw-away NATS (./data/demo/nats, port DEMO_NATS_PORT), the service and three example
 ## consumers (inventory, notification, finance); drives a few orders through their life cycle over
@@ -137,6 +142,18 @@ readme-targets:
 ## Under 3 minutes once built (a first release build takes longer).
 bench: nats-server build
 	@NATS_SERVER_BIN='$(NATS_SERVER)' ./target/release/bench
+
+# Development passwords of the NATS identities (nats/identities.conf), generated once and kept,
+# as `KEY=value` lines for `make run` to put into the server's and the service's environment.
+# Subscribers use the second: `. ./data/dev-nats.env; NATS_USER=subscriber
+# NATS_PASSWORD=$$NATS_SUBSCRIBER_PASSWORD ...`. The `dev-` prefix keeps each a string to the
+# server's config parser, which would read an all-digit value as a number.
+$(DEV_NATS):
+	@mkdir -p $(DATA)
+	@umask 077 && for user in SERVICE SUBSCRIBER; do \
+		echo "NATS_$${user}_PASSWORD=dev-$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"; \
+	done > $@
+	@echo "generated development NATS passwords in $@" >&2
 
 # A development secret, generated once and kept (the message goes to stderr, so that
 # `TOKEN=$$(make -s token)` gets only the token on a fresh clone): tokens stay valid across restarts.

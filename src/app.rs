@@ -257,6 +257,7 @@ async fn reconcile(
             Ok(report) => {
                 tracing::info!(%report, "streams reconciled");
                 status.set_streams(Ok(StreamsSummary::from(&report)));
+                ensure_dead_letter_streams(js).await;
                 return;
             }
             Err(e) => {
@@ -286,6 +287,14 @@ async fn repair_at_start(relay: &Relay) {
                 tokio::time::sleep(retry_in).await;
             }
         }
+    }
+}
+
+/// Creates the consumer groups' dead-letter streams when missing: the subscribers' identity may
+/// not create streams (nats/identities.conf), so their groups wait for the service to.
+async fn ensure_dead_letter_streams(js: &jetstream::Context) {
+    if let Err(e) = consumer::dlq::ensure_streams(js).await {
+        tracing::warn!(error = %e, "creating the dead-letter streams failed; consumer groups wait for them");
     }
 }
 
@@ -337,6 +346,7 @@ async fn reconcile_on_reconnect(
                         tracing::warn!(%report, "streams were missing or changed after a reconnect; reconciled");
                     }
                     status.set_streams(Ok(StreamsSummary::from(&report)));
+                    ensure_dead_letter_streams(js).await;
                     match repaired {
                         Ok(_) => break,
                         Err(e) => {

@@ -11,6 +11,7 @@ mod consumer_over_time;
 mod contract;
 mod first_run;
 mod idempotency;
+mod identities;
 mod limits;
 mod nats;
 mod openapi;
