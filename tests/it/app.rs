@@ -399,7 +399,11 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// The service with its relay on, publishing to `nats`, retrying quickly, once `/ready` says
 /// ready (the streams are reconciled and the relay runs).
 pub async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let url = nats.url();
+    relaying_app_at(nats.url(), adjust).await
+}
+
+/// [`relaying_app`] with `NATS_URL` = `url` (e.g. a cluster's server list).
+pub async fn relaying_app_at(url: String, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let app = spawn_app_with(move |c| {
         c.event_outbox_enabled = true;
         c.nats.url = url;
@@ -428,9 +432,14 @@ pub async fn ready(app: &TestApp) -> Value {
 
 /// Runs the `order-service` binary with `args` against `nats`; returns what it printed.
 pub fn run_cli(nats: &NatsServer, args: &[&str]) -> String {
+    run_cli_at(&nats.url(), args)
+}
+
+/// [`run_cli`] with `NATS_URL` = `url`.
+pub fn run_cli_at(url: &str, args: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
         .args(args)
-        .env("NATS_URL", nats.url())
+        .env("NATS_URL", url)
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
