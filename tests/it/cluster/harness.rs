@@ -41,8 +41,8 @@ struct Node {
 }
 
 impl Cluster {
-    /// Creates the network, starts the three nodes and waits until every node is healthy and
-    /// knows the meta leader. Panics (fails the test) when it cannot.
+    /// Creates the network, starts the three nodes and waits until every node is up and knows
+    /// the meta leader. Panics (fails the test) when it cannot.
     pub async fn start() -> Cluster {
         if let Err(error) = docker(&["image", "inspect", "--format", "{{.Id}}", IMAGE]).await {
             panic!("image {IMAGE} is not available ({error}): build it with `make nats-image`");
@@ -102,7 +102,7 @@ impl Cluster {
             }
         }
         for name in NODES {
-            cluster.wait_healthy(name).await;
+            cluster.wait_up(name).await;
         }
         cluster.wait_for_meta_leader().await;
         eprintln!(
@@ -124,12 +124,16 @@ impl Cluster {
     }
 
     /// A JetStream context on a client holding the whole list, connected as the service does.
+    /// Its requests give up after a second: a stream without a leader does not answer, and the
+    /// waits here ask again rather than sit out the default timeout.
     pub async fn jetstream(&self) -> jetstream::Context {
         let settings = order_service::bus::NatsSettings::new(self.url());
         let client = order_service::bus::connect(&settings)
             .await
             .unwrap_or_else(|error| panic!("connect to {}: {error}", self.url()));
-        jetstream::new(client)
+        jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(1))
+            .build(client)
     }
 
     /// SIGKILL, as a crash: what the node had not written is lost.
@@ -142,10 +146,10 @@ impl Cluster {
         self.docker_on(name, &["stop", "--time", "30"]).await;
     }
 
-    /// Starts a stopped or killed node with its store, and waits until it is healthy.
+    /// Starts a stopped or killed node with its store, and waits until it is up.
     pub async fn start_node(&self, name: &str) {
         self.docker_on(name, &["start"]).await;
-        self.wait_healthy(name).await;
+        self.wait_up(name).await;
     }
 
     /// Cuts the node off the cluster's network: from its peers and from clients alike.
@@ -157,7 +161,7 @@ impl Cluster {
     }
 
     /// Puts a [`disconnect`](Self::disconnect)ed node back on the network under its name, and
-    /// waits until it is healthy.
+    /// waits until it answers.
     pub async fn reconnect(&self, name: &str) {
         let container = &self.node(name).container;
         docker(&[
@@ -170,7 +174,7 @@ impl Cluster {
         ])
         .await
         .unwrap_or_else(|error| panic!("reconnect {name}: {error}"));
-        self.wait_healthy(name).await;
+        self.wait_up(name).await;
     }
 
     /// The node leading `stream`'s replicas, once there is one.
@@ -196,9 +200,14 @@ impl Cluster {
     /// Waits until every stream of the topic table has a leader and all its replicas are current,
     /// so that reading the streams sees everything they acknowledged.
     pub async fn wait_streams_current(&self, js: &jetstream::Context) {
+        let names: Vec<String> = Topics::embedded().iter().map(|t| t.stream_name()).collect();
+        self.wait_current(js, &names).await;
+    }
+
+    /// Waits until each of `streams` has a leader and all its replicas are current.
+    pub async fn wait_current(&self, js: &jetstream::Context, streams: &[String]) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        for topic in &Topics::embedded() {
-            let name = topic.stream_name();
+        for name in streams {
             loop {
                 let cluster = match js.get_stream(&name).await {
                     Ok(stream) => stream.cached_info().cluster.clone(),
@@ -245,16 +254,25 @@ impl Cluster {
         }
     }
 
-    async fn wait_healthy(&self, name: &str) {
+    /// Waits until the node answers with JetStream enabled. Not the full `/healthz`: that also
+    /// wants every stream the node holds current, which a stream whose other peers are down
+    /// never is.
+    async fn wait_up(&self, name: &str) {
         let node = self.node(name);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if monitor(node.monitor_port, "healthz").await.is_some() {
+            if monitor(node.monitor_port, "healthz?js-enabled-only=true")
+                .await
+                .is_some()
+            {
                 return;
             }
             if Instant::now() >= deadline {
-                let logs = docker(&["logs", "--tail", "30", &node.container]).await;
-                panic!("node {name} is not healthy after {READY_TIMEOUT:?}: {logs:?}");
+                let logs = std::process::Command::new("docker")
+                    .args(["logs", "--tail", "30", &node.container])
+                    .output()
+                    .map(|out| String::from_utf8_lossy(&out.stderr).into_owned());
+                panic!("node {name} is not up after {READY_TIMEOUT:?}; its log: {logs:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
