@@ -137,12 +137,13 @@ CLUSTER_READY_TIMEOUT ?= 60
 .PHONY: service-image cluster-up cluster-down
 cluster-up: $(DEV_SECRET) nats-image service-image
 	@AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CLUSTER) up -d
-	@for i in $$(seq $(CLUSTER_READY_TIMEOUT)); do \
-		curl -fsS http://127.0.0.1:8081/ready >/dev/null 2>&1 && break; sleep 1; \
-	done; curl -fsS http://127.0.0.1:8081/ready >/dev/null || \
-		{ echo "the service is not ready after $(CLUSTER_READY_TIMEOUT)s:" >&2; $(CLUSTER) logs --tail 30 order >&2; exit 1; }
+	@ready() { curl -fsS http://127.0.0.1:8081/ready 2>/dev/null | grep -q '"reconciled":true' && \
+		curl -fsS http://127.0.0.1:8081/ready | grep -q '"alive":true'; }; \
+	for i in $$(seq $(CLUSTER_READY_TIMEOUT)); do ready && break; sleep 1; done; ready || \
+		{ echo "the service is not ready after $(CLUSTER_READY_TIMEOUT)s:" >&2; \
+		  AUTH_JWT_SECRET=unused $(CLUSTER) logs --tail 30 order >&2; exit 1; }
 	@echo "order-service on the cluster: http://127.0.0.1:8081 (NATS_URL inside: nats://n1:4222,nats://n2:4222,nats://n3:4222)"
-	@AUTH_JWT_SECRET=unused $(CLUSTER) exec -T order /order-service streams list
+	@AUTH_JWT_SECRET=unused $(CLUSTER) exec -T -e RUST_LOG=error order /order-service streams list
 
 cluster-down:
 	@AUTH_JWT_SECRET=unused $(CLUSTER) down --volumes

@@ -137,16 +137,26 @@ pub async fn reconcile(
                     report.unchanged.push(name);
                 } else {
                     let config = updated_config(&plan, &actual, &updates);
-                    placed(config, &cluster, &mut report.clamps, |config| async move {
-                        js.update_stream(&config).await
-                    })
-                    .await
-                    .map_err(|source| StreamsError::Update {
-                        stream: name.clone(),
-                        source,
-                    })?;
+                    let replicas =
+                        placed(config, &cluster, &mut report.clamps, |config| async move {
+                            js.update_stream(&config).await
+                        })
+                        .await
+                        .map_err(|source| StreamsError::Update {
+                            stream: name.clone(),
+                            source,
+                        })?;
+                    // Placement may have kept the replicas the stream had: that is a clamp,
+                    // not an update.
+                    let mut updates = updates;
+                    updates.retain(|drift| {
+                        drift.field != "num_replicas" || replicas != actual.num_replicas
+                    });
                     for drift in &updates {
                         tracing::info!(%drift, "updated stream");
+                    }
+                    if updates.is_empty() {
+                        report.unchanged.push(name);
                     }
                     report.updated.extend(updates);
                 }
@@ -185,13 +195,13 @@ pub async fn diff(
 /// Creates or updates a stream with `config` through `apply`. Where the cluster cannot place that
 /// many replicas (JetStream error 10005, "no suitable peers for placement": it has fewer
 /// JetStream servers) it tries again with one replica fewer, down to one; the replicas it settled
-/// on are a clamp, logged and added to `clamps`.
+/// on are a clamp, logged and added to `clamps`. Returns the replicas the stream got.
 async fn placed<F, T>(
     mut config: stream::Config,
     cluster: &ClusterSize,
     clamps: &mut Vec<Clamp>,
     apply: impl Fn(stream::Config) -> F,
-) -> Result<(), CreateStreamError>
+) -> Result<usize, CreateStreamError>
 where
     F: Future<Output = Result<T, CreateStreamError>>,
 {
@@ -220,7 +230,7 @@ where
         warn_clamps(std::slice::from_ref(&clamp));
         clamps.push(clamp);
     }
-    Ok(())
+    Ok(config.num_replicas)
 }
 
 /// The cluster has fewer JetStream servers than the stream's replicas.

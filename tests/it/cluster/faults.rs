@@ -54,6 +54,30 @@ async fn streams_get_the_table_replicas_on_a_cluster() {
     assert_eq!(audit[2..4], ["3/3", "3"], "{listed}");
     assert!(NODES.contains(&audit[4].as_str()), "{listed}");
     assert_eq!(line("ORDER_CREATED")[2..4], ["2/2", "2"], "{listed}");
+
+    // More replicas than the cluster has JetStream servers: placement refuses 5 and 4, the
+    // stream gets 3, and the clamp is reported.
+    let wide = Topics::from_json(
+        r#"[{"topic": "order.wide", "partitions": 1, "replication": 5, "retention": "1d"}]"#,
+    )
+    .unwrap();
+    let report = order_service::bus::reconcile(&js, &wide, Duration::from_secs(60))
+        .await
+        .expect("reconcile the wide table");
+    assert_eq!(report.created, ["ORDER_WIDE"]);
+    assert_eq!(report.clamps.len(), 1, "{report}");
+    let clamp = report.clamps[0].to_string();
+    assert!(
+        clamp.contains("ORDER_WIDE num_replicas: wanted 5, using 3"),
+        "{clamp}"
+    );
+    assert!(clamp.contains("10005"), "{clamp}");
+    assert_eq!(
+        crate::app::stream_config(&js, "ORDER_WIDE")
+            .await
+            .num_replicas,
+        3
+    );
 }
 
 #[tokio::test]

@@ -124,7 +124,7 @@ impl Cluster {
     }
 
     /// A JetStream context on a client holding the whole list, connected as the service does.
-    /// Its requests give up after a second: a stream without a leader does not answer, and the
+    /// Its requests give up after two seconds: a stream without a leader does not answer, and the
     /// waits here ask again rather than sit out the default timeout.
     pub async fn jetstream(&self) -> jetstream::Context {
         let settings = order_service::bus::NatsSettings::new(self.url());
@@ -132,7 +132,7 @@ impl Cluster {
             .await
             .unwrap_or_else(|error| panic!("connect to {}: {error}", self.url()));
         jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
             .build(client)
     }
 

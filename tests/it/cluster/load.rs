@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::app::{PATIENCE, TestApp, User, simple_order};
+use crate::app::{PATIENCE, TestApp, User, metric, simple_order};
 use crate::relay::{counts, drained, every_event_once};
 
 /// Time between two orders of the load: 25 orders a second.
@@ -105,12 +105,20 @@ impl Load {
     }
 }
 
-/// Waits until the outbox is drained, then compares the streams with it: every accepted order
-/// has its events, every outbox event is stored exactly once and nothing else is, each stored
+/// Waits until the outbox is drained, checks that the fault reached the relay (transient
+/// failures publishing `order.created`), then compares the streams with the outbox: every
+/// accepted order has its events, every outbox event is stored exactly once and nothing else is, each stored
 /// at the stream and sequence the outbox recorded, per key and stream in commit order, and no
 /// row is dead.
 pub async fn streams_match_the_outbox(app: &TestApp, js: &jetstream::Context, accepted: &[String]) {
     drained(app).await;
+    // The fault reached the relay: it did not pass while nobody was publishing.
+    let series = r#"outbox_publish_failures_total{topic="order.created",kind="transient"}"#;
+    let transient = metric(&app.metrics().await, series).unwrap_or(0.0);
+    assert!(
+        transient > 0.0,
+        "no transient publish failure during the fault"
+    );
     let (_, published, dead) = counts(app);
     assert_eq!(
         dead, 0,
@@ -154,7 +162,8 @@ pub async fn streams_match_the_outbox(app: &TestApp, js: &jetstream::Context, ac
         }
     }
     eprintln!(
-        "cluster check: {} orders, {published} events stored once each, {} keys, 0 dead",
+        "cluster check: {} orders, {published} events stored once each, {} keys, \
+         {transient} transient publish failures, 0 dead",
         accepted.len(),
         last.len()
     );
