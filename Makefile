@@ -128,21 +128,23 @@ service-image: build
 	docker build --quiet --tag '$(SERVICE_IMAGE)' '$(SERVICE_IMAGE_CONTEXT)'
 
 ## cluster-up: three JetStream nodes (nats/cluster/) and the service in containers on a private
-## network; the service answers on http://127.0.0.1:8081 with the development secret (`make
-## token`). Waits until it is ready, then prints its streams. cluster-down stops it all and
+## network; the service answers on http://127.0.0.1:8081 (CLUSTER_HTTP_PORT) with the development
+## secret (`make token`). Waits until it is ready, then prints its streams. cluster-down stops it all and
 ## removes its volumes.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 CLUSTER := $(COMPOSE) -f nats/cluster/compose.yaml -p order-service-cluster
 CLUSTER_READY_TIMEOUT ?= 60
+CLUSTER_HTTP_PORT ?= 8081
+export CLUSTER_HTTP_PORT
 .PHONY: service-image cluster-up cluster-down
 cluster-up: $(DEV_SECRET) nats-image service-image
 	@AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CLUSTER) up -d
-	@ready() { curl -fsS http://127.0.0.1:8081/ready 2>/dev/null | grep -q '"reconciled":true' && \
-		curl -fsS http://127.0.0.1:8081/ready | grep -q '"alive":true'; }; \
+	@ready() { curl -fsS http://127.0.0.1:$(CLUSTER_HTTP_PORT)/ready 2>/dev/null | grep -q '"reconciled":true' && \
+		curl -fsS http://127.0.0.1:$(CLUSTER_HTTP_PORT)/ready | grep -q '"alive":true'; }; \
 	for i in $$(seq $(CLUSTER_READY_TIMEOUT)); do ready && break; sleep 1; done; ready || \
 		{ echo "the service is not ready after $(CLUSTER_READY_TIMEOUT)s:" >&2; \
 		  AUTH_JWT_SECRET=unused $(CLUSTER) logs --tail 30 order >&2; exit 1; }
-	@echo "order-service on the cluster: http://127.0.0.1:8081 (NATS_URL inside: nats://n1:4222,nats://n2:4222,nats://n3:4222)"
+	@echo "order-service on the cluster: http://127.0.0.1:$(CLUSTER_HTTP_PORT) (NATS_URL inside: nats://n1:4222,nats://n2:4222,nats://n3:4222)"
 	@AUTH_JWT_SECRET=unused $(CLUSTER) exec -T -e RUST_LOG=error order /order-service streams list
 
 cluster-down:

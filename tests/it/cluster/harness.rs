@@ -47,6 +47,31 @@ impl Cluster {
         if let Err(error) = docker(&["image", "inspect", "--format", "{{.Id}}", IMAGE]).await {
             panic!("image {IMAGE} is not available ({error}): build it with `make nats-image`");
         }
+        // The ports are free when probed, but another process may take one before Docker binds
+        // it; a few attempts, each with a fresh network and fresh ports, cover that race.
+        let mut attempts = 0;
+        let cluster = loop {
+            attempts += 1;
+            match Cluster::create().await {
+                Ok(cluster) => break cluster,
+                Err(error) if attempts < 3 => eprintln!("cluster fixture: {error}; again"),
+                Err(error) => panic!("cannot start the cluster: {error}"),
+            }
+        };
+        for name in NODES {
+            cluster.wait_up(name).await;
+        }
+        cluster.wait_for_meta_leader().await;
+        eprintln!(
+            "cluster fixture: {} on network {}",
+            cluster.url(),
+            cluster.network
+        );
+        cluster
+    }
+
+    /// The network and three started containers, or why not (what was made is removed).
+    async fn create() -> Result<Cluster, String> {
         let prefix = format!(
             "order-service-it-{}",
             &uuid::Uuid::now_v7().simple().to_string()[20..]
@@ -54,7 +79,7 @@ impl Cluster {
         let network = format!("{prefix}-net");
         docker(&["network", "create", "--label", "order-service-it", &network])
             .await
-            .unwrap_or_else(|error| panic!("create network {network}: {error}"));
+            .map_err(|error| format!("create network {network}: {error}"))?;
         let ports: [u16; 6] = nats_server::free_ports().expect("probe free loopback ports");
         let mut cluster = Cluster {
             network,
@@ -97,20 +122,10 @@ impl Cluster {
             ])
             .await;
             cluster.nodes.push(node);
-            if let Err(error) = run {
-                panic!("start node {name}: {error}");
-            }
+            // Dropping `cluster` removes what was created so far.
+            run.map_err(|error| format!("start node {name}: {error}"))?;
         }
-        for name in NODES {
-            cluster.wait_up(name).await;
-        }
-        cluster.wait_for_meta_leader().await;
-        eprintln!(
-            "cluster fixture: {} on network {}",
-            cluster.url(),
-            cluster.network
-        );
-        cluster
+        Ok(cluster)
     }
 
     /// `nats://127.0.0.1:<n1>,nats://127.0.0.1:<n2>,nats://127.0.0.1:<n3>`: `NATS_URL` for the
