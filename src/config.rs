@@ -15,6 +15,8 @@ use crate::auth::Role;
 use crate::backoff::BackoffKind;
 use crate::store::Synchronous;
 
+pub use crate::secret::Secret;
+
 /// order-service: orders over HTTP, kept in SQLite, every event published through an outbox.
 #[derive(Debug, Parser)]
 #[command(name = "order-service", version, about)]
@@ -288,30 +290,6 @@ pub struct Config {
     /// are also checked on every reconnect); what is missing is published again.
     #[arg(long, env = "EVENT_OUTBOX_VERIFY_INTERVAL", default_value = "5m", value_parser = between(Duration::from_secs(1), Duration::from_secs(DAY)))]
     pub event_outbox_verify_interval: Duration,
-}
-
-/// A value that must not show up in logs: `Debug` prints `[redacted]`, and only [`Secret::expose`]
-/// gives the text.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Secret {
-    fn from(text: String) -> Secret {
-        Secret(text)
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
 }
 
 const DAY: u64 = 86_400;

@@ -13,6 +13,7 @@
 //! - [`auth`] — bearer tokens and roles.
 //! - [`backoff`] — retry schedules: how long to wait after a failure.
 //! - [`shutdown`] — one shutdown signal for every long-running task.
+//! - [`secret`] — text kept out of logs and debug output (passwords, signing secrets).
 //! - [`table`] — aligned text tables for the command line.
 //! - [`error`] — the API's error type and JSON error shape.
 //! - [`api`] — the HTTP routes, one module per resource.
@@ -30,7 +31,7 @@
 //!   binaries.
 //! - `consumer` — what a subscriber needs and nothing of the HTTP stack: [`domain`], [`bus`],
 //!   [`consumer`] (without its command line and the service's lag watch), [`backoff`],
-//!   [`shutdown`], [`table`]. A subscriber depends on this crate with
+//!   [`secret`], [`shutdown`], [`table`]. A subscriber depends on this crate with
 //!   `default-features = false, features = ["consumer"]`.
 //! - neither — [`domain`] only.
 
@@ -65,6 +66,8 @@ pub mod nats_server;
 pub mod ops;
 #[cfg(feature = "service")]
 pub mod relay;
+#[cfg(feature = "consumer")]
+pub mod secret;
 #[cfg(feature = "consumer")]
 pub mod shutdown;
 #[cfg(feature = "service")]

@@ -36,6 +36,12 @@ pub const MAX_BATCH: usize = 1000;
 const DUPLICATE_IN_BATCH: ErrorCode = ErrorCode(10201);
 /// The server's "atomic publish is disabled" (the stream lacks `allow_atomic`).
 const ATOMIC_DISABLED: ErrorCode = ErrorCode(10174);
+/// The server's "atomic publish batch is incomplete": a message of the batch never reached the
+/// stream's leader (it changed while the batch was sent, or the message was dropped).
+const INCOMPLETE_BATCH: ErrorCode = ErrorCode(10176);
+/// The server's "atomic publish too many inflight" (status 429): the leader holds too many open
+/// batches.
+const TOO_MANY_BATCHES: ErrorCode = ErrorCode(10210);
 
 /// A stored batch: its messages have the contiguous sequences `first..first + count`, in the
 /// order they were given.
@@ -202,7 +208,13 @@ fn parse_commit(payload: &[u8], sent: usize) -> Result<BatchAck, BatchError> {
                 "{} (status {}, err_code {})",
                 error.description, error.code, error.err_code
             );
-            classify_api_error(error.code, code, text).into()
+            if code == INCOMPLETE_BATCH || code == TOO_MANY_BATCHES {
+                // Nothing of the batch is stored, and it is not about the messages: a leader
+                // election or a busy leader. Sending the batch again is safe.
+                transient(text)
+            } else {
+                classify_api_error(error.code, code, text).into()
+            }
         });
     }
     let count = answer.count.unwrap_or(0);
@@ -251,6 +263,14 @@ mod tests {
             parse_commit(unavailable, 3),
             Err(BatchError::Publish(e)) if e.is_transient()
         ));
+        for (status, code) in [(400, 10176), (429, 10210)] {
+            let lost =
+                format!(r#"{{"error":{{"code":{status},"err_code":{code},"description":"d"}}}}"#);
+            assert!(matches!(
+                parse_commit(lost.as_bytes(), 3),
+                Err(BatchError::Publish(e)) if e.is_transient()
+            ));
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_nats::{Client, ConnectError, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
 use tokio::sync::Notify;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The client name the server shows in its connection list.
 const CLIENT_NAME: &str = "order-service";

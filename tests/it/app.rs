@@ -399,10 +399,17 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// The service with its relay on, publishing to `nats`, retrying quickly, once `/ready` says
 /// ready (the streams are reconciled and the relay runs).
 pub async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let url = nats.url();
+    relaying_app_at(nats.settings(), adjust).await
+}
+
+/// [`relaying_app`] connecting with `nats` (e.g. a cluster's server list and identity).
+pub async fn relaying_app_at(
+    nats: order_service::bus::NatsSettings,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
     let app = spawn_app_with(move |c| {
         c.event_outbox_enabled = true;
-        c.nats.url = url;
+        c.nats = nats;
         c.event_outbox_retry_base = Duration::from_millis(20);
         c.event_outbox_retry_max = Duration::from_millis(200);
         c.nats_ack_timeout = Duration::from_secs(2);
@@ -428,12 +435,22 @@ pub async fn ready(app: &TestApp) -> Value {
 
 /// Runs the `order-service` binary with `args` against `nats`; returns what it printed.
 pub fn run_cli(nats: &NatsServer, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+    run_cli_at(&nats.settings(), args)
+}
+
+/// [`run_cli`] connecting with `nats` (`NATS_URL`, and `NATS_USER`/`NATS_PASSWORD` when set).
+pub fn run_cli_at(nats: &order_service::bus::NatsSettings, args: &[&str]) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"));
+    command
         .args(args)
-        .env("NATS_URL", nats.url())
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
+        .env("NATS_URL", &nats.url)
+        .env("RUST_LOG", "error");
+    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
+        command
+            .env("NATS_USER", user)
+            .env("NATS_PASSWORD", password.expose());
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "{args:?}: {}",

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod batches;
 mod browser;
+mod cluster;
 mod consumer;
 mod consumer_over_time;
 mod contract;

@@ -126,7 +126,7 @@ impl NatsServer {
     }
 
     /// The server's environment for the shipped identities: their passwords.
-    fn identity_env() -> Vec<(String, String)> {
+    pub(crate) fn identity_env() -> Vec<(String, String)> {
         vec![
             ("NATS_SERVICE_PASSWORD".into(), SERVICE_PASSWORD.into()),
             (
@@ -137,7 +137,7 @@ impl NatsServer {
     }
 
     /// `nats/<file>` of the repository.
-    fn shipped(file: &str) -> std::path::PathBuf {
+    pub(crate) fn shipped(file: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("nats")
             .join(file)
@@ -155,7 +155,13 @@ impl NatsServer {
 
     /// Settings connecting as the service's user.
     pub fn service(&self) -> order_service::bus::NatsSettings {
-        order_service::bus::NatsSettings::new(self.url()).with_user(SERVICE_USER, SERVICE_PASSWORD)
+        NatsServer::as_service(self.url())
+    }
+
+    /// Settings connecting to `url` (one server or a list) as the service's user of the shipped
+    /// identities, with the tests' password.
+    pub(crate) fn as_service(url: String) -> order_service::bus::NatsSettings {
+        order_service::bus::NatsSettings::new(url).with_user(SERVICE_USER, SERVICE_PASSWORD)
     }
 
     /// Settings connecting as the subscribers' user.
@@ -481,9 +487,10 @@ impl NatsServer {
         self.stop().await;
         match &mut self.runtime {
             Runtime::Container(container) => {
-                let fresh = new_container(self.client_port, self.monitor_port, self.identities, None)
-                    .await
-                    .expect("start a new nats container on the same ports");
+                let fresh =
+                    new_container(self.client_port, self.monitor_port, self.identities, None)
+                        .await
+                        .expect("start a new nats container on the same ports");
                 // The old container is removed when dropped here.
                 **container = fresh;
             }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, stream};
 
 use super::drift::Drift;
 use super::reconcile::{StreamsError, live_info};
@@ -32,6 +32,11 @@ pub struct LiveStream {
     pub subjects: Vec<String>,
     /// Replicas configured.
     pub replicas: usize,
+    /// Replicas caught up with the stream: the leader and the peers the leader reports current
+    /// (a standalone server's stream counts as 1).
+    pub current: usize,
+    /// The server leading the stream's replicas, on a cluster with a leader.
+    pub leader: Option<String>,
     /// Configured `max_age`.
     pub max_age: Duration,
     /// Messages stored.
@@ -49,6 +54,8 @@ pub async fn list(
     for topic in topics {
         let name = topic.stream_name();
         let live = live_info(js, &name).await?.map(|info| LiveStream {
+            current: current_replicas(info.cluster.as_ref()),
+            leader: info.cluster.as_ref().and_then(|c| c.leader.clone()),
             subjects: info.config.subjects,
             replicas: info.config.num_replicas,
             max_age: info.config.max_age,
@@ -66,7 +73,21 @@ pub async fn list(
     Ok(rows)
 }
 
-/// Renders [`list`]'s rows as an aligned text table.
+/// How many replicas hold the stream's current state: a cluster's leader and its current peers;
+/// without cluster info (a standalone server) the one copy there is.
+fn current_replicas(cluster: Option<&stream::ClusterInfo>) -> usize {
+    match cluster {
+        Some(cluster) if cluster.name.is_some() || cluster.leader.is_some() => {
+            usize::from(cluster.leader.is_some())
+                + cluster.replicas.iter().filter(|peer| peer.current).count()
+        }
+        _ => 1,
+    }
+}
+
+/// Renders [`list`]'s rows as an aligned text table. REPLICAS is wanted/actual: the table's
+/// replication and the replicas the stream is configured with (less where a clamp applied);
+/// CURRENT is how many of those are caught up, LEADER the server leading them.
 pub fn format_stream_table(rows: &[StreamRow]) -> String {
     let mut table = Table::new(
         "  ",
@@ -74,6 +95,8 @@ pub fn format_stream_table(rows: &[StreamRow]) -> String {
             "STREAM",
             "SUBJECTS",
             "REPLICAS",
+            "CURRENT",
+            "LEADER",
             "RETENTION",
             "MESSAGES",
             "BYTES",
@@ -86,6 +109,8 @@ pub fn format_stream_table(rows: &[StreamRow]) -> String {
                 row.stream.clone(),
                 "(missing)".into(),
                 format!("{}/-", row.replicas_wanted),
+                "-".into(),
+                "-".into(),
                 format_retention(row.retention),
                 "-".into(),
                 "-".into(),
@@ -94,6 +119,8 @@ pub fn format_stream_table(rows: &[StreamRow]) -> String {
                 row.stream.clone(),
                 live.subjects.join(","),
                 format!("{}/{}", row.replicas_wanted, live.replicas),
+                live.current.to_string(),
+                live.leader.clone().unwrap_or_else(|| "-".into()),
                 format_retention(live.max_age),
                 live.messages.to_string(),
                 live.bytes.to_string(),
@@ -138,6 +165,8 @@ mod tests {
                 live: Some(LiveStream {
                     subjects: vec!["order.created.*".into()],
                     replicas: 1,
+                    current: 1,
+                    leader: None,
                     max_age: days(7),
                     messages: 12,
                     bytes: 3456,
@@ -155,7 +184,7 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("STREAM         SUBJECTS"));
-        assert!(lines[1].contains("order.created.*  2/1"));
+        assert!(lines[1].contains("order.created.*  2/1       1        -"));
         assert!(lines[1].ends_with("12        3456"));
         assert!(lines[2].contains("(missing)"));
 

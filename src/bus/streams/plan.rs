@@ -24,10 +24,13 @@ const METADATA_PARTITIONS: &str = "partitions";
 const METADATA_REPLICATION: &str = "replication";
 const METADATA_RETENTION: &str = "retention";
 
-/// How many servers can hold a replica, as far as the connected server tells.
+/// How many servers can hold a replica, as far as the connected server tells before any stream
+/// is placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSize {
-    /// Number of servers; 1 for a standalone server.
+    /// Upper bound on the replicas a stream can have: 1 for a standalone server,
+    /// [`MAX_REPLICAS`] for a cluster, whose placement then decides (see
+    /// [`from_server_info`](Self::from_server_info)).
     pub servers: usize,
     /// Where the number comes from, quoted in clamp reports.
     pub source: String,
@@ -35,25 +38,23 @@ pub struct ClusterSize {
 
 impl ClusterSize {
     /// Reads the cluster size from the server's INFO. A standalone server (no cluster name) holds
-    /// exactly one replica: it refuses more with error 10074. A clustered server is taken to have
-    /// as many servers as it advertises client URLs for; a cluster that advertises none
-    /// (`no_advertise`) counts as one, which under-replicates rather than failing.
+    /// exactly one replica: it refuses more with error 10074.
+    ///
+    /// For a clustered server nothing a client may ask counts the JetStream servers: INFO's
+    /// advertised client URLs are empty under `no_advertise`, count servers without JetStream,
+    /// and are incomplete while routes form; `$JS.API.INFO` names no peers; the meta group's
+    /// peers are only in the system account (`/jsz`, `$SYS`). The meta leader's placement does
+    /// know them, offline ones included: it refuses a stream with more replicas than the cluster
+    /// has JetStream servers with error 10005 ("no suitable peers for placement", checked on
+    /// 2.15.1). So a cluster is planned at the table's replicas (up to [`MAX_REPLICAS`]) and
+    /// reconcile steps down one replica per refusal, reporting each clamp.
     pub fn from_server_info(info: &ServerInfo) -> ClusterSize {
         match &info.cluster {
-            None => ClusterSize {
-                servers: 1,
-                source: "standalone server".into(),
+            None => ClusterSize::standalone(),
+            Some(name) => ClusterSize {
+                servers: MAX_REPLICAS,
+                source: format!("cluster {name:?}"),
             },
-            Some(name) => {
-                let mut urls = info.connect_urls.clone();
-                urls.sort();
-                urls.dedup();
-                let servers = urls.len().max(1);
-                ClusterSize {
-                    servers,
-                    source: format!("cluster {name:?} advertises {servers} server(s)"),
-                }
-            }
         }
     }
 
@@ -308,24 +309,20 @@ mod tests {
         let standalone = ServerInfo::default();
         assert_eq!(ClusterSize::from_server_info(&standalone).servers, 1);
 
-        let clustered = ServerInfo {
-            cluster: Some("east".into()),
-            connect_urls: vec![
-                "10.0.0.1:4222".into(),
-                "10.0.0.2:4222".into(),
-                "10.0.0.3:4222".into(),
-                "10.0.0.3:4222".into(),
-            ],
-            ..Default::default()
-        };
-        let size = ClusterSize::from_server_info(&clustered);
-        assert_eq!(size.servers, 3);
-        assert!(size.source.contains("east"));
-
-        let unadvertised = ServerInfo {
-            cluster: Some("east".into()),
-            ..Default::default()
-        };
-        assert_eq!(ClusterSize::from_server_info(&unadvertised).servers, 1);
+        // Advertised or not, a cluster is sized by placement, not by what INFO lists.
+        for connect_urls in [vec![], vec!["10.0.0.1:4222".to_string()]] {
+            let clustered = ServerInfo {
+                cluster: Some("east".into()),
+                connect_urls,
+                ..Default::default()
+            };
+            let size = ClusterSize::from_server_info(&clustered);
+            assert_eq!(size.servers, MAX_REPLICAS);
+            assert!(size.source.contains("east"));
+            let audit = topic("order.audit", 1, 3, days(90));
+            let plan = stream_config(&audit, DEFAULT_DUPLICATE_WINDOW, &size);
+            assert_eq!(plan.config.num_replicas, 3);
+            assert!(plan.clamps.is_empty(), "{:?}", plan.clamps);
+        }
     }
 }

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{CreateStreamError, GetStreamError, GetStreamErrorKind};
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
+};
 use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, ErrorCode};
 
@@ -109,12 +111,17 @@ pub async fn reconcile(
         let name = plan.config.name.clone();
         match live_config(js, &name).await? {
             None => {
-                js.create_stream(plan.config.clone())
-                    .await
-                    .map_err(|source| StreamsError::Create {
-                        stream: name.clone(),
-                        source,
-                    })?;
+                placed(
+                    plan.config.clone(),
+                    &cluster,
+                    &mut report.clamps,
+                    |config| js.create_stream(config),
+                )
+                .await
+                .map_err(|source| StreamsError::Create {
+                    stream: name.clone(),
+                    source,
+                })?;
                 tracing::info!(stream = %name, topic = %plan.topic.name, "created stream");
                 report.created.push(name);
             }
@@ -130,14 +137,26 @@ pub async fn reconcile(
                     report.unchanged.push(name);
                 } else {
                     let config = updated_config(&plan, &actual, &updates);
-                    js.update_stream(&config)
+                    let replicas =
+                        placed(config, &cluster, &mut report.clamps, |config| async move {
+                            js.update_stream(&config).await
+                        })
                         .await
                         .map_err(|source| StreamsError::Update {
                             stream: name.clone(),
                             source,
                         })?;
+                    // Placement may have kept the replicas the stream had: that is a clamp,
+                    // not an update.
+                    let mut updates = updates;
+                    updates.retain(|drift| {
+                        drift.field != "num_replicas" || replicas != actual.num_replicas
+                    });
                     for drift in &updates {
                         tracing::info!(%drift, "updated stream");
+                    }
+                    if updates.is_empty() {
+                        report.unchanged.push(name);
                     }
                     report.updated.extend(updates);
                 }
@@ -171,6 +190,53 @@ pub async fn diff(
         }
     }
     Ok(drifts)
+}
+
+/// Creates or updates a stream with `config` through `apply`. Where the cluster cannot place that
+/// many replicas (JetStream error 10005, "no suitable peers for placement": it has fewer
+/// JetStream servers) it tries again with one replica fewer, down to one; the replicas it settled
+/// on are a clamp, logged and added to `clamps`. Returns the replicas the stream got.
+async fn placed<F, T>(
+    mut config: stream::Config,
+    cluster: &ClusterSize,
+    clamps: &mut Vec<Clamp>,
+    apply: impl Fn(stream::Config) -> F,
+) -> Result<usize, CreateStreamError>
+where
+    F: Future<Output = Result<T, CreateStreamError>>,
+{
+    let wanted = config.num_replicas;
+    loop {
+        match apply(config.clone()).await {
+            Ok(_) => break,
+            Err(error) if config.num_replicas > 1 && no_suitable_peers(&error) => {
+                config.num_replicas -= 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    if config.num_replicas != wanted {
+        let clamp = Clamp {
+            stream: config.name.clone(),
+            setting: "num_replicas",
+            wanted: wanted.to_string(),
+            applied: config.num_replicas.to_string(),
+            reason: format!(
+                "{}: no suitable peers for {} replicas (JetStream error 10005)",
+                cluster.source,
+                config.num_replicas + 1
+            ),
+        };
+        warn_clamps(std::slice::from_ref(&clamp));
+        clamps.push(clamp);
+    }
+    Ok(config.num_replicas)
+}
+
+/// The cluster has fewer JetStream servers than the stream's replicas.
+fn no_suitable_peers(error: &CreateStreamError) -> bool {
+    matches!(error.kind(), CreateStreamErrorKind::JetStream(api)
+        if api.error_code() == ErrorCode::CLUSTER_NO_PEERS)
 }
 
 fn warn_clamps(clamps: &[Clamp]) {
