@@ -17,15 +17,15 @@ use uuid::Uuid;
 
 use crate::domain::Topic;
 use crate::domain::events::{
-    ChatOrderCreated, Envelope, OrderAuditEvent, OrderCancelled, OrderConfirmed, OrderCreated,
-    OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged, OrderStockOverrideApplied,
-    OrderUpdated, SystemMetadata,
+    ChatOrderCreated, Envelope, InventoryShortage, OrderAuditEvent, OrderCancelled, OrderConfirmed,
+    OrderCreated, OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged,
+    OrderStockOverrideApplied, OrderUpdated, SystemMetadata,
 };
 
 /// The only major version this consumer understands.
 pub const SUPPORTED_MAJOR: u32 = 1;
 
-/// One event of the contract, typed by its topic.
+/// One event of the contract (or of a topic the example subscribers emit), typed by its topic.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// `order.created`
@@ -48,6 +48,8 @@ pub enum Event {
     Audit(Envelope<OrderAuditEvent>),
     /// `order.statistics_updated`
     StatisticsUpdated(Envelope<OrderStatisticsUpdated, SystemMetadata>),
+    /// `inventory.shortage`, emitted by the inventory example.
+    InventoryShortage(Envelope<InventoryShortage>),
 }
 
 macro_rules! each_event {
@@ -63,6 +65,7 @@ macro_rules! each_event {
             Event::ChatLinked($e) => $body,
             Event::Audit($e) => $body,
             Event::StatisticsUpdated($e) => $body,
+            Event::InventoryShortage($e) => $body,
         }
     };
 }
@@ -96,6 +99,7 @@ impl Event {
             Event::ChatLinked(_) => Topic::ChatLinked,
             Event::Audit(_) => Topic::Audit,
             Event::StatisticsUpdated(_) => Topic::StatisticsUpdated,
+            Event::InventoryShortage(_) => Topic::InventoryShortage,
         }
     }
 
@@ -111,6 +115,7 @@ impl Event {
             Event::ChatCreated(e) => e.data.order_id,
             Event::ChatLinked(e) => e.data.order_id,
             Event::Audit(e) => e.data.order_id,
+            Event::InventoryShortage(e) => e.data.order_id,
             Event::StatisticsUpdated(_) => return None,
         })
     }
@@ -127,6 +132,7 @@ impl Event {
             Event::ChatCreated(e) => &e.data.order_number,
             Event::ChatLinked(e) => &e.data.order_number,
             Event::Audit(e) => &e.data.order_number,
+            Event::InventoryShortage(e) => &e.data.order_number,
             Event::StatisticsUpdated(_) => return None,
         })
     }
@@ -300,6 +306,7 @@ pub fn decode(topic: Topic, body: &[u8]) -> Result<Event, SchemaError> {
         Topic::ChatLinked => Event::ChatLinked(typed(value, lenient)?),
         Topic::Audit => Event::Audit(typed(value, lenient)?),
         Topic::StatisticsUpdated => Event::StatisticsUpdated(typed(value, lenient)?),
+        Topic::InventoryShortage => Event::InventoryShortage(typed(value, lenient)?),
     })
 }
 
