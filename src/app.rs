@@ -232,7 +232,7 @@ async fn connect(
 }
 
 /// Reconciles the streams with the topic table, trying again until it succeeds.
-async fn reconcile(
+pub(crate) async fn reconcile(
     js: &jetstream::Context,
     topics: &Topics,
     duplicate_window: Duration,
@@ -259,7 +259,7 @@ async fn reconcile(
 /// Reconciles the streams again after every reconnect: a broker that comes back without its
 /// store (a fresh container, a wiped disk) has no streams, and every publish would otherwise
 /// fail for want of one until its row went dead.
-async fn reconcile_on_reconnect(
+pub(crate) async fn reconcile_on_reconnect(
     js: &jetstream::Context,
     topics: &Topics,
     duplicate_window: Duration,

@@ -15,11 +15,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::emit::Emitter;
 use crate::domain::Topic;
 use crate::domain::events::{
     ChatOrderCreated, Envelope, InventoryShortage, OrderAuditEvent, OrderCancelled, OrderConfirmed,
     OrderCreated, OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged,
-    OrderStockOverrideApplied, OrderUpdated, SystemMetadata,
+    OrderStockOverrideApplied, OrderUpdated, Payload, SystemMetadata,
 };
 
 /// The only major version this consumer understands.
@@ -222,12 +223,48 @@ impl From<rusqlite::Error> for Failure {
 /// [`HandlerTx::conn`] for each statement and do not keep it across an `.await`.
 pub struct HandlerTx<'c> {
     conn: &'c mut Connection,
+    emitter: Option<Emitter>,
 }
 
 impl<'c> HandlerTx<'c> {
-    /// The transaction on `conn`, which the batch has already begun.
-    pub(crate) fn new(conn: &'c mut Connection) -> HandlerTx<'c> {
-        HandlerTx { conn }
+    /// The transaction on `conn`, which the batch has already begun; `emitter` when the group
+    /// emits events.
+    pub(crate) fn new(conn: &'c mut Connection, emitter: Option<Emitter>) -> HandlerTx<'c> {
+        HandlerTx { conn, emitter }
+    }
+
+    /// Records an outgoing event on `topic` (one of the group's emitted topics, see
+    /// [`Group::emitting`](super::Group::emitting)) with subject key `key`: `data` in the
+    /// envelope, `headers` added to the outbox's. It is published after the batch commits, and
+    /// never when this handler fails. Returns the event's id, derived from the incoming event
+    /// and the emit's position in this run (see [`super::emit::derived_id`]).
+    pub fn emit(
+        &mut self,
+        topic: &str,
+        key: &str,
+        data: &impl serde::Serialize,
+        headers: &[(&str, &str)],
+    ) -> Result<Uuid, Failure> {
+        match &mut self.emitter {
+            Some(emitter) => emitter.emit(self.conn, topic, key, data, headers),
+            None => Err(Failure::permanent(format!(
+                "cannot emit to {topic}: the group has no table of emitted topics"
+            ))),
+        }
+    }
+
+    /// [`HandlerTx::emit`] for a payload type of this crate: its topic, keyed as its type says.
+    pub fn emit_event<P: Payload>(
+        &mut self,
+        data: &P,
+        headers: &[(&str, &str)],
+    ) -> Result<Uuid, Failure> {
+        self.emit(P::TOPIC.as_str(), &data.key().to_string(), data, headers)
+    }
+
+    /// How many events this run has emitted.
+    pub(crate) fn emitted(&self) -> u32 {
+        self.emitter.as_ref().map_or(0, Emitter::emitted)
     }
 
     /// The connection, inside the transaction.

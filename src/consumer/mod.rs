@@ -31,6 +31,7 @@
 //! - [`handler`] — the typed [`Event`], the [`Handler`] trait and its [`HandlerTx`], decoding and
 //!   versions.
 //! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
+//! - [`emit`] — handlers that publish: the group's outbox and its relay.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
 //! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
@@ -39,6 +40,7 @@
 pub mod commands;
 mod config;
 pub mod dlq;
+pub mod emit;
 mod exhausted;
 mod group;
 pub mod handler;
@@ -51,6 +53,7 @@ mod worker;
 
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
+pub use emit::Emits;
 pub use group::Group;
 pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, SchemaError};
 pub use stats::{GroupStats, GroupStatsSnapshot};
@@ -67,6 +70,9 @@ pub enum ConsumerError {
     /// The consumer's database failed.
     #[error("consumer database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The group's outbox could not be opened.
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::store::StoreError),
     /// Writing the output failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -62,7 +62,7 @@ async fn setup(
 }
 
 /// A group's settings for tests: quick retries, a file in `dir`.
-fn group_config(name: &str, topics: &[Topic], db: &Path) -> GroupConfig {
+pub(crate) fn group_config(name: &str, topics: &[Topic], db: &Path) -> GroupConfig {
     let mut c = GroupConfig::new(name, topics, db);
     c.backoff = vec![Duration::from_millis(20), Duration::from_millis(50)];
     c.max_deliver = 50;
@@ -147,15 +147,23 @@ impl Handler for Recorder {
 }
 
 /// A group running in the background.
-struct Running {
+pub(crate) struct Running {
     shutdown: Shutdown,
     handle: JoinHandle<Result<(), ConsumerError>>,
-    stats: Arc<GroupStats>,
+    pub(crate) stats: Arc<GroupStats>,
 }
 
 impl Running {
-    fn start<H: Handler>(js: &jetstream::Context, config: GroupConfig, handler: H) -> Running {
-        let group = Group::new(js.clone(), config, handler).unwrap();
+    pub(crate) fn start<H: Handler>(
+        js: &jetstream::Context,
+        config: GroupConfig,
+        handler: H,
+    ) -> Running {
+        Running::of(Group::new(js.clone(), config, handler).unwrap())
+    }
+
+    /// Runs `group` in the background.
+    pub(crate) fn of<H: Handler>(group: Group<H>) -> Running {
         let stats = group.stats();
         let shutdown = Shutdown::new();
         let handle = tokio::spawn(group.run(shutdown.signal()));
@@ -172,14 +180,14 @@ impl Running {
     }
 
     /// Stops gracefully: the batch in flight is committed and acknowledged.
-    async fn stop(self) -> GroupStatsSnapshot {
+    pub(crate) async fn stop(self) -> GroupStatsSnapshot {
         self.shutdown.trigger();
         self.handle.await.unwrap().unwrap();
         self.stats.snapshot()
     }
 
     /// Stops abruptly, as a crash would: nothing in flight is committed or acknowledged.
-    async fn kill(self) -> GroupStatsSnapshot {
+    pub(crate) async fn kill(self) -> GroupStatsSnapshot {
         self.handle.abort();
         let _ = self.handle.await;
         self.stats.snapshot()

@@ -8,6 +8,7 @@ mod batches;
 mod browser;
 mod consumer;
 mod contract;
+mod emit;
 mod first_run;
 mod idempotency;
 mod limits;
