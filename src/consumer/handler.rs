@@ -283,7 +283,8 @@ impl<'c> HandlerTx<'c> {
 /// `handle` runs inside the group's SQLite transaction, which already holds the event's row in
 /// the processed-events table: whatever it writes through `tx` commits together with that row,
 /// or not at all. So an event's effects on this state happen once, however often it arrives.
-/// Effects outside the database (an e-mail) need their own idempotency, e.g. keyed by event id.
+/// Effects outside the database (an e-mail) need their own idempotency, e.g. keyed by event id;
+/// events to publish are recorded with [`HandlerTx::emit`], which gives them exactly that.
 pub trait Handler: Send + Sync + 'static {
     /// Creates or migrates the handler's own tables; called once per connection at start.
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {

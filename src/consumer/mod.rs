@@ -10,7 +10,8 @@
 //! 2. per message: decode it ([`handler::decode`]: a schema error is a dead letter), record
 //!    `(group, event_id)` in the processed-events table and run the [`Handler`] in a savepoint
 //!    ([`idempotency`]): an event recorded before is acknowledged without running the handler;
-//! 3. commit, then acknowledge what was processed, send transient failures back with a delay
+//! 3. commit (and wake the group's relay when a handler emitted events, see [`emit`]), then
+//!    acknowledge what was processed, send transient failures back with a delay
 //!    from the backoff schedule (`-NAK {delay}`), and publish permanent failures, schema errors
 //!    and transient failures of the last allowed delivery to the dead letters ([`dlq`]) before
 //!    terminating them. Messages the broker gives up on because no delivery was answered within
