@@ -9,7 +9,7 @@ ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets
+.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
 ## Ctrl-C stops both.
@@ -34,7 +34,8 @@ demo: nats-server build
 
 ## test: unit and integration tests against a real nats-server: the local image in a container
 ## where a Docker engine answers (ORDER_SERVICE_TEST_NATS=container makes that mandatory), else
-## the pinned binary as a process. nextest when installed, cargo test otherwise.
+## the pinned binary as a process. nextest when installed (then `cargo test --doc` for the README's
+## Rust code, which nextest does not run), cargo test otherwise.
 ## The operations page's browser tests need Chromium: chromium (or CHROMIUM_BIN) is installed
 ## when missing, and a browser that cannot start fails those tests.
 test: nats-server chromium
@@ -45,7 +46,7 @@ test: nats-server chromium
 	fi
 	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)'; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --locked --no-fail-fast; \
+		$(CARGO) nextest run --locked --no-fail-fast && $(CARGO) test --doc --locked; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
@@ -78,10 +79,17 @@ ops-screenshot: nats-server chromium
 		$(CARGO) test --locked --test it -- ops_page::every_panel
 	@echo "wrote nats/ops-page.png"
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting and clippy, warnings are errors; then library-check
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory library-check
+
+## library-check: feature `consumer` (the library a subscriber depends on alone) has none of axum,
+## tower-http, jsonwebtoken or the bench's hyper client in `cargo tree`, builds, passes clippy and
+## compiles the README's smallest consumer; the domain alone (no feature) passes clippy.
+library-check:
+	@CARGO='$(CARGO)' bash tests/library-check.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -24,24 +24,63 @@
 //! - [`ops`] — the operations page's 15-minute history and broker connection.
 //! - [`consumer`] — consumer groups: idempotent handlers, dead letters, lag, `tail`.
 //! - [`demo`] — `make demo`: three example consumers and a driver.
+//!
+//! # Features
+//! - `service` (default) — everything above: the HTTP API, the relay, the command line and the
+//!   binaries.
+//! - `consumer` — what a subscriber needs and nothing of the HTTP stack: [`domain`], [`bus`],
+//!   [`consumer`] (without its command line and the service's lag watch), [`backoff`],
+//!   [`shutdown`], [`table`]. A subscriber depends on this crate with
+//!   `default-features = false, features = ["consumer"]`.
+//! - neither — [`domain`] only.
 
+#[cfg(feature = "service")]
 pub mod api;
+#[cfg(feature = "service")]
 pub mod app;
+#[cfg(feature = "service")]
 pub mod auth;
+#[cfg(feature = "consumer")]
 pub mod backoff;
+#[cfg(feature = "consumer")]
 pub mod bus;
+#[cfg(feature = "service")]
 pub mod cli;
+#[cfg(feature = "service")]
 pub mod commands;
+#[cfg(feature = "service")]
 pub mod config;
+#[cfg(feature = "consumer")]
 pub mod consumer;
+#[cfg(feature = "service")]
 pub mod demo;
 pub mod domain;
+#[cfg(feature = "service")]
 pub mod error;
+#[cfg(feature = "service")]
 pub mod metrics;
+#[cfg(feature = "service")]
 pub mod nats_server;
+#[cfg(feature = "service")]
 pub mod ops;
+#[cfg(feature = "service")]
 pub mod relay;
+#[cfg(feature = "consumer")]
 pub mod shutdown;
+#[cfg(feature = "service")]
 pub mod store;
+#[cfg(feature = "consumer")]
 pub mod table;
+#[cfg(feature = "service")]
 pub mod telemetry;
+
+// The consumer's API takes these crates' types (a `jetstream::Context`, a `rusqlite::Connection`)
+// and runs on tokio: re-exported, a subscriber needs no other dependency and gets the versions
+// this crate was built with.
+#[cfg(feature = "consumer")]
+pub use {async_nats, rusqlite, tokio};
+
+/// The README's Rust code, its smallest consumer among it, compiled by `cargo test --doc`.
+#[cfg(all(doctest, feature = "consumer"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

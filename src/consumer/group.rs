@@ -15,7 +15,7 @@ use super::exhausted::exhausted;
 use super::handler::Handler;
 use super::stats::GroupStats;
 use super::worker::{Source, Worker};
-use super::{ConsumerError, dlq, idempotency};
+use super::{ConsumerError, dlq, idempotency, prune};
 use crate::backoff::Backoff;
 use crate::bus::stream_name;
 use crate::shutdown::Shutdown;
@@ -121,6 +121,11 @@ impl<H: Handler> Group<H> {
         tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
         let stop = Shutdown::new();
         let mut tasks = JoinSet::new();
+        tasks.spawn(prune::run(
+            self.js.clone(),
+            self.config.clone(),
+            stop.signal(),
+        ));
         let outbox = Outbox::open(self.emits.as_ref(), &self.config)?;
         if let Some(outbox) = &outbox {
             tasks.spawn(outbox.clone().run(self.js.clone(), stop.clone()));

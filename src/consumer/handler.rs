@@ -2,8 +2,9 @@
 //! whether it was processed, should be retried, or can never be processed.
 //!
 //! A message becomes an [`Event`] in three steps: the body must be JSON, its `version` must be
-//! `1.x` (a newer minor only adds fields, which are dropped; another major is refused), and the
-//! envelope and the topic's payload must parse into the types of [`crate::domain::events`].
+//! `1.x` (another major is refused), and the envelope and the topic's payload must parse into the
+//! types of [`crate::domain::events`]. Within major 1, fields these types do not know are dropped:
+//! the spec's minor versions add optional fields, and a consumer built for 1.0 must keep reading.
 //! A message failing any step is a [`SchemaError`]: it goes to the dead letters at once.
 
 use std::future::Future;
@@ -317,7 +318,7 @@ pub fn decode(topic: Topic, body: &[u8]) -> Result<Event, SchemaError> {
         .get("version")
         .and_then(Value::as_str)
         .ok_or_else(|| SchemaError("the envelope has no string `version`".into()))?;
-    let (major, minor) = parse_version(version)
+    let (major, _) = parse_version(version)
         .ok_or_else(|| SchemaError(format!("version {version:?} is not major.minor")))?;
     if major != SUPPORTED_MAJOR {
         return Err(SchemaError(format!(
@@ -331,20 +332,18 @@ pub fn decode(topic: Topic, body: &[u8]) -> Result<Event, SchemaError> {
             topic.as_str()
         )));
     }
-    // 1.0 is read strictly; a later minor may carry fields this build does not know.
-    let lenient = minor > 0;
     Ok(match topic {
-        Topic::Created => Event::Created(typed(value, lenient)?),
-        Topic::Updated => Event::Updated(typed(value, lenient)?),
-        Topic::StatusChanged => Event::StatusChanged(typed(value, lenient)?),
-        Topic::Confirmed => Event::Confirmed(typed(value, lenient)?),
-        Topic::Cancelled => Event::Cancelled(typed(value, lenient)?),
-        Topic::StockOverrideApplied => Event::StockOverrideApplied(typed(value, lenient)?),
-        Topic::ChatCreated => Event::ChatCreated(typed(value, lenient)?),
-        Topic::ChatLinked => Event::ChatLinked(typed(value, lenient)?),
-        Topic::Audit => Event::Audit(typed(value, lenient)?),
-        Topic::StatisticsUpdated => Event::StatisticsUpdated(typed(value, lenient)?),
-        Topic::InventoryShortage => Event::InventoryShortage(typed(value, lenient)?),
+        Topic::Created => Event::Created(typed(value)?),
+        Topic::Updated => Event::Updated(typed(value)?),
+        Topic::StatusChanged => Event::StatusChanged(typed(value)?),
+        Topic::Confirmed => Event::Confirmed(typed(value)?),
+        Topic::Cancelled => Event::Cancelled(typed(value)?),
+        Topic::StockOverrideApplied => Event::StockOverrideApplied(typed(value)?),
+        Topic::ChatCreated => Event::ChatCreated(typed(value)?),
+        Topic::ChatLinked => Event::ChatLinked(typed(value)?),
+        Topic::Audit => Event::Audit(typed(value)?),
+        Topic::StatisticsUpdated => Event::StatisticsUpdated(typed(value)?),
+        Topic::InventoryShortage => Event::InventoryShortage(typed(value)?),
     })
 }
 
@@ -353,12 +352,14 @@ fn parse_version(version: &str) -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
-/// The most unknown fields a lenient decode drops before it gives up.
+/// The most unknown fields a decode drops before it gives up.
 const MAX_DROPPED_FIELDS: usize = 64;
 
-/// Parses `value`; when `lenient`, drops each field the types do not know (the payload types
-/// deny unknown fields, which is right for the producer and for 1.0) and tries again.
-fn typed<T: DeserializeOwned>(mut value: Value, lenient: bool) -> Result<T, SchemaError> {
+/// Parses `value`, dropping each field the types do not know and trying again: any 1.x may carry
+/// fields this build does not know (a later minor, or a producer ahead of the version it writes).
+/// The payload types deny unknown fields, which is right for the producer and its schemas; a
+/// missing or mistyped known field is still an error.
+fn typed<T: DeserializeOwned>(mut value: Value) -> Result<T, SchemaError> {
     for _ in 0..=MAX_DROPPED_FIELDS {
         let error = match serde_path_to_error::deserialize::<_, T>(&value) {
             Ok(parsed) => return Ok(parsed),
@@ -366,10 +367,7 @@ fn typed<T: DeserializeOwned>(mut value: Value, lenient: bool) -> Result<T, Sche
         };
         let message = error.inner().to_string();
         let path = error.path().to_string();
-        if !(lenient
-            && message.starts_with("unknown field `")
-            && drop_field(&mut value, error.path()))
-        {
+        if !(message.starts_with("unknown field `") && drop_field(&mut value, error.path())) {
             return Err(SchemaError(format!("{path}: {message}")));
         }
     }
@@ -435,14 +433,20 @@ mod tests {
     }
 
     #[test]
-    fn reads_1_0_strictly() {
+    fn reads_1_0_and_drops_unknown_fields() {
         let event = decode(Topic::ChatLinked, &bytes(&linked("1.0"))).unwrap();
         assert_eq!(event.topic(), Topic::ChatLinked);
         assert_eq!(event.order_number(), Some("ORD-2025-001234"));
         let mut extra = linked("1.0");
         extra["data"]["colour"] = json!("red");
-        let error = decode(Topic::ChatLinked, &bytes(&extra)).unwrap_err();
-        assert!(error.0.contains("colour"), "{error}");
+        extra["tenant"] = json!("t1");
+        let event = decode(Topic::ChatLinked, &bytes(&extra)).unwrap();
+        assert!(event.data().get("colour").is_none(), "{:?}", event.data());
+        // A known field of the wrong type is still an error.
+        let mut wrong = linked("1.0");
+        wrong["data"]["chat_id"] = json!(7);
+        let error = decode(Topic::ChatLinked, &bytes(&wrong)).unwrap_err();
+        assert!(error.0.contains("chat_id"), "{error}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -126,7 +126,7 @@ impl<'c> Batch<'c> {
                 processed.stream,
                 processed.stream_seq as i64,
                 processed.delivered as i64,
-                Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+                timestamp(Utc::now()),
             ],
         )?;
         if inserted == 0 {
@@ -169,6 +169,12 @@ impl<'c> Batch<'c> {
     pub(crate) fn rollback(self) -> rusqlite::Result<()> {
         self.conn.execute_batch("ROLLBACK")
     }
+}
+
+/// A time as `processed_at` holds it: RFC 3339 UTC with microseconds, so that text order is time
+/// order.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Whether `group` has processed `event_id`.

@@ -4,7 +4,6 @@
 use std::str::FromStr;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 /// Headers as name-value pairs, in the order the map keeps them, without the broker's
@@ -47,6 +46,7 @@ pub(crate) fn nats_time(nanos: i128) -> DateTime<Utc> {
 }
 
 /// The body of a message as text, for logs and the terminal.
-pub(crate) fn body_text(payload: &Bytes) -> String {
+#[cfg(feature = "service")]
+pub(crate) fn body_text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }

@@ -33,11 +33,17 @@
 //!   versions.
 //! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
 //! - [`emit`] — handlers that publish: the group's outbox and its relay.
+//! - `prune` — deletes processed events older than the streams' `max_age` plus the duplicate
+//!   window.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
 //! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
 //! - [`commands`] — the `tail`, `consumers` and `dlq` subcommands.
+//!
+//! `lag` (it feeds the service's `/ready` and `/metrics`), `tail` and `commands` are the
+//! service's: they come with feature `service`, the rest with `consumer`.
 
+#[cfg(feature = "service")]
 pub mod commands;
 mod config;
 pub mod dlq;
@@ -46,9 +52,12 @@ mod exhausted;
 mod group;
 pub mod handler;
 pub mod idempotency;
+#[cfg(feature = "service")]
 pub mod lag;
 mod message;
+mod prune;
 mod stats;
+#[cfg(feature = "service")]
 pub mod tail;
 mod worker;
 

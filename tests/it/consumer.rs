@@ -42,7 +42,7 @@ async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> Te
 /// What every test here starts with: the time it started, a broker, the relaying service (its
 /// settings changed by `adjust`), JetStream, and a folder (deleted on drop) with the path of the
 /// consumers' database in it.
-async fn setup(
+pub(crate) async fn setup(
     adjust: impl FnOnce(&mut Config),
 ) -> (
     Instant,
@@ -76,13 +76,13 @@ type Decide = dyn Fn(&Event, &Delivery) -> Option<Failure> + Send + Sync;
 
 /// A handler whose side effect is a row per processed event in `effects` (no unique key, so a
 /// second run would show), failing when `decide` says so.
-struct Recorder {
+pub(crate) struct Recorder {
     group: String,
     decide: Arc<Decide>,
 }
 
 impl Recorder {
-    fn new(group: &str) -> Recorder {
+    pub(crate) fn new(group: &str) -> Recorder {
         Recorder::failing(group, |_, _| None)
     }
 
@@ -175,7 +175,12 @@ impl Running {
     }
 
     /// A [`Recorder`] group named `name` with the test settings, started.
-    fn recording(js: &jetstream::Context, name: &str, topics: &[Topic], db: &Path) -> Running {
+    pub(crate) fn recording(
+        js: &jetstream::Context,
+        name: &str,
+        topics: &[Topic],
+        db: &Path,
+    ) -> Running {
         Running::start(js, group_config(name, topics, db), Recorder::new(name))
     }
 
@@ -203,7 +208,7 @@ fn read_only(db: &Path) -> rusqlite::Connection {
 }
 
 /// event_id → how many effect rows it has, for one group.
-fn effects(db: &Path, group: &str) -> HashMap<String, u64> {
+pub(crate) fn effects(db: &Path, group: &str) -> HashMap<String, u64> {
     if !db.exists() {
         return HashMap::new();
     }
@@ -220,7 +225,7 @@ fn effects(db: &Path, group: &str) -> HashMap<String, u64> {
 }
 
 /// Waits until the group has an effect for every expected event.
-async fn processed_all(db: &Path, group: &str, expected: &HashSet<String>) {
+pub(crate) async fn processed_all(db: &Path, group: &str, expected: &HashSet<String>) {
     let start = Instant::now();
     loop {
         let done = effects(db, group);
@@ -255,7 +260,11 @@ fn exactly_once(db: &Path, group: &str, expected: &HashSet<String>) {
 }
 
 /// The events of `topics` that the orders answered with 201 caused, from the outbox.
-fn expected_events(app: &TestApp, orders: &HashSet<String>, topics: &[Topic]) -> HashSet<String> {
+pub(crate) fn expected_events(
+    app: &TestApp,
+    orders: &HashSet<String>,
+    topics: &[Topic],
+) -> HashSet<String> {
     let names: HashSet<&str> = topics.iter().map(|t| t.as_str()).collect();
     app.outbox()
         .into_iter()
@@ -270,7 +279,7 @@ fn expected_events(app: &TestApp, orders: &HashSet<String>, topics: &[Topic]) ->
 }
 
 /// Creates `n` orders from `clients` concurrent HTTP clients; every one must get a 201.
-async fn create_orders(app: &TestApp, n: usize, clients: usize) -> HashSet<String> {
+pub(crate) async fn create_orders(app: &TestApp, n: usize, clients: usize) -> HashSet<String> {
     let mut tasks = Vec::new();
     for c in 0..clients {
         let client = reqwest::Client::new();
@@ -771,7 +780,7 @@ async fn the_broker_restarted_at_a_third_and_at_half_of_ten_thousand_events_lose
 }
 
 /// Publishes `body` on `order.created.<key>` with a fresh message id, as another producer might.
-async fn publish_raw(js: &jetstream::Context, key: &str, body: String) {
+pub(crate) async fn publish_raw(js: &jetstream::Context, key: &str, body: String) {
     let message = OutboxMessage {
         topic: "order.created".into(),
         key: key.into(),

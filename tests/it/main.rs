@@ -7,6 +7,7 @@ mod bad_input;
 mod batches;
 mod browser;
 mod consumer;
+mod consumer_over_time;
 mod contract;
 mod emit;
 mod first_run;
