@@ -161,7 +161,7 @@ impl Outbox {
             .build(js.client());
         tokio::select! {
             () = stop.signal() => return Ok(()),
-            () = crate::app::reconcile(&js, &e.topics, e.duplicate_window, &e.status) => {}
+            () = relay::streams::reconcile(&js, &e.topics, e.duplicate_window, &e.status) => {}
         }
         let relay = Relay::new(
             self.store.clone(),
@@ -173,7 +173,7 @@ impl Outbox {
         // The group's client is its caller's, whose reconnects are not watched here: a stream
         // lost with the broker's store is found by the relay, which asks for a reconcile.
         let reconnected = tokio::sync::Notify::new();
-        let healed = crate::app::reconcile_on_reconnect(
+        let healed = relay::streams::reconcile_on_reconnect(
             &js,
             &e.topics,
             e.duplicate_window,

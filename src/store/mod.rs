@@ -266,7 +266,7 @@ impl Store {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "service"))]
 impl Store {
     /// Kills the writer thread (see [`Writer::kill_for_test`]) and waits until it is gone.
     pub(crate) async fn kill_writer_for_test(&self) {
