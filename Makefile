@@ -5,21 +5,26 @@
 CARGO      ?= cargo
 DATA       := data
 DEV_SECRET := $(DATA)/dev-jwt-secret
+DEV_NATS   := $(DATA)/dev-nats.env
 ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check
+.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check openapi schemathesis
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
-## Ctrl-C stops both.
-run: $(DEV_SECRET) nats-server build
+## Ctrl-C stops both. NATS runs the shipped identities with the development passwords of
+## data/dev-nats.env; the service connects as `order-service`.
+run: $(DEV_SECRET) $(DEV_NATS) nats-server build
 	@mkdir -p $(DATA)
-	@'$(NATS_SERVER)' -c nats/nats-server.conf & nats=$$!; \
+	@set -a && . ./$(DEV_NATS) && set +a; \
+	'$(NATS_SERVER)' -c nats/nats-server.conf & nats=$$!; \
 	trap 'kill -INT $$nats 2>/dev/null; wait $$nats' EXIT; \
 	trap 'exit 0' INT TERM; \
 	AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" DATABASE_PATH="$${DATABASE_PATH:-$(DATA)/order-service.db}" \
-		NATS_URL="$${NATS_URL:-nats://127.0.0.1:4222}" ./target/release/order-service serve
+		NATS_URL="$${NATS_URL:-nats://127.0.0.1:4222}" \
+		NATS_USER="$${NATS_USER:-order-service}" NATS_PASSWORD="$${NATS_PASSWORD:-$$NATS_SERVICE_PASSWORD}" \
+		./target/release/order-service serve
 
 ## demo: a throw-away NATS (./data/demo/nats, port DEMO_NATS_PORT), the service and three example
 ## consumers (inventory, notification, finance); drives a few orders through their life cycle over
@@ -38,18 +43,35 @@ demo: nats-server build
 ## Rust code, which nextest does not run), cargo test otherwise.
 ## The operations page's browser tests need Chromium: chromium (or CHROMIUM_BIN) is installed
 ## when missing, and a browser that cannot start fails those tests.
-test: nats-server chromium
+test: nats-server chromium schemathesis
 	@if docker info >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory nats-image; \
 	elif [ "$${ORDER_SERVICE_TEST_NATS:-}" = container ]; then \
 		echo "ORDER_SERVICE_TEST_NATS=container but no Docker engine answers" >&2; exit 1; \
 	fi
-	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)'; \
+	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)' SCHEMATHESIS_BIN='$(SCHEMATHESIS)'; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast && $(CARGO) test --doc --locked; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
+
+## schemathesis: the property-based API tester of `make test`, pinned with its dependencies in
+## tests/schemathesis-requirements.txt, installed from PyPI into the project-local virtualenv
+## tools/schemathesis (again whenever that file changes).
+SCHEMATHESIS_VENV := $(CURDIR)/tools/schemathesis
+SCHEMATHESIS := $(SCHEMATHESIS_VENV)/bin/st
+SCHEMATHESIS_REQUIREMENTS := tests/schemathesis-requirements.txt
+schemathesis: $(SCHEMATHESIS_VENV)/requirements.txt
+	@'$(SCHEMATHESIS)' --version
+
+$(SCHEMATHESIS_VENV)/requirements.txt: $(SCHEMATHESIS_REQUIREMENTS)
+	@echo 'installing $(SCHEMATHESIS_REQUIREMENTS) into $(SCHEMATHESIS_VENV)'
+	@rm -rf '$(SCHEMATHESIS_VENV)'
+	@python3 -m venv '$(SCHEMATHESIS_VENV)'
+	@'$(SCHEMATHESIS_VENV)/bin/pip' install --quiet --disable-pip-version-check --no-deps \
+		-r '$(SCHEMATHESIS_REQUIREMENTS)'
+	@cp '$(SCHEMATHESIS_REQUIREMENTS)' '$@'
 
 ## chromium: the headless browser of the operations page's tests: Debian's `chromium` package,
 ## installed with apt-get when missing (CHROMIUM_BIN names another browser and skips the install).
@@ -98,6 +120,11 @@ fmt:
 schemas:
 	$(CARGO) run --locked -q --bin order-service -- schema --out nats/schemas
 
+## openapi: regenerate nats/openapi.json, the HTTP API's OpenAPI 3.1 document, from the handlers
+openapi:
+	$(CARGO) run --locked -q --bin order-service -- openapi > nats/openapi.json.part && \
+		mv nats/openapi.json.part nats/openapi.json
+
 ## token: print a token for the development secret, e.g. `make token ROLE=customer`
 token: $(DEV_SECRET)
 	@AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CARGO) run --release --locked -q --bin order-service -- token --role $(ROLE)
@@ -115,6 +142,18 @@ readme-targets:
 ## Under 3 minutes once built (a first release build takes longer).
 bench: nats-server build
 	@NATS_SERVER_BIN='$(NATS_SERVER)' ./target/release/bench
+
+# Development passwords of the NATS identities (nats/identities.conf), generated once and kept,
+# as `KEY=value` lines for `make run` to put into the server's and the service's environment.
+# Subscribers use the second: `. ./data/dev-nats.env; NATS_USER=subscriber
+# NATS_PASSWORD=$$NATS_SUBSCRIBER_PASSWORD ...`. The `dev-` prefix keeps each a string to the
+# server's config parser, which would read an all-digit value as a number.
+$(DEV_NATS):
+	@mkdir -p $(DATA)
+	@umask 077 && for user in SERVICE SUBSCRIBER; do \
+		echo "NATS_$${user}_PASSWORD=dev-$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"; \
+	done > $@
+	@echo "generated development NATS passwords in $@" >&2
 
 # A development secret, generated once and kept (the message goes to stderr, so that
 # `TOKEN=$$(make -s token)` gets only the token on a fresh clone): tokens stay valid across restarts.

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::net::TcpListener;
@@ -20,14 +19,10 @@ use crate::config::Config;
 use crate::consumer;
 use crate::metrics::Metrics;
 use crate::ops::{self, Ops};
-use crate::relay::streams::{reconcile, reconcile_on_reconnect};
+use crate::relay::streams::{START_BACKOFF, reconcile, reconcile_on_reconnect, repair_at_start};
 use crate::relay::{self, Relay, RelayConfig, RelayStatus};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreConfig, StoreError};
-
-/// The waits between tries to reach the broker at start-up.
-const START_BACKOFF: Backoff =
-    Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Why the service could not start or a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +53,9 @@ pub enum AppError {
     /// A consumer command failed.
     #[error(transparent)]
     Consumer(#[from] crate::consumer::ConsumerError),
+    /// A check found something wrong, or a repair left something undone; the text says what.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 /// Builds the application's state: the token verifier, the opened and migrated database, the
@@ -194,7 +192,13 @@ async fn publish_outbox(
         metrics,
         status.clone(),
     );
-    let relayed = relay.run(shutdown);
+    // A broker that lost its store while the service was stopped gets the events back before
+    // the relay publishes anything newer.
+    tokio::select! {
+        () = &mut shutdown => return,
+        () = repair_at_start(&relay) => {}
+    }
+    let relayed = relay.clone().run(shutdown);
     tokio::pin!(relayed);
     let reconciled = reconcile_on_reconnect(
         &js,
@@ -202,6 +206,8 @@ async fn publish_outbox(
         config.nats_duplicate_window,
         &status,
         &reconnected,
+        &relay,
+        config.event_outbox_verify_interval,
     );
     // The watcher never ends by itself; the relay ends on shutdown.
     tokio::select! {

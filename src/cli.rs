@@ -1,14 +1,20 @@
 //! The command line: what each subcommand does. `serve` runs the service ([`crate::app`]),
-//! `demo` the demo ([`crate::demo`]); the others are one-shot tools.
+//! `demo` the demo ([`crate::demo`]); the others are one-shot tools, `outbox` among them
+//! ([`crate::relay::repair`]).
 
 use async_nats::jetstream;
 use tokio::net::TcpListener;
 
+use crate::api::openapi;
 use crate::app::{self, AppError, auth, topics};
 use crate::bus;
-use crate::config::{Cli, Command, Config, SchemaArgs, StreamsAction, TokenArgs};
+use crate::config::{Cli, Command, Config, OutboxAction, SchemaArgs, StreamsAction, TokenArgs};
 use crate::consumer;
 use crate::domain::Topic;
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::relay::repair::{self, RepairError};
+use chrono::Utc;
 
 /// Runs the command line.
 pub fn execute(cli: Cli) -> Result<(), AppError> {
@@ -34,6 +40,11 @@ pub fn execute(cli: Cli) -> Result<(), AppError> {
             Ok(runtime()?.block_on(consumer::commands::dead_letters(&cli.config.nats, action))?)
         }
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(cli.config, args)),
+        Command::Openapi => {
+            print!("{}", openapi::render(&openapi::document()));
+            Ok(())
+        }
+        Command::Outbox { action } => runtime()?.block_on(outbox(&cli.config, action)),
     }
 }
 
@@ -104,6 +115,76 @@ async fn streams(config: &Config, action: StreamsAction) -> Result<(), AppError>
                 .await
                 .map_err(|e| nats(&e))?;
             println!("{report}");
+        }
+    }
+    Ok(())
+}
+
+/// `outbox verify` and `outbox repair`: the broker-loss check and repair the service runs on every
+/// reconnect and every EVENT_OUTBOX_VERIFY_INTERVAL, on demand; the repair reconciles the streams
+/// first, as the service does at start-up. It publishes without
+/// the service's relay holding back: run it while the service is stopped, or let the service
+/// repair by itself.
+async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
+    let topics = topics(config)?;
+    let store = crate::store::Store::open(&crate::store::StoreConfig {
+        path: config.database_path.clone(),
+        synchronous: config.sqlite_synchronous,
+        readers: 2,
+    })?;
+    let client = bus::connect(&config.nats)
+        .await
+        .map_err(|e| AppError::Nats(e.to_string()))?;
+    let js = app::relay_jetstream(client, config);
+    let relay = Relay::new(
+        store,
+        js.clone(),
+        app::relay_config(config, &topics),
+        std::sync::Arc::new(Metrics::new()),
+        std::sync::Arc::default(),
+    );
+    let since = |args: crate::config::SinceArgs| {
+        args.since
+            .map(|window| Utc::now() - chrono::Duration::from_std(window).unwrap_or_default())
+    };
+    let failed = |e: RepairError| match e {
+        RepairError::Store(e) => AppError::Store(e),
+        other => AppError::Nats(other.to_string()),
+    };
+    match action {
+        OutboxAction::Verify(args) => {
+            let checks = relay.verify(since(args)).await.map_err(failed)?;
+            if checks.is_empty() {
+                println!("no acknowledged events in the window");
+            } else {
+                print!("{}", repair::format_checks(&checks));
+            }
+            let missing: usize = checks.iter().map(|c| c.missing.len()).sum();
+            if missing > 0 {
+                return Err(AppError::Incomplete(format!(
+                    "{missing} acknowledged events are missing from their streams; \
+                     `order-service outbox repair` publishes them again"
+                )));
+            }
+        }
+        OutboxAction::Repair(args) => {
+            // A broker that lost its store has lost the streams too: create them first, as the
+            // service does at start-up.
+            bus::reconcile(&js, &topics, config.nats_duplicate_window)
+                .await
+                .map_err(|e| AppError::Nats(e.to_string()))?;
+            let repairs = relay.repair(since(args)).await.map_err(failed)?;
+            if repairs.is_empty() {
+                println!("every stream holds what it acknowledged; nothing to repair");
+            } else {
+                print!("{}", repair::format_repairs(&repairs));
+            }
+            let failed: usize = repairs.iter().map(|r| r.failed).sum();
+            if failed > 0 {
+                return Err(AppError::Incomplete(format!(
+                    "{failed} events could not be published again; the log says why"
+                )));
+            }
         }
     }
     Ok(())

@@ -58,6 +58,34 @@ pub enum Command {
     },
     /// Run the demo: the service, three example consumers and a few orders (`make demo`).
     Demo(DemoArgs),
+    /// Print the HTTP API's OpenAPI 3.1 document (as served at `/api/v1/openapi.json`).
+    Openapi,
+    /// Check the streams against the events the outbox recorded as acknowledged, or repair them.
+    Outbox {
+        /// What to do.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
+}
+
+/// What `outbox` does.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum OutboxAction {
+    /// Per stream, the events acknowledged in the window and how many it no longer holds; exits
+    /// with status 1 when any is missing.
+    Verify(SinceArgs),
+    /// Publish the missing events again, in commit order, and print what was put back; exits
+    /// with status 1 when any could not be.
+    Repair(SinceArgs),
+}
+
+/// The window of `outbox verify` and `outbox repair`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SinceArgs {
+    /// Only events acknowledged this long ago or later, e.g. `24h`; every kept event (the
+    /// EVENT_OUTBOX_RETENTION) when omitted.
+    #[arg(long, value_parser = between(Duration::from_secs(1), Duration::from_secs(3650 * DAY)))]
+    pub since: Option<Duration>,
 }
 
 /// What `streams` does.
@@ -255,6 +283,11 @@ pub struct Config {
     /// A topic table to use instead of the built-in copy of nats/topics.json.
     #[arg(long, env = "TOPICS_FILE")]
     pub topics_file: Option<PathBuf>,
+
+    /// How often the streams are checked for events they acknowledged and no longer hold (they
+    /// are also checked on every reconnect); what is missing is published again.
+    #[arg(long, env = "EVENT_OUTBOX_VERIFY_INTERVAL", default_value = "5m", value_parser = between(Duration::from_secs(1), Duration::from_secs(DAY)))]
+    pub event_outbox_verify_interval: Duration,
 }
 
 /// A value that must not show up in logs: `Debug` prints `[redacted]`, and only [`Secret::expose`]
@@ -375,6 +408,13 @@ mod tests {
                 "100ms",
                 "1h",
                 "61m",
+            ),
+            (
+                "--event-outbox-verify-interval",
+                Some("999ms"),
+                "1s",
+                "1day",
+                "25h",
             ),
         ];
         for (flag, too_small, min, max, too_large) in bounds {

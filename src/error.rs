@@ -6,12 +6,26 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::Refusal;
 use crate::commands::CommandError;
 use crate::domain::OrderError;
 use crate::store::StoreError;
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `insufficient_stock`; each answer's codes are listed with it.
+    pub error: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Facts about it (the field, the stock short, the limit), or null.
+    pub details: Value,
+}
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +199,11 @@ impl IntoResponse for ApiError {
         };
         let mut response = (
             status,
-            Json(json!({ "error": self.code(), "message": message, "details": details })),
+            Json(ErrorBody {
+                error: self.code(),
+                message,
+                details,
+            }),
         )
             .into_response();
         if let ApiError::TooManyRequests { retry_after, .. } = &self {

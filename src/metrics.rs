@@ -78,6 +78,8 @@ pub struct Metrics {
     /// Commit-to-ack latencies (seconds) since the operations page's last sample: the histogram
     /// is cumulative, the page charts quantiles per sample.
     recent_latencies: std::sync::Mutex<Vec<f64>>,
+    /// Events published again because their stream no longer held them (broker-loss repair).
+    repaired: Family<TopicLabel, Counter>,
 }
 
 /// Latencies kept between two samples at most; beyond that the page's quantiles use a prefix.
@@ -172,11 +174,20 @@ impl Metrics {
             "Failed publish attempts over all attempts in the last five minutes",
             consumers.publish_failure_ratio.clone(),
         );
+        let repaired = Family::<TopicLabel, Counter>::default();
+        registry.register(
+            "outbox_repaired_events",
+            "Acknowledged events published again because their stream no longer held them, by topic",
+            repaired.clone(),
+        );
         // Every topic's series exist from the start, at 0, so rates and alerts see them before the
         // first event or failure.
         for topic in Topic::ALL {
             let topic = topic.as_str().to_owned();
             let _ = published.get_or_create(&TopicLabel {
+                topic: topic.clone(),
+            });
+            let _ = repaired.get_or_create(&TopicLabel {
                 topic: topic.clone(),
             });
             for kind in ["transient", "permanent"] {
@@ -197,6 +208,7 @@ impl Metrics {
             oldest_pending_age,
             consumers,
             recent_latencies: std::sync::Mutex::default(),
+            repaired,
         }
     }
 
@@ -289,6 +301,15 @@ impl Metrics {
             .get_or_create(&FailureLabels {
                 topic: topic.to_owned(),
                 kind: if transient { "transient" } else { "permanent" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an event published again by the broker-loss repair.
+    pub fn repaired(&self, topic: &str) {
+        self.repaired
+            .get_or_create(&TopicLabel {
+                topic: topic.to_owned(),
             })
             .inc();
     }

@@ -62,6 +62,11 @@ pub struct Settings {
     pub name: Option<String>,
     /// JetStream's `sync_interval`.
     pub sync: Sync,
+    /// Config files to include (e.g. `nats/identities.conf`): copied into `dir` beside the
+    /// generated config, since nats-server resolves includes relative to the including file.
+    pub includes: Vec<PathBuf>,
+    /// Environment variables for the process, e.g. the passwords the included file refers to.
+    pub env: Vec<(String, String)>,
 }
 
 /// A nats-server process (running or stopped) on fixed loopback ports.
@@ -128,6 +133,12 @@ impl NatsProcess {
         assert!(self.child.is_none(), "the nats-server process is running");
         let dir = &self.settings.dir;
         std::fs::create_dir_all(dir)?;
+        for include in &self.settings.includes {
+            let name = include.file_name().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "an include is not a file")
+            })?;
+            std::fs::copy(include, dir.join(name))?;
+        }
         let conf = dir.join("nats-server.conf");
         std::fs::write(&conf, self.config())?;
         let log = std::fs::OpenOptions::new()
@@ -137,6 +148,7 @@ impl NatsProcess {
         let child = Command::new(&self.settings.binary)
             .arg("-c")
             .arg(&conf)
+            .envs(self.settings.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -161,9 +173,13 @@ impl NatsProcess {
             Sync::Default => "",
             Sync::Always => "\n  sync_interval: always",
         };
+        let include: String = (self.settings.includes.iter())
+            .filter_map(|p| p.file_name())
+            .map(|file| format!("include \"{}\"\n", file.to_string_lossy()))
+            .collect();
         format!(
             "{name}listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
-             jetstream {{\n  store_dir: \"{}\"{sync}\n}}\n",
+             jetstream {{\n  store_dir: \"{}\"{sync}\n}}\n{include}",
             self.client_port,
             self.monitor_port,
             self.settings.dir.join("store").display(),

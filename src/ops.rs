@@ -25,7 +25,7 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 pub const WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// One point of the history.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Sample {
     /// When it was taken.
     pub at: DateTime<Utc>,

@@ -5,11 +5,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::AppState;
 use super::idempotency::stored_json;
+use super::openapi::Api;
 use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -23,12 +25,86 @@ pub fn router() -> Router<AppState> {
         .route("/admin/outbox/{id}/requeue", post(requeue))
 }
 
-#[derive(Debug, Deserialize)]
+/// The routes' operations in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    api.get("/api/v1/admin/outbox", "listOutbox", "List outbox rows")
+        .description("In commit order, from `after` on.")
+        .roles(&[Role::Admin])
+        .query::<ListQuery>()
+        .json::<OutboxPage>(200, "One page of rows.")
+        .add();
+    api.post(
+        "/api/v1/admin/outbox/{id}/requeue",
+        "requeueOutboxRow",
+        "Requeue a dead outbox row",
+    )
+    .description("The relay publishes it again, with fresh retries.")
+    .roles(&[Role::Admin])
+    .path_param(
+        "id",
+        "The row's id.",
+        json!({ "type": "integer", "format": "int64" }),
+    )
+    .error(400, &["invalid_id"])
+    .error(404, &["not_found"])
+    .error(409, &["already_published"])
+    .json::<Requeued>(200, "The row waits to be published again.")
+    .add();
+}
+
+/// The query of `GET /admin/outbox`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only rows in this state.
+    #[schemars(with = "Option<RowStatus>")]
     status: Option<String>,
+    /// Rows per page, 1 to 1000; 50 when absent.
+    #[schemars(range(min = 1, max = MAX_LIMIT))]
     limit: Option<u32>,
+    /// The `next_after` of the previous page; 0 when absent.
     after: Option<i64>,
+}
+
+/// The states of an outbox row.
+#[derive(JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum RowStatus {
+    /// Waiting to be published.
+    Pending,
+    /// Acknowledged by the broker.
+    Published,
+    /// Failed for good; requeue it once its cause is fixed.
+    Dead,
+}
+
+/// One page of `GET /admin/outbox`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct OutboxPage {
+    /// In commit order.
+    rows: Vec<OutboxRow>,
+    /// Pass as `after` for the next page; null on the last page.
+    next_after: Option<i64>,
+}
+
+/// The answer to a requeue.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Requeued {
+    /// The row.
+    id: i64,
+    /// Always `pending`.
+    status: &'static str,
+}
+
+/// The requeued row's answer.
+fn requeued(id: i64) -> Requeued {
+    Requeued {
+        id,
+        status: "pending",
+    }
 }
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -38,7 +114,7 @@ async fn list(
     State(state): State<AppState>,
     caller: Caller,
     AppQuery(q): AppQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OutboxPage>, ApiError> {
     caller.require(&[Role::Admin])?;
     let status = match q.status.as_deref() {
         None => None,
@@ -61,34 +137,31 @@ async fn list(
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
-    Ok(Json(json!({ "rows": rows, "next_after": next })))
+    Ok(Json(OutboxPage {
+        rows,
+        next_after: next,
+    }))
 }
 
 async fn requeue(
     State(state): State<AppState>,
     caller: Caller,
     axum::extract::Path(raw): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     caller.require(&[Role::Admin])?;
     let id: i64 = raw.parse().map_err(|_| ApiError::BadRequest {
         code: "invalid_id",
         message: format!("`{raw}` is not an outbox row id"),
     })?;
     idempotency::respond_with(move |outcome: &Requeue| {
-        (*outcome == Requeue::Requeued).then(|| {
-            stored_json(
-                StatusCode::OK,
-                None,
-                &json!({ "id": id, "status": "pending" }),
-            )
-        })
+        (*outcome == Requeue::Requeued).then(|| stored_json(StatusCode::OK, None, &requeued(id)))
     });
     let outcome = state
         .store
         .write(move |tx| Ok::<_, ApiError>(outbox::requeue(tx, id)?))
         .await?;
     match outcome {
-        Requeue::Requeued => Ok(Json(json!({ "id": id, "status": "pending" }))),
+        Requeue::Requeued => Ok(Json(requeued(id))),
         Requeue::Missing => Err(ApiError::NotFound(format!("no outbox row {id}"))),
         Requeue::Published => Err(ApiError::Conflict {
             code: "already_published",

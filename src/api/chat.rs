@@ -7,6 +7,7 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -14,6 +15,8 @@ use super::AppState;
 use super::context::RequestMeta;
 use super::idempotency::stored_json;
 use super::json::AppJson;
+use super::openapi::Api;
+use super::order_view::OrderView;
 use super::order_view::{created, record_created};
 use super::path::OrderId;
 use crate::auth::{Caller, Role};
@@ -32,28 +35,75 @@ pub fn router() -> Router<AppState> {
         .route("/orders/{id}/chat-links", post(link))
 }
 
+/// The routes' operations in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    api.post(
+        "/api/v1/chat/orders",
+        "createChatOrder",
+        "Place an order from a chat",
+    )
+    .description(
+        "As POST /api/v1/orders, plus the chat's facts; writes order.chat_created too. \
+             source_channel is always chat.",
+    )
+    .roles(&[Role::Ai, Role::Admin])
+    .body::<ChatOrderBody>()
+    .created::<OrderView>("The order.")
+    .order_links(201)
+    .error(409, &["insufficient_stock"])
+    .error(422, super::orders::ITEM_CODES)
+    .add();
+    api.post(
+        "/api/v1/orders/{id}/chat-links",
+        "linkOrderToChat",
+        "Link an order to a chat conversation",
+    )
+    .description("Writes order.chat_linked. A customer links only its own orders.")
+    .roles(&[Role::Ai, Role::Admin, Role::Customer])
+    .order_path()
+    .body::<LinkBody>()
+    .json::<LinkView>(201, "The link.")
+    .add();
+}
+
 /// The body of `POST /chat/orders`: the chat's facts plus the create body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ChatOrderBody {
+    /// The conversation.
     chat_id: Uuid,
+    /// The assistant's template that produced the order.
     template_used: Text<100>,
+    /// How sure the assistant was, 0 to 1.
+    #[schemars(range(min = 0.0, max = 1.0))]
     ai_confidence: f64,
+    /// What the customer asked for.
     customer_preferences: Preferences,
+    /// Whether a person must confirm the order.
     requires_confirmation: bool,
+    /// Whose order; required unless the caller is the customer.
     customer_id: Option<Uuid>,
+    /// The lines: 1 to 100, each product once.
+    #[schemars(length(min = 1, max = crate::domain::order::MAX_ITEMS))]
     items: Vec<Item>,
+    /// Where it goes.
     shipping_address: Address,
+    /// THB unless given.
     #[serde(default)]
     currency: Currency,
+    /// `chat` when given.
     source_channel: Option<SourceChannel>,
+    /// Admins only: create the order even where stock is short.
     stock_override: Option<OverrideRequest>,
 }
 
-#[derive(Debug, Deserialize)]
+/// How the customer wants delivery and contact.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Preferences {
+    /// E.g. `express`.
     delivery_speed: Text<50>,
+    /// E.g. `line`.
     communication_method: Text<50>,
 }
 
@@ -104,15 +154,19 @@ async fn create(
 }
 
 /// The body of `POST /orders/{id}/chat-links`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LinkBody {
+    /// The conversation.
     chat_id: Uuid,
+    /// Why they are linked.
     link_type: LinkType,
+    /// What the conversation is about.
     context: Text<1000>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+/// Why an order and a conversation are linked.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum LinkType {
     Support,
@@ -130,14 +184,23 @@ impl LinkType {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A link between an order and a conversation.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct LinkView {
+    /// Its id.
     link_id: Uuid,
+    /// The order.
     order_id: Uuid,
+    /// The conversation.
     chat_id: Uuid,
+    /// Why they are linked.
     link_type: LinkType,
+    /// What the conversation is about.
     context: String,
+    /// Who linked them.
     linked_by: Uuid,
+    /// When.
     created_at: DateTime<Utc>,
 }
 

@@ -6,9 +6,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::openapi::Api;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::relay::RelayStatus;
@@ -22,14 +25,68 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// The routes' operations in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    api.get("/health", "health", "Liveness")
+        .description("The process is up. No token needed.")
+        .json::<Health>(200, "Up.")
+        .add();
+    api.get("/ready", "ready", "Readiness, check by check")
+        .description(
+            "Only the database decides the status code: with the broker away the service still \
+             takes orders (their events wait in the outbox) and reports `degraded`. No token needed.",
+        )
+        .json::<Readiness>(200, "Ready or degraded.")
+        .json::<Readiness>(503, "The database cannot be used.")
+        .add();
+    api.get("/metrics", "metrics", "Prometheus metrics")
+        .description("OpenMetrics text. No token needed.")
+        .answer(
+            200,
+            "The metrics.",
+            metrics::CONTENT_TYPE,
+            json!({ "type": "string" }),
+        )
+        .add();
+}
+
+/// The answer of `/health`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// The answer of `/ready`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Readiness {
+    /// `ready`, `degraded` or `not_ready`.
+    status: &'static str,
+    /// One entry per check: database, outbox, broker, streams, relay, and consumers once sampled.
+    #[schemars(with = "std::collections::BTreeMap<String, Check>")]
+    checks: Value,
+    /// The consumer warnings crossed (lag, dead letters, publish failures), as sentences.
+    warnings: Vec<String>,
+}
+
+/// What every check has; each adds its own facts.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct Check {
+    /// `ok`, or what is wrong (`error`, `pending`, `warning`, `disabled`, `unknown`).
+    status: String,
+}
+
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// One entry per check. Only the database decides the status code: with the broker away the
 /// service still takes orders (their events wait in the outbox), so it stays in rotation and
 /// reports `degraded`.
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     // The readers may answer while no write can succeed any more.
     let stats = if state.store.writer_running() {
         state
@@ -77,7 +134,11 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         code,
-        Json(json!({ "status": status, "checks": checks, "warnings": consumers.warnings })),
+        Json(Readiness {
+            status,
+            checks,
+            warnings: consumers.warnings,
+        }),
     )
 }
 
@@ -180,6 +241,7 @@ mod tests {
 
         state.store.kill_writer_for_test().await;
         let (code, Json(body)) = ready(State(state)).await;
+        let body = serde_json::to_value(body).unwrap();
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["status"], "not_ready", "{body}");
         assert_eq!(body["checks"]["database"]["status"], "error", "{body}");

@@ -9,6 +9,7 @@
 //! - [`health`] — liveness, readiness and metrics.
 //! - [`idempotency`] — the `Idempotency-Key` header: replays, refusals, claims.
 //! - [`limits`] — the per-caller write limit and the request timeout.
+//! - [`openapi`] — the OpenAPI 3.1 document of all of the above, at `/api/v1/openapi.json`.
 //! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
 //!   the caller's token are read.
 
@@ -20,6 +21,7 @@ pub mod health;
 pub mod idempotency;
 pub mod json;
 pub mod limits;
+pub mod openapi;
 pub mod ops;
 pub mod order_view;
 pub mod orders;
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(products::router())
         .merge(admin::router())
         .merge(ops::router())
+        .merge(openapi::router())
         // Outermost first on the way in: the write limit, then Idempotency-Key.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

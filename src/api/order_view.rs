@@ -3,27 +3,40 @@
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::api::idempotency::{respond, stored_json};
 use crate::domain::events::ItemLine;
-use crate::domain::{Address, Money, Order, Status};
+use crate::domain::{Address, Currency, Money, Order, SourceChannel, Status};
 use crate::store::idempotency::{self, StoredResponse};
 
 /// An order as the API answers it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OrderView {
+    /// Its id, a UUIDv7.
     order_id: Uuid,
+    /// `ORD-<year>-<sequence>`.
     order_number: String,
+    /// Whose order it is.
     customer_id: Uuid,
+    /// Where it is in its life cycle.
     status: Status,
-    currency: String,
+    /// The currency of every amount.
+    currency: Currency,
+    /// The sum of the lines' totals.
     total_amount: Money,
+    /// The lines.
     items: Vec<ItemLine>,
+    /// Where it goes.
     shipping_address: Address,
-    source_channel: &'static str,
+    /// Through which channel it came in.
+    source_channel: SourceChannel,
+    /// When it was placed.
     created_at: DateTime<Utc>,
+    /// When it last changed.
     updated_at: DateTime<Utc>,
 }
 
@@ -34,11 +47,11 @@ impl From<&Order> for OrderView {
             order_number: o.order_number.clone(),
             customer_id: o.customer_id,
             status: o.status,
-            currency: o.currency.as_str().to_owned(),
+            currency: o.currency.clone(),
             total_amount: o.total_amount(),
             items: o.items.iter().map(ItemLine::from).collect(),
             shipping_address: o.shipping_address.clone(),
-            source_channel: o.source_channel.as_str(),
+            source_channel: o.source_channel,
             created_at: o.created_at,
             updated_at: o.updated_at,
         }

@@ -4,12 +4,14 @@ use axum::extract::State;
 use axum::routing::put;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
 use super::context::now_millis;
 use super::json::AppJson;
+use super::openapi::Api;
 use super::path::OrderId as ProductId;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -20,17 +22,45 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/products/{id}/stock", put(set_stock))
 }
 
-#[derive(Debug, Deserialize)]
+/// The route's operation in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    api.put(
+        "/api/v1/products/{id}/stock",
+        "setStock",
+        "Set a product's available stock",
+    )
+    .description("The stock view that new orders are checked against.")
+    .roles(&[Role::Admin, Role::System])
+    .path_uuid("id", "The product id.")
+    .body::<StockBody>()
+    .json::<StockView>(200, "The product's stock now.")
+    .add();
+}
+
+/// The body of `PUT /products/{id}/stock`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StockBody {
     /// How many new orders may take; 0 or more.
+    #[serde(deserialize_with = "available")]
     available: u32,
 }
 
-#[derive(Debug, Serialize)]
+fn available<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let value = crate::domain::order::whole_number(d)?;
+    u32::try_from(value)
+        .map_err(|_| serde::de::Error::custom(format!("must be 0 to {}, got {value}", u32::MAX)))
+}
+
+/// A product's stock.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct StockView {
+    /// The product.
     product_id: Uuid,
+    /// How many new orders may take.
     available: u32,
+    /// When it was set.
     updated_at: DateTime<Utc>,
 }
 

@@ -16,12 +16,13 @@ use crate::store::{Store, Tx, orders, outbox};
 
 /// A new order as a client asks for it: the body of `POST /orders`, and the order part of
 /// `POST /chat/orders`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     /// Whose order; a customer's own id when omitted by a customer.
     pub customer_id: Option<Uuid>,
-    /// The lines.
+    /// The lines: 1 to 100, each product once.
+    #[schemars(length(min = 1, max = crate::domain::order::MAX_ITEMS))]
     pub items: Vec<Item>,
     /// Where it goes.
     pub shipping_address: Address,
@@ -35,7 +36,7 @@ pub struct NewOrder {
 }
 
 /// An admin's approval to sell beyond available stock.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideRequest {
     /// Why the stock may be oversold.

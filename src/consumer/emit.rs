@@ -47,6 +47,9 @@ pub struct Emits {
     pub retention: Duration,
     /// How often published rows past the retention are deleted.
     pub cleanup_interval: Duration,
+    /// How often the streams are checked for events they acknowledged and no longer hold (the
+    /// service's `EVENT_OUTBOX_VERIFY_INTERVAL`); what is missing is published again.
+    pub verify_interval: Duration,
     status: Arc<RelayStatus>,
     metrics: Arc<Metrics>,
 }
@@ -75,6 +78,7 @@ impl Emits {
             duplicate_window: bus::DEFAULT_DUPLICATE_WINDOW,
             retention: Duration::from_secs(24 * 60 * 60),
             cleanup_interval: Duration::from_secs(60),
+            verify_interval: Duration::from_secs(5 * 60),
             status: Arc::new(RelayStatus::default()),
             metrics: Arc::new(Metrics::new()),
         }
@@ -146,9 +150,10 @@ impl Outbox {
         })))
     }
 
-    /// Reconciles the emitted topics' streams (waiting for the broker as long as it takes), then
-    /// relays the outbox and cleans it up until `stop`; a stream that goes missing is reconciled
-    /// again when the relay asks for it.
+    /// Reconciles the emitted topics' streams (waiting for the broker as long as it takes) and
+    /// repairs them, then relays the outbox and cleans it up until `stop`; as the service does,
+    /// a stream that goes missing is reconciled again when the relay asks for it, and a stream
+    /// found missing events it acknowledged gets them again.
     pub(super) async fn run(
         self: Arc<Self>,
         js: jetstream::Context,
@@ -170,8 +175,13 @@ impl Outbox {
             e.metrics.clone(),
             e.status.clone(),
         );
+        tokio::select! {
+            () = stop.signal() => return Ok(()),
+            () = relay::streams::repair_at_start(&relay) => {}
+        }
         // The group's client is its caller's, whose reconnects are not watched here: a stream
-        // lost with the broker's store is found by the relay, which asks for a reconcile.
+        // lost with the broker's store is found by the relay (which asks for a reconcile) or by
+        // the periodic check.
         let reconnected = tokio::sync::Notify::new();
         let healed = relay::streams::reconcile_on_reconnect(
             &js,
@@ -179,6 +189,8 @@ impl Outbox {
             e.duplicate_window,
             &e.status,
             &reconnected,
+            &relay,
+            e.verify_interval,
         );
         let cleaned = relay::cleanup::run(
             self.store.clone(),
@@ -188,7 +200,7 @@ impl Outbox {
         );
         tracing::info!(group = %self.group, topics = e.topics.len(), "relaying the group's emitted events");
         tokio::select! {
-            () = relay.run(stop.signal()) => {}
+            () = relay.clone().run(stop.signal()) => {}
             () = healed => {}
         }
         cleaned.await;

@@ -133,6 +133,7 @@ impl JsonSchema for Money {
             "description": "An amount in the order's currency with at most two decimals, e.g. 200.00.",
             "type": "number",
             "minimum": 0,
+            "maximum": MAX_MINOR / 100,
             "multipleOf": 0.01
         })
     }

@@ -158,8 +158,39 @@ impl Quantity {
 
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
-        let value = i64::deserialize(d)?;
-        Quantity::new(value).map_err(serde::de::Error::custom)
+        Quantity::new(whole_number(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads any JSON number with an integer value: JSON Schema's `integer`, which the API's
+/// document promises, counts `2.0` as one. Values beyond `i64` saturate, so that range checks
+/// refuse them as too large.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    d.deserialize_any(WholeNumber)
+}
+
+struct WholeNumber;
+
+impl serde::de::Visitor<'_> for WholeNumber {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+        Ok(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+        if v.fract() != 0.0 || !v.is_finite() {
+            return Err(E::invalid_type(serde::de::Unexpected::Float(v), &self));
+        }
+        Ok(v as i64)
     }
 }
 
@@ -390,5 +421,16 @@ mod tests {
         assert!(Quantity::new(-3).is_err());
         assert!(Quantity::new(i64::from(MAX_QUANTITY) + 1).is_err());
         assert_eq!(Quantity::new(5).unwrap().get(), 5);
+    }
+
+    #[test]
+    fn a_quantity_is_any_json_number_with_an_integer_value() {
+        let read = |json: &str| serde_json::from_str::<Quantity>(json).map(Quantity::get);
+        assert_eq!(read("2").unwrap(), 2);
+        assert_eq!(read("2.0").unwrap(), 2);
+        assert!(read("2.5").is_err());
+        assert!(read("0.0").is_err());
+        assert!(read("1e300").is_err());
+        assert!(read("\"2\"").is_err());
     }
 }

@@ -49,7 +49,8 @@ impl<const MAX: usize> JsonSchema for Text<MAX> {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({ "type": "string", "minLength": 1, "maxLength": MAX })
+        // Trimmed, so at least one character that is not white space.
+        schemars::json_schema!({ "type": "string", "minLength": 1, "maxLength": MAX, "pattern": "\\S" })
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`products`] — the local stock view.
 //! - [`chat`] — chat origins of orders and chat links.
 //! - [`outbox`] — the transactional outbox `order_events_outbox`.
+//! - [`acknowledged`] — where the broker stored the published rows: what a repair checks.
 //! - [`tail`] — the newest outbox row, where a live tail starts.
 //! - [`idempotency`] — stored responses of requests sent with an `Idempotency-Key`.
 //! - [`retention`] — deleting rows past their retention in small batches.
@@ -12,6 +13,7 @@
 //! Store functions that change data take a [`Tx`], the open write transaction, so every change a
 //! command makes (order rows and outbox rows alike) commits or rolls back together.
 
+pub mod acknowledged;
 pub mod chat;
 pub mod idempotency;
 pub mod orders;

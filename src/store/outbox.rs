@@ -84,7 +84,7 @@ pub fn insert_row(conn: &Connection, row: &NewRow<'_>) -> Result<(), StoreError>
 }
 
 /// An outbox row as stored.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct OutboxRow {
     /// Commit order.
     pub id: i64,
@@ -288,6 +288,29 @@ fn read_due(row: &rusqlite::Row<'_>, id: i64) -> Result<Due, String> {
         created_at: parse_timestamp("order_events_outbox.created_at", &created_at)
             .map_err(|e| format!("unreadable outbox row: {e}"))?,
     })
+}
+
+/// The rows `ids` (published or not) as the relay sends them, in commit order: what a repair
+/// publishes again. A row that cannot be read back is an error here; it was read when it was
+/// first published.
+pub fn by_ids(conn: &Connection, ids: &[i64]) -> Result<Vec<Due>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, event_id, topic, subject_key, payload, headers, attempts, created_at
+         FROM order_events_outbox WHERE id = ?1",
+    )?;
+    let mut rows = Vec::with_capacity(ids.len());
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    for id in sorted {
+        let mut found = stmt.query([id])?;
+        if let Some(row) = found.next()? {
+            rows.push(read_due(row, id).map_err(|value| StoreError::Corrupt {
+                column: "order_events_outbox",
+                value,
+            })?);
+        }
+    }
+    Ok(rows)
 }
 
 /// Marks a row published with the stream and sequence the broker acknowledged it with.

@@ -215,8 +215,9 @@ async fn a_stream_deleted_under_a_live_connection_comes_back_and_no_row_goes_dea
         .filter(|m| m.stream == "ORDER_CREATED")
         .count();
     assert_eq!(
-        created, 5,
-        "the recreated stream holds the events published after"
+        created, 8,
+        "the recreated stream holds the events it had acknowledged (put back by the repair) and \
+         those published after"
     );
 }
 

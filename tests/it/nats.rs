@@ -14,6 +14,10 @@
 //! every start, which a client holding the old URL would never find. Dropping the fixture removes
 //! the container, or kills the process and deletes its store.
 //!
+//! [`NatsServer::start_with_identities`] runs the shipped users and permissions
+//! (`nats/identities.conf`) with the test passwords below; clients then connect as the service
+//! ([`NatsServer::service`]) or a subscriber ([`NatsServer::subscriber`]).
+//!
 //! ```ignore
 //! let mut nats = NatsServer::start().await;
 //! let client = nats.connect().await;
@@ -38,12 +42,41 @@ const MONITOR_PORT: u16 = 8222;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variable choosing the path: `container`, `process`, or unset for automatic.
 const MODE_VAR: &str = "ORDER_SERVICE_TEST_NATS";
+/// The service's user in `nats/identities.conf`, and its password in the tests.
+pub const SERVICE_USER: &str = "order-service";
+const SERVICE_PASSWORD: &str = "test-service-password";
+/// The subscribers' user in `nats/identities.conf`, and its password in the tests.
+pub const SUBSCRIBER_USER: &str = "subscriber";
+const SUBSCRIBER_PASSWORD: &str = "test-subscriber-password";
+
+/// A server's TLS files (PEM): its certificate and key, and the CA its clients' certificates must
+/// chain to. The server then takes TLS connections only, from clients with such a certificate.
+pub struct ServerTls {
+    /// The server's certificate.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+    /// The CA of the clients' certificates.
+    pub ca: std::path::PathBuf,
+}
+
+impl ServerTls {
+    /// The config block for files at `cert`, `key` and `ca` (paths as the server sees them).
+    fn block(cert: &str, key: &str, ca: &str) -> String {
+        format!(
+            "\ntls {{\n  cert_file: \"{cert}\"\n  key_file: \"{key}\"\n  ca_file: \"{ca}\"\n  \
+             verify: true\n}}\n"
+        )
+    }
+}
 
 /// A running (or stopped) nats-server owned by one test.
 pub struct NatsServer {
     runtime: Runtime,
     client_port: u16,
     monitor_port: u16,
+    /// Whether the server runs the shipped identities (and refuses anonymous clients).
+    identities: bool,
 }
 
 enum Runtime {
@@ -61,6 +94,23 @@ impl NatsServer {
     /// Starts a server on the path `ORDER_SERVICE_TEST_NATS` and the machine allow, and waits until
     /// it is healthy. Panics (fails the test) when it cannot.
     pub async fn start() -> NatsServer {
+        NatsServer::start_on_path(false, None).await
+    }
+
+    /// [`start`](Self::start), with the shipped identities (`nats/identities.conf`) and the test
+    /// passwords in the server's environment: anonymous clients are refused.
+    pub async fn start_with_identities() -> NatsServer {
+        NatsServer::start_on_path(true, None).await
+    }
+
+    /// [`start_with_identities`](Self::start_with_identities), taking TLS connections only, from
+    /// clients with a certificate of `tls.ca`.
+    pub async fn start_with_identities_and_tls(tls: &ServerTls) -> NatsServer {
+        NatsServer::start_on_path(true, Some(tls)).await
+    }
+
+    /// TLS is only offered with the identities.
+    async fn start_on_path(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
         let mode = std::env::var(MODE_VAR).unwrap_or_default();
         let use_container = match mode.as_str() {
             "container" => true,
@@ -69,9 +119,62 @@ impl NatsServer {
             other => panic!("{MODE_VAR}={other:?}: expected container, process or unset"),
         };
         if use_container {
-            NatsServer::start_container().await
+            NatsServer::start_container(identities, tls).await
         } else {
-            NatsServer::start_process().await
+            NatsServer::start_process(identities, tls).await
+        }
+    }
+
+    /// The server's environment for the shipped identities: their passwords.
+    fn identity_env() -> Vec<(String, String)> {
+        vec![
+            ("NATS_SERVICE_PASSWORD".into(), SERVICE_PASSWORD.into()),
+            (
+                "NATS_SUBSCRIBER_PASSWORD".into(),
+                SUBSCRIBER_PASSWORD.into(),
+            ),
+        ]
+    }
+
+    /// `nats/<file>` of the repository.
+    fn shipped(file: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("nats")
+            .join(file)
+    }
+
+    /// The settings clients of this server use by default: anonymous, or the service's identity
+    /// when the server runs the shipped identities.
+    pub fn settings(&self) -> order_service::bus::NatsSettings {
+        if self.identities {
+            self.service()
+        } else {
+            order_service::bus::NatsSettings::new(self.url())
+        }
+    }
+
+    /// Settings connecting as the service's user.
+    pub fn service(&self) -> order_service::bus::NatsSettings {
+        order_service::bus::NatsSettings::new(self.url()).with_user(SERVICE_USER, SERVICE_PASSWORD)
+    }
+
+    /// Settings connecting as the subscribers' user.
+    pub fn subscriber(&self) -> order_service::bus::NatsSettings {
+        order_service::bus::NatsSettings::new(self.url())
+            .with_user(SUBSCRIBER_USER, SUBSCRIBER_PASSWORD)
+    }
+
+    /// What the server has logged so far.
+    pub async fn log(&self) -> String {
+        match &self.runtime {
+            Runtime::Container(container) => {
+                let mut log = container.stdout_to_vec().await.unwrap_or_default();
+                log.extend(container.stderr_to_vec().await.unwrap_or_default());
+                String::from_utf8_lossy(&log).into_owned()
+            }
+            Runtime::Process(process) => {
+                std::fs::read_to_string(process.server.log_path()).unwrap_or_default()
+            }
         }
     }
 
@@ -93,9 +196,10 @@ impl NatsServer {
         }
     }
 
-    /// Connects the way the service does ([`order_service::bus::connect`]).
+    /// Connects the way the service does ([`order_service::bus::connect`]), with
+    /// [`settings`](Self::settings).
     pub async fn connect(&self) -> async_nats::Client {
-        order_service::bus::connect(&order_service::bus::NatsSettings::new(self.url()))
+        order_service::bus::connect(&self.settings())
             .await
             .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", self.url()))
     }
@@ -154,7 +258,7 @@ impl NatsServer {
         self.start_again().await;
     }
 
-    async fn start_container() -> NatsServer {
+    async fn start_container(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
         // Without the image testcontainers would try a registry pull, which cannot work here and
         // would hide the actual fix.
         let image = format!("{IMAGE_NAME}:{IMAGE_TAG}");
@@ -179,33 +283,14 @@ impl NatsServer {
         for _attempt in 0..3 {
             let [client_port, monitor_port] =
                 nats_server::free_ports().expect("probe free loopback ports");
-            let started = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
-                .with_exposed_port(CLIENT_PORT.tcp())
-                .with_exposed_port(MONITOR_PORT.tcp())
-                // Readiness is /healthz, polled below, not a log line.
-                .with_wait_for(WaitFor::Nothing)
-                .with_mapped_port(client_port, CLIENT_PORT.tcp())
-                .with_mapped_port(monitor_port, MONITOR_PORT.tcp())
-                // Publish on loopback only: nothing outside this machine has business with it.
-                .with_host_config_modifier(|host_config| {
-                    for bindings in host_config
-                        .port_bindings
-                        .iter_mut()
-                        .flat_map(|map| map.values_mut())
-                    {
-                        for binding in bindings.iter_mut().flatten() {
-                            binding.host_ip = Some("127.0.0.1".into());
-                        }
-                    }
-                })
-                .start()
-                .await;
+            let started = new_container(client_port, monitor_port, identities, tls).await;
             match started {
                 Ok(container) => {
                     let mut server = NatsServer {
                         runtime: Runtime::Container(Box::new(container)),
                         client_port,
                         monitor_port,
+                        identities,
                     };
                     eprintln!(
                         "nats fixture: container {IMAGE_NAME}:{IMAGE_TAG} at {} (monitor {})",
@@ -223,7 +308,7 @@ impl NatsServer {
         panic!("cannot start container {image}: {last_error}");
     }
 
-    async fn start_process() -> NatsServer {
+    async fn start_process(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
         let binary = nats_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|| {
                 panic!(
@@ -240,6 +325,27 @@ impl NatsServer {
             dir: dir.path().to_owned(),
             name: None,
             sync: Sync::Always,
+            includes: identities
+                .then(|| NatsServer::shipped("identities.conf"))
+                .into_iter()
+                .chain(tls.map(|tls| {
+                    let block = ServerTls::block(
+                        &tls.cert.display().to_string(),
+                        &tls.key.display().to_string(),
+                        &tls.ca.display().to_string(),
+                    );
+                    // Not in the server's folder itself: includes are copied there.
+                    let source = dir.path().join("tls");
+                    std::fs::create_dir(&source).expect("create the tls folder");
+                    std::fs::write(source.join("tls.conf"), block).expect("write tls.conf");
+                    source.join("tls.conf")
+                }))
+                .collect(),
+            env: if identities {
+                NatsServer::identity_env()
+            } else {
+                Vec::new()
+            },
         };
         let server = NatsProcess::start(settings, READY_TIMEOUT)
             .await
@@ -259,6 +365,7 @@ impl NatsServer {
         NatsServer {
             client_port: server.client_port(),
             monitor_port: server.monitor_port(),
+            identities,
             runtime: Runtime::Process(Box::new(Process { server, _dir: dir })),
         }
     }
@@ -313,6 +420,86 @@ impl NatsServer {
                     .expect("run kill");
                 assert!(sent.success(), "kill {signal} {pid}");
             }
+        }
+    }
+}
+
+/// A new container of the local image on these host ports; with `identities`, the shipped users
+/// (and `tls` when given) on top of the image's own config.
+async fn new_container(
+    client_port: u16,
+    monitor_port: u16,
+    identities: bool,
+    tls: Option<&ServerTls>,
+) -> testcontainers::core::error::Result<ContainerAsync<GenericImage>> {
+    let mut request = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
+        .with_exposed_port(CLIENT_PORT.tcp())
+        .with_exposed_port(MONITOR_PORT.tcp())
+        // Readiness is /healthz, polled below, not a log line.
+        .with_wait_for(WaitFor::Nothing)
+        .with_mapped_port(client_port, CLIENT_PORT.tcp())
+        .with_mapped_port(monitor_port, MONITOR_PORT.tcp())
+        // Publish on loopback only: nothing outside this machine has business with it.
+        .with_host_config_modifier(|host_config| {
+            for bindings in host_config
+                .port_bindings
+                .iter_mut()
+                .flat_map(|map| map.values_mut())
+            {
+                for binding in bindings.iter_mut().flatten() {
+                    binding.host_ip = Some("127.0.0.1".into());
+                }
+            }
+        });
+    if identities {
+        // The image's own config, including the shipped identities as
+        // nats/nats-server.conf does, and the TLS block.
+        let mut config = std::fs::read_to_string(NatsServer::shipped("container.conf"))
+            .expect("read nats/container.conf")
+            + "\ninclude \"identities.conf\"\n";
+        if let Some(tls) = tls {
+            config += &ServerTls::block("/tls/cert.pem", "/tls/key.pem", "/tls/ca.pem");
+            request = request
+                .with_copy_to("/tls/cert.pem", tls.cert.clone())
+                .with_copy_to("/tls/key.pem", tls.key.clone())
+                .with_copy_to("/tls/ca.pem", tls.ca.clone());
+        }
+        request = request
+            .with_copy_to("/nats-server.conf", config.into_bytes())
+            .with_copy_to("/identities.conf", NatsServer::shipped("identities.conf"));
+        for (name, value) in NatsServer::identity_env() {
+            request = request.with_env_var(name, value);
+        }
+    }
+    request.start().await
+}
+
+impl NatsServer {
+    /// Stops the server and starts it again on the same ports with an empty store, as a broker
+    /// that lost its disk: a new container, or the process with its store folder deleted.
+    pub async fn start_again_empty(&mut self) {
+        self.stop().await;
+        match &mut self.runtime {
+            Runtime::Container(container) => {
+                let fresh =
+                    new_container(self.client_port, self.monitor_port, self.identities, None)
+                        .await
+                        .expect("start a new nats container on the same ports");
+                // The old container is removed when dropped here.
+                **container = fresh;
+            }
+            Runtime::Process(process) => {
+                let store = process._dir.path().join("store");
+                if store.exists() {
+                    std::fs::remove_dir_all(&store).expect("delete the nats store");
+                }
+                if let Err(error) = process.server.start_again() {
+                    panic!("starting nats-server again: {error}");
+                }
+            }
+        }
+        if let Err(error) = self.wait_until_healthy().await {
+            panic!("starting the server with an empty store: {error}");
         }
     }
 }

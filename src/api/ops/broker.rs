@@ -5,12 +5,13 @@
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
 use crate::api::json::AppJson;
+use crate::api::openapi::{self, Api};
 use crate::api::query::AppQuery;
 use crate::auth::{Caller, Role};
 use crate::consumer::{dlq, is_valid_group};
@@ -27,6 +28,212 @@ pub fn router() -> Router<AppState> {
         .route("/admin/dead-letters/{sequence}/replay", post(replay_one))
 }
 
+/// The routes' operations in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    let broker = ["broker_unreachable", "broker_error"];
+    api.get("/api/v1/admin/streams", "opsStreams", "The topic streams")
+        .description("As the broker has them, beside what the topic table asks for.")
+        .roles(&[Role::Admin])
+        .json::<Streams>(200, "One row per topic.")
+        .error(503, &broker)
+        .add();
+    api.get(
+        "/api/v1/admin/consumers",
+        "opsConsumers",
+        "The consumer groups' lag",
+    )
+    .description("The latest sample; it is taken in the background.")
+    .roles(&[Role::Admin])
+    .json::<Consumers>(200, "The groups.")
+    .add();
+    api.get(
+        "/api/v1/admin/dead-letters",
+        "opsDeadLetters",
+        "Dead letters",
+    )
+    .roles(&[Role::Admin])
+    .query::<LetterQuery>()
+    .json::<Letters>(200, "The dead letters, oldest first.")
+    .error(400, &["invalid_group", "invalid_topic"])
+    .error(503, &broker)
+    .add();
+    api.post(
+        "/api/v1/admin/dead-letters/replay",
+        "opsReplayDeadLetters",
+        "Replay a group's dead letters",
+    )
+    .description("Sends them back to the group, of one topic or all.")
+    .roles(&[Role::Admin])
+    .body::<ReplayBody>()
+    .json::<Replayed>(200, "How many were sent back.")
+    .error(400, &["invalid_group", "invalid_topic"])
+    .error(503, &broker)
+    .add();
+    api.post(
+        "/api/v1/admin/dead-letters/{sequence}/replay",
+        "opsReplayDeadLetter",
+        "Replay one dead letter",
+    )
+    .roles(&[Role::Admin])
+    .path_param(
+        "sequence",
+        "The dead letter's sequence in ORDER_DLQ.",
+        serde_json::json!({ "type": "integer", "format": "uint64", "minimum": 0 }),
+    )
+    .body::<ReplayOneBody>()
+    .json::<ReplayedOne>(200, "It was sent back.")
+    .error(400, &["invalid_sequence", "invalid_group"])
+    .error(404, &["not_found"])
+    .error(503, &broker)
+    .add();
+}
+
+/// The answer of `/admin/streams`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Streams {
+    /// One per topic of the table.
+    streams: Vec<StreamView>,
+}
+
+/// A topic's stream.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StreamView {
+    /// Its name.
+    stream: String,
+    /// Its topic.
+    topic: String,
+    /// Whether the broker has it.
+    exists: bool,
+    /// Messages stored.
+    messages: Option<u64>,
+    /// Bytes stored.
+    bytes: Option<u64>,
+    /// Replicas the table asks for.
+    replicas_wanted: u32,
+    /// Replicas configured.
+    replicas: Option<usize>,
+    /// The table's retention.
+    retention_seconds: u64,
+    /// The table's partitions.
+    partitions: Option<u32>,
+    /// Whether the stream allows atomic batches.
+    allow_atomic: bool,
+    /// Whether the relay sends it batches.
+    batching: bool,
+    /// What differs from the table and was not changed.
+    drift: Vec<String>,
+    /// Settings clamped to what the cluster can do.
+    clamps: Vec<String>,
+}
+
+/// The answer of `/admin/consumers`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Consumers {
+    /// When the sample was taken; null before the first.
+    sampled_at: Option<DateTime<Utc>>,
+    /// Why the last sample failed, if it did.
+    error: Option<String>,
+    /// Every group's consumers.
+    groups: Vec<GroupView>,
+    /// Dead letters held, all groups.
+    dead_letters: u64,
+    /// The thresholds crossed, as sentences.
+    warnings: Vec<String>,
+}
+
+/// One durable consumer of a group.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct GroupView {
+    /// The group.
+    group: String,
+    /// The topic, or `replay`.
+    topic: String,
+    /// The durable consumer's name.
+    consumer: String,
+    /// The stream.
+    stream: String,
+    /// The subject filter.
+    filter: String,
+    /// The partition the filter names; null for the whole topic.
+    partition: Option<u32>,
+    /// Pending plus ack-pending.
+    lag_messages: u64,
+    /// Age of the oldest unacknowledged event.
+    lag_seconds: f64,
+    /// Messages not yet delivered.
+    pending: u64,
+    /// Messages delivered and not yet acknowledged.
+    ack_pending: u64,
+    /// Messages delivered more than once.
+    redelivered: u64,
+    /// The group's dead letters of this topic.
+    dead_letters: u64,
+}
+
+/// The answer of `/admin/dead-letters`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Letters {
+    /// Oldest first.
+    letters: Vec<LetterView>,
+}
+
+/// One dead letter.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct LetterView {
+    /// Its sequence in `ORDER_DLQ`.
+    sequence: u64,
+    /// The group that gave up.
+    group: String,
+    /// The topic.
+    topic: String,
+    /// `schema`, `permanent` or `max_deliver`.
+    reason: String,
+    /// The error.
+    error: String,
+    /// The stream it was first delivered from.
+    source_stream: String,
+    /// Its sequence there.
+    source_sequence: u64,
+    /// Deliveries when it was given up.
+    delivered: u64,
+    /// When it was dead-lettered.
+    time: DateTime<Utc>,
+    /// How long ago.
+    age_seconds: f64,
+    /// The original body, as text.
+    message: String,
+}
+
+/// The answer of a replay of a group's dead letters.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Replayed {
+    /// The group.
+    group: String,
+    /// The topic, or null for all.
+    topic: Option<String>,
+    /// How many were sent back.
+    replayed: usize,
+}
+
+/// The answer of a replay of one dead letter.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ReplayedOne {
+    /// The group.
+    group: String,
+    /// The dead letter's sequence.
+    sequence: u64,
+    /// Always 1.
+    replayed: u32,
+}
+
 fn broker(state: &AppState) -> Result<async_nats::jetstream::Context, ApiError> {
     state.ops.jetstream().ok_or_else(|| ApiError::Unavailable {
         code: "broker_unreachable",
@@ -41,7 +248,7 @@ fn broker_error(e: impl std::fmt::Display) -> ApiError {
     }
 }
 
-async fn streams(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn streams(State(state): State<AppState>, caller: Caller) -> Result<Json<Streams>, ApiError> {
     caller.require(&[Role::Admin])?;
     let js = broker(&state)?;
     let topics = state.ops.topics();
@@ -77,29 +284,32 @@ async fn streams(State(state): State<AppState>, caller: Caller) -> Result<Json<V
             .find(|t| t.name == row.topic)
             .map(|t| t.partitions);
         let live = row.live.as_ref();
-        out.push(json!({
-            "stream": row.stream,
-            "topic": row.topic,
-            "exists": live.is_some(),
-            "messages": live.map(|l| l.messages),
-            "bytes": live.map(|l| l.bytes),
-            "replicas_wanted": row.replicas_wanted,
-            "replicas": live.map(|l| l.replicas),
-            "retention_seconds": row.retention.as_secs(),
-            "partitions": partitions,
-            "allow_atomic": atomic,
-            "batching": atomic && !one_by_one.contains(&row.stream),
-            "drift": drift,
-            "clamps": clamps,
-        }));
+        out.push(StreamView {
+            exists: live.is_some(),
+            messages: live.map(|l| l.messages),
+            bytes: live.map(|l| l.bytes),
+            replicas_wanted: row.replicas_wanted,
+            replicas: live.map(|l| l.replicas),
+            retention_seconds: row.retention.as_secs(),
+            partitions,
+            allow_atomic: atomic,
+            batching: atomic && !one_by_one.contains(&row.stream),
+            drift,
+            clamps,
+            stream: row.stream,
+            topic: row.topic,
+        });
     }
-    Ok(Json(json!({ "streams": out })))
+    Ok(Json(Streams { streams: out }))
 }
 
-async fn consumers(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn consumers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Consumers>, ApiError> {
     caller.require(&[Role::Admin])?;
     let snapshot = state.consumers.snapshot();
-    let groups: Vec<Value> = snapshot
+    let groups: Vec<GroupView> = snapshot
         .groups
         .iter()
         .map(|row| {
@@ -109,35 +319,42 @@ async fn consumers(State(state): State<AppState>, caller: Caller) -> Result<Json
                 .strip_prefix(&format!("{}.", row.topic))
                 .and_then(|rest| rest.strip_suffix(".>"))
                 .and_then(|p| p.parse::<u32>().ok());
-            json!({
-                "group": row.group,
-                "topic": row.topic,
-                "consumer": row.consumer,
-                "stream": row.stream,
-                "filter": row.filter,
-                "partition": partition,
-                "lag_messages": row.lag_messages(),
-                "lag_seconds": row.lag_seconds,
-                "pending": row.pending,
-                "ack_pending": row.ack_pending,
-                "redelivered": row.redelivered,
-                "dead_letters": row.dead_letters,
-            })
+            GroupView {
+                group: row.group.clone(),
+                topic: row.topic.clone(),
+                consumer: row.consumer.clone(),
+                stream: row.stream.clone(),
+                filter: row.filter.clone(),
+                partition,
+                lag_messages: row.lag_messages(),
+                lag_seconds: row.lag_seconds,
+                pending: row.pending,
+                ack_pending: row.ack_pending,
+                redelivered: row.redelivered,
+                dead_letters: row.dead_letters,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "sampled_at": snapshot.sampled_at,
-        "error": snapshot.error,
-        "groups": groups,
-        "dead_letters": snapshot.dead_letters,
-        "warnings": snapshot.warnings,
-    })))
+    Ok(Json(Consumers {
+        sampled_at: snapshot.sampled_at,
+        error: snapshot.error,
+        groups,
+        dead_letters: snapshot.dead_letters,
+        warnings: snapshot.warnings,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `/admin/dead-letters`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LetterQuery {
+    /// Only this group's (letters, digits, - and _).
+    #[serde(default)]
+    #[schemars(schema_with = "openapi::group_schema")]
     group: Option<String>,
+    /// Only this topic's (one of the ten).
+    #[serde(default)]
+    #[schemars(schema_with = "openapi::topic_schema")]
     topic: Option<String>,
 }
 
@@ -166,7 +383,7 @@ async fn dead_letters(
     State(state): State<AppState>,
     caller: Caller,
     AppQuery(q): AppQuery<LetterQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Letters>, ApiError> {
     caller.require(&[Role::Admin])?;
     if let Some(group) = &q.group {
         valid_group(group)?;
@@ -179,37 +396,44 @@ async fn dead_letters(
         .await
         .map_err(broker_error)?;
     let now = Utc::now();
-    let letters: Vec<Value> = letters
-        .iter()
-        .map(|l| {
-            json!({
-                "sequence": l.sequence,
-                "group": l.group,
-                "topic": l.topic,
-                "reason": l.reason,
-                "error": l.error,
-                "source_stream": l.source.0,
-                "source_sequence": l.source.1,
-                "delivered": l.delivered,
-                "time": l.time,
-                "age_seconds": (now - l.time).num_milliseconds().max(0) as f64 / 1000.0,
-                "message": String::from_utf8_lossy(&l.payload),
-            })
+    let letters = letters
+        .into_iter()
+        .map(|l| LetterView {
+            age_seconds: (now - l.time).num_milliseconds().max(0) as f64 / 1000.0,
+            message: String::from_utf8_lossy(&l.payload).into_owned(),
+            sequence: l.sequence,
+            group: l.group,
+            topic: l.topic,
+            reason: l.reason,
+            error: l.error,
+            source_stream: l.source.0,
+            source_sequence: l.source.1,
+            delivered: l.delivered,
+            time: l.time,
         })
         .collect();
-    Ok(Json(json!({ "letters": letters })))
+    Ok(Json(Letters { letters }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `/admin/dead-letters/replay`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
+    /// The group whose dead letters go back to it.
+    #[schemars(schema_with = "openapi::group_schema")]
     group: String,
+    /// Only this topic's; all when absent or null.
+    #[serde(default)]
+    #[schemars(schema_with = "openapi::nullable_topic_schema")]
     topic: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `/admin/dead-letters/{sequence}/replay`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayOneBody {
+    /// The group the letter goes back to.
+    #[schemars(schema_with = "openapi::group_schema")]
     group: String,
 }
 
@@ -217,7 +441,7 @@ async fn replay_all(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<ReplayBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replayed>, ApiError> {
     caller.require(&[Role::Admin])?;
     valid_group(&body.group)?;
     valid_topic(body.topic.as_deref())?;
@@ -225,9 +449,11 @@ async fn replay_all(
     let replayed = dlq::replay(&js, &body.group, body.topic.as_deref())
         .await
         .map_err(broker_error)?;
-    Ok(Json(
-        json!({ "group": body.group, "topic": body.topic, "replayed": replayed }),
-    ))
+    Ok(Json(Replayed {
+        group: body.group,
+        topic: body.topic,
+        replayed,
+    }))
 }
 
 async fn replay_one(
@@ -235,7 +461,7 @@ async fn replay_one(
     caller: Caller,
     Path(raw): Path<String>,
     AppJson(body): AppJson<ReplayOneBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayedOne>, ApiError> {
     caller.require(&[Role::Admin])?;
     let sequence: u64 = raw.parse().map_err(|_| ApiError::BadRequest {
         code: "invalid_sequence",
@@ -247,9 +473,11 @@ async fn replay_one(
         .await
         .map_err(broker_error)?
     {
-        Ok(Json(
-            json!({ "group": body.group, "sequence": sequence, "replayed": 1 }),
-        ))
+        Ok(Json(ReplayedOne {
+            group: body.group,
+            sequence,
+            replayed: 1,
+        }))
     } else {
         Err(ApiError::NotFound(format!(
             "group {} has no dead letter {sequence}",

@@ -17,6 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::AppState;
+use super::openapi::Api;
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("page.js");
@@ -35,6 +36,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(overview::router())
         .merge(broker::router())
+}
+
+/// The admin endpoints' operations in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    overview::describe(api);
+    broker::describe(api);
 }
 
 // The page holds no data: the data calls carry the token, so the page itself needs none.

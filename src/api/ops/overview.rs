@@ -4,17 +4,18 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::api::openapi::{self, Api};
 use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::domain::Topic;
 use crate::error::ApiError;
-use crate::ops::{SAMPLE_INTERVAL, WINDOW};
+use crate::ops::{SAMPLE_INTERVAL, Sample, WINDOW};
 use crate::store::{outbox, tail};
 
 /// The routes of this resource.
@@ -25,7 +26,100 @@ pub fn router() -> Router<AppState> {
         .route("/admin/tail", get(events))
 }
 
-async fn overview(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// The routes' operations in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    api.get(
+        "/api/v1/admin/overview",
+        "opsOverview",
+        "The outbox and broker at a glance",
+    )
+    .roles(&[Role::Admin])
+    .json::<Overview>(200, "The counts now.")
+    .add();
+    api.get(
+        "/api/v1/admin/history",
+        "opsHistory",
+        "The outbox's last 15 minutes",
+    )
+    .roles(&[Role::Admin])
+    .json::<History>(200, "The samples, oldest first.")
+    .add();
+    api.get("/api/v1/admin/tail", "opsTail", "The newest outbox events")
+        .description("Without `after`, answers no events and the cursor to start from.")
+        .roles(&[Role::Admin])
+        .query::<TailQuery>()
+        .json::<Tail>(200, "The events after `after`, filtered.")
+        .add();
+}
+
+/// The answer of `/admin/overview`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Overview {
+    /// When the counts were read.
+    now: DateTime<Utc>,
+    /// The outbox now.
+    outbox: OutboxNow,
+    /// The broker as the relay sees it.
+    broker: BrokerNow,
+}
+
+/// The outbox's numbers.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct OutboxNow {
+    /// Rows waiting.
+    pending: u64,
+    /// Rows dead.
+    dead: u64,
+    /// Age of the oldest waiting row; 0 when none waits.
+    oldest_pending_age_seconds: f64,
+    /// Events acknowledged per second at the last sample.
+    published_per_second: f64,
+}
+
+/// The relay's view of the broker.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct BrokerNow {
+    /// Whether the relay is on (`EVENT_OUTBOX_ENABLED`).
+    relay_enabled: bool,
+    /// Whether the connection is up.
+    connected: bool,
+    /// Whether the relay loop is running.
+    relay_running: bool,
+    /// When the relay last finished a step.
+    relay_last_run: Option<DateTime<Utc>>,
+    /// Why the last reconciliation of the streams failed, if it did.
+    reconcile_error: Option<String>,
+}
+
+/// The answer of `/admin/history`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct History {
+    /// Seconds between samples.
+    interval_seconds: f64,
+    /// Seconds of history kept.
+    window_seconds: u64,
+    /// Oldest first.
+    samples: Vec<Sample>,
+}
+
+/// The answer of `/admin/tail`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Tail {
+    /// Oldest first.
+    events: Vec<Tailed>,
+    /// Pass as `after` for the next call.
+    next_after: i64,
+}
+
+async fn overview(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Overview>, ApiError> {
     caller.require(&[Role::Admin])?;
     // The counts are read now, not from the last sample, so they agree with /admin/outbox.
     let stats = state.store.read(outbox::stats).await?;
@@ -39,53 +133,90 @@ async fn overview(State(state): State<AppState>, caller: Caller) -> Result<Json<
         .as_ref()
         .and_then(|r| r.streams.clone())
         .and_then(Result::err);
-    Ok(Json(json!({
-        "now": now,
-        "outbox": {
-            "pending": stats.pending,
-            "dead": stats.dead,
-            "oldest_pending_age_seconds": oldest_age,
-            "published_per_second": rate,
+    Ok(Json(Overview {
+        now,
+        outbox: OutboxNow {
+            pending: stats.pending,
+            dead: stats.dead,
+            oldest_pending_age_seconds: oldest_age,
+            published_per_second: rate,
         },
-        "broker": {
-            "relay_enabled": relay.is_some(),
-            "connected": relay.as_ref().is_some_and(|r| r.broker_connected),
-            "relay_running": relay.as_ref().is_some_and(|r| r.relay_running),
-            "relay_last_run": relay.as_ref().and_then(|r| r.relay_last_run),
-            "reconcile_error": reconcile_error,
+        broker: BrokerNow {
+            relay_enabled: relay.is_some(),
+            connected: relay.as_ref().is_some_and(|r| r.broker_connected),
+            relay_running: relay.as_ref().is_some_and(|r| r.relay_running),
+            relay_last_run: relay.as_ref().and_then(|r| r.relay_last_run),
+            reconcile_error,
         },
-    })))
+    }))
 }
 
-async fn history(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn history(State(state): State<AppState>, caller: Caller) -> Result<Json<History>, ApiError> {
     caller.require(&[Role::Admin])?;
-    Ok(Json(json!({
-        "interval_seconds": SAMPLE_INTERVAL.as_secs_f64(),
-        "window_seconds": WINDOW.as_secs(),
-        "samples": state.ops.history(),
-    })))
+    Ok(Json(History {
+        interval_seconds: SAMPLE_INTERVAL.as_secs_f64(),
+        window_seconds: WINDOW.as_secs(),
+        samples: state.ops.history(),
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `/admin/tail`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TailQuery {
+    /// Events after this outbox row id; without it, the answer is only the cursor.
+    #[schemars(range(min = 0))]
     after: Option<i64>,
+    /// Only this topic's events (one of the ten); empty for all.
+    #[serde(default)]
+    #[schemars(schema_with = "topic_or_empty")]
     topic: Option<String>,
+    /// Only this order's events; empty for all.
+    #[serde(default)]
+    #[schemars(schema_with = "uuid_or_empty")]
     order: Option<String>,
+    /// At most this many events, 1 to 500; 50 when absent.
+    #[schemars(range(min = 1, max = MAX_TAIL))]
     limit: Option<u32>,
 }
 
+/// A topic name, or empty: the page sends its filters whether set or not.
+fn topic_or_empty(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = openapi::topic_schema(generator);
+    if let Some(serde_json::Value::Array(names)) = schema.get_mut("enum") {
+        names.push("".into());
+    }
+    schema
+}
+
+/// An order id, or empty.
+fn uuid_or_empty(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [{ "type": "string", "format": "uuid" }, { "type": "string", "maxLength": 0 }]
+    })
+}
+
 /// One event of the tail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct Tailed {
+    /// The outbox row id.
     id: i64,
+    /// The event id.
     event_id: String,
+    /// The topic.
     topic: String,
+    /// The subject key.
     key: String,
+    /// The order, when the event names one.
     order_id: Option<String>,
+    /// pending, published or dead.
     status: String,
+    /// When it was committed.
     created_at: String,
+    /// The stream that stored it.
     stream: Option<String>,
+    /// Its sequence there.
     stream_seq: Option<i64>,
 }
 
@@ -98,7 +229,7 @@ async fn events(
     State(state): State<AppState>,
     caller: Caller,
     AppQuery(q): AppQuery<TailQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Tail>, ApiError> {
     caller.require(&[Role::Admin])?;
     let invalid = |message: String| invalid_query(message);
     let topic = match q.topic.as_deref().filter(|t| !t.is_empty()) {
@@ -126,7 +257,10 @@ async fn events(
     // Without a cursor the tail starts now: the newest row is where the next call begins.
     let Some(after) = q.after else {
         let last = state.store.read(tail::last_id).await?;
-        return Ok(Json(json!({ "events": [], "next_after": last })));
+        return Ok(Json(Tail {
+            events: Vec::new(),
+            next_after: last,
+        }));
     };
     let rows = state
         .store
@@ -159,5 +293,5 @@ async fn events(
             break;
         }
     }
-    Ok(Json(json!({ "events": events, "next_after": next_after })))
+    Ok(Json(Tail { events, next_after }))
 }

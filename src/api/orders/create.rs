@@ -8,6 +8,7 @@ use axum::routing::post;
 use crate::api::AppState;
 use crate::api::context::RequestMeta;
 use crate::api::json::AppJson;
+use crate::api::openapi::Api;
 use crate::api::order_view::{created, record_created};
 use crate::auth::{Caller, Role};
 use crate::commands::{self, NewOrder};
@@ -17,6 +18,23 @@ use crate::error::ApiError;
 /// `POST /orders`.
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/orders", post(create))
+}
+
+/// `POST /orders` in the OpenAPI document.
+pub(super) fn describe(api: &mut Api) {
+    api.post("/api/v1/orders", "createOrder", "Place an order")
+        .description(
+            "Checks the items against the stock view and takes them, numbers the order, and \
+             commits it with its events (order.created, order.audit). A customer places its own \
+             orders; only an admin may send `stock_override`.",
+        )
+        .roles(&[Role::Customer, Role::Admin, Role::System])
+        .body::<NewOrder>()
+        .created::<super::OrderView>("The order.")
+        .order_links(201)
+        .error(409, &["insufficient_stock"])
+        .error(422, super::ITEM_CODES)
+        .add();
 }
 
 async fn create(

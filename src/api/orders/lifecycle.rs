@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -11,6 +12,7 @@ use super::OrderView;
 use crate::api::AppState;
 use crate::api::context::RequestMeta;
 use crate::api::json::AppJson;
+use crate::api::openapi::Api;
 use crate::api::order_view::record_ok;
 use crate::api::path::OrderId;
 use crate::auth::{Caller, Role};
@@ -26,12 +28,65 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/orders/{id}/cancel", post(cancel))
 }
 
+/// The three routes in the OpenAPI document.
+pub(super) fn describe(api: &mut Api) {
+    api.post(
+        "/api/v1/orders/{id}/status",
+        "changeOrderStatus",
+        "Move an order one step on",
+    )
+    .description(
+        "processing, shipped, delivered: one step at a time. confirmed and cancelled have \
+             routes of their own (422 use_confirm, use_cancel).",
+    )
+    .roles(&[Role::Admin, Role::System])
+    .order_path()
+    .body::<StatusRequest>()
+    .json::<OrderView>(200, "The order after the step.")
+    .order_links(200)
+    .error(409, &["invalid_status_transition"])
+    .error(422, &["use_confirm", "use_cancel"])
+    .add();
+    api.post(
+        "/api/v1/orders/{id}/confirm",
+        "confirmOrder",
+        "Confirm a pending order",
+    )
+    .description("Records payment and reservation; writes order.confirmed.")
+    .roles(&[Role::Admin, Role::System])
+    .order_path()
+    .body::<ConfirmRequest>()
+    .json::<OrderView>(200, "The confirmed order.")
+    .order_links(200)
+    .error(409, &["invalid_status_transition", "order_not_pending"])
+    .add();
+    api.post(
+        "/api/v1/orders/{id}/cancel",
+        "cancelOrder",
+        "Cancel an order",
+    )
+    .description(
+        "Restocks its items; writes order.cancelled. A customer cancels only its own pending \
+             orders (409 order_not_pending).",
+    )
+    .roles(&[Role::Customer, Role::Admin, Role::System])
+    .order_path()
+    .body::<CancelRequest>()
+    .json::<OrderView>(200, "The cancelled order.")
+    .order_links(200)
+    .error(409, &["invalid_status_transition", "order_not_pending"])
+    .add();
+}
+
 /// The body of `POST /orders/{id}/status`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusRequest {
+    /// The next status.
     status: Status,
+    /// Why.
     reason: Text<500>,
+    /// Whether a system made the step without a person.
     #[serde(default)]
     automatic: bool,
 }
@@ -69,12 +124,16 @@ async fn change_status(
 }
 
 /// The body of `POST /orders/{id}/confirm`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfirmRequest {
+    /// Whether payment was received.
     payment_confirmed: bool,
+    /// Whether the stock is reserved.
     inventory_reserved: bool,
+    /// When the order is expected to be fulfilled.
     estimated_fulfillment_date: Option<DateTime<Utc>>,
+    /// Why, when there is more to say.
     reason: Option<Text<500>>,
 }
 
@@ -99,10 +158,12 @@ async fn confirm(
 }
 
 /// The body of `POST /orders/{id}/cancel`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelRequest {
+    /// Why.
     reason: Text<500>,
+    /// Whether the customer is to be refunded.
     refund_required: Option<bool>,
 }
 

@@ -21,7 +21,17 @@ pub use crate::commands::NewOrder;
 use axum::Router;
 
 use crate::api::AppState;
+use crate::api::openapi::Api;
 use crate::api::order_view::OrderView;
+
+/// The 422 codes of the checks every set of items passes.
+pub(crate) const ITEM_CODES: &[&str] = &[
+    "no_items",
+    "too_many_items",
+    "duplicate_product",
+    "total_too_large",
+    "unknown_product",
+];
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
@@ -31,4 +41,13 @@ pub fn router() -> Router<AppState> {
         .merge(update::routes())
         .merge(lifecycle::routes())
         .merge(stock_override::routes())
+}
+
+/// The routes' operations in the OpenAPI document.
+pub fn describe(api: &mut Api) {
+    create::describe(api);
+    read::describe(api);
+    update::describe(api);
+    lifecycle::describe(api);
+    stock_override::describe(api);
 }

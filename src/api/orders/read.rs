@@ -3,11 +3,13 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::OrderView;
 use crate::api::AppState;
+use crate::api::openapi::Api;
 use crate::api::path::OrderId;
 use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
@@ -37,21 +39,51 @@ async fn read(
     Ok(Json(OrderView::from(&order)))
 }
 
-/// The query of `GET /orders`.
-#[derive(Debug, Deserialize)]
+/// `GET /orders` and `GET /orders/{id}` in the OpenAPI document.
+pub(super) fn describe(api: &mut Api) {
+    let roles = [Role::Customer, Role::Admin, Role::System];
+    api.get("/api/v1/orders", "listOrders", "List orders, newest first")
+        .description("A customer sees only its own orders.")
+        .roles(&roles)
+        .query::<ListQuery>()
+        .json::<OrderPage>(200, "One page of orders.")
+        .add();
+    api.get("/api/v1/orders/{id}", "getOrder", "Read one order")
+        .description("A customer sees only its own orders; another's is answered 404.")
+        .roles(&roles)
+        .order_path()
+        .json::<OrderView>(200, "The order.")
+        .order_links(200)
+        .add();
+}
+
+/// The query of `GET /orders`. The fields are read as text so that a bad value is answered with
+/// its name; the document gives their real types.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only this customer's orders (a customer may name only itself).
+    #[schemars(with = "Option<Uuid>")]
     customer_id: Option<String>,
+    /// Only orders in this status.
+    #[schemars(with = "Option<Status>")]
     status: Option<String>,
+    /// Orders per page, 1 to 100; 20 when absent.
+    #[schemars(with = "Option<u32>", range(min = 1, max = MAX_PAGE))]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[schemars(with = "Option<Uuid>")]
     cursor: Option<String>,
 }
 
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
-#[derive(Debug, Serialize)]
+/// One page of `GET /orders`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct OrderPage {
+    /// Newest first.
     orders: Vec<OrderView>,
     /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<Uuid>,

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -11,6 +12,7 @@ use super::OrderView;
 use crate::api::AppState;
 use crate::api::context::RequestMeta;
 use crate::api::json::AppJson;
+use crate::api::openapi::Api;
 use crate::api::order_view::record_ok;
 use crate::api::path::OrderId;
 use crate::auth::{Caller, Role};
@@ -23,19 +25,44 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/orders/{id}/stock-override", post(override_stock))
 }
 
+/// `POST /orders/{id}/stock-override` in the OpenAPI document.
+pub(super) fn describe(api: &mut Api) {
+    api.post(
+        "/api/v1/orders/{id}/stock-override",
+        "overrideStock",
+        "Sell beyond available stock on an order",
+    )
+    .description("Writes order.stock_override_applied.")
+    .roles(&[Role::Admin])
+    .order_path()
+    .body::<OverrideBody>()
+    .json::<OrderView>(200, "The order.")
+    .order_links(200)
+    .error(409, &["invalid_status"])
+    .error(422, &["unknown_product"])
+    .add();
+}
+
 /// The body of `POST /orders/{id}/stock-override`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideBody {
+    /// Why the stock may be oversold.
     reason: Text<500>,
+    /// When the short products are expected back.
     expected_restock_date: DateTime<Utc>,
+    /// The products of the order to oversell, and by how much.
+    #[schemars(length(min = 1))]
     items: Vec<OverrideItem>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One product to oversell.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideItem {
+    /// A product of the order.
     product_id: Uuid,
+    /// How many beyond the stock.
     override_quantity: Quantity,
 }
 

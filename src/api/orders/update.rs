@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::routing::patch;
 use axum::{Json, Router};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -10,6 +11,7 @@ use super::OrderView;
 use crate::api::AppState;
 use crate::api::context::RequestMeta;
 use crate::api::json::AppJson;
+use crate::api::openapi::Api;
 use crate::api::path::OrderId;
 use crate::auth::{Caller, Role};
 use crate::commands::{self, OrderRevision};
@@ -22,30 +24,62 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/orders/{id}", patch(update))
 }
 
+/// `PATCH /orders/{id}` in the OpenAPI document.
+pub(super) fn describe(api: &mut Api) {
+    api.patch(
+        "/api/v1/orders/{id}",
+        "updateOrder",
+        "Change a pending order",
+    )
+    .description(
+        "Adds, removes or changes items (stock is checked and taken or given back) and \
+             replaces the shipping address; writes order.updated. Only pending orders change.",
+    )
+    .roles(&[Role::Customer, Role::Admin])
+    .order_path()
+    .body::<OrderPatch>()
+    .json::<OrderView>(200, "The order after the change.")
+    .order_links(200)
+    .error(409, &["order_not_pending", "insufficient_stock"])
+    .error(422, super::ITEM_CODES)
+    .error(422, &["nothing_to_change", "product_already_in_order"])
+    .add();
+}
+
 /// The body of `PATCH /orders/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OrderPatch {
+    /// Changes to the items.
     items: Option<ItemsPatch>,
+    /// The new shipping address.
     shipping_address: Option<Address>,
+    /// Why.
     reason: Option<Text<500>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Changes to an order's items.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ItemsPatch {
+    /// New lines; their products may not be in the order yet.
     #[serde(default)]
     add: Vec<Item>,
+    /// Products to take out.
     #[serde(default)]
     remove: Vec<Uuid>,
+    /// New quantities of products in the order.
     #[serde(default)]
     modify: Vec<QuantityChange>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new quantity for a product in the order.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct QuantityChange {
+    /// A product of the order.
     product_id: Uuid,
+    /// Its new quantity.
     quantity: Quantity,
 }
 

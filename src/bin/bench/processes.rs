@@ -54,6 +54,8 @@ pub async fn start_nats(binary: &Path, scratch: &Path) -> Res<NatsProcess> {
         dir: scratch.join("nats"),
         name: Some("order-service-bench".into()),
         sync,
+        includes: Vec::new(),
+        env: Vec::new(),
     };
     Ok(NatsProcess::start(settings, Duration::from_secs(15))
         .await

@@ -1,0 +1,586 @@
+//! The shipped NATS identities (`nats/identities.conf`) on a real server: the service's user
+//! creates its streams, publishes and relays; a subscriber's user runs a consumer group and
+//! publishes its dead letters, and is refused publishing events and changing streams; a user the
+//! server does not know is refused. A refusal is observed as the server's permission violation on
+//! the connection (and in its log), and as nothing changing on the broker.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, ConnectErrorKind, Event};
+use order_service::auth::Role;
+use order_service::bus::{NatsSettings, Topics};
+use order_service::consumer::{
+    Delivery, Event as OrderEvent, Failure, Group, GroupConfig, Handled, Handler, HandlerTx, dlq,
+};
+use order_service::domain::Topic;
+use order_service::shutdown::Shutdown;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::app::{PATIENCE, TestApp, User, metric, relaying_app, simple_order, stream_messages};
+use crate::nats::{NatsServer, SERVICE_USER, ServerTls};
+use crate::relay::{drained, every_event_once};
+
+/// The server's errors on one connection, as the client reports them.
+type ServerErrors = Arc<Mutex<Vec<String>>>;
+
+/// Connects with `settings` the way the service does ([`NatsSettings::options`]), recording the
+/// server's errors on the connection.
+async fn connect_recording(settings: &NatsSettings) -> (Client, ServerErrors) {
+    let errors = ServerErrors::default();
+    let recorded = errors.clone();
+    let client = settings
+        .options()
+        .await
+        .unwrap()
+        .event_callback(move |event| {
+            let recorded = recorded.clone();
+            async move {
+                if let Event::ServerError(error) = event {
+                    recorded.lock().unwrap().push(error.to_string());
+                }
+            }
+        })
+        .connect(settings.servers().unwrap().as_slice())
+        .await
+        .unwrap();
+    (client, errors)
+}
+
+/// JetStream through `client`, giving up on an answer after a second: a refused request is never
+/// answered.
+fn jetstream_of(client: Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client)
+}
+
+/// Waits until the server has reported a permission violation naming `subject`.
+async fn violation(errors: &ServerErrors, subject: &str) {
+    let start = Instant::now();
+    let wanted = format!("Permissions Violation for Publish to \"{subject}\"");
+    loop {
+        if errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains(wanted.as_str()))
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "no violation for {subject}: {:?}",
+            errors.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The server's log lines about permission violations by `user`.
+async fn violations_in_log(nats: &NatsServer, user: &str) -> Vec<String> {
+    nats.log()
+        .await
+        .lines()
+        .filter(|l| l.contains("Violation") && l.contains(&format!("/user:{user}\"")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The service relaying with its own identity, and a JetStream context as the service.
+async fn service(nats: &NatsServer) -> (TestApp, jetstream::Context) {
+    let settings = nats.service();
+    let app = relaying_app(nats, move |c| {
+        c.nats = settings;
+        c.consumer_lag_interval = Duration::from_millis(200);
+    })
+    .await;
+    (app, nats.jetstream().await)
+}
+
+#[tokio::test]
+async fn the_service_identity_creates_its_streams_and_relays() {
+    let nats = NatsServer::start_with_identities().await;
+    let (app, js) = service(&nats).await;
+    for _ in 0..3 {
+        app.create_order(User::new(Role::Customer), simple_order())
+            .await;
+    }
+    drained(&app).await;
+    let stored = every_event_once(&app, &js).await;
+    assert!(!stored.is_empty());
+    // The dead-letter streams are the service's to create: subscribers may not.
+    for name in [dlq::DLQ_STREAM, dlq::REPLAY_STREAM] {
+        js.get_stream(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // The operator's commands run as the service.
+    let service = nats.service();
+    assert!(cli(&service, &["streams", "list"]).contains("ORDER_CREATED"));
+    for command in [
+        &["streams", "diff"][..],
+        &["streams", "apply"],
+        &["consumers", "list"],
+        &["dlq", "list", "--group", "billing"],
+        &["dlq", "replay", "--group", "billing"],
+        &["dlq", "purge", "--group", "billing"],
+    ] {
+        cli(&service, command);
+    }
+    assert_eq!(
+        violations_in_log(&nats, SERVICE_USER).await,
+        [] as [String; 0]
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_is_refused_publishing_events_and_changing_streams() {
+    let nats = NatsServer::start_with_identities().await;
+    let (_app, service_js) = service(&nats).await;
+    let (client, errors) = connect_recording(&nats.subscriber()).await;
+    let js = jetstream_of(client);
+
+    let subject = format!("order.created.{}", Uuid::now_v7());
+    let published = match js.publish(subject.clone(), "{}".into()).await {
+        Ok(ack) => ack.await.map(drop),
+        Err(e) => Err(e),
+    };
+    assert!(published.is_err(), "a subscriber's event was acknowledged");
+    violation(&errors, &subject).await;
+    assert_eq!(stream_messages(&service_js, "ORDER_CREATED").await, 0);
+
+    let created = js
+        .create_stream(stream::Config {
+            name: "ORDER_ROGUE".into(),
+            subjects: vec!["rogue.>".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(created.is_err(), "a subscriber created a stream");
+    violation(&errors, "$JS.API.STREAM.CREATE.ORDER_ROGUE").await;
+
+    assert!(js.delete_stream("ORDER_CREATED").await.is_err());
+    violation(&errors, "$JS.API.STREAM.DELETE.ORDER_CREATED").await;
+    service_js
+        .get_stream("ORDER_CREATED")
+        .await
+        .expect("the stream is still there");
+
+    // Dead letters are the subscribers' to write, not to delete or to send back.
+    let dead_letters = js.get_stream(dlq::DLQ_STREAM).await.unwrap();
+    assert!(dead_letters.purge().await.is_err());
+    violation(&errors, "$JS.API.STREAM.PURGE.ORDER_DLQ").await;
+    let replay = dlq::replay_subject("someone", "order.created");
+    let _ = js.publish(replay.clone(), "{}".into()).await;
+    violation(&errors, &replay).await;
+
+    assert!(service_js.get_stream("ORDER_ROGUE").await.is_err());
+    assert!(
+        !violations_in_log(&nats, "subscriber").await.is_empty(),
+        "the server logs the violations"
+    );
+}
+
+/// A handler that processes every event except the ones of one order, which it can never
+/// process; it counts the deliveries it saw.
+struct Picky {
+    refused_order: Uuid,
+    seen: Arc<Mutex<Vec<Uuid>>>,
+}
+
+impl Handler for Picky {
+    async fn handle(
+        &self,
+        event: &OrderEvent,
+        _delivery: &Delivery,
+        _tx: &mut HandlerTx<'_>,
+    ) -> Handled {
+        self.seen.lock().unwrap().push(event.event_id());
+        if event.order_id() == Some(self.refused_order) {
+            return Err(Failure::permanent("refused by the test"));
+        }
+        Ok(())
+    }
+}
+
+/// A handler that never answers: its messages use up `max_deliver` unacknowledged, and the
+/// broker's advisory is what dead-letters them.
+struct Hung;
+
+impl Handler for Hung {
+    async fn handle(&self, _: &OrderEvent, _: &Delivery, _: &mut HandlerTx<'_>) -> Handled {
+        std::future::pending().await
+    }
+}
+
+/// Waits until `done` says yes, or fails with `what`.
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < PATIENCE, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_runs_a_consumer_group_and_publishes_its_dead_letters() {
+    let nats = NatsServer::start_with_identities().await;
+    let (app, service_js) = service(&nats).await;
+    let kept = app
+        .create_order(User::new(Role::Customer), simple_order())
+        .await;
+    let refused = app
+        .create_order(User::new(Role::Customer), simple_order())
+        .await;
+    let refused_order: Uuid = refused["order_id"].as_str().unwrap().parse().unwrap();
+    drained(&app).await;
+
+    let (client, errors) = connect_recording(&nats.subscriber()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = GroupConfig::new("billing", &[Topic::Created], dir.path().join("billing.db"));
+    config.backoff = vec![Duration::from_millis(20)];
+    config.synchronous_full = false;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler = Picky {
+        refused_order,
+        seen: seen.clone(),
+    };
+    let group = Group::new(jetstream::new(client), config, handler).unwrap();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(group.run(shutdown.signal()));
+
+    until(
+        "the group never dead-lettered the refused order",
+        async || dlq::list(&service_js, "billing", None).await.unwrap().len() == 1,
+    )
+    .await;
+    until("both orders' events came", async || {
+        seen.lock().unwrap().len() == 2
+    })
+    .await;
+    let letters = dlq::list(&service_js, "billing", None).await.unwrap();
+    assert_eq!(letters[0].reason, "permanent");
+    assert_eq!(
+        letters[0].header("Dlq-Original-Msg-Id"),
+        Some(created_event(&app, &refused_order.to_string()).as_str())
+    );
+
+    // The service sends it back (as /ops and `dlq replay` do); the group reads its replay stream.
+    assert_eq!(dlq::replay(&service_js, "billing", None).await.unwrap(), 1);
+    until("the replayed letter never came back", async || {
+        seen.lock().unwrap().len() == 3
+    })
+    .await;
+    until("the replay never became a dead letter again", async || {
+        dlq::list(&service_js, "billing", None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.header("Dlq-Replayed") == Some("true"))
+    })
+    .await;
+
+    // The service reads the group's consumers for /metrics with its own identity.
+    until(
+        "the service never sampled the group's consumer",
+        async || {
+            let metrics = app.metrics().await;
+            metric(
+                &metrics,
+                r#"consumer_dead_letters{group="billing",topic="order.created",consumer="billing"}"#,
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let out = cli(
+        &nats.subscriber(),
+        &["tail", "order.created", "--all", "--json", "--limit", "2"],
+    );
+    let tailed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kept_event = created_event(&app, kept["order_id"].as_str().unwrap());
+    assert!(
+        tailed
+            .iter()
+            .any(|l| l["message"]["event_id"] == kept_event.as_str()),
+        "{out}"
+    );
+
+    // A group whose handler hangs: the broker's MAX_DELIVERIES advisory and the message read
+    // back from its stream make the dead letter.
+    let mut config = GroupConfig::new("stuck", &[Topic::Created], dir.path().join("stuck.db"));
+    config.max_deliver = 2;
+    config.ack_wait = Duration::from_secs(1);
+    config.synchronous_full = false;
+    let (stuck_client, stuck_errors) = connect_recording(&nats.subscriber()).await;
+    let stuck = Group::new(jetstream::new(stuck_client), config, Hung).unwrap();
+    let stuck = tokio::spawn(stuck.run(std::future::pending()));
+    until("the hung messages never became dead letters", async || {
+        dlq::list(&service_js, "stuck", None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.reason == "max_deliver")
+    })
+    .await;
+    stuck.abort();
+    assert_eq!(*stuck_errors.lock().unwrap(), [] as [String; 0]);
+
+    shutdown.trigger();
+    running.await.unwrap().unwrap();
+    assert_eq!(*errors.lock().unwrap(), [] as [String; 0]);
+    assert_eq!(
+        violations_in_log(&nats, "subscriber").await,
+        [] as [String; 0]
+    );
+    assert_eq!(
+        violations_in_log(&nats, SERVICE_USER).await,
+        [] as [String; 0]
+    );
+}
+
+/// The event id of the order's `order.created` event.
+fn created_event(app: &TestApp, order_id: &str) -> String {
+    app.events_of(order_id)
+        .into_iter()
+        .find(|r| r.topic == "order.created")
+        .expect("an order.created event")
+        .event_id
+}
+
+/// Runs the `order-service` binary with `args`, connecting with `settings` through the
+/// environment; returns what it printed.
+fn cli(settings: &NatsSettings, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .args(args)
+        .env("NATS_URL", &settings.url)
+        .env("NATS_USER", settings.user.as_deref().unwrap())
+        .env(
+            "NATS_PASSWORD",
+            settings.password.as_ref().unwrap().expose(),
+        )
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn unknown_users_wrong_passwords_and_anonymous_clients_are_refused() {
+    let nats = NatsServer::start_with_identities().await;
+    let url = nats.url();
+    for settings in [
+        NatsSettings::new(&url).with_user("intruder", "guess"),
+        NatsSettings::new(&url).with_user(SERVICE_USER, "wrong-password"),
+        NatsSettings::new(&url),
+    ] {
+        let refused = order_service::bus::connect(&settings)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{settings:?} connected"));
+        assert_eq!(
+            refused.kind(),
+            ConnectErrorKind::AuthorizationViolation,
+            "{refused}"
+        );
+    }
+    order_service::bus::connect(&nats.service())
+        .await
+        .expect("the service's identity connects");
+}
+
+/// `nats/<file>` of the repository.
+fn shipped(file: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("nats")
+            .join(file),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_shipped_identities_let_the_service_create_and_update_every_stream_of_the_table() {
+    let identities = shipped("identities.conf");
+    for topic in Topics::embedded().iter() {
+        for action in ["CREATE", "UPDATE"] {
+            let subject = format!("\"$JS.API.STREAM.{action}.{}\"", topic.stream_name());
+            assert!(identities.contains(&subject), "{subject} is missing");
+        }
+    }
+    assert!(shipped("nats-server.conf").contains("include \"identities.conf\""));
+}
+
+#[test]
+fn the_single_node_config_needs_both_passwords() {
+    let binary = order_service::nats_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .expect("a nats-server binary (make nats-server)");
+    // Checking a config creates its store folder (./data/nats): check a copy, in a folder of its
+    // own.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("nats")).unwrap();
+    for file in ["nats-server.conf", "identities.conf"] {
+        std::fs::write(dir.path().join("nats").join(file), shipped(file)).unwrap();
+    }
+    let test = |passwords: &[(&str, &str)]| {
+        Command::new(&binary)
+            .current_dir(dir.path())
+            .args(["-c", "nats/nats-server.conf", "-t"])
+            .env_remove("NATS_SERVICE_PASSWORD")
+            .env_remove("NATS_SUBSCRIBER_PASSWORD")
+            .envs(passwords.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let both = test(&[
+        ("NATS_SERVICE_PASSWORD", "a-password"),
+        ("NATS_SUBSCRIBER_PASSWORD", "another-password"),
+    ]);
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    let one = test(&[("NATS_SERVICE_PASSWORD", "a-password")]);
+    assert!(!one.status.success());
+    assert!(
+        String::from_utf8_lossy(&one.stderr).contains("NATS_SUBSCRIBER_PASSWORD"),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+}
+
+/// Runs `openssl` in `dir`; fails the test when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA in `dir` (`ca.pem`) and a certificate it signed, `<name>-cert.pem` with `<name>-key.pem`,
+/// for each name: `server` is valid for 127.0.0.1.
+fn certificates(dir: &Path, names: &[&str]) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &key,
+        &["-keyout", "ca-key.pem", "-out", "ca.pem"],
+    ];
+    openssl(
+        dir,
+        &[
+            ca.concat(),
+            vec!["-days", "2", "-subj", "/CN=order-service test CA"],
+        ]
+        .concat(),
+    );
+    for name in names {
+        let (key_file, csr, cert) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}-cert.pem"),
+        );
+        let subject = format!("/CN={name}");
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &key,
+                &["-keyout", &key_file, "-out", &csr, "-subj", &subject],
+                &["-addext", "subjectAltName=IP:127.0.0.1"],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-copy_extensions",
+                "copy",
+            ],
+        );
+    }
+}
+
+#[tokio::test]
+async fn over_tls_the_service_relays_with_a_client_certificate_and_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path(), &["server", "client"]);
+    let file = |name: &str| dir.path().join(name);
+    let nats = NatsServer::start_with_identities_and_tls(&ServerTls {
+        cert: file("server-cert.pem"),
+        key: file("server-key.pem"),
+        ca: file("ca.pem"),
+    })
+    .await;
+    let tls = NatsSettings {
+        tls_ca: Some(file("ca.pem")),
+        tls_cert: Some(file("client-cert.pem")),
+        tls_key: Some(file("client-key.pem")),
+        ..nats.service()
+    };
+
+    let settings = tls.clone();
+    let app = relaying_app(&nats, move |c| c.nats = settings).await;
+    app.create_order(User::new(Role::Customer), simple_order())
+        .await;
+    drained(&app).await;
+    let js = jetstream::new(order_service::bus::connect(&tls).await.unwrap());
+    assert!(!every_event_once(&app, &js).await.is_empty());
+
+    // Without TLS, without a client certificate, or trusting another CA: refused.
+    let other = tempfile::tempdir().unwrap();
+    certificates(other.path(), &[]);
+    for refused in [
+        nats.service(),
+        NatsSettings {
+            tls_cert: None,
+            tls_key: None,
+            ..tls.clone()
+        },
+        NatsSettings {
+            tls_ca: Some(other.path().join("ca.pem")),
+            ..tls.clone()
+        },
+    ] {
+        let error = order_service::bus::connect(&refused).await.err();
+        assert!(error.is_some(), "{refused:?} connected");
+    }
+}
