@@ -66,7 +66,7 @@ fn schema(args: &SchemaArgs) -> Result<(), AppError> {
     };
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
-        for topic in Topic::ALL {
+        for topic in Topic::ALL.into_iter().chain(Topic::SUBSCRIBER_OWNED) {
             std::fs::write(dir.join(format!("{}.json", topic.as_str())), render(topic))?;
         }
         return Ok(());

@@ -31,7 +31,8 @@
 //!   binaries.
 //! - `consumer` — what a subscriber needs and nothing of the HTTP stack: [`domain`], [`bus`],
 //!   [`consumer`] (without its command line and the service's lag watch), [`backoff`],
-//!   [`secret`], [`shutdown`], [`table`]. A subscriber depends on this crate with
+//!   [`secret`], [`shutdown`], [`table`], and for a group that emits events the service's outbox
+//!   machinery: [`store`], [`relay`], [`metrics`]. A subscriber depends on this crate with
 //!   `default-features = false, features = ["consumer"]`.
 //! - neither — [`domain`] only.
 
@@ -58,19 +59,19 @@ pub mod demo;
 pub mod domain;
 #[cfg(feature = "service")]
 pub mod error;
-#[cfg(feature = "service")]
+#[cfg(feature = "consumer")]
 pub mod metrics;
 #[cfg(feature = "service")]
 pub mod nats_server;
 #[cfg(feature = "service")]
 pub mod ops;
-#[cfg(feature = "service")]
+#[cfg(feature = "consumer")]
 pub mod relay;
 #[cfg(feature = "consumer")]
 pub mod secret;
 #[cfg(feature = "consumer")]
 pub mod shutdown;
-#[cfg(feature = "service")]
+#[cfg(feature = "consumer")]
 pub mod store;
 #[cfg(feature = "consumer")]
 pub mod table;

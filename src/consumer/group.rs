@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use tokio::task::JoinSet;
 
 use super::config::GroupConfig;
+use super::emit::{self, Emits, Outbox};
 use super::exhausted::exhausted;
 use super::handler::Handler;
 use super::stats::GroupStats;
@@ -30,6 +31,7 @@ pub struct Group<H> {
     handler: Arc<H>,
     js: jetstream::Context,
     stats: Arc<GroupStats>,
+    emits: Option<Arc<Emits>>,
 }
 
 impl<H: Handler> Group<H> {
@@ -45,7 +47,14 @@ impl<H: Handler> Group<H> {
             handler: Arc::new(handler),
             js,
             stats: Arc::new(GroupStats::default()),
+            emits: None,
         })
+    }
+
+    /// Lets the handler emit events to `emits`' topics, which this group owns: see [`super::emit`].
+    pub fn emitting(mut self, emits: Emits) -> Group<H> {
+        self.emits = Some(Arc::new(emits));
+        self
     }
 
     /// The group's counters, shared with its running tasks.
@@ -117,6 +126,10 @@ impl<H: Handler> Group<H> {
             self.config.clone(),
             stop.signal(),
         ));
+        let outbox = Outbox::open(self.emits.as_ref(), &self.config)?;
+        if let Some(outbox) = &outbox {
+            tasks.spawn(outbox.clone().run(self.js.clone(), stop.clone()));
+        }
         for (source, consumer) in consumers {
             if let Source::Topic(topic) = source {
                 let stream = stream_name(topic.as_str());
@@ -146,7 +159,10 @@ impl<H: Handler> Group<H> {
                 source,
             };
             let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
-            tasks.spawn(worker.drain(consumer, conn, stop.signal()));
+            tasks.spawn(emit::scope(
+                outbox.clone(),
+                worker.drain(consumer, conn, stop.signal()),
+            ));
         }
         let mut result = Ok(());
         tokio::select! {

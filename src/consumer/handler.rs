@@ -16,17 +16,18 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::emit::Emitter;
 use crate::domain::Topic;
 use crate::domain::events::{
-    ChatOrderCreated, Envelope, OrderAuditEvent, OrderCancelled, OrderConfirmed, OrderCreated,
-    OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged, OrderStockOverrideApplied,
-    OrderUpdated, SystemMetadata,
+    ChatOrderCreated, Envelope, InventoryShortage, OrderAuditEvent, OrderCancelled, OrderConfirmed,
+    OrderCreated, OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged,
+    OrderStockOverrideApplied, OrderUpdated, Payload, SystemMetadata,
 };
 
 /// The only major version this consumer understands.
 pub const SUPPORTED_MAJOR: u32 = 1;
 
-/// One event of the contract, typed by its topic.
+/// One event of the contract (or of a topic the example subscribers emit), typed by its topic.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// `order.created`
@@ -49,6 +50,8 @@ pub enum Event {
     Audit(Envelope<OrderAuditEvent>),
     /// `order.statistics_updated`
     StatisticsUpdated(Envelope<OrderStatisticsUpdated, SystemMetadata>),
+    /// `inventory.shortage`, emitted by the inventory example.
+    InventoryShortage(Envelope<InventoryShortage>),
 }
 
 macro_rules! each_event {
@@ -64,6 +67,7 @@ macro_rules! each_event {
             Event::ChatLinked($e) => $body,
             Event::Audit($e) => $body,
             Event::StatisticsUpdated($e) => $body,
+            Event::InventoryShortage($e) => $body,
         }
     };
 }
@@ -97,6 +101,7 @@ impl Event {
             Event::ChatLinked(_) => Topic::ChatLinked,
             Event::Audit(_) => Topic::Audit,
             Event::StatisticsUpdated(_) => Topic::StatisticsUpdated,
+            Event::InventoryShortage(_) => Topic::InventoryShortage,
         }
     }
 
@@ -112,6 +117,7 @@ impl Event {
             Event::ChatCreated(e) => e.data.order_id,
             Event::ChatLinked(e) => e.data.order_id,
             Event::Audit(e) => e.data.order_id,
+            Event::InventoryShortage(e) => e.data.order_id,
             Event::StatisticsUpdated(_) => return None,
         })
     }
@@ -128,6 +134,7 @@ impl Event {
             Event::ChatCreated(e) => &e.data.order_number,
             Event::ChatLinked(e) => &e.data.order_number,
             Event::Audit(e) => &e.data.order_number,
+            Event::InventoryShortage(e) => &e.data.order_number,
             Event::StatisticsUpdated(_) => return None,
         })
     }
@@ -217,12 +224,48 @@ impl From<rusqlite::Error> for Failure {
 /// [`HandlerTx::conn`] for each statement and do not keep it across an `.await`.
 pub struct HandlerTx<'c> {
     conn: &'c mut Connection,
+    emitter: Option<Emitter>,
 }
 
 impl<'c> HandlerTx<'c> {
-    /// The transaction on `conn`, which the batch has already begun.
-    pub(crate) fn new(conn: &'c mut Connection) -> HandlerTx<'c> {
-        HandlerTx { conn }
+    /// The transaction on `conn`, which the batch has already begun; `emitter` when the group
+    /// emits events.
+    pub(crate) fn new(conn: &'c mut Connection, emitter: Option<Emitter>) -> HandlerTx<'c> {
+        HandlerTx { conn, emitter }
+    }
+
+    /// Records an outgoing event on `topic` (one of the group's emitted topics, see
+    /// [`Group::emitting`](super::Group::emitting)) with subject key `key`: `data` in the
+    /// envelope, `headers` added to the outbox's. It is published after the batch commits, and
+    /// never when this handler fails. Returns the event's id, derived from the incoming event
+    /// and the emit's position in this run (see [`super::emit::derived_id`]).
+    pub fn emit(
+        &mut self,
+        topic: &str,
+        key: &str,
+        data: &impl serde::Serialize,
+        headers: &[(&str, &str)],
+    ) -> Result<Uuid, Failure> {
+        match &mut self.emitter {
+            Some(emitter) => emitter.emit(self.conn, topic, key, data, headers),
+            None => Err(Failure::permanent(format!(
+                "cannot emit to {topic}: the group has no table of emitted topics"
+            ))),
+        }
+    }
+
+    /// [`HandlerTx::emit`] for a payload type of this crate: its topic, keyed as its type says.
+    pub fn emit_event<P: Payload>(
+        &mut self,
+        data: &P,
+        headers: &[(&str, &str)],
+    ) -> Result<Uuid, Failure> {
+        self.emit(P::TOPIC.as_str(), &data.key().to_string(), data, headers)
+    }
+
+    /// How many events this run has emitted.
+    pub(crate) fn emitted(&self) -> u32 {
+        self.emitter.as_ref().map_or(0, Emitter::emitted)
     }
 
     /// The connection, inside the transaction.
@@ -241,7 +284,8 @@ impl<'c> HandlerTx<'c> {
 /// `handle` runs inside the group's SQLite transaction, which already holds the event's row in
 /// the processed-events table: whatever it writes through `tx` commits together with that row,
 /// or not at all. So an event's effects on this state happen once, however often it arrives.
-/// Effects outside the database (an e-mail) need their own idempotency, e.g. keyed by event id.
+/// Effects outside the database (an e-mail) need their own idempotency, e.g. keyed by event id;
+/// events to publish are recorded with [`HandlerTx::emit`], which gives them exactly that.
 pub trait Handler: Send + Sync + 'static {
     /// Creates or migrates the handler's own tables; called once per connection at start.
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
@@ -299,6 +343,7 @@ pub fn decode(topic: Topic, body: &[u8]) -> Result<Event, SchemaError> {
         Topic::ChatLinked => Event::ChatLinked(typed(value)?),
         Topic::Audit => Event::Audit(typed(value)?),
         Topic::StatisticsUpdated => Event::StatisticsUpdated(typed(value)?),
+        Topic::InventoryShortage => Event::InventoryShortage(typed(value)?),
     })
 }
 

@@ -7,12 +7,14 @@
 //! fails rolls back only its own savepoint, row included, so the event can be tried again.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::emit::{self, Emitter, Outbox};
 use super::handler::{Delivery, Event, Failure, Handler, HandlerTx};
 
 /// How long a connection waits for another writer of the same file.
@@ -70,6 +72,10 @@ pub struct Processed<'a> {
 /// One batch's transaction.
 pub(crate) struct Batch<'c> {
     conn: &'c mut Connection,
+    /// The group's outbox, when it emits events.
+    outbox: Option<Arc<Outbox>>,
+    /// Whether a kept savepoint emitted events: the relay is woken after the commit.
+    emitted: bool,
 }
 
 /// What running a message inside the batch came to.
@@ -91,7 +97,11 @@ impl<'c> Batch<'c> {
             conn.execute_batch("ROLLBACK")?;
         }
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Batch { conn })
+        Ok(Batch {
+            conn,
+            outbox: emit::current(),
+            emitted: false,
+        })
     }
 
     /// Records the event as processed and runs `handle` in a savepoint; rolls both back when
@@ -123,13 +133,19 @@ impl<'c> Batch<'c> {
             self.conn.execute_batch("RELEASE event")?;
             return Ok(Step::AlreadyProcessed);
         }
-        let outcome = {
-            let mut tx = HandlerTx::new(&mut *self.conn);
-            handler.handle(event, delivery, &mut tx).await
+        let (outcome, emitted) = {
+            let emitter = self
+                .outbox
+                .clone()
+                .map(|outbox| Emitter::new(outbox, event, delivery));
+            let mut tx = HandlerTx::new(&mut *self.conn, emitter);
+            let outcome = handler.handle(event, delivery, &mut tx).await;
+            (outcome, tx.emitted())
         };
         match outcome {
             Ok(()) => {
                 self.conn.execute_batch("RELEASE event")?;
+                self.emitted |= emitted > 0;
                 Ok(Step::Done)
             }
             Err(error) => {
@@ -140,9 +156,13 @@ impl<'c> Batch<'c> {
         }
     }
 
-    /// Commits the batch.
+    /// Commits the batch; wakes the group's relay when it emitted events.
     pub(crate) fn commit(self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("COMMIT")
+        self.conn.execute_batch("COMMIT")?;
+        if let Some(outbox) = self.outbox.as_ref().filter(|_| self.emitted) {
+            outbox.committed();
+        }
+        Ok(())
     }
 
     /// Rolls the batch back.

@@ -10,7 +10,8 @@
 //! 2. per message: decode it ([`handler::decode`]: a schema error is a dead letter), record
 //!    `(group, event_id)` in the processed-events table and run the [`Handler`] in a savepoint
 //!    ([`idempotency`]): an event recorded before is acknowledged without running the handler;
-//! 3. commit, then acknowledge what was processed, send transient failures back with a delay
+//! 3. commit (and wake the group's relay when a handler emitted events, see [`emit`]), then
+//!    acknowledge what was processed, send transient failures back with a delay
 //!    from the backoff schedule (`-NAK {delay}`), and publish permanent failures, schema errors
 //!    and transient failures of the last allowed delivery to the dead letters ([`dlq`]) before
 //!    terminating them. Messages the broker gives up on because no delivery was answered within
@@ -31,6 +32,7 @@
 //! - [`handler`] — the typed [`Event`], the [`Handler`] trait and its [`HandlerTx`], decoding and
 //!   versions.
 //! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
+//! - [`emit`] — handlers that publish: the group's outbox and its relay.
 //! - `prune` — deletes processed events older than the streams' `max_age` plus the duplicate
 //!   window.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
@@ -45,6 +47,7 @@
 pub mod commands;
 mod config;
 pub mod dlq;
+pub mod emit;
 mod exhausted;
 mod group;
 pub mod handler;
@@ -60,6 +63,7 @@ mod worker;
 
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
+pub use emit::Emits;
 pub use group::Group;
 pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, SchemaError};
 pub use stats::{GroupStats, GroupStatsSnapshot};
@@ -76,6 +80,9 @@ pub enum ConsumerError {
     /// The consumer's database failed.
     #[error("consumer database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The group's outbox could not be opened.
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::store::StoreError),
     /// Writing the output failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -186,6 +186,13 @@ pub fn summary(event: &Event) -> String {
             e.data.trigger_event,
             e.data.affected_metrics.join(", ")
         ),
+        Event::InventoryShortage(e) => format!(
+            "product {}: {} requested, {} available, {} reserved",
+            short(e.data.product_id),
+            e.data.requested_quantity,
+            e.data.available_quantity,
+            e.data.reserved_quantity
+        ),
     }
 }
 

@@ -2,9 +2,12 @@
 //! its own SQLite file, each idempotent through the group's processed-events table.
 //!
 //! - [`Inventory`] (`inventory-service`): reserves stock on `order.created`, commits the
-//!   reservation on `order.confirmed`, releases it on `order.cancelled`.
+//!   reservation on `order.confirmed`, releases it on `order.cancelled`. On
+//!   `order.stock_override_applied` it keeps only what stock there was and emits
+//!   `inventory.shortage` for the rest: a handler that publishes (see [`crate::consumer::emit`]),
+//!   whose topic is its own, declared in `nats/inventory-topics.json` ([`inventory_topics`]).
 //! - [`Notification`] (`notification-service`): one message per status change to confirmed,
-//!   shipped or delivered.
+//!   shipped or delivered, and a delay notice per `inventory.shortage`.
 //! - [`Finance`] (`finance-service`): revenue on `order.confirmed`, a refund on `order.cancelled`.
 //!
 //! The topics are separate streams, so an order's `order.confirmed` can reach a group before
@@ -13,12 +16,25 @@
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use rusqlite::{OptionalExtension, params};
 
+use crate::bus::Topics;
 use crate::consumer::tail::short;
 use crate::consumer::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
 use crate::domain::Status;
+use crate::domain::events::{Envelope, InventoryShortage, OrderStockOverrideApplied};
 use crate::domain::money::Money;
+
+/// What the inventory example emits, from `nats/inventory-topics.json`. `inventory.shortage`:
+/// one partition (shortages are rare, and one partition keeps them all in the order they were
+/// found, like `order.stock_override_applied` that causes them), replication 2 (survives the
+/// loss of one node, like the order topics), retention 30 days (a shortage stays open until the
+/// restock, which the override dates weeks ahead at times; the override's own topic keeps 30 days).
+pub fn inventory_topics() -> Topics {
+    Topics::from_json(include_str!("../../nats/inventory-topics.json"))
+        .expect("nats/inventory-topics.json built into the binary is valid")
+}
 
 /// Where a consumer's lines go (the demo prints them).
 pub type Printer = Arc<dyn Fn(&str, String) + Send + Sync>;
@@ -94,6 +110,7 @@ impl Handler for Inventory {
                     format!("committed {n} reservation(s) of {}", e.data.order_number),
                 );
             }
+            Event::StockOverrideApplied(e) => self.shortage(tx, e)?,
             Event::Cancelled(e) => {
                 let n = tx.execute(
                     "UPDATE reservations SET state = 'released'
@@ -115,6 +132,54 @@ impl Handler for Inventory {
 }
 
 impl Inventory {
+    /// Keeps of each overridden line only what was in stock, and emits `inventory.shortage` for
+    /// the rest, in the same transaction.
+    fn shortage(
+        &self,
+        tx: &mut HandlerTx<'_>,
+        e: &Envelope<OrderStockOverrideApplied>,
+    ) -> Result<(), Failure> {
+        let d = &e.data;
+        for item in &d.items_overridden {
+            let reserved = item.requested_quantity.min(item.available_quantity);
+            let n = tx.execute(
+                "UPDATE reservations SET quantity = ?3
+                 WHERE order_id = ?1 AND product_id = ?2 AND state = 'reserved'",
+                params![
+                    d.order_id.to_string(),
+                    item.product_id.to_string(),
+                    reserved
+                ],
+            )?;
+            if n == 0 {
+                return Err(self.not_yet(tx, d.order_id)?);
+            }
+            tx.emit_event(
+                &InventoryShortage {
+                    order_id: d.order_id,
+                    order_number: d.order_number.clone(),
+                    product_id: item.product_id,
+                    requested_quantity: item.requested_quantity,
+                    available_quantity: item.available_quantity,
+                    reserved_quantity: reserved,
+                    detected_at: Utc::now(),
+                },
+                &[],
+            )?;
+            (self.print)(
+                INVENTORY,
+                format!(
+                    "kept {reserved} of {} × {} reserved for {}, {} short: emits inventory.shortage",
+                    item.requested_quantity,
+                    short(item.product_id),
+                    d.order_number,
+                    item.requested_quantity - reserved
+                ),
+            );
+        }
+        Ok(())
+    }
+
     fn step(
         &self,
         tx: &mut HandlerTx<'_>,
@@ -161,34 +226,96 @@ impl Handler for Notification {
                  customer_id TEXT NOT NULL,
                  kind        TEXT NOT NULL,
                  text        TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS customers (
+                 order_id    TEXT PRIMARY KEY,
+                 customer_id TEXT NOT NULL
              )",
         )
     }
 
     async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
-        let Event::StatusChanged(e) = event else {
-            return Ok(());
-        };
-        let d = &e.data;
-        let text = match d.status_change.to {
-            Status::Confirmed => format!("Your order {} is confirmed.", d.order_number),
-            Status::Shipped => format!("Your order {} is on its way.", d.order_number),
-            Status::Delivered => format!("Your order {} has been delivered.", d.order_number),
-            _ => return Ok(()),
-        };
+        match event {
+            // Who to tell: a shortage names the order, not its customer.
+            Event::Created(e) => {
+                tx.execute(
+                    "INSERT INTO customers VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![e.data.order_id.to_string(), e.data.customer_id.to_string()],
+                )?;
+                Ok(())
+            }
+            Event::StatusChanged(e) => {
+                let d = &e.data;
+                let text = match d.status_change.to {
+                    Status::Confirmed => format!("Your order {} is confirmed.", d.order_number),
+                    Status::Shipped => format!("Your order {} is on its way.", d.order_number),
+                    Status::Delivered => {
+                        format!("Your order {} has been delivered.", d.order_number)
+                    }
+                    _ => return Ok(()),
+                };
+                self.send(
+                    tx,
+                    e.event_id,
+                    d.order_id,
+                    d.customer_id,
+                    d.status_change.to.as_str(),
+                    text,
+                )
+            }
+            Event::InventoryShortage(e) => {
+                let d = &e.data;
+                let customer: Option<String> = tx
+                    .conn()
+                    .query_row(
+                        "SELECT customer_id FROM customers WHERE order_id = ?1",
+                        [d.order_id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let customer = customer
+                    .and_then(|c| uuid::Uuid::parse_str(&c).ok())
+                    .ok_or_else(|| {
+                        Failure::transient(format!("no order.created of {} yet", d.order_number))
+                    })?;
+                let text = format!(
+                    "Your order {} is delayed: {} of {} × {} await a restock.",
+                    d.order_number,
+                    d.requested_quantity - d.reserved_quantity,
+                    d.requested_quantity,
+                    short(d.product_id)
+                );
+                self.send(tx, e.event_id, d.order_id, customer, "delay", text)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Notification {
+    /// Records a message to a customer and prints it.
+    fn send(
+        &self,
+        tx: &mut HandlerTx<'_>,
+        event_id: uuid::Uuid,
+        order_id: uuid::Uuid,
+        customer_id: uuid::Uuid,
+        kind: &str,
+        text: String,
+    ) -> Handled {
         tx.execute(
             "INSERT INTO notifications VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
-                e.event_id.to_string(),
-                d.order_id.to_string(),
-                d.customer_id.to_string(),
-                d.status_change.to.as_str(),
+                event_id.to_string(),
+                order_id.to_string(),
+                customer_id.to_string(),
+                kind,
                 text
             ],
         )?;
         (self.print)(
             NOTIFICATION,
-            format!("to customer {}: \"{text}\"", short(d.customer_id)),
+            format!("to customer {}: \"{text}\"", short(customer_id)),
         );
         Ok(())
     }

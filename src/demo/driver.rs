@@ -1,6 +1,7 @@
 //! The demo's driver: takes a few orders through their life cycle over the HTTP API, printing
 //! each request, then the events and effects it caused once every consumer group has caught up.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::auth::{Auth, Role};
 use crate::bus::Topics;
 use crate::consumer::lag;
 use crate::consumer::tail::short;
+use crate::store::outbox;
 
 /// The demo's products.
 struct Products {
@@ -44,6 +46,8 @@ pub(super) struct Driver {
     pub(super) admin: Uuid,
     pub(super) js: jetstream::Context,
     pub(super) topics: Topics,
+    /// The inventory group's database: its outbox is drained too before a step has settled.
+    pub(super) inventory_db: PathBuf,
     pub(super) log: Log,
 }
 
@@ -113,7 +117,7 @@ impl Driver {
         let start = Instant::now();
         loop {
             let (_, ready) = self.api.call("GET", "/ready", None, None).await?;
-            let drained = ready["checks"]["outbox"]["pending"] == 0;
+            let drained = ready["checks"]["outbox"]["pending"] == 0 && self.emits_drained();
             let rows = lag::rows(&self.js, &self.topics, None)
                 .await
                 .map_err(failed)?;
@@ -133,6 +137,14 @@ impl Driver {
         }
     }
 
+    /// Whether the inventory group has published everything it emitted.
+    fn emits_drained(&self) -> bool {
+        rusqlite::Connection::open(&self.inventory_db)
+            .ok()
+            .and_then(|conn| outbox::stats(&conn).ok())
+            .is_some_and(|counts| counts.pending == 0)
+    }
+
     /// The four stories, one after the other.
     pub(super) async fn scenario(&self) -> Result<(), AppError> {
         let products = self.stock_products().await?;
@@ -143,7 +155,7 @@ impl Driver {
         self.chat_order(&products, chai).await
     }
 
-    /// Three products: widget (stock 10), gadget (stock 5), rare (stock 0).
+    /// Three products: widget (stock 10), gadget (stock 5), rare (stock 1).
     async fn stock_products(&self) -> Result<Products, AppError> {
         let products = Products {
             widget: Uuid::now_v7(),
@@ -152,7 +164,7 @@ impl Driver {
         };
         println!();
         println!(
-            "products: widget {} (stock 10), gadget {} (stock 5), rare {} (stock 0)",
+            "products: widget {} (stock 10), gadget {} (stock 5), rare {} (stock 1)",
             short(products.widget),
             short(products.gadget),
             short(products.rare)
@@ -160,7 +172,7 @@ impl Driver {
         for (product, available) in [
             (products.widget, 10),
             (products.gadget, 5),
-            (products.rare, 0),
+            (products.rare, 1),
         ] {
             let (status, answer) = self
                 .api
@@ -229,10 +241,12 @@ impl Driver {
     async fn override_order(&self, p: &Products, bob: Uuid) -> Result<(), AppError> {
         println!();
         println!(
-            "── 3. an order beyond stock, let through by a stock override, then cancelled unpaid"
+            "── 3. an order beyond stock, let through by a stock override: the inventory keeps what \
+             there is and emits inventory.shortage for the rest, the customer hears of the delay; \
+             then cancelled unpaid"
         );
         let order = self
-            .step(Role::Admin, "POST", "/orders", "admin order for bob: 3 rare (0 in stock), with override", json!({
+            .step(Role::Admin, "POST", "/orders", "admin order for bob: 3 rare (1 in stock), with override", json!({
                 "customer_id": bob, "items": [item(p.rare, 3, 80.0)],
                 "shipping_address": address(), "currency": "THB", "source_channel": "admin",
                 "stock_override": {"reason": "VIP customer special request", "expected_restock_date": "2030-07-01T00:00:00Z"}

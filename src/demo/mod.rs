@@ -7,6 +7,10 @@
 //! orders, printing each request, the events it caused and each consumer's effect, waits after
 //! every step until every group has caught up, prints a summary, shows that re-reading every
 //! event changes nothing, and stops everything.
+//!
+//! One consumer publishes too: the inventory group emits `inventory.shortage` when an order was
+//! let through beyond stock, through its own outbox ([`crate::consumer::emit`]), and the
+//! notification group tells the customer of the delay.
 
 pub mod consumers;
 mod driver;
@@ -27,10 +31,12 @@ use crate::auth::Auth;
 use crate::bus::{self, Topics};
 use crate::config::{Config, DemoArgs, Secret};
 use crate::consumer::tail::{TailArgs, follow, summary};
-use crate::consumer::{Group, GroupConfig, GroupStats, Handler, lag};
+use crate::consumer::{Emits, Group, GroupConfig, GroupStats, Handler, lag};
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
-use consumers::{FINANCE, Finance, INVENTORY, Inventory, NOTIFICATION, Notification, Printer};
+use consumers::{
+    FINANCE, Finance, INVENTORY, Inventory, NOTIFICATION, Notification, Printer, inventory_topics,
+};
 use driver::{Driver, Log};
 use http::Api;
 use summary::{indent, summary_of, summary_of_finance};
@@ -71,8 +77,9 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<(), AppError> {
     let log = Log::default();
     let configs = group_configs(&dir);
     let groups = Groups::start(&js, &configs, &log, &shutdown)?;
+    subscribed(&js, &configs).await?;
     let tails = start_tails(&js, &log, &shutdown);
-    let topics = Topics::embedded();
+    let topics = every_topic();
     let secret = config.auth_jwt_secret.as_ref().expect("set by demo_config");
     let driver = Driver {
         api,
@@ -85,6 +92,7 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<(), AppError> {
         admin: Uuid::now_v7(),
         js: js.clone(),
         topics: topics.clone(),
+        inventory_db: configs[0].database.clone(),
         log,
     };
     // Consumers and tails are subscribed before the first order.
@@ -163,10 +171,23 @@ fn group_configs(dir: &Path) -> [GroupConfig; 3] {
     [
         quick(
             INVENTORY,
-            &[Topic::Created, Topic::Confirmed, Topic::Cancelled],
+            &[
+                Topic::Created,
+                Topic::StockOverrideApplied,
+                Topic::Confirmed,
+                Topic::Cancelled,
+            ],
             "inventory.db",
         ),
-        quick(NOTIFICATION, &[Topic::StatusChanged], "notification.db"),
+        quick(
+            NOTIFICATION,
+            &[
+                Topic::Created,
+                Topic::StatusChanged,
+                Topic::InventoryShortage,
+            ],
+            "notification.db",
+        ),
         quick(FINANCE, &[Topic::Confirmed, Topic::Cancelled], "finance.db"),
     ]
 }
@@ -188,13 +209,18 @@ impl Groups {
     ) -> Result<Groups, AppError> {
         for c in configs {
             println!(
-                "  consumer group {:<21} on {}",
+                "  consumer group {:<21} on {}{}",
                 c.group,
                 c.topics
                     .iter()
                     .map(|t| t.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if c.group == INVENTORY {
+                    "; emits inventory.shortage"
+                } else {
+                    ""
+                }
             );
         }
         let print: Printer = {
@@ -210,6 +236,7 @@ impl Groups {
             Inventory {
                 print: print.clone(),
             },
+            Some(Emits::new(inventory_topics())),
             shutdown,
         )?;
         let notification = spawn(
@@ -218,9 +245,10 @@ impl Groups {
             Notification {
                 print: print.clone(),
             },
+            None,
             shutdown,
         )?;
-        let finance = spawn(js, finance, Finance { print }, shutdown)?;
+        let finance = spawn(js, finance, Finance { print }, None, shutdown)?;
         Ok(Groups {
             handles: vec![inventory.0, notification.0, finance.0],
             stats: [
@@ -232,10 +260,48 @@ impl Groups {
     }
 }
 
+/// The service's topics and the inventory's: what the demo tails and counts lag on.
+fn every_topic() -> Topics {
+    let all = Topics::embedded()
+        .iter()
+        .chain(inventory_topics().iter())
+        .cloned()
+        .collect();
+    Topics::new(all).expect("the two tables have no topic in common")
+}
+
+/// Waits until every group's consumers are on the broker: a group reading a topic that another
+/// group emits waits for that group to create its stream first.
+async fn subscribed(js: &jetstream::Context, configs: &[GroupConfig; 3]) -> Result<(), AppError> {
+    let start = Instant::now();
+    for c in configs {
+        for topic in &c.topics {
+            loop {
+                let found = match js.get_stream(bus::stream_name(topic.as_str())).await {
+                    Ok(stream) => stream.consumer_info(c.consumer_name()).await.is_ok(),
+                    Err(_) => false,
+                };
+                if found {
+                    break;
+                }
+                if start.elapsed() > PATIENCE {
+                    return Err(failed(format!(
+                        "{} never subscribed to {}",
+                        c.group,
+                        topic.as_str()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One `tail` per topic, each event line printed through `log`.
 fn start_tails(js: &jetstream::Context, log: &Log, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     let mut tails = Vec::new();
-    for topic in Topic::ALL {
+    for topic in Topic::ALL.into_iter().chain(Topic::SUBSCRIBER_OWNED) {
         let js = js.clone();
         let shutdown = shutdown.signal();
         let log = log.clone();
@@ -359,9 +425,13 @@ fn spawn<H: Handler>(
     js: &jetstream::Context,
     config: GroupConfig,
     handler: H,
+    emits: Option<Emits>,
     shutdown: &Shutdown,
 ) -> Result<Running, AppError> {
-    let group = Group::new(js.clone(), config, handler).map_err(failed)?;
+    let mut group = Group::new(js.clone(), config, handler).map_err(failed)?;
+    if let Some(emits) = emits {
+        group = group.emitting(emits);
+    }
     let stats = group.stats();
     let signal = shutdown.signal();
     let handle = tokio::spawn(async move {

@@ -29,6 +29,17 @@ pub(super) fn summary_of(dir: &std::path::Path, stats: &[(&str, Arc<GroupStats>)
             }
         }
         println!("  {:<21} reservations: {}", INVENTORY, lines.join("; "));
+        if let Ok(emitted) = crate::store::outbox::stats(&db).and_then(|counts| {
+            let total: i64 =
+                db.query_row("SELECT count(*) FROM order_events_outbox", [], |r| r.get(0))?;
+            Ok((total, counts.pending, counts.dead))
+        }) {
+            let (total, pending, dead) = emitted;
+            println!(
+                "  {:<21} emitted: {total} event(s), {pending} pending, {dead} dead",
+                ""
+            );
+        }
     }
     if let Some(db) = open("notification.db") {
         let n: i64 = db

@@ -7,7 +7,7 @@
 //! Its parts, re-exported here (each depends only on those above it):
 //! - `topic`: the ten topics.
 //! - `envelope`: the envelope, its metadata, and the [`Payload`] trait.
-//! - `payloads`: the ten payloads and the types inside them.
+//! - `payloads`: the ten payloads and the types inside them, and `inventory.shortage`'s.
 //! - `schema`: the JSON Schema of each topic's message.
 //! - `request`: a request's events, stamped for the outbox.
 
@@ -21,9 +21,9 @@ pub use envelope::{
     EVENT_SOURCE, EVENT_VERSION, Envelope, Metadata, MetadataParts, Payload, SystemMetadata,
 };
 pub use payloads::{
-    Actor, AuditChange, ChatOrderCreated, CustomerPreferences, DateRange, ItemChanges, ItemLine,
-    ModifiedItem, OldNew, OrderAuditEvent, OrderCancelled, OrderChanges, OrderConfirmed,
-    OrderCreated, OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged,
+    Actor, AuditChange, ChatOrderCreated, CustomerPreferences, DateRange, InventoryShortage,
+    ItemChanges, ItemLine, ModifiedItem, OldNew, OrderAuditEvent, OrderCancelled, OrderChanges,
+    OrderConfirmed, OrderCreated, OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged,
     OrderStockOverrideApplied, OrderUpdated, OverriddenItem, OverrideDetails, RestockItem,
     StatusChange,
 };

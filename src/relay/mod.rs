@@ -6,7 +6,8 @@
 //!   stream and all streams at once ([`sending`]); acknowledged rows are marked in batch
 //!   transactions. It is woken right after each commit that wrote outbox rows, polling only as a
 //!   fallback. [`Relay::run_once`] is one pass, for tests.
-//! - [`cleanup`] keeps the table bounded; [`status`] is what readiness reports.
+//! - [`cleanup`] keeps the table bounded; [`status`] is what readiness reports; [`streams`] keeps
+//!   the table's streams on the broker.
 //! - [`repair`] finds streams that lost events they acknowledged and publishes those again.
 //!
 //! Per key and stream, the stored order is the commit order, across relay restarts, retries,
@@ -21,6 +22,7 @@ mod pass;
 pub mod repair;
 mod sending;
 pub mod status;
+pub mod streams;
 
 use std::collections::HashSet;
 use std::future::Future;

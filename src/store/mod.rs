@@ -57,6 +57,13 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The migrations of a consumer group's database that emits events: the outbox alone, the same
+/// table the service's migrations build (`migrations/subscriber/`).
+const SUBSCRIBER_MIGRATIONS: &[(&str, &str)] = &[(
+    "subscriber/0001_outbox.sql",
+    include_str!("../../migrations/subscriber/0001_outbox.sql"),
+)];
+
 /// How long a connection waits for a lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -179,12 +186,25 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database, applies the migrations and starts the writer.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        Store::open_with(config, migrations())
+    }
+
+    /// Opens a consumer group's database for its outbox: the outbox table alone, so that the
+    /// relay publishes what the group's handlers emit (see [`crate::consumer::emit`]).
+    pub fn open_outbox(config: &StoreConfig) -> Result<Store, StoreError> {
+        Store::open_with(config, subscriber_migrations())
+    }
+
+    fn open_with(
+        config: &StoreConfig,
+        migrations: Migrations<'static>,
+    ) -> Result<Store, StoreError> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
         let mut conn = Connection::open(&config.path)?;
         write_pragmas(&conn, config.synchronous)?;
-        migrate(&mut conn)?;
+        migrations.to_latest(&mut conn)?;
 
         let outbox_committed = Arc::new(Notify::new());
         let writer = Writer::spawn(conn, GROUP_COMMIT_MAX, outbox_committed.clone())?;
@@ -248,7 +268,7 @@ impl Store {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "service"))]
 impl Store {
     /// Kills the writer thread (see [`Writer::kill_for_test`]) and waits until it is gone.
     pub(crate) async fn kill_writer_for_test(&self) {
@@ -264,9 +284,14 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect())
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    migrations().to_latest(conn)?;
-    Ok(())
+/// The migrations of a consumer group's outbox.
+fn subscriber_migrations() -> Migrations<'static> {
+    Migrations::new(
+        SUBSCRIBER_MIGRATIONS
+            .iter()
+            .map(|(_, sql)| M::up(sql))
+            .collect(),
+    )
 }
 
 fn write_pragmas(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
@@ -341,5 +366,53 @@ mod tests {
         files.sort();
         let listed: Vec<&str> = migration_names().collect();
         assert_eq!(files, listed, "every migration file is listed, in order");
+    }
+
+    /// The outbox's tables and indexes as SQLite keeps them, comments and layout left out.
+    fn outbox_schema(conn: &Connection) -> Vec<(String, String)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, sql FROM sqlite_master
+                 WHERE sql IS NOT NULL AND (tbl_name = 'order_events_outbox'
+                    OR tbl_name = 'outbox_requeues')
+                 ORDER BY name",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))
+            .unwrap()
+            .map(|row| {
+                let (name, sql) = row.unwrap();
+                let code: Vec<&str> = sql
+                    .lines()
+                    .map(|line| line.split("--").next().unwrap_or_default())
+                    .collect();
+                (
+                    name,
+                    code.join(" ")
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_groups_outbox_is_the_services() {
+        subscriber_migrations().validate().unwrap();
+        let mut service = Connection::open_in_memory().unwrap();
+        migrations().to_latest(&mut service).unwrap();
+        let mut group = Connection::open_in_memory().unwrap();
+        subscriber_migrations().to_latest(&mut group).unwrap();
+        let schema = outbox_schema(&service);
+        assert_eq!(schema.len(), 6, "{schema:?}");
+        assert_eq!(outbox_schema(&group), schema);
+        let requeues = |c: &Connection| {
+            c.query_row("SELECT last FROM outbox_requeues WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(requeues(&group), requeues(&service));
     }
 }

@@ -25,26 +25,61 @@ pub fn enqueue(tx: &Tx<'_>, events: &[OutboxEvent]) -> Result<(), StoreError> {
 /// tools that prepare or measure a database outside the service's writer (the bench). Commands
 /// use [`enqueue`].
 pub fn insert_pending(conn: &Connection, events: &[OutboxEvent]) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
+    for event in events {
+        insert_row(
+            conn,
+            &NewRow {
+                event_id: event.event_id,
+                topic: event.topic.as_str(),
+                key: &event.key.to_string(),
+                payload: &event.payload,
+                headers: &event.headers,
+                created_at: event.created_at,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// A pending row to write, by topic name and key text: an [`OutboxEvent`] of the service, or an
+/// event a consumer group's handler emits to a topic of its own table.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRow<'a> {
+    /// The event id, also `Nats-Msg-Id`.
+    pub event_id: uuid::Uuid,
+    /// The topic.
+    pub topic: &'a str,
+    /// The subject key.
+    pub key: &'a str,
+    /// The JSON message.
+    pub payload: &'a str,
+    /// The NATS headers, in order.
+    pub headers: &'a [(String, String)],
+    /// When the event happened.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Writes one pending row on `conn`, inside whatever transaction or savepoint is open there;
+/// waking the relay after the commit is the caller's job.
+pub fn insert_row(conn: &Connection, row: &NewRow<'_>) -> Result<(), StoreError> {
+    let headers: BTreeMap<&str, &str> = row
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    conn.prepare_cached(
         "INSERT INTO order_events_outbox (event_id, topic, subject_key, payload, headers,
             created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for event in events {
-        let headers: BTreeMap<&str, &str> = event
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        stmt.execute(params![
-            event.event_id.to_string(),
-            event.topic.as_str(),
-            event.key.to_string(),
-            event.payload,
-            serde_json::to_string(&headers).expect("headers serialize"),
-            timestamp(event.created_at),
-        ])?;
-    }
+    )?
+    .execute(params![
+        row.event_id.to_string(),
+        row.topic,
+        row.key,
+        row.payload,
+        serde_json::to_string(&headers).expect("headers serialize"),
+        timestamp(row.created_at),
+    ])?;
     Ok(())
 }
 

@@ -113,7 +113,7 @@ impl Writer {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "service"))]
 impl Writer {
     /// Ends the writer thread the way a bug would: a panic outside any command's catch_unwind.
     pub(crate) async fn kill_for_test(&self) {

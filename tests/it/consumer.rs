@@ -150,12 +150,20 @@ impl Handler for Recorder {
 pub(crate) struct Running {
     shutdown: Shutdown,
     handle: JoinHandle<Result<(), ConsumerError>>,
-    stats: Arc<GroupStats>,
+    pub(crate) stats: Arc<GroupStats>,
 }
 
 impl Running {
-    fn start<H: Handler>(js: &jetstream::Context, config: GroupConfig, handler: H) -> Running {
-        let group = Group::new(js.clone(), config, handler).unwrap();
+    pub(crate) fn start<H: Handler>(
+        js: &jetstream::Context,
+        config: GroupConfig,
+        handler: H,
+    ) -> Running {
+        Running::of(Group::new(js.clone(), config, handler).unwrap())
+    }
+
+    /// Runs `group` in the background.
+    pub(crate) fn of<H: Handler>(group: Group<H>) -> Running {
         let stats = group.stats();
         let shutdown = Shutdown::new();
         let handle = tokio::spawn(group.run(shutdown.signal()));
@@ -184,7 +192,7 @@ impl Running {
     }
 
     /// Stops abruptly, as a crash would: nothing in flight is committed or acknowledged.
-    async fn kill(self) -> GroupStatsSnapshot {
+    pub(crate) async fn kill(self) -> GroupStatsSnapshot {
         self.handle.abort();
         let _ = self.handle.await;
         self.stats.snapshot()

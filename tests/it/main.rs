@@ -10,6 +10,7 @@ mod cluster;
 mod consumer;
 mod consumer_over_time;
 mod contract;
+mod emit;
 mod first_run;
 mod idempotency;
 mod identities;

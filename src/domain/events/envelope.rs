@@ -17,7 +17,8 @@ pub const EVENT_SOURCE: &str = "order-service";
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope<T, M = Metadata> {
-    /// Unique id of this event (UUIDv7); also the `Nats-Msg-Id`.
+    /// Unique id of this event (UUIDv7; UUIDv8, derived from its cause, for an event a subscriber
+    /// emits); also the `Nats-Msg-Id`.
     pub event_id: Uuid,
     /// The topic.
     pub event_type: String,
@@ -25,7 +26,7 @@ pub struct Envelope<T, M = Metadata> {
     pub timestamp: DateTime<Utc>,
     /// The schema version, `1.0`.
     pub version: String,
-    /// Always `order-service`.
+    /// `order-service`; for an event a subscriber emits, its group (`inventory-service`).
     pub source: String,
     /// The topic's payload.
     pub data: T,

@@ -1,4 +1,5 @@
-//! The ten payloads of the contract, field for field, and the parts they are made of.
+//! The ten payloads of the contract, field for field, and the parts they are made of; and the
+//! payload the inventory example emits, `inventory.shortage`.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -32,6 +33,7 @@ order_keyed! {
     ChatOrderCreated => ChatCreated,
     OrderLinkedToChat => ChatLinked,
     OrderAuditEvent => Audit,
+    InventoryShortage => InventoryShortage,
 }
 
 impl Payload for OrderStatisticsUpdated {
@@ -354,4 +356,22 @@ impl OrderStatisticsUpdated {
             product_ids: order.product_ids(),
         }
     }
+}
+
+/// `inventory.shortage`: the inventory example could not reserve all of an order's line, because
+/// the order was let through beyond stock (a stock override). One event per product short.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryShortage {
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub product_id: Uuid,
+    /// What the order asked for.
+    pub requested_quantity: u32,
+    /// What the service's stock view had when the order was placed.
+    pub available_quantity: u32,
+    /// What the inventory has reserved for this line so far.
+    pub reserved_quantity: u32,
+    /// When the inventory found the shortage.
+    pub detected_at: DateTime<Utc>,
 }

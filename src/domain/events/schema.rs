@@ -3,9 +3,9 @@
 
 use super::envelope::{Envelope, Payload};
 use super::payloads::{
-    ChatOrderCreated, OrderAuditEvent, OrderCancelled, OrderConfirmed, OrderCreated,
-    OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged, OrderStockOverrideApplied,
-    OrderUpdated,
+    ChatOrderCreated, InventoryShortage, OrderAuditEvent, OrderCancelled, OrderConfirmed,
+    OrderCreated, OrderLinkedToChat, OrderStatisticsUpdated, OrderStatusChanged,
+    OrderStockOverrideApplied, OrderUpdated,
 };
 use super::topic::Topic;
 
@@ -23,6 +23,7 @@ impl Topic {
             Topic::ChatLinked => envelope_schema::<OrderLinkedToChat>(),
             Topic::Audit => envelope_schema::<OrderAuditEvent>(),
             Topic::StatisticsUpdated => envelope_schema::<OrderStatisticsUpdated>(),
+            Topic::InventoryShortage => envelope_schema::<InventoryShortage>(),
         }
     }
 }
@@ -39,7 +40,7 @@ mod tests {
 
     #[test]
     fn every_topic_has_a_schema_titled_with_its_name() {
-        for topic in Topic::ALL {
+        for topic in Topic::ALL.into_iter().chain(Topic::SUBSCRIBER_OWNED) {
             let schema = topic.schema();
             assert_eq!(schema.get("title").unwrap(), topic.as_str());
             assert_eq!(Topic::parse(topic.as_str()), Some(topic));

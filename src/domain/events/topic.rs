@@ -1,6 +1,7 @@
-//! The contract's ten topics: their names, which are also the envelopes' `event_type`.
+//! The contract's ten topics, and the topics the example subscribers emit: their names, which are
+//! also the envelopes' `event_type`.
 
-/// The contract's topics, one per event.
+/// The contract's topics, one per event, and the example subscribers' own topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
     /// `order.created`
@@ -23,6 +24,8 @@ pub enum Topic {
     Audit,
     /// `order.statistics_updated`
     StatisticsUpdated,
+    /// `inventory.shortage`: emitted by the inventory example, not by the service.
+    InventoryShortage,
 }
 
 impl Topic {
@@ -40,6 +43,10 @@ impl Topic {
         Topic::StatisticsUpdated,
     ];
 
+    /// The topics the example subscribers emit (`nats/inventory-topics.json`): never published
+    /// by the service, so not in [`Topic::ALL`].
+    pub const SUBSCRIBER_OWNED: [Topic; 1] = [Topic::InventoryShortage];
+
     /// The topic's name, which is also the envelope's `event_type`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,11 +60,15 @@ impl Topic {
             Topic::ChatLinked => "order.chat_linked",
             Topic::Audit => "order.audit",
             Topic::StatisticsUpdated => "order.statistics_updated",
+            Topic::InventoryShortage => "inventory.shortage",
         }
     }
 
     /// The topic with this name.
     pub fn parse(name: &str) -> Option<Topic> {
-        Topic::ALL.into_iter().find(|t| t.as_str() == name)
+        Topic::ALL
+            .into_iter()
+            .chain(Topic::SUBSCRIBER_OWNED)
+            .find(|t| t.as_str() == name)
     }
 }

@@ -1,0 +1,149 @@
+//! Keeping a topic table's streams on the broker while a relay publishes to them: reconcile them
+//! before the first publish, trying again until it works; repair them; and reconcile and repair
+//! again after every reconnect, whenever the relay finds one missing, and when a periodic check
+//! finds a stream missing events. The service runs these for `nats/topics.json`, a consumer group
+//! that emits for its own table.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use super::{Relay, RelayStatus, StreamsSummary};
+use crate::backoff::Backoff;
+use crate::bus::{self, Topics};
+use crate::consumer;
+
+/// The waits between tries to reach the broker and reconcile its streams at start-up.
+pub const START_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
+/// Tries of a broker-loss repair in a row before the relay goes on without it.
+pub const REPAIR_ATTEMPTS: u32 = 5;
+/// The waits between tries to reconcile the streams after a reconnect.
+pub const RECONNECT_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Reconciles the streams with the topic table, trying again until it succeeds.
+pub async fn reconcile(
+    js: &jetstream::Context,
+    topics: &Topics,
+    duplicate_window: Duration,
+    status: &RelayStatus,
+) {
+    let mut waits = START_BACKOFF.waits();
+    loop {
+        match bus::reconcile(js, topics, duplicate_window).await {
+            Ok(report) => {
+                tracing::info!(%report, "streams reconciled");
+                status.set_streams(Ok(StreamsSummary::from(&report)));
+                ensure_dead_letter_streams(js).await;
+                return;
+            }
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(error = %e, ?retry_in, "reconciling streams failed");
+                status.set_streams(Err(e.to_string()));
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// Repairs the streams ([`Relay::repair`]), trying up to [`REPAIR_ATTEMPTS`] times: a repair
+/// that cannot succeed (the broker refuses the reads) must not keep every event from being
+/// published; the next reconnect or periodic check tries again.
+pub async fn repair_at_start(relay: &Relay) {
+    let mut waits = START_BACKOFF.waits();
+    for attempt in 1..=REPAIR_ATTEMPTS {
+        match relay.repair(None).await {
+            Ok(_) => return,
+            Err(e) if attempt == REPAIR_ATTEMPTS => {
+                tracing::error!(error = %e, "repairing the streams failed; the relay goes on, the next check tries again");
+            }
+            Err(e) => {
+                let retry_in = waits.next_wait();
+                tracing::warn!(error = %e, ?retry_in, "repairing the streams failed");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// Creates the consumer groups' dead-letter streams when missing: the subscribers' identity may
+/// not create streams (nats/identities.conf), so their groups wait for the service to.
+pub async fn ensure_dead_letter_streams(js: &jetstream::Context) {
+    if let Err(e) = consumer::dlq::ensure_streams(js).await {
+        tracing::warn!(error = %e, "creating the dead-letter streams failed; consumer groups wait for them");
+    }
+}
+
+/// Reconciles the streams again after every reconnect: a broker that comes back without its
+/// store (a fresh container, a wiped disk) has no streams, and every publish would otherwise
+/// fail for want of one until its row went dead. Then, and every `verify_interval` when a check
+/// finds a stream missing events, the streams are repaired ([`Relay::repair`]) while the relay's
+/// publishing waits, so nothing newer is stored before the events put back.
+pub async fn reconcile_on_reconnect(
+    js: &jetstream::Context,
+    topics: &Topics,
+    duplicate_window: Duration,
+    status: &RelayStatus,
+    reconnected: &tokio::sync::Notify,
+    relay: &Relay,
+    verify_interval: Duration,
+) {
+    let mut waits = RECONNECT_BACKOFF.waits();
+    loop {
+        tokio::select! {
+            () = reconnected.notified() => {}
+            () = status.heal_requested() => {}
+            () = tokio::time::sleep(verify_interval) => {
+                match relay.verify(None).await {
+                    Ok(checks) if checks.iter().all(|c| c.missing.is_empty()) => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checking the streams failed");
+                        continue;
+                    }
+                }
+            }
+        }
+        waits.reset();
+        let mut repair_failures = 0;
+        loop {
+            // Publishing waits while a stream's subjects or transform may change under it, and
+            // while a stream gets back what it lost.
+            let paused = status.pause_publishing().await;
+            let reconciled = bus::reconcile(js, topics, duplicate_window).await;
+            let repaired = match &reconciled {
+                Ok(_) => relay.repair(None).await.map_err(|e| e.to_string()),
+                Err(_) => Ok(Vec::new()),
+            };
+            drop(paused);
+            match reconciled {
+                Ok(report) => {
+                    if !report.changed_nothing() {
+                        tracing::warn!(%report, "streams were missing or changed after a reconnect; reconciled");
+                    }
+                    status.set_streams(Ok(StreamsSummary::from(&report)));
+                    ensure_dead_letter_streams(js).await;
+                    match repaired {
+                        Ok(_) => break,
+                        Err(e) => {
+                            repair_failures += 1;
+                            if repair_failures >= REPAIR_ATTEMPTS {
+                                tracing::error!(error = %e, "repairing the streams failed; the next check tries again");
+                                break;
+                            }
+                            tracing::warn!(error = %e, "repairing the streams failed");
+                            tokio::time::sleep(waits.next_wait()).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciling streams after a reconnect failed");
+                    status.set_streams(Err(e.to_string()));
+                    tokio::time::sleep(waits.next_wait()).await;
+                }
+            }
+        }
+    }
+}
