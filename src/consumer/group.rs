@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use super::config::GroupConfig;
 use super::exhausted::exhausted;
+use super::guard::Guarded;
 use super::handler::Handler;
 use super::stats::GroupStats;
 use super::worker::{Source, Worker};
@@ -135,13 +136,18 @@ impl<H: Handler> Group<H> {
             }
             let worker = Worker {
                 config: self.config.clone(),
-                handler: self.handler.clone(),
+                handler: Guarded::new(
+                    self.handler.clone(),
+                    self.config.handler_timeout,
+                    self.stats.clone(),
+                ),
                 js: self.js.clone(),
                 stats: self.stats.clone(),
                 source,
             };
             let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
-            tasks.spawn(worker.drain(consumer, conn, stop.signal()));
+            conn.busy_timeout(self.config.busy_timeout)?;
+            tasks.spawn(worker.drain(consumer, conn, stop.clone()));
         }
         let mut result = Ok(());
         tokio::select! {

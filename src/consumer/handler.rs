@@ -206,6 +206,9 @@ impl From<rusqlite::Error> for Failure {
     /// A database error is taken as transient (busy, full disk); a bug that repeats ends in the
     /// dead letters after `max_deliver` anyway.
     fn from(error: rusqlite::Error) -> Failure {
+        // A full disk or a lock is the group's fault, not the event's: the worker holds the
+        // message instead of retrying it (see consumer::breaker).
+        super::guard::note_store_error(&error);
         Failure::Transient(format!("database: {error}"))
     }
 }

@@ -6,7 +6,8 @@
 //! `max_deliver`, `ack_wait`, and a filter `<topic>.>` or `<topic>.<P>.>`. Each consumer is
 //! drained by its own task with its own SQLite connection to the group's database:
 //!
-//! 1. take the messages ready now (up to `batch_size`) and open one transaction;
+//! 1. pull the next message and those ready with it (up to `batch_size`; nothing is pulled
+//!    while a batch runs) and open one transaction;
 //! 2. per message: decode it ([`handler::decode`]: a schema error is a dead letter), record
 //!    `(group, event_id)` in the processed-events table and run the [`Handler`] in a savepoint
 //!    ([`idempotency`]): an event recorded before is acknowledged without running the handler;
@@ -15,6 +16,13 @@
 //!    and transient failures of the last allowed delivery to the dead letters ([`dlq`]) before
 //!    terminating them. Messages the broker gives up on because no delivery was answered within
 //!    `ack_wait` are dead-lettered from its `MAX_DELIVERIES` advisory.
+//!
+//! Faults stay where they belong. The handler runs guarded (`guard`): a panic is a permanent
+//! failure of its message, a call past `handler_timeout` a transient one, and a batch's messages
+//! get in-progress acks while it runs. A fault of the group's own infrastructure (its database
+//! cannot begin, write or commit; a dead letter cannot be published) is no message's failure: the
+//! breaker opens, the worker holds the batch unsettled (in-progress acks, no fetching, no
+//! delivery used up) and tries it again after a backoff.
 //!
 //! Order per order: messages arrive in stream order and are processed one after another, and a
 //! batch holds back the later messages of a key whose message failed. Across redeliveries only
@@ -26,6 +34,8 @@
 //! - `group` — [`Group`]: sets a group up and runs its workers until shutdown.
 //! - `stats` — [`GroupStats`]: what a group's workers have done.
 //! - `worker` — one consumer's task: pull, process a batch, settle each message.
+//! - `guard` — the handler with its guards: panics, timeouts, store faults told apart.
+//! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
 //! - `message` — headers, times and bodies of NATS messages.
 //! - [`handler`] — the typed [`Event`], the [`Handler`] trait and its [`HandlerTx`], decoding and
@@ -36,11 +46,13 @@
 //! - [`tail`] — print a topic's events as they arrive.
 //! - [`commands`] — the `tail`, `consumers` and `dlq` subcommands.
 
+mod breaker;
 pub mod commands;
 mod config;
 pub mod dlq;
 mod exhausted;
 mod group;
+mod guard;
 pub mod handler;
 pub mod idempotency;
 pub mod lag;
@@ -49,6 +61,7 @@ mod stats;
 pub mod tail;
 mod worker;
 
+pub use breaker::{Breaker, BreakerState};
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
 pub use group::Group;

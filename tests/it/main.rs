@@ -7,6 +7,7 @@ mod bad_input;
 mod batches;
 mod browser;
 mod consumer;
+mod consumer_faults;
 mod contract;
 mod first_run;
 mod idempotency;
