@@ -370,6 +370,8 @@ async fn a_batch_of_slow_handlers_longer_than_ack_wait_is_not_delivered_again() 
     let orders = create_orders(&app, 8, 1).await;
     let mut config = group_config("slow", &topics, &db);
     config.ack_wait = Duration::from_secs(1);
+    // Every delivery is the last: in-progress acks must not make the broker give any up.
+    config.max_deliver = 1;
     let handler = Hangs {
         order: None,
         slow: Duration::from_millis(400),
@@ -382,6 +384,8 @@ async fn a_batch_of_slow_handlers_longer_than_ack_wait_is_not_delivered_again() 
     let stats = running.stop().await;
     exactly_once(&db, "slow", &expected);
     assert_eq!((stats.redeliveries, stats.duplicates), (0, 0));
+    let letters = dlq::list(&js, "slow", None).await.unwrap();
+    assert!(letters.is_empty(), "processed events dead-lettered: {}", letters.len());
     report("slow", stats, started);
 }
 
@@ -421,4 +425,29 @@ async fn a_stopping_group_sends_back_what_it_had_not_started_at_once() {
     assert_eq!(redelivered, expected.len() - done_first);
     eprintln!("stops: {done_first} processed before the stop, {redelivered} sent back");
     report("stops", crate::consumer::add(first, second), started);
+}
+
+#[tokio::test]
+async fn an_event_processed_on_its_last_delivery_is_not_a_dead_letter() {
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let mut config = group_config("last", &topics, &db);
+    config.max_deliver = 2;
+    let running = Running::start(
+        &js,
+        config,
+        Recorder::failing("last", |_, delivery| {
+            (delivery.delivered < 2).then(|| Failure::transient("not yet"))
+        }),
+    );
+    let orders = create_orders(&app, 3, 1).await;
+    let expected = expected_events(&app, &orders, &topics);
+    processed_all(&db, "last", &expected).await;
+    // Time for the broker's advisory of the last deliveries to arrive and be acted on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = running.stop().await;
+    exactly_once(&db, "last", &expected);
+    let letters = dlq::list(&js, "last", None).await.unwrap();
+    assert!(letters.is_empty(), "processed events dead-lettered: {}", letters.len());
+    report("last", stats, started);
 }
