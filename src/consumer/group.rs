@@ -18,6 +18,7 @@ use super::worker::{Source, Worker};
 use super::{ConsumerError, dlq, idempotency};
 use crate::backoff::Backoff;
 use crate::bus::stream_name;
+use crate::domain::Topic;
 use crate::shutdown::Shutdown;
 
 /// The first wait between two tries to set the group up while the broker is away.
@@ -73,6 +74,7 @@ impl<H: Handler> Group<H> {
                 .get_stream(stream_name(topic.as_str()))
                 .await
                 .map_err(ConsumerError::nats)?;
+            check_partition(&self.config, topic, &stream.cached_info().config)?;
             let consumer = stream
                 .create_consumer(self.config.consumer_config(topic))
                 .await
@@ -170,5 +172,30 @@ impl<H: Handler> Group<H> {
         }
         tracing::info!(group = %self.config.group, "consumer group stopped");
         result
+    }
+}
+
+/// Refuses a partition the topic does not have, by the partition count the stream carries in its
+/// metadata (the topic table it was made from); a filter on it would match nothing, silently.
+fn check_partition(
+    config: &GroupConfig,
+    topic: Topic,
+    stream: &jetstream::stream::Config,
+) -> Result<(), ConsumerError> {
+    let Some(p) = config.partition else {
+        return Ok(());
+    };
+    let partitions = stream
+        .metadata
+        .get("partitions")
+        .and_then(|n| n.parse::<u32>().ok());
+    match partitions {
+        Some(n) if p >= n => Err(ConsumerError::Config(format!(
+            "group {:?}: partition {p} of {}: the topic has {n} (0 to {})",
+            config.group,
+            topic.as_str(),
+            n - 1
+        ))),
+        _ => Ok(()),
     }
 }

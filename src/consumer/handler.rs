@@ -170,6 +170,23 @@ impl Delivery {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether this is a replayed dead letter (`dlq replay`) rather than the topic's own delivery:
+    /// the event may be older than what the handler has processed since.
+    pub fn is_replay(&self) -> bool {
+        self.stream == super::dlq::REPLAY_STREAM
+    }
+
+    /// For a replay, the stream and sequence the event was first delivered from; a handler that
+    /// keeps the last sequence it applied per order can tell a stale event by it.
+    pub fn original(&self) -> Option<(&str, u64)> {
+        if !self.is_replay() {
+            return None;
+        }
+        let stream = self.header("Dlq-Source-Stream")?;
+        let sequence = self.header("Dlq-Source-Sequence")?.parse().ok()?;
+        Some((stream, sequence))
+    }
+
     /// The partition token of the subject, when it has the stored form.
     pub fn partition(&self) -> Option<u32> {
         let mut tokens = self.subject.rsplitn(3, '.');

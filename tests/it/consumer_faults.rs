@@ -385,7 +385,11 @@ async fn a_batch_of_slow_handlers_longer_than_ack_wait_is_not_delivered_again() 
     exactly_once(&db, "slow", &expected);
     assert_eq!((stats.redeliveries, stats.duplicates), (0, 0));
     let letters = dlq::list(&js, "slow", None).await.unwrap();
-    assert!(letters.is_empty(), "processed events dead-lettered: {}", letters.len());
+    assert!(
+        letters.is_empty(),
+        "processed events dead-lettered: {}",
+        letters.len()
+    );
     report("slow", stats, started);
 }
 
@@ -448,6 +452,81 @@ async fn an_event_processed_on_its_last_delivery_is_not_a_dead_letter() {
     let stats = running.stop().await;
     exactly_once(&db, "last", &expected);
     let letters = dlq::list(&js, "last", None).await.unwrap();
-    assert!(letters.is_empty(), "processed events dead-lettered: {}", letters.len());
+    assert!(
+        letters.is_empty(),
+        "processed events dead-lettered: {}",
+        letters.len()
+    );
     report("last", stats, started);
+}
+
+#[tokio::test]
+async fn a_partition_the_topic_does_not_have_is_refused() {
+    let (_started, _nats, _app, js, _dir, db) = setup(|_| {}).await;
+    let mut config = group_config("nopart", &[Topic::Created], &db);
+    config.partition = Some(3);
+    let group = order_service::consumer::Group::new(js.clone(), config, Recorder::new("nopart"));
+    let error = group
+        .unwrap()
+        .run(std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("partition 3 of order.created"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn replay_sends_dead_letters_back_in_their_original_order_and_says_so() {
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let orders = create_orders(&app, 5, 1).await;
+    let refuse = Arc::new(AtomicBool::new(true));
+    let decide = refuse.clone();
+    let running = Running::start(
+        &js,
+        group_config("replays", &topics, &db),
+        Recorder::failing("replays", move |_, delivery| {
+            if !decide.load(Ordering::Relaxed) || delivery.is_replay() {
+                assert!(delivery.original().is_some() == delivery.is_replay());
+                return None;
+            }
+            // The first event fails once before it is refused: it becomes the last dead letter.
+            Some(
+                if delivery.stream_sequence == 1 && delivery.delivered == 1 {
+                    Failure::transient("not yet")
+                } else {
+                    Failure::permanent("refused")
+                },
+            )
+        }),
+    );
+    let expected = expected_events(&app, &orders, &topics);
+    until("every event is a dead letter", || {
+        running.stats.dead_lettered.load(Ordering::Relaxed) == expected.len() as u64
+    })
+    .await;
+    refuse.store(false, Ordering::Relaxed);
+    assert_eq!(dlq::replay(&js, "replays", None).await.unwrap(), 5);
+    processed_all(&db, "replays", &expected).await;
+    let stats = running.stop().await;
+    exactly_once(&db, "replays", &expected);
+    // Processed in the order they were first stored, each knowing its original sequence.
+    let conn = read_only(&db);
+    let mut stmt = conn
+        .prepare("SELECT headers FROM effects WHERE grp = 'replays' ORDER BY seq")
+        .unwrap();
+    let sources: Vec<u64> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|h| {
+            let h: serde_json::Value = serde_json::from_str(&h.unwrap()).unwrap();
+            h["Dlq-Source-Sequence"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    let mut sorted = sources.clone();
+    sorted.sort_unstable();
+    assert_eq!(sources, sorted);
+    report("replays", stats, started);
 }
