@@ -13,6 +13,7 @@ use super::config::GroupConfig;
 use super::exhausted::exhausted;
 use super::guard::Guarded;
 use super::handler::Handler;
+use super::metrics::ConsumerMetrics;
 use super::stats::GroupStats;
 use super::worker::{Source, Worker};
 use super::{ConsumerError, dlq, idempotency};
@@ -32,6 +33,7 @@ pub struct Group<H> {
     handler: Arc<H>,
     js: jetstream::Context,
     stats: Arc<GroupStats>,
+    metrics: Arc<ConsumerMetrics>,
 }
 
 impl<H: Handler> Group<H> {
@@ -47,7 +49,20 @@ impl<H: Handler> Group<H> {
             handler: Arc::new(handler),
             js,
             stats: Arc::new(GroupStats::default()),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Records into `metrics`, shared with the process's other groups (each group has its own
+    /// otherwise).
+    pub fn with_metrics(mut self, metrics: Arc<ConsumerMetrics>) -> Group<H> {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics the group records into.
+    pub fn metrics(&self) -> Arc<ConsumerMetrics> {
+        self.metrics.clone()
     }
 
     /// The group's counters, shared with its running tasks.
@@ -140,8 +155,10 @@ impl<H: Handler> Group<H> {
                 config: self.config.clone(),
                 handler: Guarded::new(
                     self.handler.clone(),
+                    &self.config.group,
                     self.config.handler_timeout,
                     self.stats.clone(),
+                    self.metrics.clone(),
                 ),
                 js: self.js.clone(),
                 stats: self.stats.clone(),

@@ -10,12 +10,13 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
 use super::breaker::is_store_fault;
 use super::handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
+use super::metrics::{ConsumerMetrics, HandlerLabels, handler_name};
 use super::stats::GroupStats;
 
 tokio::task_local! {
@@ -41,21 +42,43 @@ pub(super) struct Guarded<H> {
     timeout: Duration,
     stats: Arc<GroupStats>,
     store_fault: Arc<Mutex<Option<String>>>,
+    metrics: Arc<ConsumerMetrics>,
+    labels: HandlerLabels,
 }
 
 impl<H: Handler> Guarded<H> {
-    pub(super) fn new(inner: Arc<H>, timeout: Duration, stats: Arc<GroupStats>) -> Guarded<H> {
+    pub(super) fn new(
+        inner: Arc<H>,
+        group: &str,
+        timeout: Duration,
+        stats: Arc<GroupStats>,
+        metrics: Arc<ConsumerMetrics>,
+    ) -> Guarded<H> {
         Guarded {
             inner,
             timeout,
             stats,
             store_fault: Arc::default(),
+            metrics,
+            labels: HandlerLabels {
+                group: group.to_owned(),
+                handler: handler_name::<H>(),
+            },
         }
+    }
+
+    /// The process's metrics and this handler's labels in them.
+    pub(super) fn metrics(&self) -> (&ConsumerMetrics, &HandlerLabels) {
+        (&self.metrics, &self.labels)
     }
 
     /// The store fault behind the last message's failure, if it was one; clears it.
     pub(super) fn take_store_fault(&self) -> Option<String> {
         self.store_fault.lock().ok().and_then(|mut f| f.take())
+    }
+
+    fn peek_store_fault(&self) -> bool {
+        self.store_fault.lock().is_ok_and(|f| f.is_some())
     }
 }
 
@@ -65,9 +88,26 @@ impl<H: Handler> Handler for Guarded<H> {
     }
 
     async fn handle(&self, event: &Event, delivery: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
+        let started = Instant::now();
         let run = AssertUnwindSafe(self.inner.handle(event, delivery, tx)).catch_unwind();
         let scoped = STORE_FAULT.scope(self.store_fault.clone(), run);
-        match tokio::time::timeout(self.timeout, scoped).await {
+        let outcome = tokio::time::timeout(self.timeout, scoped).await;
+        let kind = match &outcome {
+            Ok(Ok(Ok(()))) => None,
+            // The worker counts the group's own faults, once per fault.
+            Ok(Ok(Err(_))) if self.peek_store_fault() => None,
+            Ok(Ok(Err(Failure::Transient(_)))) => Some("transient"),
+            Ok(Ok(Err(Failure::Permanent(_)))) => Some("permanent"),
+            Ok(Err(_)) => Some("panic"),
+            Err(_) => Some("timeout"),
+        };
+        // Processed events are counted when acknowledged (a batch may still roll back).
+        if let Some(kind) = kind {
+            self.metrics.failed(&self.labels, kind);
+        }
+        self.metrics
+            .duration(&self.labels, started.elapsed().as_secs_f64());
+        match outcome {
             Ok(Ok(handled)) => handled,
             Ok(Err(panic)) => {
                 GroupStats::add(&self.stats.panics);

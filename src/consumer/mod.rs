@@ -42,6 +42,7 @@
 //!   versions.
 //! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
+//! - [`metrics`] — Prometheus metrics per group and handler, for a subscriber process.
 //! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
 //! - [`commands`] — the `tail`, `consumers` and `dlq` subcommands.
@@ -57,6 +58,7 @@ pub mod handler;
 pub mod idempotency;
 pub mod lag;
 mod message;
+pub mod metrics;
 mod stats;
 pub mod tail;
 mod worker;

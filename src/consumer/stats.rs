@@ -62,6 +62,26 @@ impl GroupStats {
         }
     }
 
+    /// The group's health as JSON, for a subscriber process's `/health`: `ok` while the breaker
+    /// is closed, with the breaker's state and the counts.
+    pub fn health(&self) -> serde_json::Value {
+        let s = self.snapshot();
+        let state = self.breaker.state();
+        serde_json::json!({
+            "status": if state == super::BreakerState::Closed { "ok" } else { "degraded" },
+            "breaker": state.as_str(),
+            "breaker_trips": self.breaker.trips(),
+            "infrastructure_faults": self.infrastructure_faults.load(Ordering::Relaxed),
+            "deliveries": s.deliveries,
+            "processed": s.processed,
+            "duplicates": s.duplicates,
+            "retried": s.retried,
+            "dead_lettered": s.dead_lettered,
+            "panics": self.panics.load(Ordering::Relaxed),
+            "timeouts": self.timeouts.load(Ordering::Relaxed),
+        })
+    }
+
     pub(super) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

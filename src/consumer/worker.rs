@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use tracing::Instrument;
 
 use super::ConsumerError;
 use super::breaker::{Outage, keep_alive_interval, progress};
@@ -214,10 +215,13 @@ impl<H: Handler> Worker<H> {
                 Ok(verdicts) => break verdicts,
                 Err(fault) => {
                     GroupStats::add(&self.stats.infrastructure_faults);
+                    let (metrics, labels) = self.handler.metrics();
+                    metrics.failed(labels, "infrastructure");
                     tracing::error!(group = %self.config.group, error = %fault, messages = held.len(), "the group's database failed; holding the batch and backing off");
                     let outage = outage.get_or_insert_with(|| {
                         Outage::begin(&self.stats.breaker, self.config.ack_wait)
                     });
+                    self.breaker_changed();
                     if !outage.wait(&held, stop).await {
                         // Unsettled: the broker delivers them again after ack_wait.
                         return Ok(());
@@ -226,6 +230,7 @@ impl<H: Handler> Worker<H> {
             }
         };
         if outage.take().is_some() {
+            self.breaker_changed();
             tracing::info!(group = %self.config.group, "the group's database works again");
         }
         for (r, verdict) in received.iter().zip(verdicts) {
@@ -281,7 +286,19 @@ impl<H: Handler> Worker<H> {
                 stream_seq: d.stream_sequence,
                 delivered: d.delivered,
             };
-            let step = tx.run(&processed, &self.handler, &event, d).await;
+            let span = tracing::info_span!(
+                "event",
+                group,
+                topic = topic.as_str(),
+                event_id = %event.event_id(),
+                correlation_id = event.metadata()["correlation_id"].as_str().unwrap_or_default(),
+                traceparent = d.header("traceparent").unwrap_or_default(),
+                delivered = d.delivered,
+            );
+            let step = tx
+                .run(&processed, &self.handler, &event, d)
+                .instrument(span)
+                .await;
             let store_fault = self.handler.take_store_fault();
             verdicts.push(match step {
                 Ok(Step::Done) => Verdict::Ack { duplicate: false },
@@ -315,15 +332,23 @@ impl<H: Handler> Worker<H> {
         Ok(verdicts)
     }
 
+    /// Shows the breaker's state in the metrics.
+    fn breaker_changed(&self) {
+        let (metrics, _) = self.handler.metrics();
+        metrics.breaker(&self.config.group, self.stats.breaker.state());
+    }
+
     async fn settle(&self, r: &Received, verdict: Verdict, stop: &Shutdown) {
         let d = &r.delivery;
         let acked = match verdict {
             Verdict::Ack { duplicate } => {
-                GroupStats::add(if duplicate {
-                    &self.stats.duplicates
+                if duplicate {
+                    GroupStats::add(&self.stats.duplicates);
                 } else {
-                    &self.stats.processed
-                });
+                    GroupStats::add(&self.stats.processed);
+                    let (metrics, labels) = self.handler.metrics();
+                    metrics.processed(labels);
+                }
                 r.message.ack().await
             }
             Verdict::Nak(delay) => {
@@ -356,13 +381,21 @@ impl<H: Handler> Worker<H> {
                             let outage = outage.get_or_insert_with(|| {
                                 Outage::begin(&self.stats.breaker, self.config.ack_wait)
                             });
+                            self.breaker_changed();
                             if !outage.wait(&[&r.message], stop).await {
                                 return;
                             }
                         }
                     }
                 }
+                if outage.take().is_some() {
+                    self.breaker_changed();
+                }
                 GroupStats::add(&self.stats.dead_lettered);
+                if reason == Reason::Schema {
+                    let (metrics, labels) = self.handler.metrics();
+                    metrics.failed(labels, "schema");
+                }
                 tracing::warn!(group = %self.config.group, topic, reason = reason.as_str(), %error, stream = %d.stream, seq = d.stream_sequence, "dead letter");
                 r.message.ack_with(AckKind::Term).await
             }

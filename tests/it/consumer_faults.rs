@@ -83,6 +83,8 @@ async fn a_locked_database_holds_the_messages_without_using_deliveries_or_dead_l
     // given the held messages up.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_ne!(running.stats.breaker.state(), BreakerState::Closed);
+    let health = running.stats.health();
+    assert_eq!(health["status"], "degraded", "{health}");
     locker.execute_batch("ROLLBACK").unwrap();
     drop(locker);
 
@@ -94,6 +96,7 @@ async fn a_locked_database_holds_the_messages_without_using_deliveries_or_dead_l
         running.stats.breaker.state() == BreakerState::Closed
     })
     .await;
+    assert_eq!(running.stats.health()["status"], "ok");
     let stats = running.stop().await;
     exactly_once(&db, "locked", &expected);
     all_on_first_delivery(&db, "locked");
@@ -529,4 +532,50 @@ async fn replay_sends_dead_letters_back_in_their_original_order_and_says_so() {
     sorted.sort_unstable();
     assert_eq!(sources, sorted);
     report("replays", stats, started);
+}
+
+#[tokio::test]
+async fn metrics_count_per_group_and_handler_and_failures_by_kind() {
+    let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let orders: Vec<String> = create_orders(&app, 4, 1).await.into_iter().collect();
+    let handler = Panics {
+        order: orders[0].clone(),
+        inner: Recorder::new("metered"),
+    };
+    let metrics = Arc::new(order_service::consumer::metrics::ConsumerMetrics::new());
+    let group = order_service::consumer::Group::new(
+        js.clone(),
+        group_config("metered", &topics, &db),
+        handler,
+    )
+    .unwrap()
+    .with_metrics(metrics.clone());
+    let shutdown = order_service::shutdown::Shutdown::new();
+    let task = tokio::spawn(group.run(shutdown.signal()));
+    let ok: HashSet<String> = orders[1..].iter().cloned().collect();
+    processed_all(&db, "metered", &expected_events(&app, &ok, &topics)).await;
+    until("the panic is counted", || {
+        metrics.render().contains(r#"kind="panic"} 1"#)
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"consumer_events_processed_total{group="metered",handler="Panics"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"consumer_events_failed_total{group="metered",handler="Panics",kind="panic"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"consumer_handler_duration_seconds_count{group="metered",handler="Panics"} 4"#
+        ),
+        "{text}"
+    );
 }
