@@ -109,8 +109,10 @@ impl<H: Handler> Group<H> {
     }
 
     /// Runs the group until `shutdown`: sets it up (waiting for the broker as long as it takes),
-    /// then drains each consumer. A batch in flight when `shutdown` completes is finished,
-    /// committed and acknowledged before this returns.
+    /// then drains each consumer. When `shutdown` completes, a batch in flight finishes the
+    /// handler call running (within `handler_timeout`), commits and is settled, its messages not
+    /// started sent back at once, before this returns; a batch held by an open breaker is left
+    /// to the broker's `ack_wait`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
         tokio::pin!(shutdown);
         let mut waits = Backoff::exponential(SETUP_BACKOFF_BASE, SETUP_BACKOFF_MAX).waits();
