@@ -3,6 +3,7 @@
 //! topic until shutdown.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use super::handler::Handler;
 use super::metrics::ConsumerMetrics;
 use super::stats::GroupStats;
 use super::worker::{Source, Worker};
-use super::{ConsumerError, dlq, idempotency};
+use super::{ConsumerError, dlq, idempotency, owner};
 use crate::backoff::Backoff;
 use crate::bus::stream_name;
 use crate::domain::Topic;
@@ -129,11 +130,37 @@ impl<H: Handler> Group<H> {
                 () = tokio::time::sleep(wait) => {}
             }
         };
-        tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
+        let key = self.config.consumer_name();
+        loop {
+            let Some(lease) = owner::acquire(&self.js, &key, &mut shutdown).await? else {
+                return Ok(());
+            };
+            tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
+            match self.run_active(&consumers, lease, &mut shutdown).await? {
+                Ended::Stopped => break,
+                Ended::LeaseLost => continue,
+            }
+        }
+        tracing::info!(group = %self.config.group, "consumer group stopped");
+        Ok(())
+    }
+
+    /// Runs the workers while this process holds the group's lease: until `shutdown`, an error a
+    /// worker cannot get past, or the lease is lost.
+    async fn run_active<S: Future<Output = ()>>(
+        &self,
+        consumers: &[(Source, PullConsumer)],
+        lease: owner::Lease,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Result<Ended, ConsumerError> {
         let stop = Shutdown::new();
+        // Polled here rather than spawned: whatever ends this run (an abort too) ends the lease.
+        let keep = lease.keep(stop.clone());
+        tokio::pin!(keep);
+        let mut lease_done = false;
         let mut tasks = JoinSet::new();
         for (source, consumer) in consumers {
-            if let Source::Topic(topic) = source {
+            if let Source::Topic(topic) = *source {
                 let stream = stream_name(topic.as_str());
                 let subscriber = self
                     .js
@@ -164,19 +191,24 @@ impl<H: Handler> Group<H> {
                 ),
                 js: self.js.clone(),
                 stats: self.stats.clone(),
-                source,
+                source: *source,
             };
             let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
             conn.busy_timeout(self.config.busy_timeout)?;
-            tasks.spawn(worker.drain(consumer, conn, stop.clone()));
+            tasks.spawn(worker.drain(consumer.clone(), conn, stop.clone()));
         }
-        let mut result = Ok(());
+        let mut result = Ok(Ended::Stopped);
         tokio::select! {
-            () = &mut shutdown => {}
+            () = shutdown.as_mut() => {}
+            () = &mut keep => {
+                lease_done = true;
+                result = Ok(Ended::LeaseLost);
+            }
             Some(ended) = tasks.join_next() => {
                 // A worker only ends early on an error it cannot get past.
                 result = match ended {
-                    Ok(r) => r,
+                    Ok(Ok(())) => Ok(Ended::Stopped),
+                    Ok(Err(e)) => Err(e),
                     Err(e) => Err(ConsumerError::Config(format!("a consumer task failed: {e}"))),
                 };
             }
@@ -189,9 +221,20 @@ impl<H: Handler> Group<H> {
                 result = Err(e);
             }
         }
-        tracing::info!(group = %self.config.group, "consumer group stopped");
+        // Released once the workers are done, so a standby never overlaps them.
+        if !lease_done {
+            keep.await;
+        }
         result
     }
+}
+
+/// Why a group's active run ended.
+enum Ended {
+    /// Shutdown, or a worker ended.
+    Stopped,
+    /// Another process may hold the lease now: stand by.
+    LeaseLost,
 }
 
 /// Refuses a partition the topic does not have, by the partition count the stream carries in its

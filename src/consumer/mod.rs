@@ -35,6 +35,7 @@
 //! - `stats` — [`GroupStats`]: what a group's workers have done.
 //! - `worker` — one consumer's task: pull, process a batch, settle each message.
 //! - `guard` — the handler with its guards: panics, timeouts, store faults told apart.
+//! - `owner` — the lease that makes one process per group and partition the active one.
 //! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
 //! - `message` — headers, times and bodies of NATS messages.
@@ -59,6 +60,7 @@ pub mod idempotency;
 pub mod lag;
 mod message;
 pub mod metrics;
+mod owner;
 mod stats;
 pub mod tail;
 mod worker;
