@@ -36,11 +36,18 @@ pub struct GroupConfig {
     pub max_ack_pending: i64,
     /// Messages processed per transaction, at most.
     pub batch_size: usize,
+    /// How long one call of the handler may take; past it, the call is dropped at its next
+    /// `.await` and the message is a transient failure.
+    pub handler_timeout: Duration,
+    /// How long the group's database connections wait for another writer of the file before the
+    /// group's circuit breaker opens.
+    pub busy_timeout: Duration,
 }
 
 impl GroupConfig {
     /// Defaults: every partition, `max_deliver` 5, backoff 1 s, 5 s, 30 s, 2 min, `ack_wait`
-    /// 30 s, up to 1,000 unacknowledged, batches of 100, `synchronous=FULL`.
+    /// 30 s, up to 1,000 unacknowledged, batches of 100, `synchronous=FULL`, a handler timeout of
+    /// 30 s, a busy timeout of 10 s.
     pub fn new(group: impl Into<String>, topics: &[Topic], database: impl Into<PathBuf>) -> Self {
         GroupConfig {
             group: group.into(),
@@ -58,6 +65,8 @@ impl GroupConfig {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 1000,
             batch_size: 100,
+            handler_timeout: Duration::from_secs(30),
+            busy_timeout: Duration::from_secs(10),
         }
     }
 
@@ -101,6 +110,9 @@ impl GroupConfig {
         }
         if self.backoff.is_empty() {
             return bad("the backoff schedule is empty".into());
+        }
+        if self.handler_timeout.is_zero() {
+            return bad("handler_timeout must be above zero".into());
         }
         if self.batch_size == 0 || self.max_ack_pending < 1 {
             return bad("batch_size and max_ack_pending must be at least 1".into());

@@ -327,7 +327,9 @@ pub async fn replay(
     group: &str,
     topic: Option<&str>,
 ) -> Result<usize, ConsumerError> {
-    let letters = list(js, group, topic).await?;
+    let mut letters = list(js, group, topic).await?;
+    // In the order the events were first stored, not the order they failed in.
+    letters.sort_by(|a, b| a.source.cmp(&b.source));
     resend(js, group, &letters).await?;
     Ok(letters.len())
 }

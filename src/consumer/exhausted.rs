@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -10,10 +11,18 @@ use futures::StreamExt;
 use super::ConsumerError;
 use super::config::GroupConfig;
 use super::dlq::{self, Reason};
-use super::message::headers_of;
+use super::message::{body_text, headers_of};
 use super::stats::GroupStats;
+use crate::backoff::Backoff;
 use crate::bus::stream_name;
 use crate::domain::Topic;
+
+/// Tries to read back and dead-letter one exhausted message before it is logged as lost.
+const TRIES: u32 = 8;
+/// The first wait between two tries.
+const RETRY_BASE: Duration = Duration::from_millis(200);
+/// The longest wait between two tries.
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The broker's advisory that a message used up `max_deliver` without an answer.
 #[derive(serde::Deserialize)]
@@ -44,44 +53,76 @@ pub(super) async fn exhausted(
                 None => return Ok(()),
             },
         };
-        let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
-            continue;
-        };
-        let message = match js.get_stream(&stream).await {
-            Ok(s) => s.get_raw_message(advisory.stream_seq).await,
+        let advisory = match serde_json::from_slice::<MaxDeliveries>(&advisory.payload) {
+            Ok(advisory) => advisory,
             Err(e) => {
-                tracing::warn!(group = %config.group, error = %e, "cannot read an exhausted message");
+                tracing::error!(group = %config.group, stream = %stream, error = %e, advisory = %body_text(&advisory.payload), "a max-deliveries advisory that cannot be read; its message stays only in its stream");
                 continue;
             }
         };
-        let Ok(message) = message else {
-            continue;
+        // Read back and dead-lettered with a backoff: a broker or dead-letter stream that is
+        // away for a moment must not lose the only news of this message.
+        let mut waits = Backoff::exponential(RETRY_BASE, RETRY_MAX).waits();
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            match dead_letter(&js, &config, topic, &stream, &advisory).await {
+                Ok(()) => break Ok(()),
+                Err(e) if tries >= TRIES => break Err(e),
+                Err(e) => {
+                    tracing::warn!(group = %config.group, stream = %stream, seq = advisory.stream_seq, error = %e, "dead-lettering an exhausted message failed; trying again");
+                    tokio::select! {
+                        () = &mut shutdown => break Err(format!("stopped before it was stored: {e}")),
+                        () = tokio::time::sleep(waits.next_wait()) => {}
+                    }
+                }
+            }
         };
-        let headers = headers_of(Some(&message.headers));
-        let error = format!(
-            "not acknowledged within ack_wait ({:?}) on any of {} deliveries",
-            config.ack_wait, advisory.deliveries
-        );
-        let letter = dlq::DeadLetter {
-            group: &config.group,
-            topic: topic.as_str(),
-            reason: Reason::MaxDeliver,
-            error: &error,
-            stream: &stream,
-            stream_sequence: advisory.stream_seq,
-            subject: message.subject.as_str(),
-            delivered: advisory.deliveries,
-            headers: &headers,
-            payload: &message.payload,
-        };
-        match dlq::publish(&js, &letter).await {
+        match outcome {
             Ok(()) => {
                 GroupStats::add(&stats.dead_lettered);
                 tracing::warn!(group = %config.group, stream = %stream, seq = advisory.stream_seq, "dead letter: max_deliver without an answer");
             }
             Err(e) => {
-                tracing::error!(group = %config.group, error = %e, seq = advisory.stream_seq, "publishing a dead letter failed; the message stays only in its stream")
+                tracing::error!(group = %config.group, stream = %stream, seq = advisory.stream_seq, deliveries = advisory.deliveries, error = %e, "an exhausted message could not be dead-lettered; it stays only in its stream")
             }
         }
     }
+}
+
+/// Reads the message an advisory tells of back from its stream and publishes its dead letter.
+async fn dead_letter(
+    js: &jetstream::Context,
+    config: &GroupConfig,
+    topic: Topic,
+    stream: &str,
+    advisory: &MaxDeliveries,
+) -> Result<(), String> {
+    let message = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| format!("cannot read the stream: {e}"))?
+        .get_raw_message(advisory.stream_seq)
+        .await
+        .map_err(|e| format!("cannot read the message back: {e}"))?;
+    let headers = headers_of(Some(&message.headers));
+    let error = format!(
+        "not acknowledged within ack_wait ({:?}) on any of {} deliveries",
+        config.ack_wait, advisory.deliveries
+    );
+    let letter = dlq::DeadLetter {
+        group: &config.group,
+        topic: topic.as_str(),
+        reason: Reason::MaxDeliver,
+        error: &error,
+        stream,
+        stream_sequence: advisory.stream_seq,
+        subject: message.subject.as_str(),
+        delivered: advisory.deliveries,
+        headers: &headers,
+        payload: &message.payload,
+    };
+    dlq::publish(js, &letter)
+        .await
+        .map_err(|e| format!("cannot publish the dead letter: {e}"))
 }

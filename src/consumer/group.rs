@@ -3,6 +3,7 @@
 //! topic until shutdown.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +13,15 @@ use tokio::task::JoinSet;
 use super::config::GroupConfig;
 use super::emit::{self, Emits, Outbox};
 use super::exhausted::exhausted;
+use super::guard::Guarded;
 use super::handler::Handler;
+use super::metrics::ConsumerMetrics;
 use super::stats::GroupStats;
 use super::worker::{Source, Worker};
-use super::{ConsumerError, dlq, idempotency, prune};
+use super::{ConsumerError, dlq, idempotency, owner, prune};
 use crate::backoff::Backoff;
 use crate::bus::stream_name;
+use crate::domain::Topic;
 use crate::shutdown::Shutdown;
 
 /// The first wait between two tries to set the group up while the broker is away.
@@ -32,6 +36,7 @@ pub struct Group<H> {
     js: jetstream::Context,
     stats: Arc<GroupStats>,
     emits: Option<Arc<Emits>>,
+    metrics: Arc<ConsumerMetrics>,
 }
 
 impl<H: Handler> Group<H> {
@@ -48,6 +53,7 @@ impl<H: Handler> Group<H> {
             js,
             stats: Arc::new(GroupStats::default()),
             emits: None,
+            metrics: Arc::default(),
         })
     }
 
@@ -55,6 +61,18 @@ impl<H: Handler> Group<H> {
     pub fn emitting(mut self, emits: Emits) -> Group<H> {
         self.emits = Some(Arc::new(emits));
         self
+    }
+
+    /// Records into `metrics`, shared with the process's other groups (each group has its own
+    /// otherwise).
+    pub fn with_metrics(mut self, metrics: Arc<ConsumerMetrics>) -> Group<H> {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics the group records into.
+    pub fn metrics(&self) -> Arc<ConsumerMetrics> {
+        self.metrics.clone()
     }
 
     /// The group's counters, shared with its running tasks.
@@ -81,6 +99,7 @@ impl<H: Handler> Group<H> {
                 .get_stream(stream_name(topic.as_str()))
                 .await
                 .map_err(ConsumerError::nats)?;
+            check_partition(&self.config, topic, &stream.cached_info().config)?;
             let consumer = stream
                 .create_consumer(self.config.consumer_config(topic))
                 .await
@@ -100,8 +119,10 @@ impl<H: Handler> Group<H> {
     }
 
     /// Runs the group until `shutdown`: sets it up (waiting for the broker as long as it takes),
-    /// then drains each consumer. A batch in flight when `shutdown` completes is finished,
-    /// committed and acknowledged before this returns.
+    /// then drains each consumer. When `shutdown` completes, a batch in flight finishes the
+    /// handler call running (within `handler_timeout`), commits and is settled, its messages not
+    /// started sent back at once, before this returns; a batch held by an open breaker is left
+    /// to the broker's `ack_wait`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
         tokio::pin!(shutdown);
         let mut waits = Backoff::exponential(SETUP_BACKOFF_BASE, SETUP_BACKOFF_MAX).waits();
@@ -118,8 +139,34 @@ impl<H: Handler> Group<H> {
                 () = tokio::time::sleep(wait) => {}
             }
         };
-        tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
+        let key = self.config.consumer_name();
+        loop {
+            let Some(lease) = owner::acquire(&self.js, &key, &mut shutdown).await? else {
+                return Ok(());
+            };
+            tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
+            match self.run_active(&consumers, lease, &mut shutdown).await? {
+                Ended::Stopped => break,
+                Ended::LeaseLost => continue,
+            }
+        }
+        tracing::info!(group = %self.config.group, "consumer group stopped");
+        Ok(())
+    }
+
+    /// Runs the workers while this process holds the group's lease: until `shutdown`, an error a
+    /// worker cannot get past, or the lease is lost.
+    async fn run_active<S: Future<Output = ()>>(
+        &self,
+        consumers: &[(Source, PullConsumer)],
+        lease: owner::Lease,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Result<Ended, ConsumerError> {
         let stop = Shutdown::new();
+        // Polled here rather than spawned: whatever ends this run (an abort too) ends the lease.
+        let keep = lease.keep(stop.clone());
+        tokio::pin!(keep);
+        let mut lease_done = false;
         let mut tasks = JoinSet::new();
         tasks.spawn(prune::run(
             self.js.clone(),
@@ -131,7 +178,7 @@ impl<H: Handler> Group<H> {
             tasks.spawn(outbox.clone().run(self.js.clone(), stop.clone()));
         }
         for (source, consumer) in consumers {
-            if let Source::Topic(topic) = source {
+            if let Source::Topic(topic) = *source {
                 let stream = stream_name(topic.as_str());
                 let subscriber = self
                     .js
@@ -153,24 +200,36 @@ impl<H: Handler> Group<H> {
             }
             let worker = Worker {
                 config: self.config.clone(),
-                handler: self.handler.clone(),
+                handler: Guarded::new(
+                    self.handler.clone(),
+                    &self.config.group,
+                    self.config.handler_timeout,
+                    self.stats.clone(),
+                    self.metrics.clone(),
+                ),
                 js: self.js.clone(),
                 stats: self.stats.clone(),
-                source,
+                source: *source,
             };
             let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
+            conn.busy_timeout(self.config.busy_timeout)?;
             tasks.spawn(emit::scope(
                 outbox.clone(),
-                worker.drain(consumer, conn, stop.signal()),
+                worker.drain(consumer.clone(), conn, stop.clone()),
             ));
         }
-        let mut result = Ok(());
+        let mut result = Ok(Ended::Stopped);
         tokio::select! {
-            () = &mut shutdown => {}
+            () = shutdown.as_mut() => {}
+            () = &mut keep => {
+                lease_done = true;
+                result = Ok(Ended::LeaseLost);
+            }
             Some(ended) = tasks.join_next() => {
                 // A worker only ends early on an error it cannot get past.
                 result = match ended {
-                    Ok(r) => r,
+                    Ok(Ok(())) => Ok(Ended::Stopped),
+                    Ok(Err(e)) => Err(e),
                     Err(e) => Err(ConsumerError::Config(format!("a consumer task failed: {e}"))),
                 };
             }
@@ -183,7 +242,43 @@ impl<H: Handler> Group<H> {
                 result = Err(e);
             }
         }
-        tracing::info!(group = %self.config.group, "consumer group stopped");
+        // Released once the workers are done, so a standby never overlaps them.
+        if !lease_done {
+            keep.await;
+        }
         result
+    }
+}
+
+/// Why a group's active run ended.
+enum Ended {
+    /// Shutdown, or a worker ended.
+    Stopped,
+    /// Another process may hold the lease now: stand by.
+    LeaseLost,
+}
+
+/// Refuses a partition the topic does not have, by the partition count the stream carries in its
+/// metadata (the topic table it was made from); a filter on it would match nothing, silently.
+fn check_partition(
+    config: &GroupConfig,
+    topic: Topic,
+    stream: &jetstream::stream::Config,
+) -> Result<(), ConsumerError> {
+    let Some(p) = config.partition else {
+        return Ok(());
+    };
+    let partitions = stream
+        .metadata
+        .get("partitions")
+        .and_then(|n| n.parse::<u32>().ok());
+    match partitions {
+        Some(n) if p >= n => Err(ConsumerError::Config(format!(
+            "group {:?}: partition {p} of {}: the topic has {n} (0 to {})",
+            config.group,
+            topic.as_str(),
+            n - 1
+        ))),
+        _ => Ok(()),
     }
 }

@@ -178,6 +178,23 @@ impl Delivery {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether this is a replayed dead letter (`dlq replay`) rather than the topic's own delivery:
+    /// the event may be older than what the handler has processed since.
+    pub fn is_replay(&self) -> bool {
+        self.stream == super::dlq::REPLAY_STREAM
+    }
+
+    /// For a replay, the stream and sequence the event was first delivered from; a handler that
+    /// keeps the last sequence it applied per order can tell a stale event by it.
+    pub fn original(&self) -> Option<(&str, u64)> {
+        if !self.is_replay() {
+            return None;
+        }
+        let stream = self.header("Dlq-Source-Stream")?;
+        let sequence = self.header("Dlq-Source-Sequence")?.parse().ok()?;
+        Some((stream, sequence))
+    }
+
     /// The partition token of the subject, when it has the stored form.
     pub fn partition(&self) -> Option<u32> {
         let mut tokens = self.subject.rsplitn(3, '.');
@@ -214,6 +231,9 @@ impl From<rusqlite::Error> for Failure {
     /// A database error is taken as transient (busy, full disk); a bug that repeats ends in the
     /// dead letters after `max_deliver` anyway.
     fn from(error: rusqlite::Error) -> Failure {
+        // A full disk or a lock is the group's fault, not the event's: the worker holds the
+        // message instead of retrying it (see consumer::breaker).
+        super::guard::note_store_error(&error);
         Failure::Transient(format!("database: {error}"))
     }
 }

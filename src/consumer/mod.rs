@@ -6,7 +6,8 @@
 //! `max_deliver`, `ack_wait`, and a filter `<topic>.>` or `<topic>.<P>.>`. Each consumer is
 //! drained by its own task with its own SQLite connection to the group's database:
 //!
-//! 1. take the messages ready now (up to `batch_size`) and open one transaction;
+//! 1. pull the next message and those ready with it (up to `batch_size`; nothing is pulled
+//!    while a batch runs) and open one transaction;
 //! 2. per message: decode it ([`handler::decode`]: a schema error is a dead letter), record
 //!    `(group, event_id)` in the processed-events table and run the [`Handler`] in a savepoint
 //!    ([`idempotency`]): an event recorded before is acknowledged without running the handler;
@@ -16,6 +17,13 @@
 //!    and transient failures of the last allowed delivery to the dead letters ([`dlq`]) before
 //!    terminating them. Messages the broker gives up on because no delivery was answered within
 //!    `ack_wait` are dead-lettered from its `MAX_DELIVERIES` advisory.
+//!
+//! Faults stay where they belong. The handler runs guarded (`guard`): a panic is a permanent
+//! failure of its message, a call past `handler_timeout` a transient one, and a batch's messages
+//! get in-progress acks while it runs. A fault of the group's own infrastructure (its database
+//! cannot begin, write or commit; a dead letter cannot be published) is no message's failure: the
+//! breaker opens, the worker holds the batch unsettled (in-progress acks, no fetching, no
+//! delivery used up) and tries it again after a backoff.
 //!
 //! Order per order: messages arrive in stream order and are processed one after another, and a
 //! batch holds back the later messages of a key whose message failed. Across redeliveries only
@@ -27,6 +35,9 @@
 //! - `group` — [`Group`]: sets a group up and runs its workers until shutdown.
 //! - `stats` — [`GroupStats`]: what a group's workers have done.
 //! - `worker` — one consumer's task: pull, process a batch, settle each message.
+//! - `guard` — the handler with its guards: panics, timeouts, store faults told apart.
+//! - `owner` — the lease that makes one process per group and partition the active one.
+//! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
 //! - `message` — headers, times and bodies of NATS messages.
 //! - [`handler`] — the typed [`Event`], the [`Handler`] trait and its [`HandlerTx`], decoding and
@@ -36,6 +47,7 @@
 //! - `prune` — deletes processed events older than the streams' `max_age` plus the duplicate
 //!   window.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
+//! - [`metrics`] — Prometheus metrics per group and handler, for a subscriber process.
 //! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
 //! - [`commands`] — the `tail`, `consumers` and `dlq` subcommands.
@@ -43,6 +55,7 @@
 //! `lag` (it feeds the service's `/ready` and `/metrics`), `tail` and `commands` are the
 //! service's: they come with feature `service`, the rest with `consumer`.
 
+mod breaker;
 #[cfg(feature = "service")]
 pub mod commands;
 mod config;
@@ -50,17 +63,21 @@ pub mod dlq;
 pub mod emit;
 mod exhausted;
 mod group;
+mod guard;
 pub mod handler;
 pub mod idempotency;
 #[cfg(feature = "service")]
 pub mod lag;
 mod message;
+pub mod metrics;
+mod owner;
 mod prune;
 mod stats;
 #[cfg(feature = "service")]
 pub mod tail;
 mod worker;
 
+pub use breaker::{Breaker, BreakerState};
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
 pub use emit::Emits;

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::breaker::Breaker;
+
 /// What a group has done since it started, for tests, the demo and logs.
 #[derive(Debug, Default)]
 pub struct GroupStats {
@@ -18,6 +20,15 @@ pub struct GroupStats {
     pub retried: AtomicU64,
     /// Messages sent to the dead letters.
     pub dead_lettered: AtomicU64,
+    /// Handlers that panicked (each a permanent failure of its message).
+    pub panics: AtomicU64,
+    /// Handlers that ran past the group's `handler_timeout` (each a transient failure).
+    pub timeouts: AtomicU64,
+    /// Failures of the group's own infrastructure: its database could not begin, write or commit
+    /// the batch, or a dead letter could not be published. None of them costs a delivery.
+    pub infrastructure_faults: AtomicU64,
+    /// The circuit breaker those faults open.
+    pub breaker: Breaker,
 }
 
 /// A snapshot of [`GroupStats`].
@@ -49,6 +60,26 @@ impl GroupStats {
             retried: get(&self.retried),
             dead_lettered: get(&self.dead_lettered),
         }
+    }
+
+    /// The group's health as JSON, for a subscriber process's `/health`: `ok` while the breaker
+    /// is closed, with the breaker's state and the counts.
+    pub fn health(&self) -> serde_json::Value {
+        let s = self.snapshot();
+        let state = self.breaker.state();
+        serde_json::json!({
+            "status": if state == super::BreakerState::Closed { "ok" } else { "degraded" },
+            "breaker": state.as_str(),
+            "breaker_trips": self.breaker.trips(),
+            "infrastructure_faults": self.infrastructure_faults.load(Ordering::Relaxed),
+            "deliveries": s.deliveries,
+            "processed": s.processed,
+            "duplicates": s.duplicates,
+            "retried": s.retried,
+            "dead_lettered": s.dead_lettered,
+            "panics": self.panics.load(Ordering::Relaxed),
+            "timeouts": self.timeouts.load(Ordering::Relaxed),
+        })
     }
 
     pub(super) fn add(counter: &AtomicU64) {

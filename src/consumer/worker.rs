@@ -2,27 +2,31 @@
 //! acknowledge, retry or dead-letter each message.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
+use tracing::Instrument;
 
 use super::ConsumerError;
+use super::breaker::{Outage, keep_alive_interval, progress};
 use super::config::GroupConfig;
 use super::dlq::{self, Reason};
+use super::guard::Guarded;
 use super::handler::{self, Delivery, Failure, Handler};
 use super::idempotency::{Batch, Processed, Step};
 use super::message::{headers_of, nats_time};
 use super::stats::GroupStats;
 use crate::domain::Topic;
+use crate::shutdown::Shutdown;
 
-/// How long a pull request waits on the server.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// The idle heartbeat of a pull request; missing ones mean the connection is gone.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a pull request for the next message waits on the server; short, so a pull lost with
+/// a broker restart is replaced soon.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long a request for the messages ready now may stay on the server.
+const FETCH_EXPIRES: Duration = Duration::from_secs(1);
 /// The wait before pulling again after a pull request could not be made.
 const PULL_RETRY: Duration = Duration::from_secs(2);
 
@@ -38,7 +42,7 @@ pub(super) enum Source {
 /// One consumer's task.
 pub(super) struct Worker<H> {
     pub(super) config: Arc<GroupConfig>,
-    pub(super) handler: Arc<H>,
+    pub(super) handler: Guarded<H>,
     pub(super) js: jetstream::Context,
     pub(super) stats: Arc<GroupStats>,
     pub(super) source: Source,
@@ -46,8 +50,12 @@ pub(super) struct Worker<H> {
 
 /// What becomes of a message once its batch is committed.
 enum Verdict {
-    Ack { duplicate: bool },
+    Ack {
+        duplicate: bool,
+    },
     Nak(Duration),
+    /// Not started because the group stops: back to the broker at once.
+    Release,
     Dead(Reason, String),
 }
 
@@ -59,56 +67,89 @@ struct Received {
 }
 
 impl<H: Handler> Worker<H> {
-    /// Pulls and processes the consumer's messages until `shutdown`; a batch in flight is finished
-    /// first.
+    /// Pulls and processes the consumer's messages until `stop`. The batch in flight then
+    /// finishes the message its handler is running (bounded by `handler_timeout`) and sends the
+    /// ones not started back to the broker at once.
+    ///
+    /// Each batch is pulled when the previous one is settled (one pull request waiting for the
+    /// first message, one taking what else is ready), so no message is delivered to the worker
+    /// while it cannot process: nothing times out unseen while the breaker is open.
     pub(super) async fn drain(
         self,
         consumer: PullConsumer,
         mut conn: rusqlite::Connection,
-        shutdown: impl Future<Output = ()>,
+        stop: Shutdown,
     ) -> Result<(), ConsumerError> {
-        tokio::pin!(shutdown);
         let batch_size = self.config.batch_size;
-        'connect: loop {
-            let mut messages = match consumer
-                .stream()
-                .max_messages_per_batch(batch_size.max(1))
-                .expires(PULL_EXPIRES)
-                .heartbeat(PULL_HEARTBEAT)
-                .messages()
-                .await
-            {
-                Ok(messages) => messages,
-                Err(e) => {
-                    tracing::warn!(group = %self.config.group, error = %e, "pulling failed; trying again");
-                    tokio::select! {
-                        () = &mut shutdown => return Ok(()),
-                        () = tokio::time::sleep(PULL_RETRY) => continue 'connect,
-                    }
-                }
-            };
-            loop {
-                let first = tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    next = messages.next() => next,
-                };
-                let mut batch = Vec::with_capacity(batch_size);
-                match first {
-                    None => continue 'connect,
-                    Some(Err(e)) => {
-                        tracing::debug!(group = %self.config.group, error = %e, "pull stream");
-                        continue;
-                    }
-                    Some(Ok(message)) => batch.push(message),
-                }
-                while batch.len() < batch_size {
-                    match messages.next().now_or_never() {
-                        Some(Some(Ok(message))) => batch.push(message),
-                        _ => break,
-                    }
-                }
-                self.process(&mut conn, batch).await?;
+        loop {
+            if !self.stats.breaker.closed(&stop).await {
+                return Ok(());
             }
+            let first = tokio::select! {
+                () = stop.signal() => return Ok(()),
+                first = self.next_message(&consumer) => first,
+            };
+            let Some(first) = first else { continue };
+            let mut batch = Vec::with_capacity(batch_size);
+            batch.push(first);
+            // With one unacknowledged message at most, nothing more can be ready.
+            if batch_size > 1 && self.config.max_ack_pending > 1 {
+                self.ready_messages(&consumer, batch_size - 1, &mut batch)
+                    .await;
+            }
+            self.process(&mut conn, batch, &stop).await?;
+        }
+    }
+
+    /// The next message, waiting up to [`PULL_EXPIRES`] for it.
+    async fn next_message(&self, consumer: &PullConsumer) -> Option<jetstream::Message> {
+        let error = match consumer
+            .batch()
+            .max_messages(1)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(mut one) => match one.next().await {
+                Some(Ok(message)) => return Some(message),
+                None => return None,
+                Some(Err(e)) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(group = %self.config.group, %error, "pulling failed; trying again");
+        tokio::time::sleep(PULL_RETRY).await;
+        None
+    }
+
+    /// Up to `n` more messages that are ready now, without waiting.
+    async fn ready_messages(
+        &self,
+        consumer: &PullConsumer,
+        n: usize,
+        batch: &mut Vec<jetstream::Message>,
+    ) {
+        // The expiry matters when the consumer is at max_ack_pending: the server then answers
+        // a no-wait request only when it expires.
+        match consumer
+            .fetch()
+            .max_messages(n)
+            .expires(FETCH_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(mut ready) => {
+                while let Some(next) = ready.next().await {
+                    match next {
+                        Ok(message) => batch.push(message),
+                        Err(e) => {
+                            tracing::debug!(group = %self.config.group, error = %e, "fetch");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(group = %self.config.group, error = %e, "fetch"),
         }
     }
 
@@ -147,35 +188,76 @@ impl<H: Handler> Worker<H> {
         })
     }
 
+    /// Processes a batch and settles each message. A fault of the group's own infrastructure
+    /// opens the breaker: the messages are held (kept alive with in-progress acks) and the whole
+    /// batch is tried again after a backoff, until it commits or the group stops.
     async fn process(
         &self,
         conn: &mut rusqlite::Connection,
         batch: Vec<jetstream::Message>,
+        stop: &Shutdown,
     ) -> Result<(), ConsumerError> {
-        let group = self.config.group.as_str();
         let received: Vec<Received> = batch.into_iter().filter_map(|m| self.read(m)).collect();
+        for r in &received {
+            GroupStats::add(&self.stats.deliveries);
+            if r.delivery.delivered > 1 {
+                GroupStats::add(&self.stats.redeliveries);
+            }
+        }
+        let held: Vec<&jetstream::Message> = received.iter().map(|r| &r.message).collect();
+        let mut outage = None;
+        let verdicts = loop {
+            let attempt = tokio::select! {
+                verdicts = self.run_batch(conn, &received, stop) => verdicts,
+                () = keep_alive(&held, self.config.ack_wait) => unreachable!("keep_alive never ends"),
+            };
+            match attempt {
+                Ok(verdicts) => break verdicts,
+                Err(fault) => {
+                    GroupStats::add(&self.stats.infrastructure_faults);
+                    let (metrics, labels) = self.handler.metrics();
+                    metrics.failed(labels, "infrastructure");
+                    tracing::error!(group = %self.config.group, error = %fault, messages = held.len(), "the group's database failed; holding the batch and backing off");
+                    let outage = outage.get_or_insert_with(|| {
+                        Outage::begin(&self.stats.breaker, self.config.ack_wait)
+                    });
+                    self.breaker_changed();
+                    if !outage.wait(&held, stop).await {
+                        // Unsettled: the broker delivers them again after ack_wait.
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if outage.take().is_some() {
+            self.breaker_changed();
+            tracing::info!(group = %self.config.group, "the group's database works again");
+        }
+        for (r, verdict) in received.iter().zip(verdicts) {
+            self.settle(r, verdict, stop).await;
+        }
+        Ok(())
+    }
+
+    /// Runs the batch in one transaction and commits it; the verdicts, or the infrastructure
+    /// fault that rolled it back.
+    async fn run_batch(
+        &self,
+        conn: &mut rusqlite::Connection,
+        received: &[Received],
+        stop: &Shutdown,
+    ) -> Result<Vec<Verdict>, String> {
+        let group = self.config.group.as_str();
         let mut verdicts = Vec::with_capacity(received.len());
         // Keys whose earlier message failed in this batch: their later ones wait as long.
         let mut held: HashMap<String, Duration> = HashMap::new();
-        let mut tx = match Batch::begin(conn) {
-            Ok(tx) => tx,
-            Err(e) => {
-                // The database is busy or failing: the messages come back after the backoff, and
-                // the worker carries on.
-                tracing::error!(group, error = %e, "cannot begin the batch's transaction");
-                let delay = self.config.delay_after(1);
-                for r in &received {
-                    let _ = r.message.ack_with(AckKind::Nak(Some(delay))).await;
-                }
-                return Ok(());
-            }
-        };
-        let mut failed_sql = None;
-        for r in &received {
+        let mut tx =
+            Batch::begin(conn).map_err(|e| format!("cannot begin the batch's transaction: {e}"))?;
+        for r in received {
             let d = &r.delivery;
-            GroupStats::add(&self.stats.deliveries);
-            if d.delivered > 1 {
-                GroupStats::add(&self.stats.redeliveries);
+            if stop.is_triggered() {
+                verdicts.push(Verdict::Release);
+                continue;
             }
             let key = d.subject.rsplit('.').next().unwrap_or_default().to_owned();
             if let Some(&delay) = held.get(&key) {
@@ -204,12 +286,29 @@ impl<H: Handler> Worker<H> {
                 stream_seq: d.stream_sequence,
                 delivered: d.delivered,
             };
-            let step = tx.run(&processed, &*self.handler, &event, d).await;
+            let span = tracing::info_span!(
+                "event",
+                group,
+                topic = topic.as_str(),
+                event_id = %event.event_id(),
+                correlation_id = event.metadata()["correlation_id"].as_str().unwrap_or_default(),
+                traceparent = d.header("traceparent").unwrap_or_default(),
+                delivered = d.delivered,
+            );
+            let step = tx
+                .run(&processed, &self.handler, &event, d)
+                .instrument(span)
+                .await;
+            let store_fault = self.handler.take_store_fault();
             verdicts.push(match step {
                 Ok(Step::Done) => Verdict::Ack { duplicate: false },
                 Ok(Step::AlreadyProcessed) => Verdict::Ack { duplicate: true },
                 Ok(Step::Failed(Failure::Permanent(why))) => Verdict::Dead(Reason::Permanent, why),
                 Ok(Step::Failed(Failure::Transient(why))) => {
+                    if let Some(fault) = store_fault {
+                        let _ = tx.rollback();
+                        return Err(format!("the handler's writes failed: {fault}"));
+                    }
                     if d.delivered >= self.config.max_deliver as u64 {
                         Verdict::Dead(
                             Reason::MaxDeliver,
@@ -223,47 +322,40 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Err(e) => {
-                    failed_sql = Some(e);
-                    break;
+                    let _ = tx.rollback();
+                    return Err(format!("the batch's transaction failed: {e}"));
                 }
             });
         }
-        let committed = match failed_sql {
-            None => tx.commit().map_err(|e| e.to_string()),
-            Some(e) => {
-                let _ = tx.rollback();
-                Err(e.to_string())
-            }
-        };
-        if let Err(e) = committed {
-            tracing::error!(group, error = %e, "the batch's transaction failed; its messages come again");
-            let delay = self.config.delay_after(1);
-            for r in &received {
-                let _ = r.message.ack_with(AckKind::Nak(Some(delay))).await;
-            }
-            return Ok(());
-        }
-        for (r, verdict) in received.iter().zip(verdicts) {
-            self.settle(r, verdict).await;
-        }
-        Ok(())
+        tx.commit()
+            .map_err(|e| format!("cannot commit the batch: {e}"))?;
+        Ok(verdicts)
     }
 
-    async fn settle(&self, r: &Received, verdict: Verdict) {
+    /// Shows the breaker's state in the metrics.
+    fn breaker_changed(&self) {
+        let (metrics, _) = self.handler.metrics();
+        metrics.breaker(&self.config.group, self.stats.breaker.state());
+    }
+
+    async fn settle(&self, r: &Received, verdict: Verdict, stop: &Shutdown) {
         let d = &r.delivery;
         let acked = match verdict {
             Verdict::Ack { duplicate } => {
-                GroupStats::add(if duplicate {
-                    &self.stats.duplicates
+                if duplicate {
+                    GroupStats::add(&self.stats.duplicates);
                 } else {
-                    &self.stats.processed
-                });
+                    GroupStats::add(&self.stats.processed);
+                    let (metrics, labels) = self.handler.metrics();
+                    metrics.processed(labels);
+                }
                 r.message.ack().await
             }
             Verdict::Nak(delay) => {
                 GroupStats::add(&self.stats.retried);
                 r.message.ack_with(AckKind::Nak(Some(delay))).await
             }
+            Verdict::Release => r.message.ack_with(AckKind::Nak(None)).await,
             Verdict::Dead(reason, error) => {
                 let topic = r.topic.map(Topic::as_str).unwrap_or("unknown");
                 let letter = dlq::DeadLetter {
@@ -278,19 +370,34 @@ impl<H: Handler> Worker<H> {
                     headers: &d.headers,
                     payload: &d.payload,
                 };
-                match dlq::publish(&self.js, &letter).await {
-                    Ok(()) => {
-                        GroupStats::add(&self.stats.dead_lettered);
-                        tracing::warn!(group = %self.config.group, topic, reason = reason.as_str(), %error, stream = %d.stream, seq = d.stream_sequence, "dead letter");
-                        r.message.ack_with(AckKind::Term).await
-                    }
-                    Err(e) => {
-                        tracing::warn!(group = %self.config.group, error = %e, "publishing a dead letter failed; the message comes again");
-                        r.message
-                            .ack_with(AckKind::Nak(Some(self.config.delay_after(1))))
-                            .await
+                // Terminated only once its dead letter is stored; until then it is held.
+                let mut outage = None;
+                loop {
+                    match dlq::publish(&self.js, &letter).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            GroupStats::add(&self.stats.infrastructure_faults);
+                            tracing::error!(group = %self.config.group, error = %e, stream = %d.stream, seq = d.stream_sequence, "publishing a dead letter failed; holding the message and backing off");
+                            let outage = outage.get_or_insert_with(|| {
+                                Outage::begin(&self.stats.breaker, self.config.ack_wait)
+                            });
+                            self.breaker_changed();
+                            if !outage.wait(&[&r.message], stop).await {
+                                return;
+                            }
+                        }
                     }
                 }
+                if outage.take().is_some() {
+                    self.breaker_changed();
+                }
+                GroupStats::add(&self.stats.dead_lettered);
+                if reason == Reason::Schema {
+                    let (metrics, labels) = self.handler.metrics();
+                    metrics.failed(labels, "schema");
+                }
+                tracing::warn!(group = %self.config.group, topic, reason = reason.as_str(), %error, stream = %d.stream, seq = d.stream_sequence, "dead letter");
+                r.message.ack_with(AckKind::Term).await
             }
         };
         if let Err(e) = acked {
@@ -298,5 +405,14 @@ impl<H: Handler> Worker<H> {
             // harmless.
             tracing::debug!(group = %self.config.group, error = %e, "acknowledging failed");
         }
+    }
+}
+
+/// Sends in-progress acks for `held` every third of `ack_wait` while a batch runs, so a batch of
+/// slow handlers is not delivered again under them; never ends.
+async fn keep_alive(held: &[&jetstream::Message], ack_wait: Duration) {
+    loop {
+        tokio::time::sleep(keep_alive_interval(ack_wait)).await;
+        progress(held).await;
     }
 }

@@ -8,6 +8,7 @@ mod batches;
 mod browser;
 mod cluster;
 mod consumer;
+mod consumer_faults;
 mod consumer_over_time;
 mod contract;
 mod emit;

@@ -1,0 +1,132 @@
+//! A handler, run so that its faults stay its own: a panic becomes a permanent failure of that
+//! message (a dead letter carrying the panic text), a handler past the group's
+//! `handler_timeout` a transient one, and a database error that is the group's own file failing
+//! (disk full, locked: see `breaker`) is told apart from a failure of the event.
+//!
+//! Handlers are async and run on the worker's task, inside the batch's transaction, so a timeout
+//! drops the handler's future at its next `.await` and its savepoint is rolled back. A handler
+//! that blocks its thread without awaiting cannot be interrupted: the worker (only that one)
+//! waits for it, and the broker delivers the batch's messages again after `ack_wait`.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+
+use super::breaker::is_store_fault;
+use super::handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
+use super::metrics::{ConsumerMetrics, HandlerLabels, handler_name};
+use super::stats::GroupStats;
+
+tokio::task_local! {
+    /// Where the running handler's store faults are noted.
+    static STORE_FAULT: Arc<Mutex<Option<String>>>;
+}
+
+/// Notes `error` as the group's infrastructure failing when it is one and a guarded handler is
+/// running; called where a handler's database errors become [`Failure`]s.
+pub(crate) fn note_store_error(error: &rusqlite::Error) {
+    if is_store_fault(error) {
+        let _ = STORE_FAULT.try_with(|fault| {
+            if let Ok(mut fault) = fault.lock() {
+                fault.get_or_insert_with(|| error.to_string());
+            }
+        });
+    }
+}
+
+/// A worker's handler with its guards; one per worker, used for one message at a time.
+pub(super) struct Guarded<H> {
+    inner: Arc<H>,
+    timeout: Duration,
+    stats: Arc<GroupStats>,
+    store_fault: Arc<Mutex<Option<String>>>,
+    metrics: Arc<ConsumerMetrics>,
+    labels: HandlerLabels,
+}
+
+impl<H: Handler> Guarded<H> {
+    pub(super) fn new(
+        inner: Arc<H>,
+        group: &str,
+        timeout: Duration,
+        stats: Arc<GroupStats>,
+        metrics: Arc<ConsumerMetrics>,
+    ) -> Guarded<H> {
+        Guarded {
+            inner,
+            timeout,
+            stats,
+            store_fault: Arc::default(),
+            metrics,
+            labels: HandlerLabels {
+                group: group.to_owned(),
+                handler: handler_name::<H>(),
+            },
+        }
+    }
+
+    /// The process's metrics and this handler's labels in them.
+    pub(super) fn metrics(&self) -> (&ConsumerMetrics, &HandlerLabels) {
+        (&self.metrics, &self.labels)
+    }
+
+    /// The store fault behind the last message's failure, if it was one; clears it.
+    pub(super) fn take_store_fault(&self) -> Option<String> {
+        self.store_fault.lock().ok().and_then(|mut f| f.take())
+    }
+
+    fn peek_store_fault(&self) -> bool {
+        self.store_fault.lock().is_ok_and(|f| f.is_some())
+    }
+}
+
+impl<H: Handler> Handler for Guarded<H> {
+    fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+        self.inner.migrate(conn)
+    }
+
+    async fn handle(&self, event: &Event, delivery: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
+        let started = Instant::now();
+        let run = AssertUnwindSafe(self.inner.handle(event, delivery, tx)).catch_unwind();
+        let scoped = STORE_FAULT.scope(self.store_fault.clone(), run);
+        let outcome = tokio::time::timeout(self.timeout, scoped).await;
+        let kind = match &outcome {
+            Ok(Ok(Ok(()))) => None,
+            // The worker counts the group's own faults, once per fault.
+            Ok(Ok(Err(_))) if self.peek_store_fault() => None,
+            Ok(Ok(Err(Failure::Transient(_)))) => Some("transient"),
+            Ok(Ok(Err(Failure::Permanent(_)))) => Some("permanent"),
+            Ok(Err(_)) => Some("panic"),
+            Err(_) => Some("timeout"),
+        };
+        // Processed events are counted when acknowledged (a batch may still roll back).
+        if let Some(kind) = kind {
+            self.metrics.failed(&self.labels, kind);
+        }
+        self.metrics
+            .duration(&self.labels, started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(handled)) => handled,
+            Ok(Err(panic)) => {
+                GroupStats::add(&self.stats.panics);
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                tracing::error!(event_id = %event.event_id(), panic = %text, "the handler panicked");
+                Err(Failure::permanent(format!("the handler panicked: {text}")))
+            }
+            Err(_) => {
+                GroupStats::add(&self.stats.timeouts);
+                tracing::warn!(event_id = %event.event_id(), timeout = ?self.timeout, "the handler timed out");
+                Err(Failure::transient(format!(
+                    "the handler took longer than {:?}",
+                    self.timeout
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! One owner per group and partition: a lease in the KV bucket `ORDER_CONSUMER_OWNERS`, keyed by
+//! the consumer's durable name (`<group>` or `<group>-p<P>`).
+//!
+//! A process takes the key with a create (which fails while another holds it) and renews it every
+//! third of the lease; the bucket's `max_age` is the lease, so the key of a process that died is
+//! gone after it and a standby's next create succeeds. Only the holder runs the group's workers;
+//! a holder that cannot renew for a whole lease stops its workers and becomes a standby.
+//!
+//! Why a lease and not JetStream's pinned-client priority groups: async-nats 0.51 refuses pinned
+//! consumers for `batch`/`fetch` pulls, which the worker uses so that nothing is delivered while it
+//! cannot process (see the breaker), and a lease also covers the group's replay consumer and its
+//! advisory watch with one rule.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::ConsumerError;
+use crate::shutdown::Shutdown;
+
+/// The bucket of the leases.
+pub const OWNERS_BUCKET: &str = "ORDER_CONSUMER_OWNERS";
+/// How long a lease lasts without renewal: a standby takes over within about this long after the
+/// active process dies. One for every group, because it is the bucket's `max_age`.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// A held lease.
+pub(super) struct Lease {
+    store: kv::Store,
+    key: String,
+    owner: Bytes,
+    revision: u64,
+}
+
+/// Waits until this process holds the lease on `key`; `None` when `stop` comes first.
+pub(super) async fn acquire<S: Future<Output = ()>>(
+    js: &jetstream::Context,
+    key: &str,
+    stop: &mut Pin<&mut S>,
+) -> Result<Option<Lease>, ConsumerError> {
+    let store = js
+        .create_or_update_key_value(kv::Config {
+            bucket: OWNERS_BUCKET.into(),
+            description: "consumer group leases: one active process per group and partition".into(),
+            history: 1,
+            max_age: LEASE,
+            ..Default::default()
+        })
+        .await
+        .map_err(ConsumerError::nats)?;
+    let owner = Bytes::from(Uuid::now_v7().to_string());
+    let mut standby_logged = false;
+    loop {
+        if let Ok(revision) = store.create(key, owner.clone()).await {
+            tracing::info!(key, "consumer lease taken: this process is active");
+            return Ok(Some(Lease {
+                store,
+                key: key.to_owned(),
+                owner,
+                revision,
+            }));
+        }
+        if !standby_logged {
+            tracing::info!(key, "another process holds the consumer lease: standing by");
+            standby_logged = true;
+        }
+        tokio::select! {
+            () = stop.as_mut() => return Ok(None),
+            () = tokio::time::sleep(LEASE / 4) => {}
+        }
+    }
+}
+
+impl Lease {
+    /// Renews the lease every third of its length until `stop` (then releases it, so a standby
+    /// takes over at once) or until it could not be renewed for a whole lease (then returns).
+    pub(super) async fn keep(mut self, stop: Shutdown) {
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.signal() => break,
+                () = tokio::time::sleep(LEASE / 3) => {}
+            }
+            match self
+                .store
+                .update(&self.key, self.owner.clone(), self.revision)
+                .await
+            {
+                Ok(revision) => {
+                    self.revision = revision;
+                    renewed = tokio::time::Instant::now();
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "renewing the consumer lease failed");
+                    if renewed.elapsed() >= LEASE {
+                        tracing::error!(key = %self.key, "consumer lease lost: stopping the workers");
+                        return;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self
+            .store
+            .delete_expect_revision(&self.key, Some(self.revision))
+            .await
+        {
+            tracing::debug!(key = %self.key, error = %e, "releasing the consumer lease");
+        }
+    }
+}
