@@ -46,7 +46,6 @@ pub(crate) fn nats_time(nanos: i128) -> DateTime<Utc> {
 }
 
 /// The body of a message as text, for logs and the terminal.
-#[cfg(feature = "service")]
 pub(crate) fn body_text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
