@@ -85,13 +85,14 @@ impl<H: Handler> Group<H> {
         &self.config
     }
 
-    /// Creates (or updates) the dead-letter streams and the group's consumers, and the group's
-    /// database; returns the consumers.
+    /// Creates the dead-letter streams and the leases' bucket when missing, the group's consumers
+    /// and the group's database; returns the consumers.
     async fn setup(&self) -> Result<Vec<(Source, PullConsumer)>, ConsumerError> {
         let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
         self.handler.migrate(&conn)?;
         drop(conn);
         dlq::ensure_streams(&self.js).await?;
+        owner::ensure_bucket(&self.js).await?;
         let mut consumers = Vec::new();
         for &topic in &self.config.topics {
             let stream = self

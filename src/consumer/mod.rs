@@ -83,6 +83,7 @@ pub use dlq::Reason;
 pub use emit::Emits;
 pub use group::Group;
 pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, SchemaError};
+pub use owner::{OWNERS_BUCKET, ensure_bucket};
 pub use stats::{GroupStats, GroupStatsSnapshot};
 
 /// Why a consumer operation failed.

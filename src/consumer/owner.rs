@@ -36,22 +36,31 @@ pub(super) struct Lease {
     revision: u64,
 }
 
+/// The leases' bucket, created when missing. The service creates it at start-up with the
+/// dead-letter streams, since a subscriber's NATS identity may not create streams
+/// (nats/identities.conf); where no identities are in force the first group creates it.
+pub async fn ensure_bucket(js: &jetstream::Context) -> Result<kv::Store, ConsumerError> {
+    if let Ok(store) = js.get_key_value(OWNERS_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: OWNERS_BUCKET.into(),
+        description: "consumer group leases: one active process per group and partition".into(),
+        history: 1,
+        max_age: LEASE,
+        ..Default::default()
+    })
+    .await
+    .map_err(ConsumerError::nats)
+}
+
 /// Waits until this process holds the lease on `key`; `None` when `stop` comes first.
 pub(super) async fn acquire<S: Future<Output = ()>>(
     js: &jetstream::Context,
     key: &str,
     stop: &mut Pin<&mut S>,
 ) -> Result<Option<Lease>, ConsumerError> {
-    let store = js
-        .create_or_update_key_value(kv::Config {
-            bucket: OWNERS_BUCKET.into(),
-            description: "consumer group leases: one active process per group and partition".into(),
-            history: 1,
-            max_age: LEASE,
-            ..Default::default()
-        })
-        .await
-        .map_err(ConsumerError::nats)?;
+    let store = ensure_bucket(js).await?;
     let owner = Bytes::from(Uuid::now_v7().to_string());
     let mut standby_logged = false;
     loop {

@@ -68,11 +68,15 @@ pub async fn repair_at_start(relay: &Relay) {
     }
 }
 
-/// Creates the consumer groups' dead-letter streams when missing: the subscribers' identity may
-/// not create streams (nats/identities.conf), so their groups wait for the service to.
+/// Creates the consumer groups' dead-letter streams and their leases' bucket when missing: the
+/// subscribers' identity may not create streams (nats/identities.conf), so their groups wait for
+/// the service to.
 pub async fn ensure_dead_letter_streams(js: &jetstream::Context) {
     if let Err(e) = consumer::dlq::ensure_streams(js).await {
         tracing::warn!(error = %e, "creating the dead-letter streams failed; consumer groups wait for them");
+    }
+    if let Err(e) = consumer::ensure_bucket(js).await {
+        tracing::warn!(error = %e, "creating the consumer leases' bucket failed; consumer groups wait for it");
     }
 }
 

@@ -314,10 +314,12 @@ async fn a_subscriber_runs_a_consumer_group_and_publishes_its_dead_letters() {
     );
 
     // A group whose handler hangs: the broker's MAX_DELIVERIES advisory and the message read
-    // back from its stream make the dead letter.
+    // back from its stream make the dead letter (the handler's timeout is past `ack_wait`, as
+    // in consumer::a_message_never_answered_becomes_a_dead_letter_when_max_deliver_runs_out).
     let mut config = GroupConfig::new("stuck", &[Topic::Created], dir.path().join("stuck.db"));
     config.max_deliver = 2;
     config.ack_wait = Duration::from_secs(1);
+    config.handler_timeout = Duration::from_secs(2);
     config.synchronous_full = false;
     let (stuck_client, stuck_errors) = connect_recording(&nats.subscriber()).await;
     let stuck = Group::new(jetstream::new(stuck_client), config, Hung).unwrap();
