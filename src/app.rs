@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -19,7 +20,9 @@ use crate::config::Config;
 use crate::consumer;
 use crate::metrics::Metrics;
 use crate::ops::{self, Ops};
-use crate::relay::streams::{START_BACKOFF, reconcile, reconcile_on_reconnect, repair_at_start};
+use crate::relay::streams::{
+    Kept, START_BACKOFF, reconcile, reconcile_on_reconnect, repair_at_start,
+};
 use crate::relay::{self, Relay, RelayConfig, RelayStatus};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreConfig, StoreError};
@@ -177,7 +180,7 @@ async fn publish_outbox(
         let client = connect(&config.nats, &reconnected).await;
         status.set_client(client.clone());
         let js = relay_jetstream(client, &config);
-        reconcile(&js, &topics, config.nats_duplicate_window, &status).await;
+        reconcile(kept(&js, &topics, &config, &status)).await;
         js
     };
     let js = tokio::select! {
@@ -201,10 +204,7 @@ async fn publish_outbox(
     let relayed = relay.clone().run(shutdown);
     tokio::pin!(relayed);
     let reconciled = reconcile_on_reconnect(
-        &js,
-        &topics,
-        config.nats_duplicate_window,
-        &status,
+        kept(&js, &topics, &config, &status),
         &reconnected,
         &relay,
         config.event_outbox_verify_interval,
@@ -281,4 +281,34 @@ pub(crate) fn auth(config: &Config) -> Result<Auth, AppError> {
         config.auth_jwt_issuer.clone(),
         config.auth_jwt_audience.clone(),
     )?)
+}
+
+/// The service's streams: the topic table's, and the consumer groups' infrastructure.
+fn kept<'a>(
+    js: &'a jetstream::Context,
+    topics: &'a Topics,
+    config: &Config,
+    status: &'a RelayStatus,
+) -> Kept<'a> {
+    Kept {
+        js,
+        topics,
+        duplicate_window: config.nats_duplicate_window,
+        status,
+        also: Some(consumer_infrastructure),
+    }
+}
+
+/// Creates the consumer groups' dead-letter streams and their leases' bucket when missing: the
+/// subscribers' identity may not create streams (nats/identities.conf), so their groups wait for
+/// the service to. Run after every reconcile of the table's streams.
+fn consumer_infrastructure(js: jetstream::Context) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        if let Err(e) = consumer::dlq::ensure_streams(&js).await {
+            tracing::warn!(error = %e, "creating the dead-letter streams failed; consumer groups wait for them");
+        }
+        if let Err(e) = consumer::ensure_bucket(&js).await {
+            tracing::warn!(error = %e, "creating the consumer leases' bucket failed; consumer groups wait for them");
+        }
+    })
 }

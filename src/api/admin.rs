@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::idempotency::stored_json;
-use super::openapi::Api;
+use super::spec::Api;
 use crate::api::query::{AppQuery, invalid_query};
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;

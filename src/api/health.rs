@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::openapi::Api;
+use super::spec::Api;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::relay::RelayStatus;

@@ -10,6 +10,7 @@
 //! - [`idempotency`] — the `Idempotency-Key` header: replays, refusals, claims.
 //! - [`limits`] — the per-caller write limit and the request timeout.
 //! - [`openapi`] — the OpenAPI 3.1 document of all of the above, at `/api/v1/openapi.json`.
+//! - [`spec`] — the builder each resource describes its operations with, for that document.
 //! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
 //!   the caller's token are read.
 
@@ -28,6 +29,7 @@ pub mod orders;
 pub mod path;
 pub mod products;
 pub mod query;
+pub mod spec;
 
 use std::sync::Arc;
 

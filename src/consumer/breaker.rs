@@ -12,6 +12,7 @@
 //! its held messages come again after `ack_wait`, one delivery more.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -190,4 +191,21 @@ pub(super) fn is_store_fault(error: &rusqlite::Error) -> bool {
                 | FileLockingProtocolFailed
         )
     )
+}
+
+tokio::task_local! {
+    /// Where the running handler's store faults are noted.
+    pub(super) static STORE_FAULT: Arc<Mutex<Option<String>>>;
+}
+
+/// Notes `error` as the group's infrastructure failing when it is one and a guarded handler is
+/// running; called where a handler's database errors become `Failure`s.
+pub(crate) fn note_store_error(error: &rusqlite::Error) {
+    if is_store_fault(error) {
+        let _ = STORE_FAULT.try_with(|fault| {
+            if let Ok(mut fault) = fault.lock() {
+                fault.get_or_insert_with(|| error.to_string());
+            }
+        });
+    }
 }

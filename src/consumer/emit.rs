@@ -26,7 +26,8 @@ use uuid::Uuid;
 
 use super::ConsumerError;
 use super::config::GroupConfig;
-use super::handler::{Delivery, Event, Failure};
+use super::delivery::{Delivery, Failure};
+use super::event::Event;
 use crate::backoff::{Backoff, BackoffKind};
 use crate::bus::{self, Topics, topics::is_valid_key};
 use crate::domain::events::{EVENT_VERSION, Envelope, Metadata};
@@ -164,9 +165,16 @@ impl Outbox {
         let js = jetstream::ContextBuilder::new()
             .timeout(e.relay.ack_timeout)
             .build(js.client());
+        let kept = relay::streams::Kept {
+            js: &js,
+            topics: &e.topics,
+            duplicate_window: e.duplicate_window,
+            status: &e.status,
+            also: None,
+        };
         tokio::select! {
             () = stop.signal() => return Ok(()),
-            () = relay::streams::reconcile(&js, &e.topics, e.duplicate_window, &e.status) => {}
+            () = relay::streams::reconcile(kept) => {}
         }
         let relay = Relay::new(
             self.store.clone(),
@@ -183,15 +191,8 @@ impl Outbox {
         // lost with the broker's store is found by the relay (which asks for a reconcile) or by
         // the periodic check.
         let reconnected = tokio::sync::Notify::new();
-        let healed = relay::streams::reconcile_on_reconnect(
-            &js,
-            &e.topics,
-            e.duplicate_window,
-            &e.status,
-            &reconnected,
-            &relay,
-            e.verify_interval,
-        );
+        let healed =
+            relay::streams::reconcile_on_reconnect(kept, &reconnected, &relay, e.verify_interval);
         let cleaned = relay::cleanup::run(
             self.store.clone(),
             e.retention,

@@ -14,27 +14,10 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
-use super::breaker::is_store_fault;
+use super::breaker::STORE_FAULT;
 use super::handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
 use super::metrics::{ConsumerMetrics, HandlerLabels, handler_name};
 use super::stats::GroupStats;
-
-tokio::task_local! {
-    /// Where the running handler's store faults are noted.
-    static STORE_FAULT: Arc<Mutex<Option<String>>>;
-}
-
-/// Notes `error` as the group's infrastructure failing when it is one and a guarded handler is
-/// running; called where a handler's database errors become [`Failure`]s.
-pub(crate) fn note_store_error(error: &rusqlite::Error) {
-    if is_store_fault(error) {
-        let _ = STORE_FAULT.try_with(|fault| {
-            if let Ok(mut fault) = fault.lock() {
-                fault.get_or_insert_with(|| error.to_string());
-            }
-        });
-    }
-}
 
 /// A worker's handler with its guards; one per worker, used for one message at a time.
 pub(super) struct Guarded<H> {

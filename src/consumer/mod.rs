@@ -40,8 +40,9 @@
 //! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
 //! - `message` — headers, times and bodies of NATS messages.
-//! - [`handler`] — the typed [`Event`], the [`Handler`] trait and its [`HandlerTx`], decoding and
-//!   versions.
+//! - [`handler`] — the [`Handler`] trait and its [`HandlerTx`]; re-exports the rest a handler
+//!   sees: `event` (the typed [`Event`], decoding and versions) and `delivery` ([`Delivery`],
+//!   [`Failure`]).
 //! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
 //! - [`emit`] — handlers that publish: the group's outbox and its relay.
 //! - `prune` — deletes processed events older than the streams' `max_age` plus the duplicate
@@ -59,8 +60,10 @@ mod breaker;
 #[cfg(feature = "service")]
 pub mod commands;
 mod config;
+mod delivery;
 pub mod dlq;
 pub mod emit;
+mod event;
 mod exhausted;
 mod group;
 mod guard;

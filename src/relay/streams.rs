@@ -1,5 +1,5 @@
 //! Keeping a topic table's streams on the broker while a relay publishes to them: reconcile them
-//! before the first publish, trying again until it works; repair them; and reconcile and repair
+//! (and what else their owner keeps there, [`Also`]) before the first publish, trying again until it works; repair them; and reconcile and repair
 //! again after every reconnect, whenever the relay finds one missing, and when a periodic check
 //! finds a stream missing events. The service runs these for `nats/topics.json`, a consumer group
 //! that emits for its own table.
@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::future::BoxFuture;
 
 use super::{Relay, RelayStatus, StreamsSummary};
 use crate::backoff::Backoff;
 use crate::bus::{self, Topics};
-use crate::consumer;
 
 /// The waits between tries to reach the broker and reconcile its streams at start-up.
 pub const START_BACKOFF: Backoff =
@@ -22,26 +22,44 @@ pub const REPAIR_ATTEMPTS: u32 = 5;
 pub const RECONNECT_BACKOFF: Backoff =
     Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
 
-/// Reconciles the streams with the topic table, trying again until it succeeds.
-pub async fn reconcile(
-    js: &jetstream::Context,
-    topics: &Topics,
-    duplicate_window: Duration,
-    status: &RelayStatus,
-) {
+/// What else a relay's owner keeps on the broker beside its table's streams, made again after
+/// every reconcile (a broker that lost its store lost those too): the service's are the consumer
+/// groups' dead-letter streams and leases' bucket; a group's own relay has none.
+pub type Also = Option<fn(jetstream::Context) -> BoxFuture<'static, ()>>;
+
+/// The streams a relay keeps: its table on a broker, their duplicate window, where their state is
+/// reported, and what else its owner keeps there.
+#[derive(Clone, Copy)]
+pub struct Kept<'a> {
+    /// The broker.
+    pub js: &'a jetstream::Context,
+    /// The topic table whose streams these are.
+    pub topics: &'a Topics,
+    /// The streams' duplicate window.
+    pub duplicate_window: Duration,
+    /// Where the last reconcile is reported (`/ready`).
+    pub status: &'a RelayStatus,
+    /// What else to make after each reconcile.
+    pub also: Also,
+}
+
+/// Reconciles the streams with the topic table, trying again until it succeeds; then `also`.
+pub async fn reconcile(kept: Kept<'_>) {
     let mut waits = START_BACKOFF.waits();
     loop {
-        match bus::reconcile(js, topics, duplicate_window).await {
+        match bus::reconcile(kept.js, kept.topics, kept.duplicate_window).await {
             Ok(report) => {
                 tracing::info!(%report, "streams reconciled");
-                status.set_streams(Ok(StreamsSummary::from(&report)));
-                ensure_dead_letter_streams(js).await;
+                kept.status.set_streams(Ok(StreamsSummary::from(&report)));
+                if let Some(also) = kept.also {
+                    also(kept.js.clone()).await;
+                }
                 return;
             }
             Err(e) => {
                 let retry_in = waits.next_wait();
                 tracing::warn!(error = %e, ?retry_in, "reconciling streams failed");
-                status.set_streams(Err(e.to_string()));
+                kept.status.set_streams(Err(e.to_string()));
                 tokio::time::sleep(retry_in).await;
             }
         }
@@ -68,28 +86,13 @@ pub async fn repair_at_start(relay: &Relay) {
     }
 }
 
-/// Creates the consumer groups' dead-letter streams and their leases' bucket when missing: the
-/// subscribers' identity may not create streams (nats/identities.conf), so their groups wait for
-/// the service to.
-pub async fn ensure_dead_letter_streams(js: &jetstream::Context) {
-    if let Err(e) = consumer::dlq::ensure_streams(js).await {
-        tracing::warn!(error = %e, "creating the dead-letter streams failed; consumer groups wait for them");
-    }
-    if let Err(e) = consumer::ensure_bucket(js).await {
-        tracing::warn!(error = %e, "creating the consumer leases' bucket failed; consumer groups wait for it");
-    }
-}
-
 /// Reconciles the streams again after every reconnect: a broker that comes back without its
 /// store (a fresh container, a wiped disk) has no streams, and every publish would otherwise
 /// fail for want of one until its row went dead. Then, and every `verify_interval` when a check
 /// finds a stream missing events, the streams are repaired ([`Relay::repair`]) while the relay's
 /// publishing waits, so nothing newer is stored before the events put back.
 pub async fn reconcile_on_reconnect(
-    js: &jetstream::Context,
-    topics: &Topics,
-    duplicate_window: Duration,
-    status: &RelayStatus,
+    kept: Kept<'_>,
     reconnected: &tokio::sync::Notify,
     relay: &Relay,
     verify_interval: Duration,
@@ -98,7 +101,7 @@ pub async fn reconcile_on_reconnect(
     loop {
         tokio::select! {
             () = reconnected.notified() => {}
-            () = status.heal_requested() => {}
+            () = kept.status.heal_requested() => {}
             () = tokio::time::sleep(verify_interval) => {
                 match relay.verify(None).await {
                     Ok(checks) if checks.iter().all(|c| c.missing.is_empty()) => continue,
@@ -115,8 +118,8 @@ pub async fn reconcile_on_reconnect(
         loop {
             // Publishing waits while a stream's subjects or transform may change under it, and
             // while a stream gets back what it lost.
-            let paused = status.pause_publishing().await;
-            let reconciled = bus::reconcile(js, topics, duplicate_window).await;
+            let paused = kept.status.pause_publishing().await;
+            let reconciled = bus::reconcile(kept.js, kept.topics, kept.duplicate_window).await;
             let repaired = match &reconciled {
                 Ok(_) => relay.repair(None).await.map_err(|e| e.to_string()),
                 Err(_) => Ok(Vec::new()),
@@ -127,8 +130,10 @@ pub async fn reconcile_on_reconnect(
                     if !report.changed_nothing() {
                         tracing::warn!(%report, "streams were missing or changed after a reconnect; reconciled");
                     }
-                    status.set_streams(Ok(StreamsSummary::from(&report)));
-                    ensure_dead_letter_streams(js).await;
+                    kept.status.set_streams(Ok(StreamsSummary::from(&report)));
+                    if let Some(also) = kept.also {
+                        also(kept.js.clone()).await;
+                    }
                     match repaired {
                         Ok(_) => break,
                         Err(e) => {
@@ -144,7 +149,7 @@ pub async fn reconcile_on_reconnect(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reconciling streams after a reconnect failed");
-                    status.set_streams(Err(e.to_string()));
+                    kept.status.set_streams(Err(e.to_string()));
                     tokio::time::sleep(waits.next_wait()).await;
                 }
             }

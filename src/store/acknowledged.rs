@@ -1,7 +1,7 @@
 //! What the outbox recorded about the events the broker acknowledged: the stream and sequence
 //! each was stored at, and when. Published rows are kept for `EVENT_OUTBOX_RETENTION`, so this
 //! is what a stream can be checked against, and repaired from, after the broker lost its store
-//! ([`crate::relay::repair`]).
+//! (the relay's `repair`).
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};

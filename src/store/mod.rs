@@ -190,7 +190,7 @@ impl Store {
     }
 
     /// Opens a consumer group's database for its outbox: the outbox table alone, so that the
-    /// relay publishes what the group's handlers emit (see [`crate::consumer::emit`]).
+    /// relay publishes what the group's handlers emit (see the consumer library's `emit`).
     pub fn open_outbox(config: &StoreConfig) -> Result<Store, StoreError> {
         Store::open_with(config, subscriber_migrations())
     }

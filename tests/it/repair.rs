@@ -65,6 +65,38 @@ pub(crate) async fn orders(app: &TestApp, n: usize) -> Vec<String> {
     ids
 }
 
+/// Cancels each of the orders `ids` as an admin: new events of the same keys.
+pub(crate) async fn cancel_all(app: &TestApp, ids: &[String]) {
+    let admin = User::new(Role::Admin);
+    for id in ids {
+        let (status, answer) = app
+            .send(
+                admin,
+                Method::POST,
+                &format!("/api/v1/orders/{id}/cancel"),
+                Some(json!({"reason": "changed my mind"})),
+            )
+            .await;
+        assert!(status.is_success(), "cancel: {answer}");
+    }
+}
+
+/// `outbox_repaired_events_total` over every topic.
+pub(crate) async fn repaired_total(app: &TestApp) -> usize {
+    let text = app.metrics().await;
+    let repaired: f64 = order_service::domain::Topic::ALL
+        .iter()
+        .filter_map(|topic| {
+            let series = format!(
+                r#"outbox_repaired_events_total{{topic="{}"}}"#,
+                topic.as_str()
+            );
+            metric(&text, &series)
+        })
+        .sum();
+    repaired as usize
+}
+
 /// Waits until the broker holds as many messages as the outbox has rows (the repair runs in the
 /// background); fails the test after [`PATIENCE`].
 pub(crate) async fn held_all(app: &TestApp, js: &jetstream::Context) {
@@ -174,18 +206,7 @@ async fn a_broker_that_lost_its_store_between_two_runs_gets_every_event_back_in_
         c.database_path = path;
     })
     .await;
-    let admin = User::new(Role::Admin);
-    for id in &ids {
-        let (status, answer) = app
-            .send(
-                admin,
-                Method::POST,
-                &format!("/api/v1/orders/{id}/cancel"),
-                Some(json!({"reason": "changed my mind"})),
-            )
-            .await;
-        assert!(status.is_success(), "cancel: {answer}");
-    }
+    cancel_all(&app, &ids).await;
     drained(&app).await;
     let js = nats.jetstream().await;
     held_all(&app, &js).await;
@@ -259,35 +280,17 @@ async fn a_broker_that_loses_its_store_while_connected_gets_the_events_back() {
 
     nats.start_again_empty().await;
     // New events of the same orders, while the service reconnects and repairs.
-    let admin = User::new(Role::Admin);
-    for id in &ids {
-        let (status, answer) = app
-            .send(
-                admin,
-                Method::POST,
-                &format!("/api/v1/orders/{id}/cancel"),
-                Some(json!({"reason": "changed my mind"})),
-            )
-            .await;
-        assert!(status.is_success(), "cancel: {answer}");
-    }
+    cancel_all(&app, &ids).await;
     drained(&app).await;
     let js = nats.jetstream().await;
     held_all(&app, &js).await;
     let messages = every_event_once(&app, &js).await;
     in_commit_order(&app, &messages);
-    let text = app.metrics().await;
-    let repaired: f64 = order_service::domain::Topic::ALL
-        .iter()
-        .filter_map(|topic| {
-            let series = format!(
-                r#"outbox_repaired_events_total{{topic="{}"}}"#,
-                topic.as_str()
-            );
-            metric(&text, &series)
-        })
-        .sum();
-    assert_eq!(repaired as usize, before, "every event acknowledged before");
+    assert_eq!(
+        repaired_total(&app).await,
+        before,
+        "every event acknowledged before"
+    );
 }
 
 #[tokio::test]

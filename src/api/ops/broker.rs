@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
 use crate::api::json::AppJson;
-use crate::api::openapi::{self, Api};
 use crate::api::query::AppQuery;
+use crate::api::spec::{self, Api};
 use crate::auth::{Caller, Role};
 use crate::consumer::{dlq, is_valid_group};
 use crate::domain::Topic;
@@ -350,11 +350,11 @@ async fn consumers(
 struct LetterQuery {
     /// Only this group's (letters, digits, - and _).
     #[serde(default)]
-    #[schemars(schema_with = "openapi::group_schema")]
+    #[schemars(schema_with = "spec::group_schema")]
     group: Option<String>,
     /// Only this topic's (one of the ten).
     #[serde(default)]
-    #[schemars(schema_with = "openapi::topic_schema")]
+    #[schemars(schema_with = "spec::topic_schema")]
     topic: Option<String>,
 }
 
@@ -420,11 +420,11 @@ async fn dead_letters(
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
     /// The group whose dead letters go back to it.
-    #[schemars(schema_with = "openapi::group_schema")]
+    #[schemars(schema_with = "spec::group_schema")]
     group: String,
     /// Only this topic's; all when absent or null.
     #[serde(default)]
-    #[schemars(schema_with = "openapi::nullable_topic_schema")]
+    #[schemars(schema_with = "spec::nullable_topic_schema")]
     topic: Option<String>,
 }
 
@@ -433,7 +433,7 @@ struct ReplayBody {
 #[serde(deny_unknown_fields)]
 struct ReplayOneBody {
     /// The group the letter goes back to.
-    #[schemars(schema_with = "openapi::group_schema")]
+    #[schemars(schema_with = "spec::group_schema")]
     group: String,
 }
 

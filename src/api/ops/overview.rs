@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::AppState;
-use crate::api::openapi::{self, Api};
 use crate::api::query::{AppQuery, invalid_query};
+use crate::api::spec::{self, Api};
 use crate::auth::{Caller, Role};
 use crate::domain::Topic;
 use crate::error::ApiError;
@@ -182,7 +182,7 @@ struct TailQuery {
 
 /// A topic name, or empty: the page sends its filters whether set or not.
 fn topic_or_empty(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let mut schema = openapi::topic_schema(generator);
+    let mut schema = spec::topic_schema(generator);
     if let Some(serde_json::Value::Array(names)) = schema.get_mut("enum") {
         names.push("".into());
     }

@@ -21,8 +21,8 @@ pub use crate::commands::NewOrder;
 use axum::Router;
 
 use crate::api::AppState;
-use crate::api::openapi::Api;
 use crate::api::order_view::OrderView;
+use crate::api::spec::Api;
 
 /// The 422 codes of the checks every set of items passes.
 pub(crate) const ITEM_CODES: &[&str] = &[

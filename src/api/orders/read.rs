@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::OrderView;
 use crate::api::AppState;
-use crate::api::openapi::Api;
 use crate::api::path::OrderId;
 use crate::api::query::{AppQuery, invalid_query};
+use crate::api::spec::Api;
 use crate::auth::{Caller, Role};
 use crate::commands::visible;
 use crate::domain::Status;

@@ -2,16 +2,10 @@
 //! runs; it notices on the reconnect, creates the streams again with the table's replicas, and
 //! puts back every event it still keeps, before the newer ones, each exactly once.
 
-use reqwest::Method;
-use serde_json::json;
-
-use order_service::auth::Role;
-
 use super::faults::service_on;
 use super::harness::Cluster;
-use crate::app::{User, metric};
 use crate::relay::{drained, every_event_once};
-use crate::repair::{held_all, in_commit_order, orders};
+use crate::repair::{cancel_all, held_all, in_commit_order, orders, repaired_total};
 
 #[tokio::test]
 async fn all_three_stores_lost_every_event_comes_back_in_order() {
@@ -23,18 +17,7 @@ async fn all_three_stores_lost_every_event_comes_back_in_order() {
 
     cluster.replace_all_empty().await;
     // New events of the same orders, while the service reconnects, re-creates and repairs.
-    let admin = User::new(Role::Admin);
-    for id in &ids {
-        let (status, answer) = app
-            .send(
-                admin,
-                Method::POST,
-                &format!("/api/v1/orders/{id}/cancel"),
-                Some(json!({"reason": "changed my mind"})),
-            )
-            .await;
-        assert!(status.is_success(), "cancel: {answer}");
-    }
+    cancel_all(&app, &ids).await;
     drained(&app).await;
     let js = cluster.jetstream().await;
     cluster.wait_streams_current(&js).await;
@@ -50,18 +33,9 @@ async fn all_three_stores_lost_every_event_comes_back_in_order() {
             topic.name
         );
     }
-    let text = app.metrics().await;
-    let repaired: f64 = order_service::domain::Topic::ALL
-        .iter()
-        .filter_map(|topic| {
-            metric(
-                &text,
-                &format!(
-                    r#"outbox_repaired_events_total{{topic="{}"}}"#,
-                    topic.as_str()
-                ),
-            )
-        })
-        .sum();
-    assert_eq!(repaired as usize, before, "every event acknowledged before");
+    assert_eq!(
+        repaired_total(&app).await,
+        before,
+        "every event acknowledged before"
+    );
 }

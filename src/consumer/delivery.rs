@@ -1,0 +1,113 @@
+//! Where and how a message reached a consumer group's handler, and what the handler answers when
+//! it cannot process the event.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+/// Where and how a message arrived.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The stored subject, `<topic>.<partition>.<key>`.
+    pub subject: String,
+    /// The stream it came from (`ORDER_DLQ_REPLAY` for a replayed dead letter).
+    pub stream: String,
+    /// Its sequence in that stream.
+    pub stream_sequence: u64,
+    /// How many times it has been delivered to this group, this time included (1 the first time).
+    pub delivered: u64,
+    /// When the broker stored it.
+    pub published: DateTime<Utc>,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, byte for byte.
+    pub payload: Bytes,
+}
+
+impl Delivery {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether this is a replayed dead letter (`dlq replay`) rather than the topic's own delivery:
+    /// the event may be older than what the handler has processed since.
+    pub fn is_replay(&self) -> bool {
+        self.stream == super::dlq::REPLAY_STREAM
+    }
+
+    /// For a replay, the stream and sequence the event was first delivered from; a handler that
+    /// keeps the last sequence it applied per order can tell a stale event by it.
+    pub fn original(&self) -> Option<(&str, u64)> {
+        if !self.is_replay() {
+            return None;
+        }
+        let stream = self.header("Dlq-Source-Stream")?;
+        let sequence = self.header("Dlq-Source-Sequence")?.parse().ok()?;
+        Some((stream, sequence))
+    }
+
+    /// The partition token of the subject, when it has the stored form.
+    pub fn partition(&self) -> Option<u32> {
+        let mut tokens = self.subject.rsplitn(3, '.');
+        let _key = tokens.next()?;
+        tokens.next()?.parse().ok()
+    }
+}
+
+/// Why a handler did not process an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// Might work later (a dependency is down, a lock timed out): the event is delivered again
+    /// after the group's backoff, until `max_deliver`; then it is a dead letter.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never work (the event contradicts the handler's state): a dead letter at once.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl Failure {
+    /// A [`Failure::Transient`] with this text.
+    pub fn transient(why: impl Into<String>) -> Failure {
+        Failure::Transient(why.into())
+    }
+
+    /// A [`Failure::Permanent`] with this text.
+    pub fn permanent(why: impl Into<String>) -> Failure {
+        Failure::Permanent(why.into())
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    /// A database error is taken as transient (busy, full disk); a bug that repeats ends in the
+    /// dead letters after `max_deliver` anyway.
+    fn from(error: rusqlite::Error) -> Failure {
+        // A full disk or a lock is the group's fault, not the event's: the worker holds the
+        // message instead of retrying it (see consumer::breaker).
+        super::breaker::note_store_error(&error);
+        Failure::Transient(format!("database: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_the_middle_token() {
+        let delivery = Delivery {
+            subject: "order.created.2.abc".into(),
+            stream: "ORDER_CREATED".into(),
+            stream_sequence: 1,
+            delivered: 1,
+            published: Utc::now(),
+            headers: vec![("Nats-Msg-Id".into(), "x".into())],
+            payload: Bytes::new(),
+        };
+        assert_eq!(delivery.partition(), Some(2));
+        assert_eq!(delivery.header("nats-msg-id"), Some("x"));
+    }
+}
