@@ -97,6 +97,14 @@ pub(crate) async fn repaired_total(app: &TestApp) -> usize {
     repaired as usize
 }
 
+/// Once the background repair is done: the broker holds every outbox event exactly once, per key
+/// and stream in commit order, each at its recorded sequence.
+pub(crate) async fn all_back_in_order(app: &TestApp, js: &jetstream::Context) {
+    held_all(app, js).await;
+    let messages = every_event_once(app, js).await;
+    in_commit_order(app, &messages);
+}
+
 /// Waits until the broker holds as many messages as the outbox has rows (the repair runs in the
 /// background); fails the test after [`PATIENCE`].
 pub(crate) async fn held_all(app: &TestApp, js: &jetstream::Context) {
@@ -209,9 +217,7 @@ async fn a_broker_that_lost_its_store_between_two_runs_gets_every_event_back_in_
     cancel_all(&app, &ids).await;
     drained(&app).await;
     let js = nats.jetstream().await;
-    held_all(&app, &js).await;
-    let messages = every_event_once(&app, &js).await;
-    in_commit_order(&app, &messages);
+    all_back_in_order(&app, &js).await;
 
     // (d) The metric counts what was put back, per topic.
     let text = app.metrics().await;
@@ -283,9 +289,7 @@ async fn a_broker_that_loses_its_store_while_connected_gets_the_events_back() {
     cancel_all(&app, &ids).await;
     drained(&app).await;
     let js = nats.jetstream().await;
-    held_all(&app, &js).await;
-    let messages = every_event_once(&app, &js).await;
-    in_commit_order(&app, &messages);
+    all_back_in_order(&app, &js).await;
     assert_eq!(
         repaired_total(&app).await,
         before,
@@ -417,9 +421,7 @@ async fn the_periodic_check_repairs_a_stream_deleted_without_a_reconnect() {
     let js = nats.jetstream().await;
     // Nothing new is published and the connection stays up: only the periodic check can notice.
     js.delete_stream("ORDER_CREATED").await.unwrap();
-    held_all(&app, &js).await;
-    let messages = every_event_once(&app, &js).await;
-    in_commit_order(&app, &messages);
+    all_back_in_order(&app, &js).await;
     let text = app.metrics().await;
     assert_eq!(
         metric(

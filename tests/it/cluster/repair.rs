@@ -4,8 +4,8 @@
 
 use super::faults::service_on;
 use super::harness::Cluster;
-use crate::relay::{drained, every_event_once};
-use crate::repair::{cancel_all, held_all, in_commit_order, orders, repaired_total};
+use crate::relay::drained;
+use crate::repair::{all_back_in_order, cancel_all, orders, repaired_total};
 
 #[tokio::test]
 async fn all_three_stores_lost_every_event_comes_back_in_order() {
@@ -21,9 +21,7 @@ async fn all_three_stores_lost_every_event_comes_back_in_order() {
     drained(&app).await;
     let js = cluster.jetstream().await;
     cluster.wait_streams_current(&js).await;
-    held_all(&app, &js).await;
-    let messages = every_event_once(&app, &js).await;
-    in_commit_order(&app, &messages);
+    all_back_in_order(&app, &js).await;
 
     for topic in &order_service::bus::Topics::embedded() {
         let config = crate::app::stream_config(&js, &topic.stream_name()).await;
