@@ -34,8 +34,12 @@ pub struct GroupConfig {
     /// Messages delivered and not yet acknowledged, at most; 1 keeps a strict order per key
     /// across retries (see the module docs).
     pub max_ack_pending: i64,
-    /// Messages processed per transaction, at most.
+    /// Messages pulled at once, at most. A batch is handled in rounds, one transaction each:
+    /// round `r` holds the `r`-th message of each order in the batch.
     pub batch_size: usize,
+    /// Events of different orders whose [`Handler::prepare`](super::Handler::prepare) runs at
+    /// once, at most, within one worker.
+    pub concurrency: usize,
     /// How long one call of the handler may take; past it, the call is dropped at its next
     /// `.await` and the message is a transient failure.
     pub handler_timeout: Duration,
@@ -46,8 +50,8 @@ pub struct GroupConfig {
 
 impl GroupConfig {
     /// Defaults: every partition, `max_deliver` 5, backoff 1 s, 5 s, 30 s, 2 min, `ack_wait`
-    /// 30 s, up to 1,000 unacknowledged, batches of 100, `synchronous=FULL`, a handler timeout of
-    /// 30 s, a busy timeout of 10 s.
+    /// 30 s, up to 1,000 unacknowledged, batches of 100, 16 orders prepared at once,
+    /// `synchronous=FULL`, a handler timeout of 30 s, a busy timeout of 10 s.
     pub fn new(group: impl Into<String>, topics: &[Topic], database: impl Into<PathBuf>) -> Self {
         GroupConfig {
             group: group.into(),
@@ -65,6 +69,7 @@ impl GroupConfig {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 1000,
             batch_size: 100,
+            concurrency: 16,
             handler_timeout: Duration::from_secs(30),
             busy_timeout: Duration::from_secs(10),
         }
@@ -114,8 +119,8 @@ impl GroupConfig {
         if self.handler_timeout.is_zero() {
             return bad("handler_timeout must be above zero".into());
         }
-        if self.batch_size == 0 || self.max_ack_pending < 1 {
-            return bad("batch_size and max_ack_pending must be at least 1".into());
+        if self.batch_size == 0 || self.max_ack_pending < 1 || self.concurrency == 0 {
+            return bad("batch_size, max_ack_pending and concurrency must be at least 1".into());
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 
 use super::breaker::STORE_FAULT;
-use super::handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
+use super::handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared};
 use super::metrics::{ConsumerMetrics, HandlerLabels, handler_name};
 use super::stats::GroupStats;
 
@@ -65,20 +65,21 @@ impl<H: Handler> Guarded<H> {
     }
 }
 
-impl<H: Handler> Handler for Guarded<H> {
-    fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-        self.inner.migrate(conn)
-    }
-
-    async fn handle(&self, event: &Event, delivery: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
-        let started = Instant::now();
-        let run = AssertUnwindSafe(self.inner.handle(event, delivery, tx)).catch_unwind();
-        let scoped = STORE_FAULT.scope(self.store_fault.clone(), run);
-        let outcome = tokio::time::timeout(self.timeout, scoped).await;
+impl<H: Handler> Guarded<H> {
+    /// Counts and turns into a [`Failure`] what a guarded call of the handler came to: its own
+    /// answer, a panic (permanent) or the timeout (transient). `store_fault` says the failure is
+    /// the group's own database failing, which the worker counts once per fault.
+    fn conclude<T>(
+        &self,
+        event: &Event,
+        step: &str,
+        started: Instant,
+        outcome: Result<std::thread::Result<Result<T, Failure>>, tokio::time::error::Elapsed>,
+        store_fault: bool,
+    ) -> Result<T, Failure> {
         let kind = match &outcome {
-            Ok(Ok(Ok(()))) => None,
-            // The worker counts the group's own faults, once per fault.
-            Ok(Ok(Err(_))) if self.peek_store_fault() => None,
+            Ok(Ok(Ok(_))) => None,
+            Ok(Ok(Err(_))) if store_fault => None,
             Ok(Ok(Err(Failure::Transient(_)))) => Some("transient"),
             Ok(Ok(Err(Failure::Permanent(_)))) => Some("permanent"),
             Ok(Err(_)) => Some("panic"),
@@ -88,10 +89,11 @@ impl<H: Handler> Handler for Guarded<H> {
         if let Some(kind) = kind {
             self.metrics.failed(&self.labels, kind);
         }
+        let seconds = started.elapsed().as_secs_f64();
         self.metrics
-            .duration(&self.labels, started.elapsed().as_secs_f64());
+            .duration(&self.labels, step == "prepare", seconds);
         match outcome {
-            Ok(Ok(handled)) => handled,
+            Ok(Ok(answer)) => answer,
             Ok(Err(panic)) => {
                 GroupStats::add(&self.stats.panics);
                 let text = panic
@@ -99,17 +101,41 @@ impl<H: Handler> Handler for Guarded<H> {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic without a message".into());
-                tracing::error!(event_id = %event.event_id(), panic = %text, "the handler panicked");
-                Err(Failure::permanent(format!("the handler panicked: {text}")))
+                tracing::error!(event_id = %event.event_id(), step, panic = %text, "the handler panicked");
+                Err(Failure::permanent(format!(
+                    "the handler panicked in {step}: {text}"
+                )))
             }
             Err(_) => {
                 GroupStats::add(&self.stats.timeouts);
-                tracing::warn!(event_id = %event.event_id(), timeout = ?self.timeout, "the handler timed out");
+                tracing::warn!(event_id = %event.event_id(), step, timeout = ?self.timeout, "the handler timed out");
                 Err(Failure::transient(format!(
-                    "the handler took longer than {:?}",
+                    "the handler's {step} took longer than {:?}",
                     self.timeout
                 )))
             }
         }
+    }
+}
+
+impl<H: Handler> Handler for Guarded<H> {
+    fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+        self.inner.migrate(conn)
+    }
+
+    async fn prepare(&self, event: &Event, delivery: &Delivery) -> Result<Prepared, Failure> {
+        let started = Instant::now();
+        let run = AssertUnwindSafe(self.inner.prepare(event, delivery)).catch_unwind();
+        let outcome = tokio::time::timeout(self.timeout, run).await;
+        self.conclude(event, "prepare", started, outcome, false)
+    }
+
+    async fn handle(&self, event: &Event, delivery: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
+        let started = Instant::now();
+        let run = AssertUnwindSafe(self.inner.handle(event, delivery, tx)).catch_unwind();
+        let scoped = STORE_FAULT.scope(self.store_fault.clone(), run);
+        let outcome = tokio::time::timeout(self.timeout, scoped).await;
+        let store_fault = self.peek_store_fault();
+        self.conclude(event, "handle", started, outcome, store_fault)
     }
 }

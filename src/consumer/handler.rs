@@ -3,6 +3,7 @@
 //! [`decode`] says), where it came from a [`Delivery`], and a [`Failure`] is why it did not
 //! process one.
 
+use std::any::Any;
 use std::future::Future;
 
 use rusqlite::Connection;
@@ -20,13 +21,27 @@ use crate::domain::events::Payload;
 pub struct HandlerTx<'c> {
     conn: &'c mut Connection,
     emitter: Option<Emitter>,
+    prepared: &'c Prepared,
 }
 
 impl<'c> HandlerTx<'c> {
     /// The transaction on `conn`, which the batch has already begun; `emitter` when the group
-    /// emits events.
-    pub(crate) fn new(conn: &'c mut Connection, emitter: Option<Emitter>) -> HandlerTx<'c> {
-        HandlerTx { conn, emitter }
+    /// emits events; `prepared`, what [`Handler::prepare`] made of the event.
+    pub(crate) fn new(
+        conn: &'c mut Connection,
+        emitter: Option<Emitter>,
+        prepared: &'c Prepared,
+    ) -> HandlerTx<'c> {
+        HandlerTx {
+            conn,
+            emitter,
+            prepared,
+        }
+    }
+
+    /// What [`Handler::prepare`] returned for this event, when it is a `T`.
+    pub fn prepared<T: Any>(&self) -> Option<&T> {
+        self.prepared.get()
     }
 
     /// Records an outgoing event on `topic` (one of the group's emitted topics, see
@@ -81,11 +96,35 @@ impl<'c> HandlerTx<'c> {
 /// or not at all. So an event's effects on this state happen once, however often it arrives.
 /// Effects outside the database (an e-mail) need their own idempotency, e.g. keyed by event id;
 /// events to publish are recorded with [`HandlerTx::emit`], which gives them exactly that.
+///
+/// Work that needs no database (a call to another service, a message to send) belongs in
+/// [`Handler::prepare`]: it runs outside the transaction, concurrently for events of different
+/// orders, and hands its result to `handle` through [`HandlerTx::prepared`]. `handle` runs one
+/// event after another in the group's transaction, so it should only write.
 pub trait Handler: Send + Sync + 'static {
     /// Creates or migrates the handler's own tables; called once per connection at start.
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         let _ = conn;
         Ok(())
+    }
+
+    /// The part of processing an event that needs no database; by default nothing.
+    ///
+    /// It runs before [`Handler::handle`] for the same event, outside the group's transaction,
+    /// concurrently with other orders' events (up to [`GroupConfig::concurrency`] at once) and
+    /// after the previous event of the same order was handled. It runs again when the event is
+    /// delivered again, so an effect it has outside (an e-mail) needs its own idempotency, e.g.
+    /// keyed by the event's id. It is not called for an event the group processed before. A
+    /// failure here counts as the event's failure, exactly as in `handle`.
+    ///
+    /// [`GroupConfig::concurrency`]: super::GroupConfig::concurrency
+    fn prepare(
+        &self,
+        event: &Event,
+        delivery: &Delivery,
+    ) -> impl Future<Output = Result<Prepared, Failure>> + Send {
+        let _ = (event, delivery);
+        std::future::ready(Ok(Prepared::none()))
     }
 
     /// Processes one event. Events the handler does not care about should return `Ok(())`.
@@ -99,3 +138,34 @@ pub trait Handler: Send + Sync + 'static {
 
 /// What [`Handler::handle`] answers: `Ok(())` once the event is processed (or of no interest).
 pub type Handled = Result<(), Failure>;
+
+/// What [`Handler::prepare`] hands to [`Handler::handle`]: a value of any type, or nothing.
+#[derive(Default)]
+pub struct Prepared(Option<Box<dyn Any + Send + Sync>>);
+
+impl Prepared {
+    /// Nothing to hand over.
+    pub fn none() -> Prepared {
+        Prepared(None)
+    }
+
+    /// Hands `value` over; `handle` reads it with [`HandlerTx::prepared`].
+    pub fn new<T: Any + Send + Sync>(value: T) -> Prepared {
+        Prepared(Some(Box::new(value)))
+    }
+
+    /// The value, when it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_ref()?.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Prepared(..)"
+        } else {
+            "Prepared(none)"
+        })
+    }
+}

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::emit::{self, Emitter, Outbox};
-use super::handler::{Delivery, Event, Failure, Handler, HandlerTx};
+use super::handler::{Delivery, Event, Failure, Handler, HandlerTx, Prepared};
 
 /// How long a connection waits for another writer of the same file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,14 +104,15 @@ impl<'c> Batch<'c> {
         })
     }
 
-    /// Records the event as processed and runs `handle` in a savepoint; rolls both back when
-    /// `handle` fails or the record was already there.
+    /// Records the event as processed and runs `handle` in a savepoint (with what `prepare` made
+    /// of the event); rolls both back when `handle` fails or the record was already there.
     pub(crate) async fn run<H: Handler>(
         &mut self,
         processed: &Processed<'_>,
         handler: &H,
         event: &Event,
         delivery: &Delivery,
+        prepared: &Prepared,
     ) -> rusqlite::Result<Step<Failure>> {
         self.conn.execute_batch("SAVEPOINT event")?;
         let inserted = self.conn.execute(
@@ -138,7 +139,7 @@ impl<'c> Batch<'c> {
                 .outbox
                 .clone()
                 .map(|outbox| Emitter::new(outbox, event, delivery));
-            let mut tx = HandlerTx::new(&mut *self.conn, emitter);
+            let mut tx = HandlerTx::new(&mut *self.conn, emitter, prepared);
             let outcome = handler.handle(event, delivery, &mut tx).await;
             (outcome, tx.emitted())
         };
@@ -281,7 +282,13 @@ mod tests {
         for round in 0..2 {
             let mut batch = Batch::begin(&mut conn).unwrap();
             let step = batch
-                .run(&processed(ok.event_id()), &Effects, &ok, &ok_delivery)
+                .run(
+                    &processed(ok.event_id()),
+                    &Effects,
+                    &ok,
+                    &ok_delivery,
+                    &Prepared::none(),
+                )
                 .await
                 .unwrap();
             assert!(matches!(
@@ -294,6 +301,7 @@ mod tests {
                     &Effects,
                     &failing,
                     &failing_delivery,
+                    &Prepared::none(),
                 )
                 .await
                 .unwrap();

@@ -3,8 +3,8 @@
 //! [`ConsumerMetrics::render`] where it likes.
 //!
 //! Per group and handler: events processed, failures by kind (`transient`, `permanent`, `panic`,
-//! `timeout`, `schema`, `infrastructure`), and the handler's duration; per group, the breaker's
-//! state (0 closed, 1 open, 2 half-open).
+//! `timeout`, `schema`, `infrastructure`), and the durations of `handle` and `prepare`; per
+//! group, the breaker's state (0 closed, 1 open, 2 half-open).
 
 use std::sync::atomic::AtomicI64;
 
@@ -52,6 +52,7 @@ pub struct ConsumerMetrics {
     processed: Family<HandlerLabels, Counter>,
     failed: Family<FailureLabels, Counter>,
     duration: Family<HandlerLabels, Histogram>,
+    prepare_duration: Family<HandlerLabels, Histogram>,
     breaker: Family<GroupLabel, Gauge<i64, AtomicI64>>,
 }
 
@@ -66,9 +67,9 @@ impl ConsumerMetrics {
     pub fn new() -> ConsumerMetrics {
         let processed = Family::<HandlerLabels, Counter>::default();
         let failed = Family::<FailureLabels, Counter>::default();
-        let duration = Family::<HandlerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
-        });
+        let histogram = || Histogram::new(exponential_buckets(0.000_5, 2.0, 16));
+        let duration = Family::<HandlerLabels, Histogram>::new_with_constructor(histogram);
+        let prepare_duration = Family::<HandlerLabels, Histogram>::new_with_constructor(histogram);
         let breaker = Family::<GroupLabel, Gauge<i64, AtomicI64>>::default();
         let mut registry = Registry::default();
         registry.register(
@@ -83,8 +84,13 @@ impl ConsumerMetrics {
         );
         registry.register(
             "consumer_handler_duration_seconds",
-            "How long one call of the handler took",
+            "How long one call of the handler's handle took",
             duration.clone(),
+        );
+        registry.register(
+            "consumer_prepare_duration_seconds",
+            "How long one call of the handler's prepare took",
+            prepare_duration.clone(),
         );
         registry.register(
             "consumer_breaker_state",
@@ -96,6 +102,7 @@ impl ConsumerMetrics {
             processed,
             failed,
             duration,
+            prepare_duration,
             breaker,
         }
     }
@@ -108,8 +115,14 @@ impl ConsumerMetrics {
         out
     }
 
-    pub(super) fn duration(&self, labels: &HandlerLabels, seconds: f64) {
-        self.duration.get_or_create(labels).observe(seconds);
+    /// Observes one call of `handle` (`prepare` false) or `prepare`.
+    pub(super) fn duration(&self, labels: &HandlerLabels, prepare: bool, seconds: f64) {
+        let family = if prepare {
+            &self.prepare_duration
+        } else {
+            &self.duration
+        };
+        family.get_or_create(labels).observe(seconds);
     }
 
     pub(super) fn processed(&self, labels: &HandlerLabels) {

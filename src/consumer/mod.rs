@@ -74,7 +74,9 @@ pub mod lag;
 mod message;
 pub mod metrics;
 mod owner;
+mod parking;
 mod prune;
+mod rounds;
 mod stats;
 #[cfg(feature = "service")]
 pub mod tail;
@@ -85,7 +87,7 @@ pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
 pub use emit::Emits;
 pub use group::Group;
-pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, SchemaError};
+pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared, SchemaError};
 pub use owner::{OWNERS_BUCKET, ensure_bucket};
 pub use stats::{GroupStats, GroupStatsSnapshot};
 

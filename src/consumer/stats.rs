@@ -18,6 +18,9 @@ pub struct GroupStats {
     pub duplicates: AtomicU64,
     /// Transient failures sent back for a retry.
     pub retried: AtomicU64,
+    /// Messages held back because an earlier event of their order waited for a retry (each
+    /// time one was parked; none of them costs a delivery).
+    pub parked: AtomicU64,
     /// Messages sent to the dead letters.
     pub dead_lettered: AtomicU64,
     /// Handlers that panicked (each a permanent failure of its message).

@@ -1,23 +1,21 @@
-//! One consumer's task: pull what is ready, process it as one batch in one transaction, then
-//! acknowledge, retry or dead-letter each message.
+//! One consumer's task: pull what is ready, handle it in rounds (see `rounds`), then
+//! acknowledge, retry, dead-letter or park each message (see `parking`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use tracing::Instrument;
 
 use super::ConsumerError;
 use super::breaker::{Outage, keep_alive_interval, progress};
 use super::config::GroupConfig;
 use super::dlq::{self, Reason};
 use super::guard::Guarded;
-use super::handler::{self, Delivery, Failure, Handler};
-use super::idempotency::{Batch, Processed, Step};
+use super::handler::{Delivery, Handler};
 use super::message::{headers_of, nats_time};
+use super::parking::Parking;
 use super::stats::GroupStats;
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
@@ -48,32 +46,39 @@ pub(super) struct Worker<H> {
     pub(super) source: Source,
 }
 
-/// What becomes of a message once its batch is committed.
-enum Verdict {
+/// What becomes of a message once its round is committed.
+pub(super) enum Verdict {
     Ack {
         duplicate: bool,
     },
+    /// Failed transiently: back to the broker, due again after the delay; its key's later
+    /// messages are parked until it is done.
     Nak(Duration),
     /// Not started because the group stops: back to the broker at once.
     Release,
+    /// An earlier message of its key waits for a retry: held here until that one is done.
+    Park,
     Dead(Reason, String),
 }
 
-/// A message of a batch, read.
-struct Received {
-    message: jetstream::Message,
-    delivery: Delivery,
-    topic: Option<Topic>,
+/// A message, read.
+pub(super) struct Received {
+    pub(super) message: jetstream::Message,
+    pub(super) delivery: Delivery,
+    pub(super) topic: Option<Topic>,
+    /// The ordering key: the order's id, the subject's last token (a replay's original one).
+    pub(super) key: String,
 }
 
 impl<H: Handler> Worker<H> {
     /// Pulls and processes the consumer's messages until `stop`. The batch in flight then
     /// finishes the message its handler is running (bounded by `handler_timeout`) and sends the
-    /// ones not started back to the broker at once.
+    /// ones not started, and the parked ones, back to the broker at once.
     ///
     /// Each batch is pulled when the previous one is settled (one pull request waiting for the
     /// first message, one taking what else is ready), so no message is delivered to the worker
-    /// while it cannot process: nothing times out unseen while the breaker is open.
+    /// while it cannot process: nothing times out unseen while the breaker is open. Parked
+    /// messages that became ready go first, before anything is pulled.
     pub(super) async fn drain(
         self,
         consumer: PullConsumer,
@@ -81,24 +86,41 @@ impl<H: Handler> Worker<H> {
         stop: Shutdown,
     ) -> Result<(), ConsumerError> {
         let batch_size = self.config.batch_size;
+        let mut parking = Parking::default();
+        // A head not back twice ack_wait after it was due went elsewhere (see `parking`).
+        let grace = self.config.ack_wait * 2;
         loop {
             if !self.stats.breaker.closed(&stop).await {
-                return Ok(());
+                break;
             }
-            let first = tokio::select! {
-                () = stop.signal() => return Ok(()),
-                first = self.next_message(&consumer) => first,
-            };
-            let Some(first) = first else { continue };
-            let mut batch = Vec::with_capacity(batch_size);
-            batch.push(first);
+            let overdue = parking.release_overdue(grace);
+            if overdue > 0 {
+                tracing::warn!(group = %self.config.group, keys = overdue, "a failed event did not come back in time; its order's later events go on");
+            }
+            let mut batch = parking.take_ready(batch_size);
+            if batch.is_empty() {
+                let first = tokio::select! {
+                    () = stop.signal() => break,
+                    first = self.next_message(&consumer) => first,
+                    () = self.keep_parked_alive(&parking) => unreachable!("keep_parked_alive never ends"),
+                };
+                batch.extend(first.and_then(|m| self.read(m)));
+                if batch.is_empty() {
+                    continue;
+                }
+            }
             // With one unacknowledged message at most, nothing more can be ready.
-            if batch_size > 1 && self.config.max_ack_pending > 1 {
-                self.ready_messages(&consumer, batch_size - 1, &mut batch)
+            if batch.len() < batch_size && self.config.max_ack_pending > 1 {
+                self.ready_messages(&consumer, batch_size - batch.len(), &mut batch)
                     .await;
             }
-            self.process(&mut conn, batch, &stop).await?;
+            self.process(&mut conn, batch, &mut parking, &stop).await?;
         }
+        // Parked messages were not started: back to the broker at once.
+        for r in parking.take_all() {
+            let _ = r.message.ack_with(AckKind::Nak(None)).await;
+        }
+        Ok(())
     }
 
     /// The next message, waiting up to [`PULL_EXPIRES`] for it.
@@ -123,12 +145,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Up to `n` more messages that are ready now, without waiting.
-    async fn ready_messages(
-        &self,
-        consumer: &PullConsumer,
-        n: usize,
-        batch: &mut Vec<jetstream::Message>,
-    ) {
+    async fn ready_messages(&self, consumer: &PullConsumer, n: usize, batch: &mut Vec<Received>) {
         // The expiry matters when the consumer is at max_ack_pending: the server then answers
         // a no-wait request only when it expires.
         match consumer
@@ -141,7 +158,7 @@ impl<H: Handler> Worker<H> {
             Ok(mut ready) => {
                 while let Some(next) = ready.next().await {
                     match next {
-                        Ok(message) => batch.push(message),
+                        Ok(message) => batch.extend(self.read(message)),
                         Err(e) => {
                             tracing::debug!(group = %self.config.group, error = %e, "fetch");
                             break;
@@ -153,6 +170,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    /// Reads a message just delivered, and counts the delivery.
     fn read(&self, message: jetstream::Message) -> Option<Received> {
         let (stream, stream_sequence, delivered, published) = match message.info() {
             Ok(info) => (
@@ -166,6 +184,10 @@ impl<H: Handler> Worker<H> {
                 return None;
             }
         };
+        GroupStats::add(&self.stats.deliveries);
+        if delivered > 1 {
+            GroupStats::add(&self.stats.redeliveries);
+        }
         let subject = message.subject.to_string();
         let topic = match self.source {
             Source::Topic(topic) => Some(topic),
@@ -181,155 +203,83 @@ impl<H: Handler> Worker<H> {
             headers: headers_of(message.headers.as_ref()),
             payload: message.payload.clone(),
         };
+        let key = key_of(&delivery).to_owned();
         Some(Received {
             message,
             delivery,
             topic,
+            key,
         })
     }
 
     /// Processes a batch and settles each message. A fault of the group's own infrastructure
-    /// opens the breaker: the messages are held (kept alive with in-progress acks) and the whole
-    /// batch is tried again after a backoff, until it commits or the group stops.
+    /// opens the breaker: the messages are held (kept alive with in-progress acks) and the
+    /// rounds not yet committed are tried again after a backoff, until they commit or the group
+    /// stops.
     async fn process(
         &self,
         conn: &mut rusqlite::Connection,
-        batch: Vec<jetstream::Message>,
+        batch: Vec<Received>,
+        parking: &mut Parking<Received>,
         stop: &Shutdown,
     ) -> Result<(), ConsumerError> {
-        let received: Vec<Received> = batch.into_iter().filter_map(|m| self.read(m)).collect();
-        for r in &received {
-            GroupStats::add(&self.stats.deliveries);
-            if r.delivery.delivered > 1 {
-                GroupStats::add(&self.stats.redeliveries);
+        // Messages of an order that waits for a retry are parked without being started.
+        let mut verdicts: Vec<Option<Verdict>> = batch
+            .iter()
+            .map(|r| {
+                parking
+                    .holds(&r.key, r.delivery.stream_sequence)
+                    .then_some(Verdict::Park)
+            })
+            .collect();
+        let batch_held: Vec<&jetstream::Message> = batch.iter().map(|r| &r.message).collect();
+        let mut outage = None;
+        loop {
+            let attempt = tokio::select! {
+                done = self.run_rounds(conn, &batch, &mut verdicts, stop) => done,
+                () = keep_alive(&batch_held, self.config.ack_wait) => unreachable!("keep_alive never ends"),
+                () = self.keep_parked_alive(parking) => unreachable!("keep_parked_alive never ends"),
+            };
+            let Err(fault) = attempt else { break };
+            GroupStats::add(&self.stats.infrastructure_faults);
+            let (metrics, labels) = self.handler.metrics();
+            metrics.failed(labels, "infrastructure");
+            tracing::error!(group = %self.config.group, error = %fault, messages = batch_held.len(), "the group's database failed; holding the batch and backing off");
+            let outage = outage
+                .get_or_insert_with(|| Outage::begin(&self.stats.breaker, self.config.ack_wait));
+            self.breaker_changed();
+            let held: Vec<&jetstream::Message> = batch_held
+                .iter()
+                .copied()
+                .chain(parking.held().map(|r| &r.message))
+                .collect();
+            if !outage.wait(&held, stop).await {
+                // Unsettled: the broker delivers them again after ack_wait.
+                return Ok(());
             }
         }
-        let held: Vec<&jetstream::Message> = received.iter().map(|r| &r.message).collect();
-        let mut outage = None;
-        let verdicts = loop {
-            let attempt = tokio::select! {
-                verdicts = self.run_batch(conn, &received, stop) => verdicts,
-                () = keep_alive(&held, self.config.ack_wait) => unreachable!("keep_alive never ends"),
-            };
-            match attempt {
-                Ok(verdicts) => break verdicts,
-                Err(fault) => {
-                    GroupStats::add(&self.stats.infrastructure_faults);
-                    let (metrics, labels) = self.handler.metrics();
-                    metrics.failed(labels, "infrastructure");
-                    tracing::error!(group = %self.config.group, error = %fault, messages = held.len(), "the group's database failed; holding the batch and backing off");
-                    let outage = outage.get_or_insert_with(|| {
-                        Outage::begin(&self.stats.breaker, self.config.ack_wait)
-                    });
-                    self.breaker_changed();
-                    if !outage.wait(&held, stop).await {
-                        // Unsettled: the broker delivers them again after ack_wait.
-                        return Ok(());
-                    }
-                }
-            }
-        };
         if outage.take().is_some() {
             self.breaker_changed();
             tracing::info!(group = %self.config.group, "the group's database works again");
         }
-        for (r, verdict) in received.iter().zip(verdicts) {
-            self.settle(r, verdict, stop).await;
+        drop(batch_held);
+        for (r, verdict) in batch.into_iter().zip(verdicts) {
+            // Every message has a verdict once the rounds are done.
+            let verdict = verdict.unwrap_or(Verdict::Release);
+            self.settle(r, verdict, parking, stop).await;
         }
         Ok(())
     }
 
-    /// Runs the batch in one transaction and commits it; the verdicts, or the infrastructure
-    /// fault that rolled it back.
-    async fn run_batch(
-        &self,
-        conn: &mut rusqlite::Connection,
-        received: &[Received],
-        stop: &Shutdown,
-    ) -> Result<Vec<Verdict>, String> {
-        let group = self.config.group.as_str();
-        let mut verdicts = Vec::with_capacity(received.len());
-        // Keys whose earlier message failed in this batch: their later ones wait as long.
-        let mut held: HashMap<String, Duration> = HashMap::new();
-        let mut tx =
-            Batch::begin(conn).map_err(|e| format!("cannot begin the batch's transaction: {e}"))?;
-        for r in received {
-            let d = &r.delivery;
-            if stop.is_triggered() {
-                verdicts.push(Verdict::Release);
-                continue;
-            }
-            let key = d.subject.rsplit('.').next().unwrap_or_default().to_owned();
-            if let Some(&delay) = held.get(&key) {
-                verdicts.push(Verdict::Nak(delay));
-                continue;
-            }
-            let Some(topic) = r.topic else {
-                verdicts.push(Verdict::Dead(
-                    Reason::Schema,
-                    format!("no topic of the contract for subject {}", d.subject),
-                ));
-                continue;
-            };
-            let event = match handler::decode(topic, &d.payload) {
-                Ok(event) => event,
-                Err(e) => {
-                    verdicts.push(Verdict::Dead(Reason::Schema, e.0));
-                    continue;
-                }
-            };
-            let processed = Processed {
-                group,
-                event_id: event.event_id(),
-                topic: topic.as_str(),
-                stream: &d.stream,
-                stream_seq: d.stream_sequence,
-                delivered: d.delivered,
-            };
-            let span = tracing::info_span!(
-                "event",
-                group,
-                topic = topic.as_str(),
-                event_id = %event.event_id(),
-                correlation_id = event.metadata()["correlation_id"].as_str().unwrap_or_default(),
-                traceparent = d.header("traceparent").unwrap_or_default(),
-                delivered = d.delivered,
-            );
-            let step = tx
-                .run(&processed, &self.handler, &event, d)
-                .instrument(span)
-                .await;
-            let store_fault = self.handler.take_store_fault();
-            verdicts.push(match step {
-                Ok(Step::Done) => Verdict::Ack { duplicate: false },
-                Ok(Step::AlreadyProcessed) => Verdict::Ack { duplicate: true },
-                Ok(Step::Failed(Failure::Permanent(why))) => Verdict::Dead(Reason::Permanent, why),
-                Ok(Step::Failed(Failure::Transient(why))) => {
-                    if let Some(fault) = store_fault {
-                        let _ = tx.rollback();
-                        return Err(format!("the handler's writes failed: {fault}"));
-                    }
-                    if d.delivered >= self.config.max_deliver as u64 {
-                        Verdict::Dead(
-                            Reason::MaxDeliver,
-                            format!("failed on all {} deliveries; last: {why}", d.delivered),
-                        )
-                    } else {
-                        let delay = self.config.delay_after(d.delivered);
-                        tracing::debug!(group, event_id = %event.event_id(), delivered = d.delivered, ?delay, %why, "transient failure; retrying");
-                        held.insert(key, delay);
-                        Verdict::Nak(delay)
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.rollback();
-                    return Err(format!("the batch's transaction failed: {e}"));
-                }
-            });
+    /// Sends the parked messages an in-progress ack every third of `ack_wait`; never ends.
+    async fn keep_parked_alive(&self, parking: &Parking<Received>) {
+        let interval = keep_alive_interval(self.config.ack_wait);
+        loop {
+            tokio::time::sleep_until(parking.progress_due(interval)).await;
+            let held: Vec<&jetstream::Message> = parking.held().map(|r| &r.message).collect();
+            progress(&held).await;
+            parking.progressed();
         }
-        tx.commit()
-            .map_err(|e| format!("cannot commit the batch: {e}"))?;
-        Ok(verdicts)
     }
 
     /// Shows the breaker's state in the metrics.
@@ -338,9 +288,24 @@ impl<H: Handler> Worker<H> {
         metrics.breaker(&self.config.group, self.stats.breaker.state());
     }
 
-    async fn settle(&self, r: &Received, verdict: Verdict, stop: &Shutdown) {
+    /// Tells the broker what became of `r` and keeps the order's place: a failed message's key
+    /// waits for it, a done one releases what was parked behind it.
+    async fn settle(
+        &self,
+        r: Received,
+        verdict: Verdict,
+        parking: &mut Parking<Received>,
+        stop: &Shutdown,
+    ) {
         let d = &r.delivery;
+        let sequence = d.stream_sequence;
+        let done = matches!(verdict, Verdict::Ack { .. } | Verdict::Dead(..));
         let acked = match verdict {
+            Verdict::Park => {
+                GroupStats::add(&self.stats.parked);
+                parking.park(&r.key.clone(), sequence, r);
+                return;
+            }
             Verdict::Ack { duplicate } => {
                 if duplicate {
                     GroupStats::add(&self.stats.duplicates);
@@ -353,6 +318,7 @@ impl<H: Handler> Worker<H> {
             }
             Verdict::Nak(delay) => {
                 GroupStats::add(&self.stats.retried);
+                parking.wait(&r.key, sequence, delay);
                 r.message.ack_with(AckKind::Nak(Some(delay))).await
             }
             Verdict::Release => r.message.ack_with(AckKind::Nak(None)).await,
@@ -382,7 +348,10 @@ impl<H: Handler> Worker<H> {
                                 Outage::begin(&self.stats.breaker, self.config.ack_wait)
                             });
                             self.breaker_changed();
-                            if !outage.wait(&[&r.message], stop).await {
+                            let held: Vec<&jetstream::Message> = std::iter::once(&r.message)
+                                .chain(parking.held().map(|p| &p.message))
+                                .collect();
+                            if !outage.wait(&held, stop).await {
                                 return;
                             }
                         }
@@ -400,6 +369,9 @@ impl<H: Handler> Worker<H> {
                 r.message.ack_with(AckKind::Term).await
             }
         };
+        if done {
+            parking.settled(&r.key, sequence);
+        }
         if let Err(e) = acked {
             // The broker redelivers it after ack_wait; the processed-events table makes that
             // harmless.
@@ -415,4 +387,17 @@ async fn keep_alive(held: &[&jetstream::Message], ack_wait: Duration) {
         tokio::time::sleep(keep_alive_interval(ack_wait)).await;
         progress(held).await;
     }
+}
+
+/// The ordering key of a delivery: the subject's last token (`<topic>.<partition>.<key>`), for a
+/// replay the one of the subject it was first delivered on.
+pub(super) fn key_of(delivery: &Delivery) -> &str {
+    let subject = if delivery.is_replay() {
+        delivery
+            .header("Dlq-Source-Subject")
+            .unwrap_or(&delivery.subject)
+    } else {
+        &delivery.subject
+    };
+    subject.rsplit('.').next().unwrap_or_default()
 }

@@ -1,0 +1,215 @@
+//! Orders waiting for a retry, and their later events held back until it is done.
+//!
+//! When an event fails transiently it goes back to the broker (`-NAK` with the backoff's delay),
+//! and with more than one message unacknowledged per consumer the broker meanwhile delivers the
+//! same order's later events. Handling them would reorder the order's events, and sending them
+//! back too would use up their deliveries. So they are parked here: held unacknowledged (the
+//! worker keeps them alive with in-progress acks, which cost no delivery) until the failed event,
+//! the key's head, is processed or dead-lettered. Then they are ready, in stream order, and the
+//! worker handles them before it pulls anything new. Other keys go on meanwhile.
+//!
+//! A head that does not come back (the broker gave up on it, or it was taken elsewhere) would
+//! hold its key for ever: a key whose head is overdue by more than a grace period is released.
+//!
+//! The key is what the subject ends with: the order's id.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Keys waiting for a retry and the messages held back for them, of one worker.
+pub(super) struct Parking<M> {
+    waiting: HashMap<String, Wait<M>>,
+    ready: VecDeque<M>,
+    /// When the held messages last got an in-progress ack.
+    progressed: Mutex<Instant>,
+}
+
+/// A key waiting for the retry of its head.
+struct Wait<M> {
+    /// The stream sequence of the message that failed.
+    head: u64,
+    /// When its redelivery is due.
+    due: Instant,
+    /// The key's later messages, by sequence.
+    parked: Vec<(u64, M)>,
+}
+
+impl<M> Default for Parking<M> {
+    fn default() -> Self {
+        Parking {
+            waiting: HashMap::new(),
+            ready: VecDeque::new(),
+            progressed: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl<M> Parking<M> {
+    /// Whether the message of `key` at `sequence` must wait: an earlier message of its key
+    /// waits for a retry.
+    pub(super) fn holds(&self, key: &str, sequence: u64) -> bool {
+        self.waiting.get(key).is_some_and(|w| sequence > w.head)
+    }
+
+    /// Holds `message` (of `key`, at `sequence`) until its key's head is done; ready at once
+    /// when its key waits for nothing. A message parked again (delivered once more while parked)
+    /// replaces the older delivery.
+    pub(super) fn park(&mut self, key: &str, sequence: u64, message: M) {
+        let Some(wait) = self.waiting.get_mut(key) else {
+            self.ready.push_back(message);
+            return;
+        };
+        match wait.parked.binary_search_by_key(&sequence, |(s, _)| *s) {
+            Ok(at) => wait.parked[at].1 = message,
+            Err(at) => wait.parked.insert(at, (sequence, message)),
+        }
+    }
+
+    /// The message of `key` at `sequence` failed transiently and is due again after `delay`: the
+    /// key's later messages wait for it.
+    pub(super) fn wait(&mut self, key: &str, sequence: u64, delay: Duration) {
+        let due = Instant::now() + delay;
+        let wait = self.waiting.entry(key.to_owned()).or_insert(Wait {
+            head: sequence,
+            due,
+            parked: Vec::new(),
+        });
+        // An earlier message failing now (it was redelivered after a lost ack) becomes the head.
+        wait.head = wait.head.min(sequence);
+        wait.due = due;
+    }
+
+    /// The message of `key` at `sequence` is done for good (processed or dead-lettered): when it
+    /// is its key's head, the key's parked messages are ready.
+    pub(super) fn settled(&mut self, key: &str, sequence: u64) {
+        if self.waiting.get(key).is_some_and(|w| w.head == sequence) {
+            self.release(key);
+        }
+    }
+
+    /// Releases the keys whose head is more than `grace` past its due time; how many.
+    pub(super) fn release_overdue(&mut self, grace: Duration) -> usize {
+        let now = Instant::now();
+        let overdue: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| now > w.due + grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &overdue {
+            self.release(key);
+        }
+        overdue.len()
+    }
+
+    fn release(&mut self, key: &str) {
+        if let Some(wait) = self.waiting.remove(key) {
+            self.ready.extend(wait.parked.into_iter().map(|(_, m)| m));
+        }
+    }
+
+    /// Up to `n` released messages, in the order they became ready.
+    pub(super) fn take_ready(&mut self, n: usize) -> Vec<M> {
+        let n = n.min(self.ready.len());
+        self.ready.drain(..n).collect()
+    }
+
+    /// Every message held, parked or ready, to send back when the worker stops.
+    pub(super) fn take_all(&mut self) -> Vec<M> {
+        let mut all: Vec<M> = self.ready.drain(..).collect();
+        for (_, wait) in self.waiting.drain() {
+            all.extend(wait.parked.into_iter().map(|(_, m)| m));
+        }
+        all
+    }
+
+    /// Every message held, parked or ready.
+    pub(super) fn held(&self) -> impl Iterator<Item = &M> {
+        self.ready.iter().chain(
+            self.waiting
+                .values()
+                .flat_map(|w| w.parked.iter().map(|(_, m)| m)),
+        )
+    }
+
+    /// When the held messages need their next in-progress ack.
+    pub(super) fn progress_due(&self, interval: Duration) -> Instant {
+        *self.progressed.lock().expect("not poisoned") + interval
+    }
+
+    /// Notes that the held messages just got an in-progress ack.
+    pub(super) fn progressed(&self) {
+        *self.progressed.lock().expect("not poisoned") = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOON: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn later_messages_of_a_failed_key_wait_for_it_and_others_do_not() {
+        let mut p = Parking::default();
+        p.wait("a", 5, SOON);
+        assert!(p.holds("a", 6));
+        assert!(
+            !p.holds("a", 5),
+            "the head itself is processed when it comes back"
+        );
+        assert!(!p.holds("a", 4), "an earlier message is not held back");
+        assert!(!p.holds("b", 7));
+        p.park("a", 9, "a9");
+        p.park("a", 7, "a7");
+        p.park("a", 7, "a7 again");
+        assert!(p.take_ready(10).is_empty());
+        assert_eq!(p.held().count(), 2);
+        p.settled("a", 7);
+        assert!(
+            p.take_ready(10).is_empty(),
+            "only the head releases its key"
+        );
+        p.wait("a", 5, SOON);
+        p.settled("a", 5);
+        assert_eq!(p.take_ready(10), ["a7 again", "a9"]);
+        assert!(!p.holds("a", 6));
+    }
+
+    #[test]
+    fn a_message_of_a_key_that_waits_for_nothing_is_ready_at_once() {
+        let mut p = Parking::default();
+        p.park("b", 3, "b3");
+        assert_eq!(p.take_ready(1), ["b3"]);
+    }
+
+    #[test]
+    fn an_earlier_failure_becomes_the_head() {
+        let mut p = Parking::default();
+        p.wait("a", 5, SOON);
+        p.wait("a", 3, SOON);
+        p.park("a", 4, "a4");
+        p.settled("a", 5);
+        assert!(p.take_ready(10).is_empty());
+        p.settled("a", 3);
+        assert_eq!(p.take_ready(10), ["a4"]);
+    }
+
+    #[test]
+    fn a_head_that_never_comes_back_releases_its_key_after_the_grace() {
+        let mut p = Parking::default();
+        p.wait("a", 1, Duration::ZERO);
+        p.park("a", 2, "a2");
+        p.wait("b", 1, Duration::from_secs(60));
+        p.park("b", 2, "b2");
+        assert_eq!(p.release_overdue(Duration::from_secs(60)), 0);
+        std::thread::sleep(SOON);
+        assert_eq!(p.release_overdue(Duration::from_millis(1)), 1);
+        assert_eq!(p.take_ready(10), ["a2"]);
+        assert_eq!(p.take_all(), ["b2"]);
+        assert!(!p.holds("b", 2));
+    }
+}

@@ -1,0 +1,249 @@
+//! A batch handled in rounds: events of different orders concurrently, one order's events one
+//! after another.
+//!
+//! Round `r` holds, for each key (order) of the batch, its next message not yet decided. The
+//! round's messages are decoded (a schema error is a dead letter), those the group processed
+//! before are acknowledged without running anything, and the rest are prepared concurrently
+//! ([`Handler::prepare`], up to `concurrency` at once, outside any transaction) and then handled
+//! one after another in one transaction ([`Handler::handle`], see [`super::idempotency`]), which
+//! commits before the next round starts. So an order's next event is prepared only once the
+//! previous one is handled, and a key whose message failed sits out the remaining rounds: its
+//! later messages are parked (see `parking`) while other orders go on.
+//!
+//! A round's verdicts are kept only once it commits, so when the group's database fails the
+//! worker tries again from the first round not committed.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use tracing::Instrument;
+
+use super::dlq::Reason;
+use super::handler::{self, Delivery, Event, Failure, Handler, Prepared};
+use super::idempotency::{self, Batch, Processed, Step};
+use super::worker::{Received, Verdict, Worker};
+use crate::domain::Topic;
+use crate::shutdown::Shutdown;
+
+/// A message of a round, decoded and not processed before: to prepare and handle.
+struct Run<'b> {
+    index: usize,
+    topic: Topic,
+    event: Event,
+    delivery: &'b Delivery,
+    span: tracing::Span,
+}
+
+impl<H: Handler> Worker<H> {
+    /// Decides each message of `batch` whose verdict is still open, round after round; `Err`
+    /// is a fault of the group's own infrastructure (the round in progress rolled back).
+    pub(super) async fn run_rounds(
+        &self,
+        conn: &mut rusqlite::Connection,
+        batch: &[Received],
+        verdicts: &mut [Option<Verdict>],
+        stop: &Shutdown,
+    ) -> Result<(), String> {
+        loop {
+            let round = next_round(batch, verdicts);
+            if round.is_empty() {
+                return Ok(());
+            }
+            if stop.is_triggered() {
+                for verdict in verdicts.iter_mut().filter(|v| v.is_none()) {
+                    *verdict = Some(Verdict::Release);
+                }
+                return Ok(());
+            }
+            let decided = self.run_round(conn, batch, &round, stop).await?;
+            for (index, verdict) in decided {
+                verdicts[index] = Some(verdict);
+            }
+        }
+    }
+
+    /// One round: decode, skip what was processed before, prepare concurrently, handle in one
+    /// transaction and commit. The verdicts by index into `batch`.
+    async fn run_round(
+        &self,
+        conn: &mut rusqlite::Connection,
+        batch: &[Received],
+        round: &[usize],
+        stop: &Shutdown,
+    ) -> Result<Vec<(usize, Verdict)>, String> {
+        let group = self.config.group.as_str();
+        let mut decided = Vec::with_capacity(round.len());
+        let mut runs = Vec::with_capacity(round.len());
+        for &index in round {
+            let r = &batch[index];
+            let d = &r.delivery;
+            let Some(topic) = r.topic else {
+                let why = format!("no topic of the contract for subject {}", d.subject);
+                decided.push((index, Verdict::Dead(Reason::Schema, why)));
+                continue;
+            };
+            let event = match handler::decode(topic, &d.payload) {
+                Ok(event) => event,
+                Err(e) => {
+                    decided.push((index, Verdict::Dead(Reason::Schema, e.0)));
+                    continue;
+                }
+            };
+            // Redelivered after its batch committed but before the ack: nothing to prepare.
+            if idempotency::is_processed(conn, group, event.event_id())
+                .map_err(|e| format!("cannot read the processed events: {e}"))?
+            {
+                decided.push((index, Verdict::Ack { duplicate: true }));
+                continue;
+            }
+            let span = message_span(group, topic, &event, d);
+            runs.push(Run {
+                index,
+                topic,
+                event,
+                delivery: d,
+                span,
+            });
+        }
+        if runs.is_empty() {
+            return Ok(decided);
+        }
+        // The futures are built first: a closure building them inside the stream would make the
+        // worker's future not `Send` (the compiler cannot prove it for every lifetime).
+        let mut preparing = Vec::with_capacity(runs.len());
+        for run in &runs {
+            preparing.push(
+                self.handler
+                    .prepare(&run.event, run.delivery)
+                    .instrument(run.span.clone()),
+            );
+        }
+        let prepared: Vec<Result<Prepared, Failure>> = futures::stream::iter(preparing)
+            .buffered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut tx =
+            Batch::begin(conn).map_err(|e| format!("cannot begin the round's transaction: {e}"))?;
+        for (run, prepared) in runs.iter().zip(prepared) {
+            if stop.is_triggered() {
+                decided.push((run.index, Verdict::Release));
+                continue;
+            }
+            let prepared = match prepared {
+                Ok(prepared) => prepared,
+                Err(failure) => {
+                    decided.push((run.index, self.failed(run, failure)));
+                    continue;
+                }
+            };
+            let processed = Processed {
+                group,
+                event_id: run.event.event_id(),
+                topic: run.topic.as_str(),
+                stream: &run.delivery.stream,
+                stream_seq: run.delivery.stream_sequence,
+                delivered: run.delivery.delivered,
+            };
+            let step = tx
+                .run(
+                    &processed,
+                    &self.handler,
+                    &run.event,
+                    run.delivery,
+                    &prepared,
+                )
+                .instrument(run.span.clone())
+                .await;
+            let store_fault = self.handler.take_store_fault();
+            let verdict = match step {
+                Ok(Step::Done) => Verdict::Ack { duplicate: false },
+                Ok(Step::AlreadyProcessed) => Verdict::Ack { duplicate: true },
+                Ok(Step::Failed(failure)) => {
+                    if let (Some(fault), Failure::Transient(_)) = (store_fault, &failure) {
+                        let _ = tx.rollback();
+                        return Err(format!("the handler's writes failed: {fault}"));
+                    }
+                    self.failed(run, failure)
+                }
+                Err(e) => {
+                    let _ = tx.rollback();
+                    return Err(format!("the round's transaction failed: {e}"));
+                }
+            };
+            decided.push((run.index, verdict));
+        }
+        tx.commit()
+            .map_err(|e| format!("cannot commit the round: {e}"))?;
+        Ok(decided)
+    }
+
+    /// What a failure of the handler makes of its message: a permanent one, or a transient one
+    /// on the last allowed delivery, is a dead letter; another transient one is retried after
+    /// the backoff.
+    fn failed(&self, run: &Run<'_>, failure: Failure) -> Verdict {
+        let d = run.delivery;
+        match failure {
+            Failure::Permanent(why) => Verdict::Dead(Reason::Permanent, why),
+            Failure::Transient(why) if d.delivered >= self.config.max_deliver as u64 => {
+                Verdict::Dead(
+                    Reason::MaxDeliver,
+                    format!("failed on all {} deliveries; last: {why}", d.delivered),
+                )
+            }
+            Failure::Transient(why) => {
+                let delay = self.config.delay_after(d.delivered);
+                tracing::debug!(group = %self.config.group, event_id = %run.event.event_id(), delivered = d.delivered, ?delay, %why, "transient failure; retrying");
+                Verdict::Nak(delay)
+            }
+        }
+    }
+}
+
+/// The next round's messages (indices into `batch`, in batch order): each key's undecided
+/// message of the lowest sequence. An undecided message behind a message of its key that waits
+/// for a retry (`Nak`) or is parked is parked too, without running.
+fn next_round(batch: &[Received], verdicts: &mut [Option<Verdict>]) -> Vec<usize> {
+    let sequence = |i: usize| batch[i].delivery.stream_sequence;
+    let mut waits: HashMap<&str, u64> = HashMap::new();
+    for (i, verdict) in verdicts.iter().enumerate() {
+        if matches!(verdict, Some(Verdict::Nak(_) | Verdict::Park)) {
+            let lowest = waits.entry(batch[i].key.as_str()).or_insert(u64::MAX);
+            *lowest = (*lowest).min(sequence(i));
+        }
+    }
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for i in 0..batch.len() {
+        if verdicts[i].is_some() {
+            continue;
+        }
+        let key = batch[i].key.as_str();
+        if waits.get(key).is_some_and(|&w| sequence(i) > w) {
+            verdicts[i] = Some(Verdict::Park);
+            continue;
+        }
+        first
+            .entry(key)
+            .and_modify(|j| {
+                if sequence(i) < sequence(*j) {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let mut round: Vec<usize> = first.into_values().collect();
+    round.sort_unstable();
+    round
+}
+
+/// The span a message is prepared and handled in.
+fn message_span(group: &str, topic: Topic, event: &Event, d: &Delivery) -> tracing::Span {
+    tracing::info_span!(
+        "event",
+        group,
+        topic = topic.as_str(),
+        event_id = %event.event_id(),
+        correlation_id = event.metadata()["correlation_id"].as_str().unwrap_or_default(),
+        traceparent = d.header("traceparent").unwrap_or_default(),
+        delivered = d.delivered,
+    )
+}
