@@ -9,6 +9,7 @@ mod browser;
 mod cluster;
 mod consumer;
 mod consumer_faults;
+mod consumer_order;
 mod consumer_over_time;
 mod contract;
 mod emit;

@@ -1,0 +1,311 @@
+//! Order per order, concurrency across orders: a group prepares the events of different orders
+//! at once and one order's events one after another, and an event waiting for its retry holds
+//! back its own order's later events only, without using up their deliveries.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use order_service::consumer::{
+    Delivery, Event, Failure, GroupConfig, Handler, HandlerTx, Prepared,
+};
+use order_service::domain::Topic;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::app::{PATIENCE, TestApp};
+use crate::consumer::{Running, create_orders, group_config, publish_raw, setup};
+
+/// What a test's handler does with an event: fail it, given its order's key and delivery.
+type Decide = dyn Fn(&str, &Delivery) -> Option<Failure> + Send + Sync;
+
+/// One step the handler took, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    PrepareStart,
+    PrepareEnd,
+    Handled { delivered: u64 },
+}
+
+/// A handler whose `prepare` waits (a call to another service, say) and whose `handle` notes
+/// the event; every step is stamped from one counter, so the order of steps is exact.
+struct Tracker {
+    prepare_for: Duration,
+    decide: Arc<Decide>,
+    clock: AtomicU64,
+    running: AtomicUsize,
+    most_at_once: AtomicUsize,
+    /// Per key: (stamp, stream sequence, step).
+    steps: Mutex<HashMap<String, Vec<(u64, u64, Step)>>>,
+}
+
+impl Tracker {
+    fn new(
+        prepare_for: Duration,
+        decide: impl Fn(&str, &Delivery) -> Option<Failure> + Send + Sync + 'static,
+    ) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            prepare_for,
+            decide: Arc::new(decide),
+            clock: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            most_at_once: AtomicUsize::new(0),
+            steps: Mutex::default(),
+        })
+    }
+
+    fn note(&self, delivery: &Delivery, step: Step) {
+        let stamp = self.clock.fetch_add(1, Ordering::SeqCst);
+        self.steps
+            .lock()
+            .unwrap()
+            .entry(key(delivery).to_owned())
+            .or_default()
+            .push((stamp, delivery.stream_sequence, step));
+    }
+
+    /// The events handled, per key: (stream sequence, delivery), in the order handled.
+    fn handled(&self) -> HashMap<String, Vec<(u64, u64)>> {
+        let steps = self.steps.lock().unwrap();
+        steps
+            .iter()
+            .map(|(k, steps)| {
+                let handled = steps
+                    .iter()
+                    .filter_map(|(_, seq, step)| match step {
+                        Step::Handled { delivered } => Some((*seq, *delivered)),
+                        _ => None,
+                    })
+                    .collect();
+                (k.clone(), handled)
+            })
+            .collect()
+    }
+
+    /// The stamp at which the event at `sequence` was handled.
+    fn handled_at(&self, key: &str, sequence: u64) -> u64 {
+        let steps = self.steps.lock().unwrap();
+        steps[key]
+            .iter()
+            .find(|(_, seq, step)| *seq == sequence && matches!(step, Step::Handled { .. }))
+            .map(|(stamp, _, _)| *stamp)
+            .unwrap_or_else(|| panic!("{key} at {sequence} was not handled"))
+    }
+}
+
+/// The group's handler: the shared [`Tracker`].
+struct Tracked(Arc<Tracker>);
+
+impl Handler for Tracked {
+    async fn prepare(&self, _: &Event, delivery: &Delivery) -> Result<Prepared, Failure> {
+        let t = &self.0;
+        t.note(delivery, Step::PrepareStart);
+        let now = t.running.fetch_add(1, Ordering::SeqCst) + 1;
+        t.most_at_once.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(t.prepare_for).await;
+        t.running.fetch_sub(1, Ordering::SeqCst);
+        t.note(delivery, Step::PrepareEnd);
+        Ok(Prepared::new(delivery.stream_sequence))
+    }
+
+    async fn handle(
+        &self,
+        _: &Event,
+        delivery: &Delivery,
+        tx: &mut HandlerTx<'_>,
+    ) -> Result<(), Failure> {
+        assert_eq!(
+            tx.prepared::<u64>(),
+            Some(&delivery.stream_sequence),
+            "handle sees what prepare made of the same event"
+        );
+        if let Some(failure) = (self.0.decide)(key(delivery), delivery) {
+            return Err(failure);
+        }
+        self.0.note(
+            delivery,
+            Step::Handled {
+                delivered: delivery.delivered,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn key(delivery: &Delivery) -> &str {
+    delivery.subject.rsplit('.').next().unwrap()
+}
+
+/// A valid `order.created` body with a new event id, from a real order's event.
+fn body(template: &Value) -> String {
+    let mut body = template.clone();
+    body["event_id"] = Value::String(Uuid::now_v7().to_string());
+    body.to_string()
+}
+
+/// A real order's `order.created` body, to copy.
+async fn template(app: &TestApp) -> Value {
+    let order = create_orders(app, 1, 1).await.into_iter().next().unwrap();
+    app.events_of(&order)[0].payload.clone()
+}
+
+/// Publishes one event of each key in `keys`, in that order.
+async fn publish_round(js: &jetstream::Context, template: &Value, keys: &[String]) {
+    for k in keys {
+        publish_raw(js, k, body(template)).await;
+    }
+}
+
+/// Waits until `done` holds, failing with `what` after [`PATIENCE`].
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+fn config(name: &str, db: &std::path::Path) -> GroupConfig {
+    group_config(name, &[Topic::Created], db)
+}
+
+#[tokio::test]
+async fn events_of_different_orders_are_prepared_at_once_and_one_orders_one_after_another() {
+    let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let template = template(&app).await;
+    let orders = keys("concurrent", 12);
+    // Three events per order, interleaved as the orders' events usually are.
+    for _ in 0..3 {
+        publish_round(&js, &template, &orders).await;
+    }
+    let tracker = Tracker::new(Duration::from_millis(150), |_, _| None);
+    let mut config = config("concurrent", &db);
+    config.concurrency = 8;
+    let running = Running::start(&js, config, Tracked(tracker.clone()));
+    until("every order's three events are handled", || {
+        let handled = tracker.handled();
+        orders
+            .iter()
+            .all(|k| handled.get(k).is_some_and(|h| h.len() == 3))
+    })
+    .await;
+    running.stop().await;
+
+    let most = tracker.most_at_once.load(Ordering::SeqCst);
+    assert!(
+        most > 1 && most <= 8,
+        "events of different orders are prepared at once, at most `concurrency`: {most}"
+    );
+    let steps = tracker.steps.lock().unwrap();
+    for k in &orders {
+        // One after another: each step of the order's events in stream order, and the next
+        // event prepared only once the previous one was handled.
+        let kinds: Vec<(u64, Step)> = steps[k].iter().map(|(_, s, st)| (*s, st.clone())).collect();
+        let seqs: Vec<u64> = kinds.iter().map(|(s, _)| *s).collect();
+        assert!(
+            seqs.is_sorted(),
+            "{k}: steps out of stream order: {kinds:?}"
+        );
+        for event in kinds.chunks(3) {
+            assert!(
+                matches!(
+                    event,
+                    [
+                        (_, Step::PrepareStart),
+                        (_, Step::PrepareEnd),
+                        (_, Step::Handled { delivered: 1 })
+                    ]
+                ),
+                "{k}: prepare, then handle, then the next event: {kinds:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_event_holds_back_only_its_orders_later_events_without_using_their_deliveries() {
+    let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let template = template(&app).await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let counted = failures.clone();
+    // The first event of "retried" fails on its first two deliveries; the first of "exhausted"
+    // on every one, until it is a dead letter on the third.
+    let firsts: Mutex<HashMap<String, u64>> = Mutex::default();
+    let tracker = Tracker::new(Duration::ZERO, move |key, delivery| {
+        let first = *firsts
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_insert(delivery.stream_sequence)
+            == delivery.stream_sequence;
+        let fails = match key {
+            "retried" => first && delivery.delivered < 3,
+            "exhausted" => first,
+            _ => false,
+        };
+        fails.then(|| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Failure::transient("not yet")
+        })
+    });
+    let mut config = config("holding", &db);
+    config.backoff = vec![Duration::from_millis(1500)];
+    config.max_deliver = 3;
+    let others = keys("other", 10);
+    publish_raw(&js, "retried", body(&template)).await;
+    publish_raw(&js, "exhausted", body(&template)).await;
+    let running = Running::start(&js, config, Tracked(tracker.clone()));
+    until("both first events failed", || {
+        failures.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // While they wait for their retries, their orders' later events and other orders' arrive.
+    for _ in 0..2 {
+        publish_round(&js, &template, &["retried".into(), "exhausted".into()]).await;
+        publish_round(&js, &template, &others).await;
+    }
+    until("every event is handled or a dead letter", || {
+        let handled = tracker.handled();
+        let done = |k: &str, n: usize| handled.get(k).is_some_and(|h| h.len() == n);
+        done("retried", 3) && done("exhausted", 2) && others.iter().all(|k| done(k, 2))
+    })
+    .await;
+    let stats = running.stop().await;
+
+    let handled = tracker.handled();
+    let retried = &handled["retried"];
+    let seqs: Vec<u64> = retried.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.is_sorted(),
+        "the order's events in stream order: {retried:?}"
+    );
+    assert_eq!(retried[0].1, 3, "the failed event on its third delivery");
+    assert!(
+        retried[1..].iter().all(|(_, delivered)| *delivered == 1),
+        "its later events waited without using a delivery: {retried:?}"
+    );
+    let exhausted = &handled["exhausted"];
+    let seqs: Vec<u64> = exhausted.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.is_sorted() && exhausted.iter().all(|(_, delivered)| *delivered == 1),
+        "after the dead letter the order's later events went on, in order: {exhausted:?}"
+    );
+    assert_eq!(stats.dead_lettered, 1);
+    // Other orders did not wait: all their events were handled before the retry succeeded.
+    let retry_done = tracker.handled_at("retried", retried[0].0);
+    for k in &others {
+        for (seq, delivered) in &handled[k] {
+            assert_eq!(*delivered, 1);
+            assert!(
+                tracker.handled_at(k, *seq) < retry_done,
+                "{k} at {seq} waited for another order's retry"
+            );
+        }
+    }
+}
