@@ -31,6 +31,15 @@ CREATE TABLE IF NOT EXISTS processed_events (
     processed_at   TEXT    NOT NULL,
     PRIMARY KEY (consumer_group, event_id)
 ) WITHOUT ROWID;
+-- Orders whose event waits for a retry, per consumer: their later events are held back until it
+-- is done, across restarts too (see `parking`).
+CREATE TABLE IF NOT EXISTS waiting_orders (
+    consumer   TEXT    NOT NULL,
+    order_key  TEXT    NOT NULL,
+    head_seq   INTEGER NOT NULL,
+    due_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (consumer, order_key)
+) WITHOUT ROWID;
 ";
 
 /// Opens (creating when missing) a consumer's database: WAL, the processed-events table.
@@ -155,6 +164,11 @@ impl<'c> Batch<'c> {
                 Ok(Step::Failed(error))
             }
         }
+    }
+
+    /// The connection, inside the transaction.
+    pub(crate) fn conn(&self) -> &Connection {
+        self.conn
     }
 
     /// Commits the batch; wakes the group's relay when it emitted events.

@@ -11,12 +11,19 @@
 //! A head that does not come back (the broker gave up on it, or it was taken elsewhere) would
 //! hold its key for ever: a key whose head is overdue by more than a grace period is released.
 //!
+//! The waiting keys are also rows of `waiting_orders` in the group's database, written in the
+//! transaction that decides them ([`save`], [`remove`]) and read when the worker starts
+//! ([`load`]), so a restarted or crashed process parks the order's later events just the same;
+//! the parked messages themselves are the broker's, sent back or redelivered after `ack_wait`.
+//!
 //! The key is what the subject ends with: the order's id.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use chrono::Utc;
+use rusqlite::{Connection, params};
 use tokio::time::Instant;
 
 /// Keys waiting for a retry and the messages held back for them, of one worker.
@@ -82,6 +89,11 @@ impl<M> Parking<M> {
         wait.due = due;
     }
 
+    /// Whether the message of `key` at `sequence` is the one its key waits for.
+    pub(super) fn is_head(&self, key: &str, sequence: u64) -> bool {
+        self.waiting.get(key).is_some_and(|w| w.head == sequence)
+    }
+
     /// The message of `key` at `sequence` is done for good (processed or dead-lettered): when it
     /// is its key's head, the key's parked messages are ready.
     pub(super) fn settled(&mut self, key: &str, sequence: u64) {
@@ -90,8 +102,8 @@ impl<M> Parking<M> {
         }
     }
 
-    /// Releases the keys whose head is more than `grace` past its due time; how many.
-    pub(super) fn release_overdue(&mut self, grace: Duration) -> usize {
+    /// Releases the keys whose head is more than `grace` past its due time; which.
+    pub(super) fn release_overdue(&mut self, grace: Duration) -> Vec<String> {
         let now = Instant::now();
         let overdue: Vec<String> = self
             .waiting
@@ -102,7 +114,7 @@ impl<M> Parking<M> {
         for key in &overdue {
             self.release(key);
         }
-        overdue.len()
+        overdue
     }
 
     fn release(&mut self, key: &str) {
@@ -144,6 +156,51 @@ impl<M> Parking<M> {
     pub(super) fn progressed(&self) {
         *self.progressed.lock().expect("not poisoned") = Instant::now();
     }
+}
+
+/// The keys of `consumer` that waited for a retry when its worker last ran: (key, head's
+/// sequence, wait left until its retry is due).
+pub(super) fn load(
+    conn: &Connection,
+    consumer: &str,
+) -> rusqlite::Result<Vec<(String, u64, Duration)>> {
+    let now = Utc::now().timestamp_millis();
+    let mut stmt = conn
+        .prepare("SELECT order_key, head_seq, due_at_ms FROM waiting_orders WHERE consumer = ?1")?;
+    let rows = stmt.query_map([consumer], |r| {
+        let due: i64 = r.get(2)?;
+        let left = Duration::from_millis(due.saturating_sub(now).max(0) as u64);
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, left))
+    })?;
+    rows.collect()
+}
+
+/// Notes that `key` of `consumer` waits for its message at `sequence`, due after `delay`; an
+/// earlier head stays the head.
+pub(super) fn save(
+    conn: &Connection,
+    consumer: &str,
+    key: &str,
+    sequence: u64,
+    delay: Duration,
+) -> rusqlite::Result<()> {
+    let due = Utc::now().timestamp_millis() + delay.as_millis() as i64;
+    conn.execute(
+        "INSERT INTO waiting_orders (consumer, order_key, head_seq, due_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (consumer, order_key) DO UPDATE
+             SET head_seq = min(head_seq, excluded.head_seq), due_at_ms = excluded.due_at_ms",
+        params![consumer, key, sequence as i64, due],
+    )?;
+    Ok(())
+}
+
+/// Notes that `key` of `consumer` waits no more.
+pub(super) fn remove(conn: &Connection, consumer: &str, key: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM waiting_orders WHERE consumer = ?1 AND order_key = ?2",
+        params![consumer, key],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,11 +262,31 @@ mod tests {
         p.park("a", 2, "a2");
         p.wait("b", 1, Duration::from_secs(60));
         p.park("b", 2, "b2");
-        assert_eq!(p.release_overdue(Duration::from_secs(60)), 0);
+        assert!(p.release_overdue(Duration::from_secs(60)).is_empty());
         std::thread::sleep(SOON);
-        assert_eq!(p.release_overdue(Duration::from_millis(1)), 1);
+        assert_eq!(p.release_overdue(Duration::from_millis(1)), ["a"]);
         assert_eq!(p.take_ready(10), ["a2"]);
         assert_eq!(p.take_all(), ["b2"]);
         assert!(!p.holds("b", 2));
+    }
+
+    #[test]
+    fn waiting_keys_outlive_the_worker_in_the_database() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE waiting_orders (consumer TEXT, order_key TEXT, head_seq INTEGER,
+                 due_at_ms INTEGER, PRIMARY KEY (consumer, order_key))",
+        )
+        .unwrap();
+        save(&conn, "g", "a", 7, Duration::from_secs(60)).unwrap();
+        save(&conn, "g", "a", 9, Duration::from_secs(60)).unwrap();
+        save(&conn, "g", "b", 3, Duration::ZERO).unwrap();
+        save(&conn, "other", "c", 1, Duration::ZERO).unwrap();
+        remove(&conn, "g", "b").unwrap();
+        let loaded = load(&conn, "g").unwrap();
+        assert_eq!(loaded.len(), 1);
+        let (key, head, left) = &loaded[0];
+        assert_eq!((key.as_str(), *head), ("a", 7), "the earlier head stays");
+        assert!(*left > Duration::from_secs(50));
     }
 }

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::dlq::Reason;
 use super::handler::{self, Delivery, Event, Failure, Handler, Prepared};
 use super::idempotency::{self, Batch, Processed, Step};
+use super::parking::{self, Parking};
 use super::worker::{Received, Verdict, Worker};
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
@@ -42,6 +43,7 @@ impl<H: Handler> Worker<H> {
         conn: &mut rusqlite::Connection,
         batch: &[Received],
         verdicts: &mut [Option<Verdict>],
+        parking: &Parking<Received>,
         stop: &Shutdown,
     ) -> Result<(), String> {
         loop {
@@ -55,7 +57,7 @@ impl<H: Handler> Worker<H> {
                 }
                 return Ok(());
             }
-            let decided = self.run_round(conn, batch, &round, stop).await?;
+            let decided = self.run_round(conn, batch, &round, parking, stop).await?;
             for (index, verdict) in decided {
                 verdicts[index] = Some(verdict);
             }
@@ -63,12 +65,14 @@ impl<H: Handler> Worker<H> {
     }
 
     /// One round: decode, skip what was processed before, prepare concurrently, handle in one
-    /// transaction and commit. The verdicts by index into `batch`.
+    /// transaction and commit, with the orders that now wait for a retry or wait no more. The
+    /// verdicts by index into `batch`.
     async fn run_round(
         &self,
         conn: &mut rusqlite::Connection,
         batch: &[Received],
         round: &[usize],
+        parking: &Parking<Received>,
         stop: &Shutdown,
     ) -> Result<Vec<(usize, Verdict)>, String> {
         let group = self.config.group.as_str();
@@ -106,6 +110,8 @@ impl<H: Handler> Worker<H> {
             });
         }
         if runs.is_empty() {
+            self.note_waiting(conn, batch, &decided, parking)
+                .map_err(|e| format!("cannot note the waiting orders: {e}"))?;
             return Ok(decided);
         }
         // The futures are built first: a closure building them inside the stream would make the
@@ -172,9 +178,37 @@ impl<H: Handler> Worker<H> {
             };
             decided.push((run.index, verdict));
         }
+        if let Err(e) = self.note_waiting(tx.conn(), batch, &decided, parking) {
+            let _ = tx.rollback();
+            return Err(format!("cannot note the waiting orders: {e}"));
+        }
         tx.commit()
             .map_err(|e| format!("cannot commit the round: {e}"))?;
         Ok(decided)
+    }
+
+    /// Writes which orders of the round now wait for a retry (a message sent back) and which
+    /// wait no more (their waited-for message done), so that a restarted worker knows.
+    fn note_waiting(
+        &self,
+        conn: &rusqlite::Connection,
+        batch: &[Received],
+        decided: &[(usize, Verdict)],
+        parking: &Parking<Received>,
+    ) -> rusqlite::Result<()> {
+        let id = self.parking_id();
+        for (index, verdict) in decided {
+            let r = &batch[*index];
+            let sequence = r.delivery.stream_sequence;
+            match verdict {
+                Verdict::Nak(delay) => parking::save(conn, &id, &r.key, sequence, *delay)?,
+                Verdict::Ack { .. } | Verdict::Dead(..) if parking.is_head(&r.key, sequence) => {
+                    parking::remove(conn, &id, &r.key)?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// What a failure of the handler makes of its message: a permanent one, or a transient one

@@ -15,7 +15,7 @@ use super::dlq::{self, Reason};
 use super::guard::Guarded;
 use super::handler::{Delivery, Handler};
 use super::message::{headers_of, nats_time};
-use super::parking::Parking;
+use super::parking::{self, Parking};
 use super::stats::GroupStats;
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
@@ -86,16 +86,30 @@ impl<H: Handler> Worker<H> {
         stop: Shutdown,
     ) -> Result<(), ConsumerError> {
         let batch_size = self.config.batch_size;
+        let id = self.parking_id();
         let mut parking = Parking::default();
+        match parking::load(&conn, &id) {
+            Ok(waiting) => {
+                for (key, head, left) in waiting {
+                    parking.wait(&key, head, left);
+                }
+            }
+            // Only the order of an order's events after a restart depends on it.
+            Err(e) => {
+                tracing::error!(group = %self.config.group, error = %e, "cannot read the orders waiting for a retry")
+            }
+        }
         // A head not back twice ack_wait after it was due went elsewhere (see `parking`).
         let grace = self.config.ack_wait * 2;
         loop {
             if !self.stats.breaker.closed(&stop).await {
                 break;
             }
-            let overdue = parking.release_overdue(grace);
-            if overdue > 0 {
-                tracing::warn!(group = %self.config.group, keys = overdue, "a failed event did not come back in time; its order's later events go on");
+            for key in parking.release_overdue(grace) {
+                tracing::warn!(group = %self.config.group, key, "a failed event did not come back in time; its order's later events go on");
+                if let Err(e) = parking::remove(&conn, &id, &key) {
+                    tracing::error!(group = %self.config.group, error = %e, "cannot note that an order waits no more");
+                }
             }
             let mut batch = parking.take_ready(batch_size);
             if batch.is_empty() {
@@ -236,7 +250,7 @@ impl<H: Handler> Worker<H> {
         let mut outage = None;
         loop {
             let attempt = tokio::select! {
-                done = self.run_rounds(conn, &batch, &mut verdicts, stop) => done,
+                done = self.run_rounds(conn, &batch, &mut verdicts, parking, stop) => done,
                 () = keep_alive(&batch_held, self.config.ack_wait) => unreachable!("keep_alive never ends"),
                 () = self.keep_parked_alive(parking) => unreachable!("keep_parked_alive never ends"),
             };
@@ -269,6 +283,15 @@ impl<H: Handler> Worker<H> {
             self.settle(r, verdict, parking, stop).await;
         }
         Ok(())
+    }
+
+    /// Who the worker is in `waiting_orders`: its consumer and stream.
+    pub(super) fn parking_id(&self) -> String {
+        let stream = match self.source {
+            Source::Topic(topic) => crate::bus::stream_name(topic.as_str()),
+            Source::Replay => super::dlq::REPLAY_STREAM.to_owned(),
+        };
+        format!("{}/{stream}", self.config.consumer_name())
     }
 
     /// Sends the parked messages an in-progress ack every third of `ack_wait`; never ends.

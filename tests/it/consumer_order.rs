@@ -309,3 +309,62 @@ async fn a_failing_event_holds_back_only_its_orders_later_events_without_using_t
         }
     }
 }
+
+#[tokio::test]
+async fn an_order_waiting_for_a_retry_still_waits_after_the_group_restarts() {
+    let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let template = template(&app).await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let counted = failures.clone();
+    let firsts: Mutex<HashMap<String, u64>> = Mutex::default();
+    let tracker = Tracker::new(Duration::ZERO, move |key, delivery| {
+        let first = *firsts
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_insert(delivery.stream_sequence)
+            == delivery.stream_sequence;
+        (key == "retried" && first && delivery.delivered == 1).then(|| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Failure::transient("not yet")
+        })
+    });
+    let config = || {
+        let mut c = config("restarting", &db);
+        c.backoff = vec![Duration::from_secs(3)];
+        c
+    };
+    publish_raw(&js, "retried", body(&template)).await;
+    let running = Running::start(&js, config(), Tracked(tracker.clone()));
+    until("the first event failed", || {
+        failures.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    publish_round(&js, &template, &["retried".into(), "retried".into()]).await;
+    until("its order's later events are parked", || {
+        running.stats.parked.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Stopped while the first event waits: the parked ones go back to the broker at once and
+    // come to the new group before the retry is due.
+    running.stop().await;
+    let running = Running::start(&js, config(), Tracked(tracker.clone()));
+    until("the order's three events are handled", || {
+        tracker
+            .handled()
+            .get("retried")
+            .is_some_and(|h| h.len() == 3)
+    })
+    .await;
+    running.stop().await;
+    let retried = &tracker.handled()["retried"];
+    let seqs: Vec<u64> = retried.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.is_sorted(),
+        "the order's events in stream order across the restart: {retried:?}"
+    );
+    assert_eq!(
+        retried[0].1, 2,
+        "the failed event on its retry: {retried:?}"
+    );
+}
