@@ -286,15 +286,7 @@ impl<H: Handler> Worker<H> {
                 stream_seq: d.stream_sequence,
                 delivered: d.delivered,
             };
-            let span = tracing::info_span!(
-                "event",
-                group,
-                topic = topic.as_str(),
-                event_id = %event.event_id(),
-                correlation_id = event.metadata()["correlation_id"].as_str().unwrap_or_default(),
-                traceparent = d.header("traceparent").unwrap_or_default(),
-                delivered = d.delivered,
-            );
+            let span = super::trace::message_span(group, topic.as_str(), &event, d);
             let step = tx
                 .run(&processed, &self.handler, &event, d)
                 .instrument(span)
