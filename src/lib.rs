@@ -83,6 +83,10 @@ pub mod telemetry;
 // this crate was built with.
 #[cfg(feature = "consumer")]
 pub use {async_nats, rusqlite, tokio};
+// A message's span gets its remote parent through the OpenTelemetry layer of exactly these
+// versions (`consumer::trace`): a subscriber process installs its layer from them.
+#[cfg(feature = "consumer")]
+pub use {opentelemetry, opentelemetry_sdk, tracing_opentelemetry};
 
 /// The README's Rust code, its smallest consumer among it, compiled by `cargo test --doc`.
 #[cfg(all(doctest, feature = "consumer"))]

@@ -2,7 +2,7 @@
 //!
 //! Counters and the latency histogram are updated by the relay as it works; the pending, dead and
 //! oldest-age gauges are read from the database when scraped, so they are never stale. The
-//! consumer gauges hold the lag watch's latest [`ConsumerSample`]s.
+//! consumer gauges hold the lag watch's latest [`ConsumerSample`]s and [`GroupSample`]s.
 
 use std::sync::atomic::AtomicU64;
 
@@ -63,6 +63,21 @@ pub struct ConsumerSample {
     pub dead_letters: u64,
 }
 
+/// A consumer group's values summed over its consumers, set by the lag watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSample {
+    /// The consumer group.
+    pub group: String,
+    /// Messages not finished over all its consumers: what the lag warning is about.
+    pub lag_messages: u64,
+}
+
+/// The label of a consumer group's totals.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabel {
+    group: String,
+}
+
 /// The service's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -89,6 +104,7 @@ const RECENT_LATENCIES_MAX: usize = 100_000;
 #[derive(Debug, Default)]
 struct ConsumerGauges {
     lag_messages: Family<GroupLabels, Gauge>,
+    group_lag_messages: Family<GroupLabel, Gauge>,
     lag_seconds: Family<GroupLabels, Gauge<f64, AtomicU64>>,
     redelivered: Family<GroupLabels, Gauge>,
     dead_letters: Family<GroupLabels, Gauge>,
@@ -153,6 +169,11 @@ impl Metrics {
             "consumer_lag_messages",
             "Messages a consumer group has not finished (pending plus ack-pending)",
             consumers.lag_messages.clone(),
+        );
+        registry.register(
+            "consumer_group_lag_messages",
+            "Messages a consumer group has not finished over all its consumers (topics, partitions, replay)",
+            consumers.group_lag_messages.clone(),
         );
         registry.register(
             "consumer_lag_seconds",
@@ -242,14 +263,24 @@ impl Metrics {
         (published, failed)
     }
 
-    /// Sets the consumer gauges from the lag watch's latest sample: one entry per consumer, and
-    /// the publish failure ratio. Consumers missing from `consumers` lose their series.
+    /// Sets the consumer gauges from the lag watch's latest sample: one entry per consumer, one
+    /// per group, and the publish failure ratio. Consumers and groups missing lose their series.
     pub fn set_consumers(
         &self,
         consumers: impl IntoIterator<Item = ConsumerSample>,
+        groups: impl IntoIterator<Item = GroupSample>,
         failure_ratio: f64,
     ) {
         let gauges = &self.consumers;
+        gauges.group_lag_messages.clear();
+        for sample in groups {
+            gauges
+                .group_lag_messages
+                .get_or_create(&GroupLabel {
+                    group: sample.group,
+                })
+                .set(i64::try_from(sample.lag_messages).unwrap_or(i64::MAX));
+        }
         gauges.lag_messages.clear();
         gauges.lag_seconds.clear();
         gauges.redelivered.clear();

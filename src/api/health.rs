@@ -118,6 +118,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
             "dead_letters": consumers.dead_letters,
             "publish_failure_ratio": consumers.publish_failure_ratio,
             "groups": consumers.groups,
+            "group_totals": consumers.group_totals,
             "error": consumers.error,
             "sampled_at": consumers.sampled_at,
         });

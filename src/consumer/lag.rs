@@ -3,11 +3,13 @@
 //! Lag in messages is what the group has not finished: pending (not yet delivered) plus
 //! ack-pending (delivered, not yet acknowledged). Lag in seconds is the age of the oldest event
 //! the group has not acknowledged: the first message after the consumer's ack floor that its
-//! filter takes. The [`Watch`] samples both for every group on the topic streams, the dead
-//! letters and the relay's publish failures, and turns the spec's thresholds into warnings for
-//! `/ready` and gauges for `/metrics`.
+//! filter takes. Both are measured per consumer ([`LagRow`]: one per topic, or per topic and
+//! partition) and summed per group ([`GroupLag`]), which is what the spec's "lag > 1000" warns
+//! on. The [`Watch`] samples them for every group on the topic streams, the dead letters and the
+//! relay's publish failures, and turns the spec's thresholds into warnings for `/ready` and
+//! gauges for `/metrics`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -20,11 +22,12 @@ use serde::Serialize;
 use super::message::nats_time;
 use super::{ConsumerError, dlq};
 use crate::bus::Topics;
-use crate::metrics::{ConsumerSample, GroupLabels, Metrics};
+use crate::metrics::{ConsumerSample, GroupLabels, GroupSample, Metrics};
 use crate::shutdown::step_then_wait;
 use crate::table::{Column, Table};
 
-/// Lag above this many messages is a warning (the spec's "high consumer lag").
+/// A group's lag above this many messages, over all its consumers, is a warning (the spec's
+/// "high consumer lag").
 pub const LAG_WARN_MESSAGES: u64 = 1000;
 /// Publish failures above this share of attempts are a warning.
 pub const PUBLISH_FAILURE_WARN_RATIO: f64 = 0.05;
@@ -74,6 +77,54 @@ impl LagRow {
             lag_seconds: self.lag_seconds,
             redelivered: self.redelivered,
             dead_letters: self.dead_letters,
+        }
+    }
+}
+
+/// A group's lag over all its consumers: every topic it reads, every partition, and its replayed
+/// dead letters.
+///
+/// The spec's "high consumer lag (> 1000 messages)" is a consumer group's lag as Kafka tools
+/// report it: the messages the group has not finished, summed over its partitions. It is summed
+/// over the group's topics (and replays) too, because the alert is about one subscriber falling
+/// behind: a group 600 messages behind on each of two partitions or topics is as far behind as
+/// one 1,200 behind on one, and how its work is split across consumers is not the operator's
+/// concern. The per-consumer rows stay in `consumers list` and `/metrics` to show where it is.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupLag {
+    /// The group.
+    pub group: String,
+    /// How many consumers (topics, partitions, replay) it has.
+    pub consumers: usize,
+    /// Pending plus ack-pending, summed over its consumers.
+    pub lag_messages: u64,
+    /// The age of its oldest unacknowledged event, over all its consumers.
+    pub lag_seconds: f64,
+}
+
+/// The rows summed per group, in group order.
+pub fn group_totals(rows: &[LagRow]) -> Vec<GroupLag> {
+    let mut totals: BTreeMap<&str, GroupLag> = BTreeMap::new();
+    for row in rows {
+        let total = totals.entry(&row.group).or_insert_with(|| GroupLag {
+            group: row.group.clone(),
+            consumers: 0,
+            lag_messages: 0,
+            lag_seconds: 0.0,
+        });
+        total.consumers += 1;
+        total.lag_messages += row.lag_messages();
+        total.lag_seconds = total.lag_seconds.max(row.lag_seconds);
+    }
+    totals.into_values().collect()
+}
+
+impl GroupLag {
+    /// The total as the group gauges of `/metrics` take it.
+    fn sample(&self) -> GroupSample {
+        GroupSample {
+            group: self.group.clone(),
+            lag_messages: self.lag_messages,
         }
     }
 }
@@ -170,7 +221,7 @@ async fn oldest_unacked(stream: &stream::Stream, info: &consumer::Info) -> Optio
     Some(nats_time(message.time.unix_timestamp_nanos()))
 }
 
-/// The rows as a table for the terminal.
+/// The rows as a table for the terminal, then each group's totals.
 pub fn format_table(rows: &[LagRow]) -> String {
     let mut table = Table::new(
         " ",
@@ -200,7 +251,28 @@ pub fn format_table(rows: &[LagRow]) -> String {
     let mut out = table.render();
     if rows.is_empty() {
         out.push_str("no consumer groups\n");
+        return out;
     }
+    // The sums the lag warning is about, under the consumers they add up.
+    let mut totals = Table::new(
+        " ",
+        [
+            Column::left("group").width(24),
+            Column::right("consumers").width(9),
+            Column::right("lag_messages").width(12),
+            Column::right("lag_seconds").width(12),
+        ],
+    );
+    for total in group_totals(rows) {
+        totals.row(vec![
+            total.group,
+            total.consumers.to_string(),
+            total.lag_messages.to_string(),
+            format!("{:.1}", total.lag_seconds),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&totals.render());
     out
 }
 
@@ -213,6 +285,8 @@ pub struct Snapshot {
     pub error: Option<String>,
     /// Every group's consumers.
     pub groups: Vec<LagRow>,
+    /// Every group's consumers summed, what the lag warning is about.
+    pub group_totals: Vec<GroupLag>,
     /// Dead letters held, all groups.
     pub dead_letters: u64,
     /// Failed publish attempts over all attempts in the last five minutes, when there were any.
@@ -224,14 +298,12 @@ pub struct Snapshot {
 impl Snapshot {
     fn judge(&mut self) {
         let mut warnings = Vec::new();
-        for row in &self.groups {
-            if row.lag_messages() > LAG_WARN_MESSAGES {
+        self.group_totals = group_totals(&self.groups);
+        for total in &self.group_totals {
+            if total.lag_messages > LAG_WARN_MESSAGES {
                 warnings.push(format!(
-                    "consumer lag: group {} on {} is {} messages behind (over {LAG_WARN_MESSAGES}), oldest {:.0} s",
-                    row.group,
-                    row.topic,
-                    row.lag_messages(),
-                    row.lag_seconds
+                    "consumer lag: group {} is {} messages behind over its {} consumer(s) (over {LAG_WARN_MESSAGES}), oldest {:.0} s",
+                    total.group, total.lag_messages, total.consumers, total.lag_seconds
                 ));
             }
         }
@@ -296,6 +368,7 @@ impl Watch {
         snapshot.judge();
         metrics.set_consumers(
             snapshot.groups.iter().map(LagRow::sample),
+            snapshot.group_totals.iter().map(GroupLag::sample),
             snapshot.publish_failure_ratio.unwrap_or(0.0),
         );
         *self.snapshot.write().expect("watch lock") = snapshot;
@@ -374,6 +447,56 @@ mod tests {
         };
         loud.judge();
         assert_eq!(loud.warnings.len(), 3, "{:?}", loud.warnings);
+    }
+
+    #[test]
+    fn lag_warns_on_a_group_summed_over_its_consumers() {
+        let row = |group: &str, consumer: &str, pending, lag_seconds| LagRow {
+            group: group.into(),
+            topic: "order.created".into(),
+            consumer: consumer.into(),
+            stream: "ORDER_CREATED".into(),
+            filter: "order.created.>".into(),
+            pending,
+            ack_pending: 0,
+            redelivered: 0,
+            lag_seconds,
+            dead_letters: 0,
+        };
+        // 600 + 600 in one group over two partitions: behind. 600 in each of two groups: not.
+        let mut split = Snapshot {
+            groups: vec![
+                row("g", "g-p0", 600, 2.0),
+                row("g", "g-p1", 600, 7.0),
+                row("h", "h", 600, 1.0),
+            ],
+            ..Snapshot::default()
+        };
+        split.judge();
+        assert_eq!(split.warnings.len(), 1, "{:?}", split.warnings);
+        assert!(
+            split.warnings[0].starts_with(
+                "consumer lag: group g is 1200 messages behind over its 2 consumer(s)"
+            ),
+            "{:?}",
+            split.warnings
+        );
+        assert_eq!(
+            split.group_totals[0],
+            GroupLag {
+                group: "g".into(),
+                consumers: 2,
+                lag_messages: 1200,
+                lag_seconds: 7.0
+            }
+        );
+        let table = format_table(&split.groups);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().eq(["g", "2", "1200", "7.0"])),
+            "{table}"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@
 //! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
 //! - `message` — headers, times and bodies of NATS messages.
+//! - `trace` — the span a message is handled in, a child of its `traceparent`.
 //! - [`handler`] — the [`Handler`] trait and its [`HandlerTx`]; re-exports the rest a handler
 //!   sees: `event` (the typed [`Event`], decoding and versions) and `delivery` ([`Delivery`],
 //!   [`Failure`]).
@@ -80,6 +81,7 @@ mod rounds;
 mod stats;
 #[cfg(feature = "service")]
 pub mod tail;
+mod trace;
 mod worker;
 
 pub use breaker::{Breaker, BreakerState};

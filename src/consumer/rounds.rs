@@ -100,7 +100,8 @@ impl<H: Handler> Worker<H> {
                 decided.push((index, Verdict::Ack { duplicate: true }));
                 continue;
             }
-            let span = message_span(group, topic, &event, d);
+            // The span both steps run in: a child of the message's traceparent.
+            let span = super::trace::message_span(group, topic.as_str(), &event, d);
             runs.push(Run {
                 index,
                 topic,
@@ -267,17 +268,4 @@ fn next_round(batch: &[Received], verdicts: &mut [Option<Verdict>]) -> Vec<usize
     let mut round: Vec<usize> = first.into_values().collect();
     round.sort_unstable();
     round
-}
-
-/// The span a message is prepared and handled in.
-fn message_span(group: &str, topic: Topic, event: &Event, d: &Delivery) -> tracing::Span {
-    tracing::info_span!(
-        "event",
-        group,
-        topic = topic.as_str(),
-        event_id = %event.event_id(),
-        correlation_id = event.metadata()["correlation_id"].as_str().unwrap_or_default(),
-        traceparent = d.header("traceparent").unwrap_or_default(),
-        delivered = d.delivered,
-    )
 }

@@ -21,6 +21,9 @@ use crate::consumer::{Running, create_orders, group_config, publish_raw, setup};
 /// What a test's handler does with an event: fail it, given its order's key and delivery.
 type Decide = dyn Fn(&str, &Delivery) -> Option<Failure> + Send + Sync;
 
+/// Per key: (stamp, stream sequence, step).
+type Steps = HashMap<String, Vec<(u64, u64, Step)>>;
+
 /// One step the handler took, in the order they happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
@@ -37,8 +40,7 @@ struct Tracker {
     clock: AtomicU64,
     running: AtomicUsize,
     most_at_once: AtomicUsize,
-    /// Per key: (stamp, stream sequence, step).
-    steps: Mutex<HashMap<String, Vec<(u64, u64, Step)>>>,
+    steps: Mutex<Steps>,
 }
 
 impl Tracker {
