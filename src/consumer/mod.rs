@@ -6,41 +6,48 @@
 //! `max_deliver`, `ack_wait`, and a filter `<topic>.>` or `<topic>.<P>.>`. Each consumer is
 //! drained by its own task with its own SQLite connection to the group's database:
 //!
-//! 1. pull the next message and those ready with it (up to `batch_size`; nothing is pulled
-//!    while a batch runs) and open one transaction;
-//! 2. per message: decode it ([`handler::decode`]: a schema error is a dead letter), record
-//!    `(group, event_id)` in the processed-events table and run the [`Handler`] in a savepoint
-//!    ([`idempotency`]): an event recorded before is acknowledged without running the handler;
-//! 3. commit (and wake the group's relay when a handler emitted events, see [`emit`]), then
-//!    acknowledge what was processed, send transient failures back with a delay
-//!    from the backoff schedule (`-NAK {delay}`), and publish permanent failures, schema errors
-//!    and transient failures of the last allowed delivery to the dead letters ([`dlq`]) before
-//!    terminating them. Messages the broker gives up on because no delivery was answered within
-//!    `ack_wait` are dead-lettered from its `MAX_DELIVERIES` advisory.
+//! 1. take the parked messages that became ready (see below), else pull the next message, and
+//!    those ready with it (up to `batch_size`; nothing is pulled while a batch runs);
+//! 2. handle the batch in rounds (`rounds`): round `r` holds the `r`-th message of each order
+//!    (the subject's key). A round's messages are decoded ([`handler::decode`]: a schema error
+//!    is a dead letter), those processed before are acknowledged without running anything, the
+//!    rest are prepared concurrently ([`Handler::prepare`], outside any transaction), then
+//!    handled one after another in one transaction: `(group, event_id)` recorded in the
+//!    processed-events table and the [`Handler`] run in a savepoint ([`idempotency`]);
+//! 3. commit each round (and wake the group's relay when a handler emitted events, see
+//!    [`emit`]), then acknowledge what was processed, send transient failures back with a delay
+//!    from the backoff schedule (`-NAK {delay}`), park the later messages of their orders, and
+//!    publish permanent failures, schema errors and transient failures of the last allowed
+//!    delivery to the dead letters ([`dlq`]) before terminating them. Messages the broker gives
+//!    up on because no delivery was answered within `ack_wait` are dead-lettered from its
+//!    `MAX_DELIVERIES` advisory.
 //!
 //! Faults stay where they belong. The handler runs guarded (`guard`): a panic is a permanent
 //! failure of its message, a call past `handler_timeout` a transient one, and a batch's messages
 //! get in-progress acks while it runs. A fault of the group's own infrastructure (its database
 //! cannot begin, write or commit; a dead letter cannot be published) is no message's failure: the
 //! breaker opens, the worker holds the batch unsettled (in-progress acks, no fetching, no
-//! delivery used up) and tries it again after a backoff.
+//! delivery used up) and tries its rounds not yet committed again after a backoff.
 //!
-//! Order per order: messages arrive in stream order and are processed one after another, and a
-//! batch holds back the later messages of a key whose message failed. Across redeliveries only
-//! `max_ack_pending = 1` keeps a strict order (the broker then delivers nothing else of the
-//! consumer while a message waits for its retry), at the price of one round trip per message;
-//! [`GroupConfig::ordered`] sets it, and a partition filter lets N such workers share a topic.
+//! Order per order, concurrency across orders: an order's events are prepared and handled one
+//! after another, different orders' concurrently (up to [`GroupConfig::concurrency`]). An event
+//! that fails transiently holds back its order's later events (`parking`: held unacknowledged
+//! with in-progress acks until it is processed or dead-lettered, also across a restart) and no
+//! other order's. [`GroupConfig::ordered`] (`max_ack_pending = 1`) gives a strict order over the
+//! whole consumer instead, and a partition filter lets N such workers share a topic.
 //!
 //! - `config` — [`GroupConfig`]: a group's settings and the consumer configs they imply.
 //! - `group` — [`Group`]: sets a group up and runs its workers until shutdown.
 //! - `stats` — [`GroupStats`]: what a group's workers have done.
 //! - `worker` — one consumer's task: pull, process a batch, settle each message.
+//! - `rounds` — a batch handled in rounds: orders concurrently, one order's events in sequence.
+//! - `parking` — orders waiting for a retry and their later events held back meanwhile.
+//! - `trace` — the span a message is handled in, a child of its `traceparent`.
 //! - `guard` — the handler with its guards: panics, timeouts, store faults told apart.
 //! - `owner` — the lease that makes one process per group and partition the active one.
 //! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
 //! - `message` — headers, times and bodies of NATS messages.
-//! - `trace` — the span a message is handled in, a child of its `traceparent`.
 //! - [`handler`] — the [`Handler`] trait and its [`HandlerTx`]; re-exports the rest a handler
 //!   sees: `event` (the typed [`Event`], decoding and versions) and `delivery` ([`Delivery`],
 //!   [`Failure`]).
