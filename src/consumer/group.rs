@@ -15,8 +15,9 @@ use super::emit::{self, Emits, Outbox};
 use super::exhausted::exhausted;
 use super::guard::Guarded;
 use super::handler::Handler;
+use super::health::Health;
 use super::metrics::ConsumerMetrics;
-use super::stats::GroupStats;
+use super::stats::{GroupRole, GroupStats};
 use super::worker::{Source, Worker};
 use super::{ConsumerError, dlq, idempotency, owner, prune};
 use crate::backoff::Backoff;
@@ -80,6 +81,12 @@ impl<H: Handler> Group<H> {
         self.stats.clone()
     }
 
+    /// The group's `/health` and `/metrics` endpoints, to serve beside [`Group::run`]:
+    /// `tokio::spawn(group.health().serve(listener, shutdown.signal()))`. See [`Health`].
+    pub fn health(&self) -> Health {
+        Health::new(self.metrics.clone()).group(self.config.group.clone(), self.stats.clone())
+    }
+
     /// The settings.
     pub fn config(&self) -> &GroupConfig {
         &self.config
@@ -125,6 +132,9 @@ impl<H: Handler> Group<H> {
     /// started sent back at once, before this returns; a batch held by an open breaker is left
     /// to the broker's `ack_wait`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
+        // However this ends (an error, or the future dropped), `/health` says stopped.
+        let _stopped = StoppedOnExit(self.stats.clone());
+        self.stats.set_role(GroupRole::Starting);
         tokio::pin!(shutdown);
         let mut waits = Backoff::exponential(SETUP_BACKOFF_BASE, SETUP_BACKOFF_MAX).waits();
         let consumers = loop {
@@ -142,9 +152,11 @@ impl<H: Handler> Group<H> {
         };
         let key = self.config.consumer_name();
         loop {
+            self.stats.set_role(GroupRole::Standby);
             let Some(lease) = owner::acquire(&self.js, &key, &mut shutdown).await? else {
                 return Ok(());
             };
+            self.stats.set_role(GroupRole::Active);
             tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
             match self.run_active(&consumers, lease, &mut shutdown).await? {
                 Ended::Stopped => break,
@@ -248,6 +260,15 @@ impl<H: Handler> Group<H> {
             keep.await;
         }
         result
+    }
+}
+
+/// Sets the group's role to stopped when dropped.
+struct StoppedOnExit(Arc<GroupStats>);
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.0.set_role(GroupRole::Stopped);
     }
 }
 

@@ -38,7 +38,7 @@
 //!
 //! - `config` — [`GroupConfig`]: a group's settings and the consumer configs they imply.
 //! - `group` — [`Group`]: sets a group up and runs its workers until shutdown.
-//! - `stats` — [`GroupStats`]: what a group's workers have done.
+//! - `stats` — [`GroupStats`]: what a group's workers have done, its role and health.
 //! - `worker` — one consumer's task: pull, process a batch, settle each message.
 //! - `rounds` — a batch handled in rounds: orders concurrently, one order's events in sequence.
 //! - `parking` — orders waiting for a retry and their later events held back meanwhile.
@@ -57,6 +57,8 @@
 //!   window.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
 //! - [`metrics`] — Prometheus metrics per group and handler, for a subscriber process.
+//! - [`health`] — `/health` and `/metrics` for a subscriber process: a small HTTP/1.1 server
+//!   without an HTTP stack.
 //! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
 //! - [`commands`] — the `tail`, `consumers` and `dlq` subcommands.
@@ -76,6 +78,7 @@ mod exhausted;
 mod group;
 mod guard;
 pub mod handler;
+pub mod health;
 pub mod idempotency;
 #[cfg(feature = "service")]
 pub mod lag;
@@ -97,8 +100,9 @@ pub use dlq::Reason;
 pub use emit::Emits;
 pub use group::Group;
 pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared, SchemaError};
+pub use health::Health;
 pub use owner::{OWNERS_BUCKET, ensure_bucket};
-pub use stats::{GroupStats, GroupStatsSnapshot};
+pub use stats::{GroupRole, GroupStats, GroupStatsSnapshot};
 
 /// Why a consumer operation failed.
 #[derive(Debug, thiserror::Error)]

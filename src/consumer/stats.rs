@@ -1,9 +1,54 @@
-//! What a consumer group has done since it started: counters its workers bump, and snapshots of
-//! them for tests, the demo and logs.
+//! What a consumer group has done since it started: counters its workers bump, snapshots of them
+//! for tests, the demo and logs, and the group's role (starting, standby, active, stopped) and
+//! health for a subscriber process's `/health`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, BreakerState};
+
+/// What a group is doing in its process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRole {
+    /// Setting up its streams, consumers and database, or waiting for the broker to do so.
+    Starting,
+    /// Waiting for the lease another process holds (see the group's `owner` lease): a healthy
+    /// standby, ready to take over.
+    Standby,
+    /// Holding the lease: its workers consume.
+    Active,
+    /// `run` returned: shut down, or ended by an error.
+    Stopped,
+}
+
+impl GroupRole {
+    /// `starting`, `standby`, `active` or `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRole::Starting => "starting",
+            GroupRole::Standby => "standby",
+            GroupRole::Active => "active",
+            GroupRole::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(n: u8) -> GroupRole {
+        match n {
+            0 => GroupRole::Starting,
+            1 => GroupRole::Standby,
+            2 => GroupRole::Active,
+            _ => GroupRole::Stopped,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            GroupRole::Starting => 0,
+            GroupRole::Standby => 1,
+            GroupRole::Active => 2,
+            GroupRole::Stopped => 3,
+        }
+    }
+}
 
 /// What a group has done since it started, for tests, the demo and logs.
 #[derive(Debug, Default)]
@@ -32,6 +77,8 @@ pub struct GroupStats {
     pub infrastructure_faults: AtomicU64,
     /// The circuit breaker those faults open.
     pub breaker: Breaker,
+    /// The [`GroupRole`], set by the group's `run`.
+    role: AtomicU8,
 }
 
 /// A snapshot of [`GroupStats`].
@@ -65,13 +112,46 @@ impl GroupStats {
         }
     }
 
-    /// The group's health as JSON, for a subscriber process's `/health`: `ok` while the breaker
-    /// is closed, with the breaker's state and the counts.
+    /// What the group is doing now.
+    pub fn role(&self) -> GroupRole {
+        GroupRole::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn set_role(&self, role: GroupRole) {
+        self.role.store(role.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Whether the group does its job: it is active or a standby, and its breaker is closed.
+    ///
+    /// A standby is healthy: it is what a second process of the group should be, and a probe
+    /// that failed it would have an orchestrator restart the very process that takes over when
+    /// the active one dies. Not healthy: a group still setting up (the broker or its streams are
+    /// not there yet), a stopped one (shut down or ended by an error), and an active one whose
+    /// breaker is open or half-open (its database or the dead-letter stream fails, so it holds
+    /// its messages and fetches nothing).
+    pub fn is_healthy(&self) -> bool {
+        matches!(self.role(), GroupRole::Active | GroupRole::Standby)
+            && self.breaker.state() == BreakerState::Closed
+    }
+
+    /// The group's health as JSON, for a subscriber process's `/health` (see
+    /// [`super::health`]): `status` is `ok` when [`is_healthy`](GroupStats::is_healthy),
+    /// `degraded` when the breaker is not closed, `down` while starting or once stopped; with
+    /// the role, the breaker's state and the counts.
     pub fn health(&self) -> serde_json::Value {
         let s = self.snapshot();
         let state = self.breaker.state();
+        let role = self.role();
+        let status = if self.is_healthy() {
+            "ok"
+        } else if state != BreakerState::Closed {
+            "degraded"
+        } else {
+            "down"
+        };
         serde_json::json!({
-            "status": if state == super::BreakerState::Closed { "ok" } else { "degraded" },
+            "status": status,
+            "role": role.as_str(),
             "breaker": state.as_str(),
             "breaker_trips": self.breaker.trips(),
             "infrastructure_faults": self.infrastructure_faults.load(Ordering::Relaxed),
