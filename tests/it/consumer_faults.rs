@@ -579,36 +579,3 @@ async fn metrics_count_per_group_and_handler_and_failures_by_kind() {
         "{text}"
     );
 }
-
-#[tokio::test]
-async fn two_processes_of_one_group_have_one_active_and_the_standby_takes_over_a_kill() {
-    let (started, nats, app, _js, _dir, db) = setup(|_| {}).await;
-    let topics = [Topic::Created];
-    let mut config = group_config("owned", &topics, &db);
-    config.ack_wait = Duration::from_secs(3);
-    // Two processes: each its own connection, the group's database file shared.
-    let (js_a, js_b) = (nats.jetstream().await, nats.jetstream().await);
-    let a = Running::start(&js_a, config.clone(), Recorder::new("owned"));
-    let first = create_orders(&app, 5, 1).await;
-    processed_all(&db, "owned", &expected_events(&app, &first, &topics)).await;
-    let b = Running::start(&js_b, config, Recorder::new("owned"));
-    let second = create_orders(&app, 20, 2).await;
-    processed_all(&db, "owned", &expected_events(&app, &second, &topics)).await;
-    assert_eq!(
-        b.stats.deliveries.load(Ordering::Relaxed),
-        0,
-        "the standby consumed while the active one ran"
-    );
-
-    let a = a.kill().await;
-    let third = create_orders(&app, 20, 2).await;
-    let mut all = first;
-    all.extend(second);
-    all.extend(third);
-    let expected = expected_events(&app, &all, &topics);
-    processed_all(&db, "owned", &expected).await;
-    let b = b.stop().await;
-    exactly_once(&db, "owned", &expected);
-    assert!(b.processed > 0, "the standby never took over");
-    report("owned", crate::consumer::add(a, b), started);
-}
