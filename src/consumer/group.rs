@@ -152,15 +152,15 @@ impl<H: Handler> Group<H> {
         };
         let key = self.config.consumer_name();
         loop {
-            self.stats.set_role(GroupRole::Standby);
-            let Some(lease) = owner::acquire(&self.js, &key, &mut shutdown).await? else {
+            let Some(lease) = owner::acquire(&self.js, &key, &self.stats, &mut shutdown).await?
+            else {
                 return Ok(());
             };
             self.stats.set_role(GroupRole::Active);
             tracing::info!(group = %self.config.group, consumers = consumers.len(), "consumer group running");
             match self.run_active(&consumers, lease, &mut shutdown).await? {
                 Ended::Stopped => break,
-                Ended::LeaseLost => continue,
+                Ended::LeaseLost => self.stats.set_role(GroupRole::Standby),
             }
         }
         tracing::info!(group = %self.config.group, "consumer group stopped");

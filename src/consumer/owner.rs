@@ -20,6 +20,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::ConsumerError;
+use super::stats::{GroupRole, GroupStats};
 use crate::shutdown::Shutdown;
 
 /// The bucket of the leases.
@@ -55,9 +56,11 @@ pub async fn ensure_bucket(js: &jetstream::Context) -> Result<kv::Store, Consume
 }
 
 /// Waits until this process holds the lease on `key`; `None` when `stop` comes first.
+/// `stats` says standby from the first refused try until the lease is taken.
 pub(super) async fn acquire<S: Future<Output = ()>>(
     js: &jetstream::Context,
     key: &str,
+    stats: &GroupStats,
     stop: &mut Pin<&mut S>,
 ) -> Result<Option<Lease>, ConsumerError> {
     let store = ensure_bucket(js).await?;
@@ -75,6 +78,7 @@ pub(super) async fn acquire<S: Future<Output = ()>>(
         }
         if !standby_logged {
             tracing::info!(key, "another process holds the consumer lease: standing by");
+            stats.set_role(GroupRole::Standby);
             standby_logged = true;
         }
         tokio::select! {

@@ -9,10 +9,12 @@ use super::breaker::{Breaker, BreakerState};
 /// What a group is doing in its process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupRole {
-    /// Setting up its streams, consumers and database, or waiting for the broker to do so.
+    /// Setting up its streams, consumers and database (waiting for the broker as long as it
+    /// takes), then trying the lease for the first time.
     Starting,
-    /// Waiting for the lease another process holds (see the group's `owner` lease): a healthy
-    /// standby, ready to take over.
+    /// Waiting for the lease another process holds (see the group's `owner` lease), since the
+    /// first try to take it was refused or since it was lost: a healthy standby, ready to take
+    /// over.
     Standby,
     /// Holding the lease: its workers consume.
     Active,
@@ -156,6 +158,7 @@ impl GroupStats {
             "breaker_trips": self.breaker.trips(),
             "infrastructure_faults": self.infrastructure_faults.load(Ordering::Relaxed),
             "deliveries": s.deliveries,
+            "redeliveries": s.redeliveries,
             "processed": s.processed,
             "duplicates": s.duplicates,
             "retried": s.retried,
