@@ -488,6 +488,16 @@ mod tests {
         b.set_role(super::super::stats::GroupRole::Standby);
         let (code, body) = health.report();
         assert_eq!((code, body["status"].as_str()), (200, Some("ok")), "{body}");
+        let outage = super::super::breaker::Outage::begin(&a.breaker, Duration::from_secs(1));
+        let (code, body) = health.report();
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (503, Some("degraded")),
+            "{body}"
+        );
+        assert_eq!(body["groups"]["a"]["breaker"], "open");
+        drop(outage);
+        assert_eq!(health.report().0, 200);
         b.set_role(super::super::stats::GroupRole::Stopped);
         assert_eq!(health.report().0, 503);
     }
