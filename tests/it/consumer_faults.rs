@@ -1,7 +1,7 @@
 //! Consumer groups that survive faults: their own database failing or a dead letter that cannot be
 //! published costs no message and no delivery (the breaker holds the messages), a handler that
 //! panics or hangs takes down nothing else, a batch of slow handlers outlives `ack_wait`, and a
-//! stopping group sends back what it had not started.
+//! stopping group sends back what it had not started; redeliveries wait out the backoff.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -577,5 +577,40 @@ async fn metrics_count_per_group_and_handler_and_failures_by_kind() {
             r#"consumer_handler_duration_seconds_count{group="metered",handler="Panics"} 4"#
         ),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn redeliveries_after_transient_failures_wait_out_the_groups_backoff() {
+    let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let seen: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let noted = seen.clone();
+    let mut config = group_config("backoff", &topics, &db);
+    config.backoff = vec![Duration::from_millis(400), Duration::from_millis(1500)];
+    let running = Running::start(
+        &js,
+        config,
+        Recorder::failing("backoff", move |_, delivery| {
+            noted
+                .lock()
+                .unwrap()
+                .push((delivery.delivered, Instant::now()));
+            (delivery.delivered < 3).then(|| Failure::transient("not yet"))
+        }),
+    );
+    let orders = create_orders(&app, 1, 1).await;
+    processed_all(&db, "backoff", &expected_events(&app, &orders, &topics)).await;
+    running.stop().await;
+    let seen = seen.lock().unwrap();
+    let deliveries: Vec<u64> = seen.iter().map(|(d, _)| *d).collect();
+    assert_eq!(deliveries, [1, 2, 3]);
+    // Never sooner than the schedule says: the n-th failure waits the n-th entry.
+    let first_wait = seen[1].1 - seen[0].1;
+    let second_wait = seen[2].1 - seen[1].1;
+    assert!(first_wait >= Duration::from_millis(400), "{first_wait:?}");
+    assert!(
+        second_wait >= Duration::from_millis(1500),
+        "{second_wait:?}"
     );
 }
