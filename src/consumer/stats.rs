@@ -162,6 +162,7 @@ impl GroupStats {
             "processed": s.processed,
             "duplicates": s.duplicates,
             "retried": s.retried,
+            "parked": self.parked.load(Ordering::Relaxed),
             "dead_lettered": s.dead_lettered,
             "panics": self.panics.load(Ordering::Relaxed),
             "timeouts": self.timeouts.load(Ordering::Relaxed),
