@@ -136,8 +136,8 @@ impl GroupStats {
             && self.breaker.state() == BreakerState::Closed
     }
 
-    /// The group's health as JSON, for a subscriber process's `/health` (see
-    /// [`super::health`]): `status` is `ok` when [`is_healthy`](GroupStats::is_healthy),
+    /// The group's health as JSON, for a subscriber process's `/health` (which the `health`
+    /// module serves): `status` is `ok` when [`is_healthy`](GroupStats::is_healthy),
     /// `degraded` when the breaker is not closed, `down` while starting or once stopped; with
     /// the role, the breaker's state and the counts.
     pub fn health(&self) -> serde_json::Value {

@@ -169,6 +169,32 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A `decide` that fails the first event seen of each key transiently when `fails(key,
+/// delivered)` says so, counting the failures in the returned counter.
+fn failing_first(
+    fails: impl Fn(&str, u64) -> bool + Send + Sync + 'static,
+) -> (
+    Arc<AtomicUsize>,
+    impl Fn(&str, &Delivery) -> Option<Failure> + Send + Sync + 'static,
+) {
+    let failures = Arc::new(AtomicUsize::new(0));
+    let counted = failures.clone();
+    let firsts: Mutex<HashMap<String, u64>> = Mutex::default();
+    let decide = move |key: &str, delivery: &Delivery| {
+        let first = *firsts
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_insert(delivery.stream_sequence)
+            == delivery.stream_sequence;
+        (first && fails(key, delivery.delivered)).then(|| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Failure::transient("not yet")
+        })
+    };
+    (failures, decide)
+}
+
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -234,30 +260,16 @@ async fn events_of_different_orders_are_prepared_at_once_and_one_orders_one_afte
 async fn a_failing_event_holds_back_only_its_orders_later_events_without_using_their_deliveries() {
     let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
     let template = template(&app).await;
-    let failures = Arc::new(AtomicUsize::new(0));
-    let counted = failures.clone();
     // The first event of "retried" fails on its first two deliveries; the first of "exhausted"
     // on every one, until it is a dead letter on the third.
-    let firsts: Mutex<HashMap<String, u64>> = Mutex::default();
-    let tracker = Tracker::new(Duration::ZERO, move |key, delivery| {
-        let first = *firsts
-            .lock()
-            .unwrap()
-            .entry(key.to_owned())
-            .or_insert(delivery.stream_sequence)
-            == delivery.stream_sequence;
-        let fails = match key {
-            "retried" => first && delivery.delivered < 3,
-            "exhausted" => first,
-            _ => false,
-        };
-        fails.then(|| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            Failure::transient("not yet")
-        })
+    let (failures, decide) = failing_first(|key, delivered| match key {
+        "retried" => delivered < 3,
+        "exhausted" => true,
+        _ => false,
     });
+    let tracker = Tracker::new(Duration::ZERO, decide);
     let mut config = config("holding", &db);
-    config.backoff = vec![Duration::from_millis(1500)];
+    config.backoff = vec![Duration::from_secs(2)];
     config.max_deliver = 3;
     let others = keys("other", 10);
     publish_raw(&js, "retried", body(&template)).await;
@@ -316,21 +328,8 @@ async fn a_failing_event_holds_back_only_its_orders_later_events_without_using_t
 async fn an_order_waiting_for_a_retry_still_waits_after_the_group_restarts() {
     let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
     let template = template(&app).await;
-    let failures = Arc::new(AtomicUsize::new(0));
-    let counted = failures.clone();
-    let firsts: Mutex<HashMap<String, u64>> = Mutex::default();
-    let tracker = Tracker::new(Duration::ZERO, move |key, delivery| {
-        let first = *firsts
-            .lock()
-            .unwrap()
-            .entry(key.to_owned())
-            .or_insert(delivery.stream_sequence)
-            == delivery.stream_sequence;
-        (key == "retried" && first && delivery.delivered == 1).then(|| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            Failure::transient("not yet")
-        })
-    });
+    let (failures, decide) = failing_first(|key, delivered| key == "retried" && delivered == 1);
+    let tracker = Tracker::new(Duration::ZERO, decide);
     let config = || {
         let mut c = config("restarting", &db);
         c.backoff = vec![Duration::from_secs(3)];
