@@ -8,6 +8,7 @@ mod batches;
 mod browser;
 mod cluster;
 mod consumer;
+mod consumer_dead_letters;
 mod consumer_faults;
 mod consumer_health;
 mod consumer_lag;
