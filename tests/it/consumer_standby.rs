@@ -1,6 +1,7 @@
-//! One active process per group and partition, with two real OS processes: the test re-executes
-//! its own binary twice to run [`standby_child_process`], each child a real group of the same
-//! name serving its `/health`, and kills the active one with SIGKILL while events flow. (The
+//! One active process per group and partition, with two real OS processes: the test starts the
+//! example `standby_subscriber` (`examples/standby_subscriber.rs`, built with the tests) twice,
+//! each a real group of the same name serving its `/health`, and kills the active one with
+//! SIGKILL while events flow. (The
 //! lease is keyed by the durable consumer's name, `<group>` or `<group>-p<P>`: a whole-topic group
 //! and a partition's group take the same path.)
 
@@ -10,102 +11,39 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use order_service::consumer::{Delivery, Event, Failure, Group, Handler, HandlerTx};
 use order_service::domain::Topic;
-use order_service::shutdown::Shutdown;
 use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::app::PATIENCE;
-use crate::consumer::{create_orders, expected_events, group_config, read_only, setup};
+use crate::consumer::{create_orders, expected_events, read_only, setup};
 
-/// The child test's path in this binary, for `--exact`.
-const CHILD_TEST: &str = "consumer_standby::standby_child_process";
-/// The child's settings, from the parent.
-const NATS_URL: &str = "STANDBY_CHILD_NATS_URL";
-const DATABASE: &str = "STANDBY_CHILD_DATABASE";
-const GROUP: &str = "STANDBY_CHILD_GROUP";
-const LABEL: &str = "STANDBY_CHILD_LABEL";
+/// The child's settings, from the parent (see the example's docs).
+const NATS_URL: &str = "NATS_URL";
+const DATABASE: &str = "STANDBY_DATABASE";
+const GROUP: &str = "STANDBY_GROUP";
+const LABEL: &str = "STANDBY_LABEL";
 /// Where the child writes the address of its `/health`.
-const ADDR_FILE: &str = "STANDBY_CHILD_ADDR_FILE";
+const ADDR_FILE: &str = "STANDBY_ADDR_FILE";
 /// How long a standby may take to become active after the active process is killed: the lease
 /// is 10 s without renewal, and a standby tries every 2.5 s.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(40);
 /// The whole test's bound.
 const TEST_BOUND: Duration = Duration::from_secs(300);
 
-/// A handler whose effect is a row `(event_id, label)` per call in `standby_effects`: no unique
-/// key, so an event applied twice shows as two rows, and the label says which process did it.
-struct Effects {
-    label: String,
-}
-
-impl Handler for Effects {
-    fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS standby_effects (
-                 seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-                 event_id TEXT NOT NULL,
-                 label    TEXT NOT NULL
-             )",
-        )
-    }
-
-    async fn handle(
-        &self,
-        event: &Event,
-        _: &Delivery,
-        tx: &mut HandlerTx<'_>,
-    ) -> Result<(), Failure> {
-        // Slow enough that the kill finds a batch in flight.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        tx.execute(
-            "INSERT INTO standby_effects (event_id, label) VALUES (?1, ?2)",
-            (event.event_id().to_string(), &self.label),
-        )?;
-        Ok(())
-    }
-}
-
-/// One process of the group: run by [`two_processes_of_one_group_have_one_active_and_the_standby_takes_over_a_sigkill`]
-/// through its settings in the environment (it returns at once without them). Runs the group
-/// with an [`Effects`] handler labelled with the process's label and serves its `/health` on a
-/// free port written to the address file, until its standard input closes.
-// Several threads, as a subscriber's `#[tokio::main]` has: `/health` is answered while a batch
-// runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a child process of two_processes_of_one_group_have_one_active_and_the_standby_takes_over_a_sigkill"]
-async fn standby_child_process() {
-    let Ok(label) = std::env::var(LABEL) else {
-        eprintln!("{LABEL} is not set: this test runs only as a child of the standby test");
-        return;
-    };
-    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
-    let nats = order_service::bus::connect(&order_service::bus::NatsSettings::new(var(NATS_URL)))
-        .await
-        .unwrap();
-    let database = PathBuf::from(var(DATABASE));
-    let mut config = group_config(&var(GROUP), &[Topic::Created], &database);
-    // What the killed process held unacknowledged comes back to the standby soon.
-    config.ack_wait = Duration::from_secs(3);
-    let group = Group::new(async_nats::jetstream::new(nats), config, Effects { label }).unwrap();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr_file = PathBuf::from(var(ADDR_FILE));
-    let written = addr_file.with_extension("tmp");
-    std::fs::write(&written, listener.local_addr().unwrap().to_string()).unwrap();
-    std::fs::rename(&written, &addr_file).unwrap();
-    let stop = Shutdown::new();
-    let health = tokio::spawn(group.health().serve(listener, stop.signal()));
-    // The parent closes standard input to stop this process gracefully (and so does its death).
-    let stdin_closed = stop.clone();
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-        stdin_closed.trigger();
-    });
-    group.run(stop.signal()).await.unwrap();
-    stop.trigger();
-    health.await.unwrap();
+/// The example's binary, which `cargo test` and `cargo nextest run` build beside the test
+/// binaries (`target/<profile>/examples/`).
+fn child_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/it-<hash>
+    let profile = exe.parent().and_then(Path::parent).unwrap();
+    let binary = profile.join("examples").join("standby_subscriber");
+    assert!(
+        binary.is_file(),
+        "{} is missing: cargo test builds it (or cargo build --example standby_subscriber)",
+        binary.display()
+    );
+    binary
 }
 
 /// A child process, killed and reaped when dropped, whatever path the test takes.
@@ -116,7 +54,7 @@ struct Child {
 }
 
 impl Child {
-    /// Starts [`standby_child_process`] in a new process of this test binary.
+    /// Starts the example `standby_subscriber` in a new process.
     fn start(
         label: &'static str,
         nats_url: &str,
@@ -125,8 +63,7 @@ impl Child {
         dir: &Path,
     ) -> Child {
         let addr_file = dir.join(format!("{label}.addr"));
-        let process = Command::new(std::env::current_exe().unwrap())
-            .args([CHILD_TEST, "--exact", "--ignored", "--nocapture"])
+        let process = Command::new(child_binary())
             .env(NATS_URL, nats_url)
             .env(DATABASE, database)
             .env(GROUP, group)
