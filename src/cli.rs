@@ -13,7 +13,7 @@ use crate::consumer;
 use crate::domain::Topic;
 use crate::metrics::Metrics;
 use crate::relay::Relay;
-use crate::relay::repair::{self, RepairError};
+use crate::relay::repair::{self, RepairError, Tail};
 use chrono::Utc;
 
 /// Runs the command line.
@@ -153,17 +153,32 @@ async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
     };
     match action {
         OutboxAction::Verify(args) => {
-            let checks = relay.verify(since(args)).await.map_err(failed)?;
+            let checks = relay
+                .verify(since(args), Tail::Read)
+                .await
+                .map_err(AppError::Store)?;
             if checks.is_empty() {
                 println!("no acknowledged events in the window");
             } else {
                 print!("{}", repair::format_checks(&checks));
             }
             let missing: usize = checks.iter().map(|c| c.missing.len()).sum();
-            if missing > 0 {
+            let copies: usize = checks.iter().map(|c| c.copies.len()).sum();
+            let unchecked: Vec<&str> = checks
+                .iter()
+                .filter(|c| c.error.is_some())
+                .map(|c| c.stream.as_str())
+                .collect();
+            if missing > 0 || copies > 0 {
                 return Err(AppError::Incomplete(format!(
-                    "{missing} acknowledged events are missing from their streams; \
-                     `order-service outbox repair` publishes them again"
+                    "{missing} acknowledged events are missing from their streams and {copies} \
+                     are stored twice; `order-service outbox repair` puts them right"
+                )));
+            }
+            if !unchecked.is_empty() {
+                return Err(AppError::Nats(format!(
+                    "could not check {}",
+                    unchecked.join(", ")
                 )));
             }
         }
@@ -173,13 +188,19 @@ async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
             bus::reconcile(&js, &topics, config.nats_duplicate_window)
                 .await
                 .map_err(|e| AppError::Nats(e.to_string()))?;
-            let repairs = relay.repair(since(args)).await.map_err(failed)?;
+            let repairs = relay
+                .repair(since(args), Tail::Read)
+                .await
+                .map_err(failed)?;
             if repairs.is_empty() {
                 println!("every stream holds what it acknowledged; nothing to repair");
             } else {
                 print!("{}", repair::format_repairs(&repairs));
             }
-            let failed: usize = repairs.iter().map(|r| r.failed).sum();
+            let failed: usize = repairs
+                .iter()
+                .map(|r| r.failed + usize::from(r.error.is_some()))
+                .sum();
             if failed > 0 {
                 return Err(AppError::Incomplete(format!(
                     "{failed} events could not be published again; the log says why"

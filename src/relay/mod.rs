@@ -24,7 +24,7 @@ mod sending;
 pub mod status;
 pub mod streams;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,6 +36,7 @@ use chrono::{DateTime, Utc};
 pub use crate::backoff::{Backoff, BackoffKind};
 use crate::bus::{PublishError, Published};
 use crate::metrics::Metrics;
+use crate::store::acknowledged;
 use crate::store::outbox::{self, Due};
 use crate::store::{Store, StoreError};
 use lanes::Lanes;
@@ -188,14 +189,26 @@ impl Relay {
         }
     }
 
-    /// Writes the outcomes of publishes in one transaction.
+    /// Writes the outcomes of publishes in one transaction. A stream that acknowledged rows at
+    /// sequences already recorded for others, or below ones recorded, lost its tail and stored
+    /// on: the rows it overwrote are released for repair ([`acknowledged::release`]) and a
+    /// check is asked for.
     async fn write_records(
         &self,
         records: Vec<(i64, Record)>,
         acked_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.store
+        let ranges = stored_ranges(&records);
+        let released = self
+            .store
             .write(move |tx| {
+                let mut released = Vec::new();
+                for (stream, (from, to)) in &ranges {
+                    let found = acknowledged::release(tx, stream, *from, *to)?;
+                    if found != acknowledged::Released::default() {
+                        released.push((stream.clone(), found));
+                    }
+                }
                 for (id, record) in &records {
                     match record {
                         Record::Published(ack) => {
@@ -210,9 +223,17 @@ impl Relay {
                         }
                     }
                 }
-                Ok::<_, StoreError>(())
+                Ok::<_, StoreError>(released)
             })
-            .await
+            .await?;
+        for (stream, found) in released {
+            tracing::warn!(
+                %stream, overwritten = found.overwritten, recorded_beyond = found.beyond,
+                "the stream acknowledged sequences at or below ones recorded: it lost its tail; checking it"
+            );
+            self.status.request_heal();
+        }
+        Ok(())
     }
 
     /// Runs until `shutdown`: publishes whenever rows are due (see [`pass`]) and sleeps
@@ -288,6 +309,24 @@ impl Relay {
             }
         }
     }
+}
+
+/// Per stream, the lowest and highest sequence newly stored among `records` (duplicates are
+/// where the stream had them already, so they say nothing about its tail).
+fn stored_ranges(records: &[(i64, Record)]) -> BTreeMap<String, (u64, u64)> {
+    let mut ranges: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (_, record) in records {
+        if let Record::Published(ack) = record
+            && !ack.duplicate
+        {
+            let range = ranges
+                .entry(ack.stream.clone())
+                .or_insert((ack.sequence, ack.sequence));
+            range.0 = range.0.min(ack.sequence);
+            range.1 = range.1.max(ack.sequence);
+        }
+    }
+    ranges
 }
 
 enum Record {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::future::BoxFuture;
 
+use super::repair::Tail;
 use super::{Relay, RelayStatus, StreamsSummary};
 use crate::backoff::Backoff;
 use crate::bus::{self, Topics};
@@ -72,7 +73,9 @@ pub async fn reconcile(kept: Kept<'_>) {
 pub async fn repair_at_start(relay: &Relay) {
     let mut waits = START_BACKOFF.waits();
     for attempt in 1..=REPAIR_ATTEMPTS {
-        match relay.repair(None).await {
+        // The relay has not started: events stored whose PubAck was lost before a crash are found
+        // past the recorded sequences and recorded, not sent again.
+        match relay.repair(None, Tail::Read).await {
             Ok(_) => return,
             Err(e) if attempt == REPAIR_ATTEMPTS => {
                 tracing::error!(error = %e, "repairing the streams failed; the relay goes on, the next check tries again");
@@ -88,9 +91,12 @@ pub async fn repair_at_start(relay: &Relay) {
 
 /// Reconciles the streams again after every reconnect: a broker that comes back without its
 /// store (a fresh container, a wiped disk) has no streams, and every publish would otherwise
-/// fail for want of one until its row went dead. Then, and every `verify_interval` when a check
-/// finds a stream missing events, the streams are repaired ([`Relay::repair`]) while the relay's
-/// publishing waits, so nothing newer is stored before the events put back.
+/// fail for want of one until its row went dead. Then the streams are checked and repaired
+/// ([`Relay::repair`]) while the relay's publishing waits, so nothing newer is stored before the
+/// events put back. The same check runs when the relay asks for it (a stream missing, or one
+/// that acknowledged sequences at or below recorded ones), when the broker announces that a
+/// stream of the table was created or elected a leader (a replica that lost its store can
+/// become leader without any client reconnecting), and every `verify_interval`.
 pub async fn reconcile_on_reconnect(
     kept: Kept<'_>,
     reconnected: &tokio::sync::Notify,
@@ -98,18 +104,31 @@ pub async fn reconcile_on_reconnect(
     verify_interval: Duration,
 ) {
     let mut waits = RECONNECT_BACKOFF.waits();
+    let mut advisories = advisories(kept.js).await;
     loop {
-        tokio::select! {
-            () = reconnected.notified() => {}
-            () = kept.status.heal_requested() => {}
-            () = tokio::time::sleep(verify_interval) => {
-                match relay.verify(None).await {
-                    Ok(checks) if checks.iter().all(|c| c.missing.is_empty()) => continue,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "checking the streams failed");
-                        continue;
-                    }
+        let reconcile = tokio::select! {
+            () = reconnected.notified() => true,
+            () = kept.status.heal_requested() => true,
+            Some(stream) = next_advisory(&mut advisories) => {
+                if !kept.topics.iter().any(|t| t.stream_name() == stream) {
+                    continue;
+                }
+                tracing::info!(%stream, "the broker announced a new leader or a new stream; checking it");
+                false
+            }
+            () = tokio::time::sleep(verify_interval) => false,
+        };
+        if !reconcile {
+            // A clean check holds publishing only as long as it takes (a few calls per stream).
+            let paused = kept.status.pause_publishing().await;
+            let checked = relay.verify(None, Tail::Skip).await;
+            drop(paused);
+            match checked {
+                Ok(checks) if checks.iter().all(|c| c.is_clean()) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "checking the streams failed");
+                    continue;
                 }
             }
         }
@@ -120,12 +139,13 @@ pub async fn reconcile_on_reconnect(
             // while a stream gets back what it lost.
             let paused = kept.status.pause_publishing().await;
             let reconciled = bus::reconcile(kept.js, kept.topics, kept.duplicate_window).await;
-            let repaired = match &reconciled {
-                Ok(_) => relay.repair(None).await.map_err(|e| e.to_string()),
-                Err(_) => Ok(Vec::new()),
-            };
+            // A stream that cannot be reconciled does not keep the others from their repair.
+            let repaired = relay
+                .repair(None, Tail::Skip)
+                .await
+                .map_err(|e| e.to_string());
             drop(paused);
-            match reconciled {
+            let reconciled_ok = match reconciled {
                 Ok(report) => {
                     if !report.changed_nothing() {
                         tracing::warn!(%report, "streams were missing or changed after a reconnect; reconciled");
@@ -134,25 +154,68 @@ pub async fn reconcile_on_reconnect(
                     if let Some(also) = kept.also {
                         also(kept.js.clone()).await;
                     }
-                    match repaired {
-                        Ok(_) => break,
-                        Err(e) => {
-                            repair_failures += 1;
-                            if repair_failures >= REPAIR_ATTEMPTS {
-                                tracing::error!(error = %e, "repairing the streams failed; the next check tries again");
-                                break;
-                            }
-                            tracing::warn!(error = %e, "repairing the streams failed");
-                            tokio::time::sleep(waits.next_wait()).await;
-                        }
-                    }
+                    true
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reconciling streams after a reconnect failed");
                     kept.status.set_streams(Err(e.to_string()));
-                    tokio::time::sleep(waits.next_wait()).await;
+                    false
                 }
+            };
+            let repaired_ok = match repaired {
+                Ok(repairs) => repairs.iter().all(|r| r.error.is_none()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "repairing the streams failed");
+                    false
+                }
+            };
+            if reconciled_ok && repaired_ok {
+                break;
             }
+            repair_failures += 1;
+            if repair_failures >= REPAIR_ATTEMPTS {
+                tracing::error!("reconciling or repairing the streams failed {repair_failures} times; the next check tries again");
+                break;
+            }
+            tokio::time::sleep(waits.next_wait()).await;
         }
     }
 }
+
+/// The broker's advisories that a stream was created or elected a leader.
+type Advisories = Option<async_nats::Subscriber>;
+
+/// Subscribes to the advisories; `None` (and a warning) when the broker refuses, so the periodic
+/// check is all there is.
+async fn advisories(js: &jetstream::Context) -> Advisories {
+    let client = js.client();
+    match client.subscribe(STREAM_ADVISORIES).await {
+        Ok(subscriber) => Some(subscriber),
+        Err(error) => {
+            tracing::warn!(%error, "cannot subscribe to the stream advisories; only the periodic check runs");
+            None
+        }
+    }
+}
+
+/// The stream a leader-elected or created advisory names; pending forever without a
+/// subscription.
+async fn next_advisory(advisories: &mut Advisories) -> Option<String> {
+    use futures::StreamExt;
+    match advisories {
+        Some(subscriber) => loop {
+            let message = subscriber.next().await?;
+            let kind = message.subject.split('.').nth(4).unwrap_or_default();
+            if (kind == "LEADER_ELECTED" || kind == "CREATED")
+                && let Some(stream) = message.subject.split('.').nth(5)
+            {
+                return Some(stream.to_owned());
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// `$JS.EVENT.ADVISORY.STREAM.<kind>.<stream>`: every stream advisory; the service keeps those
+/// that say a stream was created or elected a leader.
+const STREAM_ADVISORIES: &str = "$JS.EVENT.ADVISORY.STREAM.*.*";

@@ -55,14 +55,24 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_idempotency_keys.sql",
         include_str!("../../migrations/0004_idempotency_keys.sql"),
     ),
+    (
+        "0005_outbox_verify.sql",
+        include_str!("../../migrations/0005_outbox_verify.sql"),
+    ),
 ];
 
 /// The migrations of a consumer group's database that emits events: the outbox alone, the same
 /// table the service's migrations build (`migrations/subscriber/`).
-const SUBSCRIBER_MIGRATIONS: &[(&str, &str)] = &[(
-    "subscriber/0001_outbox.sql",
-    include_str!("../../migrations/subscriber/0001_outbox.sql"),
-)];
+const SUBSCRIBER_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "subscriber/0001_outbox.sql",
+        include_str!("../../migrations/subscriber/0001_outbox.sql"),
+    ),
+    (
+        "subscriber/0002_outbox_verify.sql",
+        include_str!("../../migrations/subscriber/0002_outbox_verify.sql"),
+    ),
+];
 
 /// How long a connection waits for a lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -405,7 +415,7 @@ mod tests {
         let mut group = Connection::open_in_memory().unwrap();
         subscriber_migrations().to_latest(&mut group).unwrap();
         let schema = outbox_schema(&service);
-        assert_eq!(schema.len(), 6, "{schema:?}");
+        assert_eq!(schema.len(), 8, "{schema:?}");
         assert_eq!(outbox_schema(&group), schema);
         let requeues = |c: &Connection| {
             c.query_row("SELECT last FROM outbox_requeues WHERE id = 1", [], |r| {

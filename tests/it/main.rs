@@ -34,3 +34,4 @@ mod schemas;
 mod settings;
 mod store;
 mod streams;
+mod verify;

@@ -402,6 +402,31 @@ impl NatsServer {
         }
     }
 
+    /// Lets `edit` change the block files (`*.blk`, in order) of `stream` in the store of the
+    /// stopped server, as a disk that lost or damaged data would: the container's files are
+    /// copied out and the edited ones back (`docker cp` works on a stopped container), the
+    /// process's are edited where they are. A block emptied stands for a block file lost.
+    pub async fn edit_blocks(&mut self, stream: &str, edit: impl FnOnce(&[std::path::PathBuf])) {
+        match &self.runtime {
+            Runtime::Process(process) => {
+                let blocks = blocks_of(&process._dir.path().join("store"), stream);
+                edit(&blocks);
+            }
+            Runtime::Container(container) => {
+                let id = container.id().to_owned();
+                let copy = tempfile::tempdir().expect("a temp dir for the store's copy");
+                docker_cli(&["cp", &format!("{id}:/data/jetstream"), &copy.path().display().to_string()]);
+                let root = copy.path().join("jetstream");
+                let blocks = blocks_of(&root, stream);
+                edit(&blocks);
+                for block in &blocks {
+                    let inside = Path::new("/data/jetstream").join(block.strip_prefix(&root).unwrap());
+                    docker_cli(&["cp", &block.display().to_string(), &format!("{id}:{}", inside.display())]);
+                }
+            }
+        }
+    }
+
     /// Freezes the server (`docker pause`, or SIGSTOP for the process): connections stay open
     /// and nothing is answered, as with a hung broker.
     pub async fn pause(&self) {
@@ -563,4 +588,47 @@ async fn wait_for_reconnect(client: &async_nats::Client) {
         assert!(Instant::now() < deadline, "client did not reconnect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The block files of `stream` under a JetStream store directory, in order.
+fn blocks_of(store: &Path, stream: &str) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, stream: &str, found: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, stream, found);
+            } else if path.extension().is_some_and(|e| e == "blk")
+                && path.parent().and_then(Path::parent).and_then(Path::file_name)
+                    == Some(std::ffi::OsStr::new(stream))
+            {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(store, stream, &mut found);
+    found.sort_by_key(|p| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    });
+    assert!(!found.is_empty(), "no block files of {stream} under {}", store.display());
+    found
+}
+
+/// Runs the Docker CLI; panics with its output when it fails.
+fn docker_cli(args: &[&str]) {
+    let output = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -1,0 +1,372 @@
+//! Broker-loss repair: finding what a stream no longer holds of what it acknowledged, wherever in
+//! the stream, and putting it back from the outbox, which keeps published rows for
+//! `EVENT_OUTBOX_RETENTION` (the repair horizon) with the stream and sequence each was stored at.
+//!
+//! - [`Relay::verify`] checks each stream the outbox recorded rows in ([`check`]): a missing or
+//!   re-created stream, a lost head, holes (a lost or corrupted block file), a lost tail, other
+//!   events at recorded sequences, sequences given to newer events, and copies of an event stored
+//!   twice. A clean check reads no payload and makes a fixed number of broker calls per stream
+//!   ([`broker`]); one that finds loss costs in proportion to what was lost. A failure to read
+//!   one stream is reported in its [`StreamCheck`] and does not stop the others.
+//! - [`Relay::repair`] ([`put_back`]) publishes the missing rows again, per stream in commit
+//!   order, with their event ids as `Nats-Msg-Id` and the header [`REPAIRED_HEADER`] naming the
+//!   sequence each had, through the relay's own sending; a key whose row cannot be put back holds
+//!   back its later rows. It deletes the later copy of an event stored twice, and records rows
+//!   the stream holds but the outbox never heard of (a PubAck lost before a crash).
+//!
+//! The caller holds the relay's publishing meanwhile ([`super::RelayStatus::pause_publishing`]),
+//! so no newer row of a stream is stored before its repaired ones. A consumer still sees a
+//! repaired event after newer events of its key that the stream kept: a log cannot insert into
+//! its past, so the header says which events came back.
+//!
+//! [`tables`] renders what `outbox verify` and `outbox repair` print.
+
+mod broker;
+mod check;
+mod put_back;
+mod tables;
+
+use chrono::{DateTime, Utc};
+
+use super::Relay;
+use crate::store::StoreError;
+use crate::store::acknowledged::{self, Acknowledged};
+pub use tables::{format_checks, format_repairs};
+
+/// The header on an event put back by repair: the stream sequence it had before the broker lost
+/// it. Consumers can tell a repaired event, which may come after newer events of its key.
+pub const REPAIRED_HEADER: &str = "Repaired-From-Sequence";
+
+/// What a stream no longer holds, or holds twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The server has no such stream.
+    StreamMissing,
+    /// The stream was created after rows were acknowledged by it (at this time).
+    CreatedAfter(DateTime<Utc>),
+    /// The stream begins after sequences recorded (its oldest messages were lost).
+    HeadLost {
+        /// The stream's first sequence.
+        first_sequence: u64,
+        /// Rows recorded below it, not yet old enough for the stream to drop.
+        rows: usize,
+    },
+    /// Recorded sequences the stream reports deleted (a lost or corrupted block).
+    Holes {
+        /// Rows recorded there.
+        rows: usize,
+    },
+    /// The stream ends before the highest sequence recorded.
+    Truncated {
+        /// The stream's last sequence.
+        last_sequence: u64,
+        /// The highest sequence recorded.
+        recorded: u64,
+    },
+    /// The message at this recorded sequence is another event.
+    OtherHistory {
+        /// The sequence.
+        sequence: u64,
+    },
+    /// The stream gave the sequences of these rows to newer events (it lost its tail, then
+    /// stored on).
+    Overwritten {
+        /// How many rows.
+        rows: usize,
+    },
+    /// Events the stream holds twice.
+    Copies {
+        /// How many second copies.
+        count: usize,
+    },
+    /// Events the stream holds whose rows are still pending (their PubAck was lost).
+    Unrecorded {
+        /// How many.
+        count: usize,
+    },
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::StreamMissing => f.write_str("stream missing"),
+            Finding::CreatedAfter(at) => write!(
+                f,
+                "stream created after its events were acknowledged ({})",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+            Finding::HeadLost {
+                first_sequence,
+                rows,
+            } => write!(f, "head lost: {rows} below first sequence {first_sequence}"),
+            Finding::Holes { rows } => write!(f, "{rows} in deleted sequences"),
+            Finding::Truncated {
+                last_sequence,
+                recorded,
+            } => write!(
+                f,
+                "last sequence {last_sequence}, below the recorded {recorded}"
+            ),
+            Finding::OtherHistory { sequence } => {
+                write!(f, "another event at recorded sequence {sequence}")
+            }
+            Finding::Overwritten { rows } => {
+                write!(f, "{rows} sequences given to newer events")
+            }
+            Finding::Copies { count } => write!(f, "{count} events stored twice"),
+            Finding::Unrecorded { count } => {
+                write!(f, "{count} stored events not yet recorded")
+            }
+        }
+    }
+}
+
+/// A second copy of an event in one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    /// The row.
+    pub id: i64,
+    /// The sequence kept: the first copy.
+    pub keep: u64,
+    /// The sequence of the copy to delete; `None` when the row's recorded sequence was given to
+    /// another event and this copy is the only one.
+    pub delete: Option<u64>,
+}
+
+/// What [`Relay::verify`] found in one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCheck {
+    /// The stream.
+    pub stream: String,
+    /// Rows acknowledged by it in the window.
+    pub acknowledged: u64,
+    /// Those it no longer holds, in commit order, with the sequence each had.
+    pub missing: Vec<Acknowledged>,
+    /// Events it holds twice.
+    pub copies: Vec<Copy>,
+    /// Pending rows it holds already: (row, sequence).
+    pub stored: Vec<(i64, u64)>,
+    /// Messages between recorded ones that are no event of this outbox.
+    pub foreign: u64,
+    /// What was found, in the order checked.
+    pub findings: Vec<Finding>,
+    /// Why the stream could not be checked, when it could not.
+    pub error: Option<String>,
+}
+
+impl StreamCheck {
+    fn new(stream: String) -> StreamCheck {
+        StreamCheck {
+            stream,
+            acknowledged: 0,
+            missing: Vec::new(),
+            copies: Vec::new(),
+            stored: Vec::new(),
+            foreign: 0,
+            findings: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Missing rows once each, in commit order.
+    fn finish(&mut self) {
+        self.missing.sort_by_key(|row| row.id);
+        self.missing.dedup_by_key(|row| row.id);
+    }
+
+    /// Whether the stream holds everything once: nothing missing, no copy, no error.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.copies.is_empty() && self.error.is_none()
+    }
+
+    /// The findings as one line.
+    pub fn findings_text(&self) -> String {
+        let mut parts: Vec<String> = self.findings.iter().map(ToString::to_string).collect();
+        if let Some(error) = &self.error {
+            parts.push(format!("not checked: {error}"));
+        }
+        if parts.is_empty() {
+            "-".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// What [`Relay::repair`] did to one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRepair {
+    /// The stream.
+    pub stream: String,
+    /// Why it was repaired.
+    pub findings: Vec<Finding>,
+    /// Rows it no longer held.
+    pub missing: usize,
+    /// Of those, rows stored again.
+    pub republished: usize,
+    /// Rows the stream answered as duplicates: it still held them.
+    pub duplicates: usize,
+    /// Rows that could not be published again (a permanent failure, or a key held back by one;
+    /// logged).
+    pub failed: usize,
+    /// Second copies deleted.
+    pub copies_deleted: usize,
+    /// Pending rows found stored and recorded.
+    pub recorded: usize,
+    /// Why the stream could not be checked or repaired, when it could not.
+    pub error: Option<String>,
+}
+
+/// Why a check or a repair stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    /// Reading or writing the outbox failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading a stream failed.
+    #[error("reading stream {stream}: {error}")]
+    Broker {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        error: String,
+    },
+    /// Publishing into a stream failed for now (the broker is away, the stream is being
+    /// re-created); what was published so far is recorded, the rest is found missing again.
+    #[error("republishing into {stream} failed for now: {error}")]
+    Transient {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// How much of the stream past the recorded rows a check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Not past the highest recorded sequence: the relay may be publishing there right now.
+    Skip,
+    /// Past it too, for events stored whose PubAck never came back: only while no relay
+    /// publishes (at start-up, or `outbox verify|repair` with the service stopped).
+    Read,
+}
+
+impl Relay {
+    /// Checks every stream that acknowledged rows at or after `since` (all kept rows when
+    /// `None`); see the module's documentation. Changes nothing. A stream that cannot be read
+    /// is reported with its error; the outbox that cannot be read fails the whole check.
+    pub async fn verify(
+        &self,
+        since: Option<DateTime<Utc>>,
+        tail: Tail,
+    ) -> Result<Vec<StreamCheck>, StoreError> {
+        let names = self.store.read(acknowledged::streams).await?;
+        let mut checks = Vec::with_capacity(names.len());
+        for name in names {
+            let check = match self.check(name.clone(), since, tail == Tail::Read).await {
+                Ok(check) => check,
+                Err(RepairError::Store(error)) => return Err(error),
+                Err(error) => {
+                    tracing::warn!(stream = %name, %error, "checking a stream failed; the others are checked");
+                    let mut check = StreamCheck::new(name);
+                    check.error = Some(error.to_string());
+                    check
+                }
+            };
+            log_check(&check);
+            checks.push(check);
+        }
+        Ok(checks)
+    }
+
+    /// Publishes again what [`Relay::verify`] finds missing, per stream in commit order, deletes
+    /// second copies and records events stored unrecorded. Returns the streams it acted on, or
+    /// could not check. A stream that fails does not stop the others.
+    pub async fn repair(
+        &self,
+        since: Option<DateTime<Utc>>,
+        tail: Tail,
+    ) -> Result<Vec<StreamRepair>, RepairError> {
+        let mut repairs = Vec::new();
+        let mut transient = None;
+        for check in self.verify(since, tail).await? {
+            if check.is_clean() && check.stored.is_empty() {
+                if let Some(error) = check.error {
+                    repairs.push(StreamRepair::failed(check.stream, check.findings, error));
+                }
+                continue;
+            }
+            tracing::warn!(
+                stream = %check.stream,
+                missing = check.missing.len(),
+                copies = check.copies.len(),
+                findings = %check.findings_text(),
+                "a stream does not hold what it acknowledged once; repairing it"
+            );
+            let (stream, findings) = (check.stream.clone(), check.findings.clone());
+            let repair = match self.put_back(check).await {
+                Ok(repair) => repair,
+                Err(RepairError::Store(error)) => return Err(RepairError::Store(error)),
+                Err(error) => {
+                    if matches!(error, RepairError::Transient { .. }) {
+                        transient.get_or_insert_with(|| error.to_string());
+                    }
+                    tracing::warn!(%stream, %error, "repairing a stream failed; the others go on");
+                    StreamRepair::failed(stream, findings, error.to_string())
+                }
+            };
+            tracing::info!(
+                stream = %repair.stream,
+                republished = repair.republished,
+                duplicates = repair.duplicates,
+                failed = repair.failed,
+                copies_deleted = repair.copies_deleted,
+                recorded = repair.recorded,
+                "stream repaired"
+            );
+            repairs.push(repair);
+        }
+        // The broker went away meanwhile: the caller tries again (what was put back is recorded).
+        if let Some(error) = transient {
+            return Err(RepairError::Transient {
+                stream: repairs
+                    .iter()
+                    .find(|r| r.error.is_some())
+                    .map(|r| r.stream.clone())
+                    .unwrap_or_default(),
+                error,
+            });
+        }
+        Ok(repairs)
+    }
+}
+
+/// Says what a check found wrong, when it found something.
+fn log_check(check: &StreamCheck) {
+    if !check.missing.is_empty() || !check.copies.is_empty() {
+        tracing::warn!(
+            stream = %check.stream,
+            missing = check.missing.len(),
+            copies = check.copies.len(),
+            findings = %check.findings_text(),
+            "verify: the stream does not hold what it acknowledged once"
+        );
+    }
+}
+
+impl StreamRepair {
+    fn failed(stream: String, findings: Vec<Finding>, error: String) -> StreamRepair {
+        StreamRepair {
+            stream,
+            findings,
+            missing: 0,
+            republished: 0,
+            duplicates: 0,
+            failed: 0,
+            copies_deleted: 0,
+            recorded: 0,
+            error: Some(error),
+        }
+    }
+}
