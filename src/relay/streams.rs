@@ -174,7 +174,9 @@ pub async fn reconcile_on_reconnect(
             }
             repair_failures += 1;
             if repair_failures >= REPAIR_ATTEMPTS {
-                tracing::error!("reconciling or repairing the streams failed {repair_failures} times; the next check tries again");
+                tracing::error!(
+                    "reconciling or repairing the streams failed {repair_failures} times; the next check tries again"
+                );
                 break;
             }
             tokio::time::sleep(waits.next_wait()).await;

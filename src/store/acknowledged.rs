@@ -97,14 +97,16 @@ pub fn span(
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
         })?;
     let at = |sequence: i64| -> Result<Acknowledged, StoreError> {
-        let found = in_range(conn, stream, sequence.unsigned_abs(), sequence.unsigned_abs())?;
-        found
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Corrupt {
-                column: "order_events_outbox.stream_seq",
-                value: format!("no row at {stream} {sequence} within one read"),
-            })
+        let found = in_range(
+            conn,
+            stream,
+            sequence.unsigned_abs(),
+            sequence.unsigned_abs(),
+        )?;
+        found.into_iter().next().ok_or_else(|| StoreError::Corrupt {
+            column: "order_events_outbox.stream_seq",
+            value: format!("no row at {stream} {sequence} within one read"),
+        })
     };
     Ok(Some(Span {
         stream: stream.to_owned(),
@@ -267,13 +269,11 @@ fn acknowledged(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Acknowledged, 
         r.get::<_, String>(3)?,
     );
     Ok(
-        parse_timestamp("order_events_outbox.published_at", &at).map(|published_at| {
-            Acknowledged {
-                id,
-                event_id,
-                sequence: sequence.unsigned_abs(),
-                published_at,
-            }
+        parse_timestamp("order_events_outbox.published_at", &at).map(|published_at| Acknowledged {
+            id,
+            event_id,
+            sequence: sequence.unsigned_abs(),
+            published_at,
         }),
     )
 }
@@ -458,15 +458,13 @@ mod tests {
         for sequence in 1..=5 {
             published(&store, "A", sequence, 5).await;
         }
-        let clean = store
-            .write(|tx| release(tx, "A", 6, 8))
-            .await
-            .unwrap();
-        assert_eq!(clean, Released::default(), "sequences past the recorded ones");
-        let reused = store
-            .write(|tx| release(tx, "A", 3, 4))
-            .await
-            .unwrap();
+        let clean = store.write(|tx| release(tx, "A", 6, 8)).await.unwrap();
+        assert_eq!(
+            clean,
+            Released::default(),
+            "sequences past the recorded ones"
+        );
+        let reused = store.write(|tx| release(tx, "A", 3, 4)).await.unwrap();
         assert_eq!(
             reused,
             Released {

@@ -402,10 +402,11 @@ impl NatsServer {
         }
     }
 
-    /// Lets `edit` change the block files (`*.blk`, in order) of `stream` in the store of the
-    /// stopped server, as a disk that lost or damaged data would: the container's files are
-    /// copied out and the edited ones back (`docker cp` works on a stopped container), the
-    /// process's are edited where they are. A block emptied stands for a block file lost.
+    /// Lets `edit` change the files of `stream`'s messages (its block files `<n>.blk` in order,
+    /// after its state file `index.db`) in the store of the stopped server, as a disk that lost or
+    /// damaged data would: the container's files are copied out and the edited ones back
+    /// (`docker cp` works on a stopped container), the process's are edited where they are. A
+    /// block emptied stands for a block file lost.
     pub async fn edit_blocks(&mut self, stream: &str, edit: impl FnOnce(&[std::path::PathBuf])) {
         match &self.runtime {
             Runtime::Process(process) => {
@@ -415,13 +416,22 @@ impl NatsServer {
             Runtime::Container(container) => {
                 let id = container.id().to_owned();
                 let copy = tempfile::tempdir().expect("a temp dir for the store's copy");
-                docker_cli(&["cp", &format!("{id}:/data/jetstream"), &copy.path().display().to_string()]);
+                docker_cli(&[
+                    "cp",
+                    &format!("{id}:/data/jetstream"),
+                    &copy.path().display().to_string(),
+                ]);
                 let root = copy.path().join("jetstream");
                 let blocks = blocks_of(&root, stream);
                 edit(&blocks);
                 for block in &blocks {
-                    let inside = Path::new("/data/jetstream").join(block.strip_prefix(&root).unwrap());
-                    docker_cli(&["cp", &block.display().to_string(), &format!("{id}:{}", inside.display())]);
+                    let inside =
+                        Path::new("/data/jetstream").join(block.strip_prefix(&root).unwrap());
+                    docker_cli(&[
+                        "cp",
+                        &block.display().to_string(),
+                        &format!("{id}:{}", inside.display()),
+                    ]);
                 }
             }
         }
@@ -590,7 +600,8 @@ async fn wait_for_reconnect(client: &async_nats::Client) {
     }
 }
 
-/// The block files of `stream` under a JetStream store directory, in order.
+/// The files of `stream`'s messages under a JetStream store directory: `index.db`, then the
+/// blocks in order.
 fn blocks_of(store: &Path, stream: &str) -> Vec<std::path::PathBuf> {
     fn walk(dir: &Path, stream: &str, found: &mut Vec<std::path::PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -600,9 +611,11 @@ fn blocks_of(store: &Path, stream: &str) -> Vec<std::path::PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, stream, found);
-            } else if path.extension().is_some_and(|e| e == "blk")
-                && path.parent().and_then(Path::parent).and_then(Path::file_name)
-                    == Some(std::ffi::OsStr::new(stream))
+            } else if path
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                == Some(std::ffi::OsStr::new(stream))
             {
                 found.push(path);
             }
@@ -616,7 +629,11 @@ fn blocks_of(store: &Path, stream: &str) -> Vec<std::path::PathBuf> {
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0)
     });
-    assert!(!found.is_empty(), "no block files of {stream} under {}", store.display());
+    assert!(
+        !found.is_empty(),
+        "no block files of {stream} under {}",
+        store.display()
+    );
     found
 }
 

@@ -21,9 +21,20 @@ use crate::relay::{Stored, drained, every_event_once, stored};
 /// Runs `order-service outbox <args>` on the database `db` against the servers `nats_url` (one URL
 /// or a comma-separated list): (succeeded, stdout).
 pub(crate) fn outbox_cli(nats_url: &str, db: &Path, args: &[&str]) -> (bool, String) {
+    outbox_cli_with(nats_url, db, args, &[])
+}
+
+/// [`outbox_cli`] with more environment variables (settings).
+pub(crate) fn outbox_cli_with(
+    nats_url: &str,
+    db: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
         .arg("outbox")
         .args(args)
+        .envs(env.iter().copied())
         .env("NATS_URL", nats_url)
         .env("DATABASE_PATH", db)
         .env("RUST_LOG", "error")

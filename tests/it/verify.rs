@@ -13,7 +13,7 @@ use order_service::auth::Role;
 use crate::app::{OutboxRow, TestApp, User, relaying_app, simple_order};
 use crate::nats::NatsServer;
 use crate::relay::{Stored, drained, every_event_once, stored};
-use crate::repair::{cancel_all, missing_in, orders, outbox_cli};
+use crate::repair::{cancel_all, missing_in, orders, outbox_cli, outbox_cli_with};
 
 /// The header repair puts on an event it publishes again.
 const REPAIRED: &str = "Repaired-From-Sequence";
@@ -45,8 +45,7 @@ async fn until_every_event_once(app: &TestApp, js: &jetstream::Context, within: 
         let rows = app.outbox();
         let ids: std::collections::HashSet<&str> =
             messages.iter().map(|m| m.msg_id.as_str()).collect();
-        if messages.len() == rows.len() && rows.iter().all(|r| ids.contains(r.event_id.as_str()))
-        {
+        if messages.len() == rows.len() && rows.iter().all(|r| ids.contains(r.event_id.as_str())) {
             every_event_once(app, js).await;
             return;
         }
@@ -90,21 +89,33 @@ async fn an_event_lost_from_a_damaged_block_is_found_by_verify_and_put_back() {
     drained(&app).await;
     let before = recorded(&app, "ORDER_CREATED");
     assert_eq!(before.len(), 80);
+    app.stop().await;
 
     // 64 bytes overwritten in the middle of the stream's block while the server is down, as a
-    // disk that damaged a sector would: the server drops the message there on its next start.
+    // disk that damaged a sector would, and the stream's state file lost with it: the server
+    // reads the block again on its next start and drops the message it cannot read.
     nats.stop().await;
-    nats.edit_blocks("ORDER_CREATED", |blocks| {
-        let block = &blocks[0];
-        let mut bytes = std::fs::read(block).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle..middle + 64].fill(0xA5);
-        std::fs::write(block, bytes).unwrap();
+    nats.edit_blocks("ORDER_CREATED", |files| {
+        for file in files {
+            let mut bytes = std::fs::read(file).unwrap();
+            if file.ends_with("index.db") {
+                bytes.fill(0);
+            } else if file.ends_with("1.blk") {
+                let middle = bytes.len() / 2;
+                bytes[middle..middle + 64].fill(0xA5);
+            }
+            std::fs::write(file, bytes).unwrap();
+        }
     })
     .await;
     nats.start_again().await;
     let js = nats.jetstream().await;
-    let info = js.get_stream("ORDER_CREATED").await.unwrap().cached_info().clone();
+    let info = js
+        .get_stream("ORDER_CREATED")
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
     assert!(
         info.state.messages < 80,
         "the damaged block still holds every message: {:?}",
@@ -120,7 +131,10 @@ async fn an_event_lost_from_a_damaged_block_is_found_by_verify_and_put_back() {
         "verify finds every lost event: {table}"
     );
 
-    // The service finds it by itself after the reconnect, and puts the events back.
+    // The service, started again, finds the loss before it publishes anything and puts the
+    // events back.
+    let path = db.clone();
+    let app = relaying_app(&nats, move |c| c.database_path = path).await;
     until_every_event_once(&app, &js, Duration::from_secs(60)).await;
     let messages = stored(&js).await;
     assert_eq!(repaired(&messages, &before).len() as u64, missing);
@@ -243,7 +257,12 @@ async fn repair_holds_a_keys_later_events_behind_one_it_cannot_put_back() {
         )
         .unwrap();
 
-    let (ok, out) = outbox_cli(&nats.url(), &db, &["repair"]);
+    let (ok, out) = outbox_cli_with(
+        &nats.url(),
+        &db,
+        &["repair"],
+        &[("EVENT_OUTBOX_PUBLISH_BATCH", "2")],
+    );
     assert!(!ok, "{out}");
     let messages = stored(&js).await;
     for row in &later {

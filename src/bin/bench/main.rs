@@ -15,7 +15,9 @@
 //! 4. create-order over HTTP end to end with the relay on, 64 connections;
 //! 5. commit→PubAck latency at a steady 1,000 orders/s, observed from outside (see [`load::paced`]);
 //! 6. draining 100,000 pending outbox rows, with the default publish batch (1,000) and with 100;
-//! 7. the service's peak RSS (VmHWM) during 4.
+//! 7. the service's peak RSS (VmHWM) during 4;
+//! V. `outbox verify` over 1,000,000 recorded rows: clean, and after 1,000 events were lost from
+//!    the middle of the stream.
 //!
 //! It prints a table and the targets met or not, and writes `target/bench/latest.json`.
 //! Figures vary with the machine: compare the ratios, which are taken within one run.
@@ -27,6 +29,7 @@
 //! - [`baselines`] — baselines A, B and C.
 //! - [`drain`] — phase 6.
 //! - [`outbox`] — template messages and pending rows in the service's outbox.
+//! - [`verify`] — phase V.
 //! - [`processes`] — nats-server, the service and baseline B's server as child processes.
 //! - [`report`] — the table, the targets and the JSON report.
 
@@ -36,6 +39,7 @@ mod load;
 mod outbox;
 mod processes;
 mod report;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -218,6 +222,14 @@ async fn run() -> Res<bool> {
         let drain = drain(&js, &db, base, DRAIN_ROWS as u64).await?;
         service.stop().await;
         report.drains.push((batch, drain));
+    }
+
+    if wants("V") {
+        eprintln!(
+            "bench: V. outbox verify over {} recorded rows",
+            verify::VERIFY_ROWS
+        );
+        report.verify = Some(verify::verify_phase(&nats.url(), &scratch.0).await?);
     }
 
     report.total = started.elapsed();

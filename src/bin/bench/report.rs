@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::verify::VerifyPhase;
 use crate::{CONCURRENCY, DEFAULT_BATCH, window};
 
 /// Phase 4 (and 7's RSS beside it in [`Report`]).
@@ -45,6 +46,7 @@ pub struct Report {
     pub steady: Option<Steady>,
     pub drains: Vec<(u32, Drain)>,
     pub rss_mib: Option<f64>,
+    pub verify: Option<VerifyPhase>,
     pub total: Duration,
 }
 
@@ -75,6 +77,10 @@ impl Report {
         let backlog_s = e2e.map_or(f64::INFINITY, |e| e.backlog as f64 / e.committed_per_s);
         let p99 = self.steady.as_ref().map_or(f64::INFINITY, |s| s.p99_ms);
         let rss = self.rss_mib.unwrap_or(f64::INFINITY);
+        let verify_s = self
+            .verify
+            .as_ref()
+            .map_or(f64::INFINITY, |v| v.clean.seconds);
         let target = |name, wanted, value: f64, met: bool| Target {
             name,
             wanted,
@@ -114,6 +120,12 @@ impl Report {
                 orders / b >= 0.15,
             ),
             target("peak RSS (MiB)", "<= 100 MiB", rss, rss <= 100.0),
+            target(
+                "V: clean verify of 1M rows (s)",
+                "<= 2 s",
+                verify_s,
+                verify_s <= 2.0,
+            ),
         ]
     }
 
@@ -188,6 +200,17 @@ impl Report {
             );
         }
         row("7  service peak RSS during 4", f(self.rss_mib, "MiB"));
+        if let Some(v) = &self.verify {
+            for (name, run) in [("clean", &v.clean), ("1,000 lost", &v.lost)] {
+                row(
+                    &format!("V  verify of {} rows, {name}", v.rows),
+                    format!(
+                        "{:.3} s, {} broker calls, {} missing",
+                        run.seconds, run.broker_calls, run.missing
+                    ),
+                );
+            }
+        }
         let ratio = |n: Option<f64>, d: Option<f64>| match (n, d) {
             (Some(n), Some(d)) if d > 0.0 => format!("{:.1}%", 100.0 * n / d),
             _ => "-".into(),
@@ -264,6 +287,11 @@ impl Report {
                 "publish_batch": b, "rows": d.rows, "events_per_s": d.events_per_s, "seconds": d.seconds,
             })).collect::<Vec<_>>(),
             "peak_rss_mib": self.rss_mib,
+            "verify": self.verify.as_ref().map(|v| json!({
+                "rows": v.rows,
+                "clean": {"seconds": v.clean.seconds, "broker_calls": v.clean.broker_calls, "missing": v.clean.missing},
+                "lost_1000": {"seconds": v.lost.seconds, "broker_calls": v.lost.broker_calls, "missing": v.lost.missing},
+            })),
             "targets": targets,
             "seconds": self.total.as_secs_f64(),
         })

@@ -166,10 +166,7 @@ mod tests {
     #[test]
     fn deleted_sequences_become_ranges() {
         assert_eq!(ranges(&[]), vec![]);
-        assert_eq!(
-            ranges(&[3, 4, 5, 9, 11, 12]),
-            vec![3..=5, 9..=9, 11..=12]
-        );
+        assert_eq!(ranges(&[3, 4, 5, 9, 11, 12]), vec![3..=5, 9..=9, 11..=12]);
         assert_eq!(ranges(&[2, 2, 3]), vec![2..=3], "a repeated sequence");
     }
 }

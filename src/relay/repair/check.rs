@@ -54,7 +54,9 @@ impl Relay {
         let mut check = StreamCheck::new(name.clone());
         check.acknowledged = span.as_ref().map_or(0, |s| s.rows) + lost.len() as u64;
         if !lost.is_empty() {
-            check.findings.push(Finding::Overwritten { rows: lost.len() });
+            check
+                .findings
+                .push(Finding::Overwritten { rows: lost.len() });
             check.missing.extend(lost);
         }
         let Some(state) = broker::state(&self.js, &name).await? else {
@@ -76,7 +78,9 @@ impl Relay {
         // A stream none of whose rows is kept any more (an idle shop past its retention) holds
         // nothing of this outbox's past its start, unless a row is pending.
         if tail && (recorded || pending) && state.last > high {
-            let from = (high + 1).max(state.first).max(state.last.saturating_sub(TAIL_LIMIT));
+            let from = (high + 1)
+                .max(state.first)
+                .max(state.last.saturating_sub(TAIL_LIMIT));
             let unrecorded: Vec<u64> = (from..=state.last).filter(|s| state.holds(*s)).collect();
             self.classify(&state, &unrecorded, &mut check).await?;
         }
@@ -92,7 +96,8 @@ impl Relay {
         check: &mut StreamCheck,
     ) -> Result<(), RepairError> {
         let (low, high) = (span.low.sequence, span.high.sequence);
-        let expired = |row: &Acknowledged| state.expires_before.is_some_and(|t| row.published_at < t);
+        let expired =
+            |row: &Acknowledged| state.expires_before.is_some_and(|t| row.published_at < t);
         if state.created > span.low.published_at {
             let (name, created) = (check.stream.clone(), state.created);
             let before = self
@@ -138,7 +143,9 @@ impl Relay {
             if start <= end {
                 let rows = self.rows_in(&check.stream, start, end).await?;
                 in_holes += rows.len() as u64;
-                check.missing.extend(rows.into_iter().filter(|r| !expired(r)));
+                check
+                    .missing
+                    .extend(rows.into_iter().filter(|r| !expired(r)));
             }
         }
         if in_holes > 0 {
