@@ -49,6 +49,14 @@ impl Delivery {
         Some((stream, sequence))
     }
 
+    /// For an event the service's broker-loss repair put back (the stream had lost it), the
+    /// sequence it had first: it may come after newer events of its order, so a handler that
+    /// keeps per order what it applied can tell it is older. The header is
+    /// `Repaired-From-Sequence`.
+    pub fn repaired_from(&self) -> Option<u64> {
+        self.header("Repaired-From-Sequence")?.parse().ok()
+    }
+
     /// The partition token of the subject, when it has the stored form.
     pub fn partition(&self) -> Option<u32> {
         let mut tokens = self.subject.rsplitn(3, '.');

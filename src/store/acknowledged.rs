@@ -257,6 +257,19 @@ pub fn by_event_id(conn: &Connection, event_id: &str) -> Result<Option<ByEventId
         .optional()?)
 }
 
+/// Whether any row waits to be published: only then can a stream hold an event the outbox has
+/// not recorded yet. One index look-up.
+pub fn any_pending(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM order_events_outbox INDEXED BY outbox_pending
+             WHERE status = 'pending' LIMIT 1",
+        )?
+        .query_row([], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 fn clamp(sequence: u64) -> i64 {
     i64::try_from(sequence).unwrap_or(i64::MAX)
 }

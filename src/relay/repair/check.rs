@@ -47,7 +47,7 @@ impl Relay {
                 Ok::<_, crate::store::StoreError>((
                     acknowledged::span(conn, &stream_name, since)?,
                     acknowledged::lost(conn, &stream_name)?,
-                    crate::store::outbox::stats(conn)?.pending > 0,
+                    acknowledged::any_pending(conn)?,
                 ))
             })
             .await?;
