@@ -16,8 +16,8 @@
 //! 5. commit→PubAck latency at a steady 1,000 orders/s, observed from outside (see [`load::paced`]);
 //! 6. draining 100,000 pending outbox rows, with the default publish batch (1,000) and with 100;
 //! 7. the service's peak RSS (VmHWM) during 4;
-//! V. `outbox verify` over 1,000,000 recorded rows: clean, and after 1,000 events were lost from
-//!    the middle of the stream.
+//! 8. (phase V) `outbox verify` over 1,000,000 recorded rows: clean, and after 1,000 events were
+//!    lost from the middle of the stream.
 //!
 //! It prints a table and the targets met or not, and writes `target/bench/latest.json`.
 //! Figures vary with the machine: compare the ratios, which are taken within one run.
