@@ -286,3 +286,34 @@ async fn a_stream_re_created_by_hand_is_repaired_without_waiting_for_the_periodi
     js.create_stream(config).await.unwrap();
     until_every_event_once(&app, &js, Duration::from_secs(20)).await;
 }
+
+#[tokio::test]
+async fn a_stream_that_cannot_be_read_does_not_stop_the_check_of_the_others() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let path = db.clone();
+    let app = relaying_app(&nats, move |c| c.database_path = path).await;
+    for _ in 0..3 {
+        app.create_order(User::new(Role::Customer), simple_order())
+            .await;
+    }
+    drained(&app).await;
+    app.stop().await;
+    // A row recorded in a stream whose name the broker's API cannot even take.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO order_events_outbox (event_id, topic, subject_key, payload, headers,
+                status, stream, stream_seq, created_at, published_at)
+             VALUES ('x-1', 'order.created', 'k', '{}', '{}', 'published', 'A.B', 1,
+                strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            [],
+        )
+        .unwrap();
+    let (ok, table) = outbox_cli(&nats.url(), &db, &["verify"]);
+    assert!(!ok, "a stream not checked is a failed verify: {table}");
+    assert!(table.contains("not checked"), "{table}");
+    assert_eq!(missing_in(&table, "ORDER_CREATED"), Some(0), "{table}");
+    assert_eq!(missing_in(&table, "ORDER_AUDIT"), Some(0), "{table}");
+}
