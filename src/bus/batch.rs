@@ -274,6 +274,15 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_answered_duplicate_in_process_is_transient() {
+        let in_process = br#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+        assert!(matches!(
+            parse_commit(in_process, 3),
+            Err(BatchError::Publish(e)) if e.is_transient()
+        ));
+    }
+
+    #[test]
     fn an_ack_that_does_not_add_up_is_refused() {
         let short = br#"{"stream":"S","seq":10,"batch":"b","count":4}"#;
         assert!(matches!(

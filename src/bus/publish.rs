@@ -365,6 +365,18 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_in_process_is_transient() {
+        // A leader answers 10158 while the first proposal of the same Nats-Msg-Id is in flight:
+        // the message may yet be stored, so the outcome is unknown, not refused.
+        let error = classify_api_error(
+            409,
+            ErrorCode(10158),
+            "duplicate message id is in process".into(),
+        );
+        assert!(error.is_transient(), "{error}");
+    }
+
+    #[test]
     fn subject_is_topic_dot_key() {
         let message = OutboxMessage {
             topic: "order.created".into(),

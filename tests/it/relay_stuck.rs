@@ -1,0 +1,159 @@
+//! The relay's stuck paths, against a real broker: answers that say "outcome unknown", a message
+//! too large for the server inside a batch, a broker that stops answering while batches are sent,
+//! a stream that refused batches once, and resends later than the stream's duplicate window.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use order_service::bus::{self, OutboxMessage, Topics};
+use order_service::config::Config;
+use order_service::metrics::Metrics;
+use order_service::relay::{Relay, RelayStatus};
+use order_service::store::outbox::{self, NewRow, OutboxRow};
+use order_service::store::{Store, StoreConfig, StoreError, Synchronous};
+use uuid::Uuid;
+
+use crate::nats::NatsServer;
+use crate::relay::stored;
+
+/// A fresh outbox database (the directory lives as long as the store is used).
+fn outbox_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig {
+        path: dir.path().join("outbox.db"),
+        synchronous: Synchronous::Normal,
+        readers: 2,
+    })
+    .unwrap();
+    (store, dir)
+}
+
+/// A pending row of `topic` and `key` with `payload`; returns its id and event id.
+async fn insert(store: &Store, topic: &str, key: &str, payload: String) -> (i64, String) {
+    let event_id = Uuid::now_v7();
+    let (topic, key) = (topic.to_owned(), key.to_owned());
+    let id = store
+        .write(move |tx| {
+            let headers = vec![
+                ("Nats-Msg-Id".to_owned(), event_id.to_string()),
+                ("Content-Type".to_owned(), "application/json".to_owned()),
+            ];
+            outbox::insert_row(
+                tx,
+                &NewRow {
+                    event_id,
+                    topic: &topic,
+                    key: &key,
+                    payload: &payload,
+                    headers: &headers,
+                    created_at: chrono::Utc::now(),
+                },
+            )?;
+            Ok::<_, StoreError>(tx.last_insert_rowid())
+        })
+        .await
+        .unwrap();
+    (id, event_id.to_string())
+}
+
+/// Every row, in commit order.
+async fn rows(store: &Store) -> Vec<OutboxRow> {
+    store
+        .read(|conn| outbox::list(conn, None, 0, 10_000))
+        .await
+        .unwrap()
+}
+
+async fn row(store: &Store, id: i64) -> OutboxRow {
+    rows(store).await.into_iter().find(|r| r.id == id).unwrap()
+}
+
+/// A relay of `store` publishing through `js`, with the test defaults (quick retries, 2 s PubAck
+/// timeout, passes of at most 1 s) changed by `adjust`.
+fn relay(store: &Store, js: &jetstream::Context, adjust: impl FnOnce(&mut Config)) -> Relay {
+    let mut config = crate::app::test_config(std::path::Path::new("/unused"));
+    config.event_outbox_retry_base = Duration::from_millis(20);
+    config.event_outbox_retry_max = Duration::from_millis(200);
+    config.nats_ack_timeout = Duration::from_secs(2);
+    config.event_outbox_polling_interval = Duration::from_secs(1);
+    adjust(&mut config);
+    Relay::new(
+        store.clone(),
+        js.clone(),
+        order_service::app::relay_config(&config, &Topics::embedded()),
+        Arc::new(Metrics::new()),
+        Arc::new(RelayStatus::default()),
+    )
+}
+
+async fn reconciled(nats: &NatsServer, duplicate_window: Duration) -> jetstream::Context {
+    let js = nats.jetstream().await;
+    bus::reconcile(&js, &Topics::embedded(), duplicate_window)
+        .await
+        .unwrap();
+    js
+}
+
+/// Waits until `done` holds for the rows; fails with them after `patience`.
+async fn rows_until(store: &Store, patience: Duration, done: impl Fn(&[OutboxRow]) -> bool) {
+    let start = Instant::now();
+    loop {
+        let rows = rows(store).await;
+        if done(&rows) {
+            return;
+        }
+        let states: Vec<_> = rows
+            .iter()
+            .map(|r| (r.id, r.status.clone(), r.attempts, r.last_error.clone()))
+            .collect();
+        assert!(start.elapsed() < patience, "rows never got there: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_of(rows: &[OutboxRow], id: i64) -> &str {
+    &rows.iter().find(|r| r.id == id).unwrap().status
+}
+
+/// What a clustered stream's leader answers a publish whose `Nats-Msg-Id` it has staged for a
+/// proposal still in flight (e.g. the first attempt, with a follower paused).
+const IN_PROCESS: &str = r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+
+#[tokio::test]
+async fn a_duplicate_in_process_answer_leaves_the_rows_pending_without_using_an_attempt() {
+    let nats = NatsServer::start().await;
+    // No stream: a responder of our own answers every publish the way such a leader does.
+    let responder = nats.connect().await;
+    let mut requests = responder.subscribe("order.created.*").await.unwrap();
+    responder.flush().await.unwrap();
+    let answering = tokio::spawn({
+        let responder = responder.clone();
+        async move {
+            while let Some(request) = requests.next().await {
+                if let Some(reply) = request.reply {
+                    responder.publish(reply, IN_PROCESS.into()).await.unwrap();
+                }
+            }
+        }
+    });
+
+    let (store, _dir) = outbox_store();
+    let (a, _) = insert(&store, "order.created", "a", "{}".into()).await;
+    let (b, _) = insert(&store, "order.created", "b", "{}".into()).await;
+    let js = nats.jetstream().await;
+    // No retries at all: one permanent failure would make a row dead at once.
+    let relay = relay(&store, &js, |c| c.event_outbox_max_retries = 0);
+    let outcome = relay.run_once().await.unwrap();
+
+    for id in [a, b] {
+        let row = row(&store, id).await;
+        assert_eq!(
+            (row.status.as_str(), row.attempts),
+            ("pending", 0),
+            "an answer that says the publish may yet land is transient: {row:?} ({outcome:?})"
+        );
+    }
+    answering.abort();
+}
