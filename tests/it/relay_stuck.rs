@@ -108,10 +108,7 @@ async fn rows_until(store: &Store, patience: Duration, done: impl Fn(&[OutboxRow
             .iter()
             .map(|r| (r.id, r.status.clone(), r.attempts, r.last_error.clone()))
             .collect();
-        assert!(
-            start.elapsed() < patience,
-            "rows never got there: {states:?}"
-        );
+        assert!(start.elapsed() < patience, "rows never got there: {states:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -122,8 +119,7 @@ fn status_of(rows: &[OutboxRow], id: i64) -> &str {
 
 /// What a clustered stream's leader answers a publish whose `Nats-Msg-Id` it has staged for a
 /// proposal still in flight (e.g. the first attempt, with a follower paused).
-const IN_PROCESS: &str =
-    r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+const IN_PROCESS: &str = r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
 
 #[tokio::test]
 async fn a_duplicate_in_process_answer_leaves_the_rows_pending_without_using_an_attempt() {
@@ -160,4 +156,46 @@ async fn a_duplicate_in_process_answer_leaves_the_rows_pending_without_using_an_
         );
     }
     answering.abort();
+}
+
+#[tokio::test]
+async fn a_message_too_large_for_the_server_fails_alone_and_the_rest_of_its_batch_is_sent() {
+    let nats = NatsServer::start().await;
+    let js = reconciled(&nats, Duration::from_secs(120)).await;
+    let max_payload = js.client().server_info().max_payload;
+    // The payload alone fits; with its headers the message is above the server's limit.
+    let too_large = format!("\"{}\"", "x".repeat(max_payload - 12));
+
+    let (store, _dir) = outbox_store();
+    let (a, _) = insert(&store, "order.created", "a", "{}".into()).await;
+    let (big, _) = insert(&store, "order.created", "b", too_large).await;
+    let (c, _) = insert(&store, "order.created", "c", "{}".into()).await;
+    let (b_later, _) = insert(&store, "order.created", "b", "{}".into()).await;
+    let relay = relay(&store, &js, |c| c.event_outbox_max_retries = 1);
+    let shutdown = order_service::shutdown::Shutdown::new();
+    let running = tokio::spawn(relay.run(shutdown.signal()));
+
+    rows_until(&store, Duration::from_secs(20), |rows| {
+        status_of(rows, a) == "published"
+            && status_of(rows, c) == "published"
+            && status_of(rows, big) == "dead"
+    })
+    .await;
+    let big_row = row(&store, big).await;
+    assert!(
+        big_row
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("too large")),
+        "{big_row:?}"
+    );
+    assert_eq!(
+        row(&store, b_later).await.status,
+        "pending",
+        "the later row of the dead row's key waits behind it"
+    );
+    let held: Vec<_> = stored(&js).await.into_iter().map(|m| m.subject).collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+    shutdown.trigger();
+    running.await.unwrap();
 }
