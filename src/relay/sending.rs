@@ -5,6 +5,8 @@
 //! - refused because of what it holds (a duplicate id, err_code 10201, or a permanent error):
 //!   its rows are sent one by one, so duplicates are acknowledged as duplicates and a poison row
 //!   is isolated and alone takes the retry/dead path;
+//! - one row cannot be sent as it is (too large for the server with its headers): nothing was
+//!   sent; that row alone takes the retry/dead path and the others go back to the lane;
 //! - failed transiently, or no answer: nothing is recorded against the rows; the lane backs off
 //!   and sends the same rows again with the same `Nats-Msg-Id`s (if the first commit did land,
 //!   the second meets 10201 and falls back, and nothing is stored twice).
@@ -63,6 +65,15 @@ impl Relay {
                 Err(BatchError::Publish(error)) if error.is_transient() => {
                     sent.transient = true;
                     sent.results.push((rows[0].clone(), Err(error)));
+                    sent.unsent = rows;
+                    return sent;
+                }
+                Err(BatchError::Message { index, error }) => {
+                    // That row alone fails (its key stops); the others go back to the lane and
+                    // out again as a batch without it.
+                    let mut rows = rows;
+                    let row = rows.remove(index);
+                    sent.results.push((row, Err(error)));
                     sent.unsent = rows;
                     return sent;
                 }
