@@ -199,3 +199,38 @@ async fn a_message_too_large_for_the_server_fails_alone_and_the_rest_of_its_batc
     shutdown.trigger();
     running.await.unwrap();
 }
+
+#[tokio::test]
+async fn the_relay_stops_promptly_while_the_broker_does_not_answer_a_batch() {
+    let nats = NatsServer::start().await;
+    reconciled(&nats, Duration::from_secs(120)).await;
+    // A client whose command queue is short, so that a broker that takes nothing more fills it
+    // with a batch of a few dozen large messages, as full lanes fill the default queue.
+    let client = async_nats::ConnectOptions::new()
+        .client_capacity(16)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+
+    let (store, _dir) = outbox_store();
+    for n in 0..100 {
+        let payload = format!("\"{}\"", "x".repeat(512 * 1024));
+        insert(&store, "order.created", &format!("k{n}"), payload).await;
+    }
+    nats.pause().await;
+    let relay = relay(&store, &js, |_| {});
+    let shutdown = order_service::shutdown::Shutdown::new();
+    let running = tokio::spawn(relay.run(shutdown.signal()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let asked = Instant::now();
+    shutdown.trigger();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+    nats.resume().await;
+    assert!(
+        stopped.is_ok(),
+        "the relay did not stop within {:?} of shutdown while the broker was frozen",
+        asked.elapsed()
+    );
+}
