@@ -113,8 +113,9 @@ struct ApiError {
     description: String,
 }
 
-/// Publishes `messages` (1 to [`MAX_BATCH`], all for one stream) as one atomic batch and waits up
-/// to `ack_timeout` for the commit's answer.
+/// Publishes `messages` (1 to [`MAX_BATCH`], all for one stream) as one atomic batch: takes up to
+/// `ack_timeout` to hand the messages before the commit to the client, then up to `ack_timeout`
+/// for the commit's answer; either timing out is [`TransientCause::TimedOut`].
 pub async fn publish_batch(
     client: &Client,
     messages: &[OutboxMessage],
@@ -130,19 +131,27 @@ pub async fn publish_batch(
         return Err(PublishError::Transient(TransientCause::NotConnected).into());
     }
 
-    let mut commit = None;
-    for (index, (subject, headers)) in prepared.into_iter().enumerate() {
-        let payload = messages[index].payload.clone();
-        if index + 1 == messages.len() {
-            commit = Some((subject, headers, payload));
-        } else {
+    let mut prepared = prepared;
+    let (subject, headers) = prepared.pop().expect("a batch has a last message");
+    let payload = messages[prepared.len()].payload.clone();
+    // A broker that takes nothing more (frozen, or a connection not yet known dead) fills the
+    // client's queue, and each publish then waits for room: bounded, like the commit's answer,
+    // so that a lane (and a shutdown waiting for it) never waits for the broker.
+    let sending = async {
+        for (index, (subject, headers)) in prepared.into_iter().enumerate() {
             client
-                .publish_with_headers(subject, headers, payload)
+                .publish_with_headers(subject, headers, messages[index].payload.clone())
                 .await
                 .map_err(|e| sending_failed(index, e))?;
         }
+        Ok::<_, BatchError>(())
+    };
+    match tokio::time::timeout(ack_timeout, sending).await {
+        Err(_elapsed) => {
+            return Err(PublishError::Transient(TransientCause::TimedOut(ack_timeout)).into());
+        }
+        Ok(sent) => sent?,
     }
-    let (subject, headers, payload) = commit.expect("a batch has a last message");
     let request = Request::new()
         .headers(headers)
         .payload(payload)
