@@ -339,4 +339,19 @@ mod tests {
         );
         assert_eq!(l.streams_one_by_one(), vec!["A".to_string()]);
     }
+
+    #[test]
+    fn a_stream_sent_one_by_one_tries_batches_again_after_a_while() {
+        let mut l = lanes(10);
+        let now = Instant::now();
+        l.one_by_one("A");
+        l.push("A", row(1, "k"));
+        let b = l.take_ready(now).remove(0);
+        assert_eq!(b.mode, Mode::OneByOne, "right after a refusal, no batch");
+        l.finish("A", vec![], false, now);
+        l.push("A", row(2, "k"));
+        let later = now + Duration::from_secs(3600);
+        let b = l.take_ready(later).remove(0);
+        assert_eq!(b.mode, Mode::Batches, "an hour later, batches are tried again");
+    }
 }

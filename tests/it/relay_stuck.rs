@@ -108,10 +108,7 @@ async fn rows_until(store: &Store, patience: Duration, done: impl Fn(&[OutboxRow
             .iter()
             .map(|r| (r.id, r.status.clone(), r.attempts, r.last_error.clone()))
             .collect();
-        assert!(
-            start.elapsed() < patience,
-            "rows never got there: {states:?}"
-        );
+        assert!(start.elapsed() < patience, "rows never got there: {states:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -122,8 +119,7 @@ fn status_of(rows: &[OutboxRow], id: i64) -> &str {
 
 /// What a clustered stream's leader answers a publish whose `Nats-Msg-Id` it has staged for a
 /// proposal still in flight (e.g. the first attempt, with a follower paused).
-const IN_PROCESS: &str =
-    r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+const IN_PROCESS: &str = r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
 
 #[tokio::test]
 async fn a_duplicate_in_process_answer_leaves_the_rows_pending_without_using_an_attempt() {
@@ -236,5 +232,53 @@ async fn the_relay_stops_promptly_while_the_broker_does_not_answer_a_batch() {
         stopped.is_ok(),
         "the relay did not stop within {:?} of shutdown while the broker was frozen",
         asked.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_allows_batches_again_gets_batches_again() {
+    let nats = NatsServer::start().await;
+    let app = crate::app::relaying_app(&nats, |_| {}).await;
+    let js = nats.jetstream().await;
+    let mut config = crate::app::stream_config(&js, "ORDER_CREATED").await;
+    config.allow_atomic_publish = false;
+    js.update_stream(&config).await.unwrap();
+    let customer = crate::app::User::new(order_service::auth::Role::Customer);
+    for _ in 0..3 {
+        app.create_order(customer, crate::app::simple_order()).await;
+    }
+    crate::relay::drained(&app).await;
+    let ready = crate::app::ready(&app).await;
+    assert_eq!(
+        ready["checks"]["relay"]["streams_one_by_one"],
+        serde_json::json!(["ORDER_CREATED"])
+    );
+
+    config.allow_atomic_publish = true;
+    js.update_stream(&config).await.unwrap();
+    // Later orders, each once the relay may have tried batches again.
+    let mut later = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let order = app.create_order(customer, crate::app::simple_order()).await;
+        later.push(order["order_id"].as_str().unwrap().to_owned());
+        crate::relay::drained(&app).await;
+    }
+    let messages = stored(&js).await;
+    let batched: Vec<bool> = messages
+        .iter()
+        .filter(|m| m.stream == "ORDER_CREATED" && later.iter().any(|o| m.subject.ends_with(o)))
+        .map(|m| m.headers.contains_key("Nats-Batch-Id"))
+        .collect();
+    assert_eq!(batched.len(), 4);
+    assert!(
+        batched.last() == Some(&true),
+        "order.created events after atomic batches were allowed again, batched or not: {batched:?}"
+    );
+    let ready = crate::app::ready(&app).await;
+    assert_eq!(
+        ready["checks"]["relay"]["streams_one_by_one"],
+        serde_json::json!([]),
+        "{ready}"
     );
 }
