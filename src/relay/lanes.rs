@@ -11,8 +11,10 @@
 //! - A key whose row failed permanently (it now waits for a retry, or is dead) is stopped: its
 //!   queued rows leave every lane and rows of it read later are refused, so nothing of that key
 //!   overtakes the failed row in any stream. Rows of it already in flight are not recalled.
-//! - A lane remembers whether its stream takes atomic batches; one that does not is sent row by
-//!   row.
+//! - A lane remembers whether its stream takes atomic batches; one that refused them is sent row
+//!   by row, and tries a batch again after a back-off ([`BATCHES_AGAIN`], doubling while the
+//!   stream keeps refusing): a stream whose `allow_atomic` comes back returns to batches, and one
+//!   that keeps it off costs one refused batch per back-off, not one per batch.
 //!
 //! Queues last for one relay pass ([`Lanes::clear`]); back-off and batch support outlive it.
 
@@ -22,12 +24,19 @@ use std::time::Instant;
 use crate::backoff::{Backoff, Waits};
 use crate::store::outbox::Due;
 
+/// How long a stream that refused atomic batches is sent row by row before a batch is tried
+/// again: from 1 s, doubling on each refusal, up to 5 minutes.
+pub const BATCHES_AGAIN: Backoff = Backoff::exponential(
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(300),
+);
+
 /// How a stream's rows are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// As atomic batches.
     Batches,
-    /// Row by row: the stream refused atomic batches.
+    /// Row by row: the stream refused atomic batches (until a batch is tried again).
     OneByOne,
 }
 
@@ -49,6 +58,9 @@ struct Lane {
     mode: Mode,
     retry_at: Option<Instant>,
     waits: Waits,
+    /// When a lane sent row by row tries a batch again.
+    batches_again_at: Option<Instant>,
+    refusals: Waits,
 }
 
 /// Every stream's lane; see the module's documentation.
@@ -82,6 +94,8 @@ impl Lanes {
                 mode: Mode::Batches,
                 retry_at: None,
                 waits: self.backoff.waits(),
+                batches_again_at: None,
+                refusals: BATCHES_AGAIN.waits(),
             };
             self.lanes.insert(stream.to_owned(), lane);
         }
@@ -116,10 +130,16 @@ impl Lanes {
             let rows: Vec<Due> = lane.queue.drain(..take).collect();
             self.queued -= rows.len();
             lane.busy = true;
+            // The try stays due until its outcome says whether the stream takes batches.
+            let try_batches = lane.batches_again_at.is_some_and(|at| at <= now);
             batches.push(Batch {
                 stream: stream.clone(),
                 rows,
-                mode: lane.mode,
+                mode: if try_batches {
+                    Mode::Batches
+                } else {
+                    lane.mode
+                },
             });
         }
         batches
@@ -154,9 +174,20 @@ impl Lanes {
         dropped.len()
     }
 
-    /// Sends `stream`'s rows one by one from now on.
-    pub fn one_by_one(&mut self, stream: &str) {
-        self.lane(stream).mode = Mode::OneByOne;
+    /// `stream` refused an atomic batch at `now`: its rows go one by one until a batch is tried
+    /// again, after a back-off that doubles with each refusal in a row.
+    pub fn one_by_one(&mut self, stream: &str, now: Instant) {
+        let lane = self.lane(stream);
+        lane.mode = Mode::OneByOne;
+        lane.batches_again_at = Some(now + lane.refusals.next_wait());
+    }
+
+    /// `stream` took (or judged the contents of) an atomic batch: its rows go as batches again.
+    pub fn takes_batches(&mut self, stream: &str) {
+        let lane = self.lane(stream);
+        lane.mode = Mode::Batches;
+        lane.batches_again_at = None;
+        lane.refusals.reset();
     }
 
     /// The streams sent row by row.
@@ -324,8 +355,8 @@ mod tests {
     fn clearing_ends_the_pass_but_keeps_back_off_and_mode() {
         let mut l = lanes(10);
         l.push("A", row(1, "k"));
-        l.one_by_one("A");
         let now = Instant::now();
+        l.one_by_one("A", now);
         let b = l.take_ready(now).remove(0);
         assert_eq!(b.mode, Mode::OneByOne);
         l.finish("A", b.rows, true, now);
@@ -344,7 +375,7 @@ mod tests {
     fn a_stream_sent_one_by_one_tries_batches_again_after_a_while() {
         let mut l = lanes(10);
         let now = Instant::now();
-        l.one_by_one("A");
+        l.one_by_one("A", now);
         l.push("A", row(1, "k"));
         let b = l.take_ready(now).remove(0);
         assert_eq!(b.mode, Mode::OneByOne, "right after a refusal, no batch");
@@ -352,6 +383,31 @@ mod tests {
         l.push("A", row(2, "k"));
         let later = now + Duration::from_secs(3600);
         let b = l.take_ready(later).remove(0);
-        assert_eq!(b.mode, Mode::Batches, "an hour later, batches are tried again");
+        assert_eq!(
+            b.mode,
+            Mode::Batches,
+            "an hour later, batches are tried again"
+        );
+
+        // Refused again: one by one, for longer than the first time.
+        l.one_by_one("A", later);
+        l.finish("A", b.rows, false, later);
+        let b = l.take_ready(later + Duration::from_millis(1500)).remove(0);
+        assert_eq!(b.mode, Mode::OneByOne, "the back-off doubled");
+        assert_eq!(l.streams_one_by_one(), vec!["A".to_string()]);
+        l.finish("A", b.rows, false, later);
+        let b = l.take_ready(later + Duration::from_secs(2)).remove(0);
+        assert_eq!(b.mode, Mode::Batches);
+
+        // Taken: batches from now on, and a later refusal starts from the shortest back-off.
+        l.takes_batches("A");
+        l.finish("A", b.rows, false, later);
+        assert!(l.streams_one_by_one().is_empty());
+        let b = l.take_ready(later).remove(0);
+        assert_eq!(b.mode, Mode::Batches);
+        l.one_by_one("A", later);
+        l.finish("A", b.rows, false, later);
+        let b = l.take_ready(later + Duration::from_millis(1001)).remove(0);
+        assert_eq!(b.mode, Mode::Batches);
     }
 }

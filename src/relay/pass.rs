@@ -214,7 +214,9 @@ impl Relay {
         p.outcome.batches += 1;
         p.outcome.fallbacks += usize::from(sent.fell_back);
         if sent.not_atomic {
-            lanes.one_by_one(&sent.stream);
+            lanes.one_by_one(&sent.stream, Instant::now());
+        } else if sent.atomic {
+            lanes.takes_batches(&sent.stream);
         }
         for (row, result) in sent.results {
             let permanent = result.as_ref().is_err_and(|e| !e.is_transient());

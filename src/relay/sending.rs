@@ -40,6 +40,8 @@ pub(super) struct Sent {
     pub transient: bool,
     /// The stream refused atomic batches.
     pub not_atomic: bool,
+    /// The stream took the atomic batch, or judged what it holds: it takes batches.
+    pub atomic: bool,
     /// The batch was refused whole and its rows were sent one by one.
     pub fell_back: bool,
 }
@@ -54,11 +56,13 @@ impl Relay {
             unsent: Vec::new(),
             transient: false,
             not_atomic: false,
+            atomic: false,
             fell_back: false,
         };
         let rows = if mode == Mode::Batches {
             match self.send_atomic(&rows).await {
                 Ok(acks) => {
+                    sent.atomic = true;
                     sent.results = rows.into_iter().zip(acks.into_iter().map(Ok)).collect();
                     return sent;
                 }
@@ -83,6 +87,7 @@ impl Relay {
                     rows
                 }
                 Err(error) => {
+                    sent.atomic = matches!(error, BatchError::Duplicate);
                     tracing::debug!(stream = %sent.stream, rows = rows.len(), %error, "batch refused; publishing its rows one by one");
                     sent.fell_back = true;
                     rows

@@ -108,7 +108,10 @@ async fn rows_until(store: &Store, patience: Duration, done: impl Fn(&[OutboxRow
             .iter()
             .map(|r| (r.id, r.status.clone(), r.attempts, r.last_error.clone()))
             .collect();
-        assert!(start.elapsed() < patience, "rows never got there: {states:?}");
+        assert!(
+            start.elapsed() < patience,
+            "rows never got there: {states:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -119,7 +122,8 @@ fn status_of(rows: &[OutboxRow], id: i64) -> &str {
 
 /// What a clustered stream's leader answers a publish whose `Nats-Msg-Id` it has staged for a
 /// proposal still in flight (e.g. the first attempt, with a follower paused).
-const IN_PROCESS: &str = r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+const IN_PROCESS: &str =
+    r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
 
 #[tokio::test]
 async fn a_duplicate_in_process_answer_leaves_the_rows_pending_without_using_an_attempt() {
