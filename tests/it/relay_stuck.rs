@@ -108,10 +108,7 @@ async fn rows_until(store: &Store, patience: Duration, done: impl Fn(&[OutboxRow
             .iter()
             .map(|r| (r.id, r.status.clone(), r.attempts, r.last_error.clone()))
             .collect();
-        assert!(
-            start.elapsed() < patience,
-            "rows never got there: {states:?}"
-        );
+        assert!(start.elapsed() < patience, "rows never got there: {states:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -122,8 +119,7 @@ fn status_of(rows: &[OutboxRow], id: i64) -> &str {
 
 /// What a clustered stream's leader answers a publish whose `Nats-Msg-Id` it has staged for a
 /// proposal still in flight (e.g. the first attempt, with a follower paused).
-const IN_PROCESS: &str =
-    r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+const IN_PROCESS: &str = r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
 
 #[tokio::test]
 async fn a_duplicate_in_process_answer_leaves_the_rows_pending_without_using_an_attempt() {
@@ -285,4 +281,44 @@ async fn a_stream_that_allows_batches_again_gets_batches_again() {
         serde_json::json!([]),
         "{ready}"
     );
+}
+
+#[tokio::test]
+async fn a_row_stored_before_the_duplicate_window_is_not_stored_again() {
+    let nats = NatsServer::start().await;
+    let window = Duration::from_secs(1);
+    let js = reconciled(&nats, window).await;
+
+    let (store, _dir) = outbox_store();
+    let (sent, event) = insert(&store, "order.created", "k", "{\"n\":1}".into()).await;
+    let (other, _) = insert(&store, "order.created", "j", "{\"n\":2}".into()).await;
+    // The row reached the stream, but its PubAck never reached the relay (a lost connection, a
+    // relay that died before marking it).
+    let first = bus::publish(
+        &js,
+        &OutboxMessage {
+            topic: "order.created".into(),
+            key: "k".into(),
+            payload: "{\"n\":1}".into(),
+            headers: vec![("Nats-Msg-Id".into(), event.clone())],
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(window * 3).await;
+
+    let relay = relay(&store, &js, |c| c.nats_duplicate_window = window);
+    relay.run_once().await.unwrap();
+    let messages = stored(&js).await;
+    let copies = messages.iter().filter(|m| m.msg_id == event).count();
+    assert_eq!(copies, 1, "the event is stored {copies} times");
+    let row = row(&store, sent).await;
+    assert_eq!(
+        (row.status.as_str(), row.stream_seq),
+        ("published", Some(first.sequence as i64)),
+        "recorded at the sequence the stream holds it at"
+    );
+    assert_eq!(rows(&store).await.iter().find(|r| r.id == other).unwrap().status, "published");
+    assert_eq!(messages.len(), 2);
 }
