@@ -2,7 +2,8 @@
 //! too large for the server inside a batch, a broker that stops answering while batches are sent,
 //! a stream that refused batches once, and resends later than the stream's duplicate window.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -13,6 +14,7 @@ use order_service::metrics::Metrics;
 use order_service::relay::{Relay, RelayStatus};
 use order_service::store::outbox::{self, NewRow, OutboxRow};
 use order_service::store::{Store, StoreConfig, StoreError, Synchronous};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 use crate::nats::NatsServer;
@@ -108,7 +110,10 @@ async fn rows_until(store: &Store, patience: Duration, done: impl Fn(&[OutboxRow
             .iter()
             .map(|r| (r.id, r.status.clone(), r.attempts, r.last_error.clone()))
             .collect();
-        assert!(start.elapsed() < patience, "rows never got there: {states:?}");
+        assert!(
+            start.elapsed() < patience,
+            "rows never got there: {states:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -119,7 +124,8 @@ fn status_of(rows: &[OutboxRow], id: i64) -> &str {
 
 /// What a clustered stream's leader answers a publish whose `Nats-Msg-Id` it has staged for a
 /// proposal still in flight (e.g. the first attempt, with a follower paused).
-const IN_PROCESS: &str = r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+const IN_PROCESS: &str =
+    r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
 
 #[tokio::test]
 async fn a_duplicate_in_process_answer_leaves_the_rows_pending_without_using_an_attempt() {
@@ -317,8 +323,137 @@ async fn a_row_stored_before_the_duplicate_window_is_not_stored_again() {
     assert_eq!(
         (row.status.as_str(), row.stream_seq),
         ("published", Some(first.sequence as i64)),
-        "recorded at the sequence the stream holds it at"
+        "recorded at the sequence the stream holds it at: {row:?}"
     );
-    assert_eq!(rows(&store).await.iter().find(|r| r.id == other).unwrap().status, "published");
+    assert_eq!(
+        rows(&store)
+            .await
+            .iter()
+            .find(|r| r.id == other)
+            .unwrap()
+            .status,
+        "published"
+    );
     assert_eq!(messages.len(), 2);
+}
+
+/// A TCP proxy in front of the broker that can stop passing the broker's answers on (they are
+/// dropped, as with a connection that died on the way back) and cut its connections.
+struct Proxy {
+    url: String,
+    dropping: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(to: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let dropping = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let accepting = tokio::spawn({
+            let (dropping, connections) = (dropping.clone(), connections.clone());
+            async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let Ok(server) = tokio::net::TcpStream::connect(&to).await else {
+                        continue;
+                    };
+                    let dropping = dropping.clone();
+                    let task = tokio::spawn(async move {
+                        let (mut client_read, mut client_write) = client.into_split();
+                        let (mut server_read, mut server_write) = server.into_split();
+                        let up = tokio::io::copy(&mut client_read, &mut server_write);
+                        let down = async {
+                            let mut buffer = vec![0; 64 * 1024];
+                            loop {
+                                let n = server_read.read(&mut buffer).await?;
+                                if n == 0 {
+                                    return Ok::<_, std::io::Error>(());
+                                }
+                                if !dropping.load(Ordering::SeqCst) {
+                                    client_write.write_all(&buffer[..n]).await?;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            _ = up => {}
+                            _ = down => {}
+                        }
+                    });
+                    connections.lock().unwrap().push(task);
+                }
+            }
+        });
+        Proxy {
+            url,
+            dropping,
+            connections,
+            accepting,
+        }
+    }
+
+    /// Drops (or passes on again) what the broker sends.
+    fn drop_answers(&self, dropping: bool) {
+        self.dropping.store(dropping, Ordering::SeqCst);
+    }
+
+    /// Closes every connection through the proxy; clients connect again.
+    fn cut(&self) {
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accepting.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_batch_whose_pub_ack_was_lost_is_not_stored_again_after_the_window() {
+    let nats = NatsServer::start().await;
+    let window = Duration::from_secs(1);
+    let js = reconciled(&nats, window).await;
+    let proxy = Proxy::start(nats.url().trim_start_matches("nats://").to_owned()).await;
+    let client = async_nats::ConnectOptions::new()
+        .ignore_discovered_servers()
+        .connect(proxy.url.as_str())
+        .await
+        .unwrap();
+    let through_proxy = jetstream::new(client);
+
+    let (store, _dir) = outbox_store();
+    let (id, event) = insert(&store, "order.created", "k", "{}".into()).await;
+    // The batch reaches the stream; its PubAck, and every answer after it, is lost for longer
+    // than the duplicate window, while the relay tries again and again.
+    proxy.drop_answers(true);
+    let relay = relay(&store, &through_proxy, |c| {
+        c.nats_duplicate_window = window;
+        c.nats_ack_timeout = Duration::from_millis(500);
+    });
+    let shutdown = order_service::shutdown::Shutdown::new();
+    let running = tokio::spawn(relay.run(shutdown.signal()));
+    tokio::time::sleep(window * 4).await;
+    proxy.drop_answers(false);
+    proxy.cut();
+
+    rows_until(&store, Duration::from_secs(30), |rows| {
+        status_of(rows, id) == "published"
+    })
+    .await;
+    shutdown.trigger();
+    running.await.unwrap();
+    let copies = stored(&js)
+        .await
+        .iter()
+        .filter(|m| m.msg_id == event)
+        .count();
+    assert_eq!(copies, 1, "the event is stored {copies} times");
 }
