@@ -16,10 +16,17 @@
 //!   stream keeps refusing): a stream whose `allow_atomic` comes back returns to batches, and one
 //!   that keeps it off costs one refused batch per back-off, not one per batch.
 //!
-//! Queues last for one relay pass ([`Lanes::clear`]); back-off and batch support outlive it.
+//! - Lanes remember when each row was first handed out, until it is acknowledged: a row sent
+//!   again long after its first try may be stored already, beyond the stream's duplicate window
+//!   (see [`Tries`]).
+//!
+//! Queues last for one relay pass ([`Lanes::clear`]); back-off, batch support and first tries
+//! outlive it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 
 use crate::backoff::{Backoff, Waits};
 use crate::store::outbox::Due;
@@ -51,6 +58,16 @@ pub struct Batch {
     pub mode: Mode,
 }
 
+/// What the lanes know of a batch's earlier tries ([`Lanes::tries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tries {
+    /// For each row, when these lanes first handed it out, if they did before: its outcome then
+    /// was not an acknowledgement, so it may be stored already.
+    pub first: Vec<Option<Instant>>,
+    /// When these lanes began: a row committed before may have been sent by an earlier relay.
+    pub since: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 struct Lane {
     queue: VecDeque<Due>,
@@ -71,6 +88,9 @@ pub struct Lanes {
     queued: usize,
     batch_size: usize,
     backoff: Backoff,
+    /// When each row handed out and not yet acknowledged was first handed out, by id.
+    tried: HashMap<i64, Instant>,
+    since: DateTime<Utc>,
 }
 
 impl Lanes {
@@ -83,6 +103,8 @@ impl Lanes {
             queued: 0,
             batch_size: batch_size.max(1),
             backoff,
+            tried: HashMap::new(),
+            since: Utc::now(),
         }
     }
 
@@ -188,6 +210,30 @@ impl Lanes {
         lane.mode = Mode::Batches;
         lane.batches_again_at = None;
         lane.refusals.reset();
+    }
+
+    /// The earlier tries of `rows`, about to be sent at `now`; rows not tried before are
+    /// remembered as first tried now.
+    pub fn tries(&mut self, rows: &[Due], now: Instant) -> Tries {
+        let first = rows
+            .iter()
+            .map(|row| match self.tried.get(&row.id) {
+                Some(at) => Some(*at),
+                None => {
+                    self.tried.insert(row.id, now);
+                    None
+                }
+            })
+            .collect();
+        Tries {
+            first,
+            since: self.since,
+        }
+    }
+
+    /// Row `id` is acknowledged: its first try is forgotten.
+    pub fn acknowledged(&mut self, id: i64) {
+        self.tried.remove(&id);
     }
 
     /// The streams sent row by row.
@@ -409,5 +455,36 @@ mod tests {
         l.finish("A", b.rows, false, later);
         let b = l.take_ready(later + Duration::from_millis(1001)).remove(0);
         assert_eq!(b.mode, Mode::Batches);
+    }
+
+    #[test]
+    fn a_row_handed_out_again_carries_its_first_try_until_acknowledged() {
+        let mut l = lanes(10);
+        let first = Instant::now();
+        l.push("A", row(1, "k"));
+        l.push("A", row(2, "j"));
+        let b = l.take_ready(first).remove(0);
+        let tries = l.tries(&b.rows, first);
+        assert_eq!(tries.first, vec![None, None]);
+        assert!(tries.since <= Utc::now());
+        l.finish("A", b.rows, true, first);
+        let later = first + Duration::from_secs(10);
+        let b = l.take_ready(later).remove(0);
+        assert_eq!(
+            l.tries(&b.rows, later).first,
+            vec![Some(first), Some(first)]
+        );
+        l.acknowledged(1);
+        l.finish("A", vec![row(2, "j")], true, later);
+        l.clear();
+        l.push("A", row(1, "k"));
+        l.push("A", row(2, "j"));
+        let even_later = later + Duration::from_secs(10);
+        let b = l.take_ready(even_later).remove(0);
+        assert_eq!(
+            l.tries(&b.rows, even_later).first,
+            vec![None, Some(first)],
+            "first tries outlive a pass"
+        );
     }
 }
