@@ -147,12 +147,13 @@ impl Relay {
         let doubtful: Vec<&Due> = rows
             .iter()
             .zip(&tries.first)
-            .filter(|(row, tried)| match tried {
-                Some(at) => now.duration_since(*at) >= horizon,
-                None => {
-                    row.created_at < tries.since
-                        && (wall - row.created_at).to_std().unwrap_or_default() >= horizon
-                }
+            .filter(|(row, tried)| {
+                let tried_long_ago = tried.is_some_and(|at| now.duration_since(at) >= horizon);
+                // An earlier relay may have sent it; even when this one tried it lately too,
+                // as that try may have ended before reaching the broker.
+                let maybe_sent_before = row.created_at < tries.since
+                    && (wall - row.created_at).to_std().unwrap_or_default() >= horizon;
+                tried_long_ago || maybe_sent_before
             })
             .map(|(row, _)| row)
             .collect();
