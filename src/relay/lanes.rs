@@ -435,10 +435,11 @@ mod tests {
             "an hour later, batches are tried again"
         );
 
-        // Refused again: one by one, for longer than the first time.
+        // Refused again: one by one, for longer than the first time (whose wait was 0.5 to 1 s,
+        // jitter included; this one is 1 to 2 s).
         l.one_by_one("A", later);
         l.finish("A", b.rows, false, later);
-        let b = l.take_ready(later + Duration::from_millis(1500)).remove(0);
+        let b = l.take_ready(later + Duration::from_millis(900)).remove(0);
         assert_eq!(b.mode, Mode::OneByOne, "the back-off doubled");
         assert_eq!(l.streams_one_by_one(), vec!["A".to_string()]);
         l.finish("A", b.rows, false, later);
