@@ -126,12 +126,11 @@ pub async fn publish_batch(
         "a batch holds 1 to {MAX_BATCH} messages"
     );
     let batch_id = Uuid::now_v7().simple().to_string();
-    let prepared = prepare(messages, &batch_id, client.max_payload())?;
+    let mut prepared = prepare(messages, &batch_id, client.max_payload())?;
     if client.connection_state() != State::Connected {
         return Err(PublishError::Transient(TransientCause::NotConnected).into());
     }
 
-    let mut prepared = prepared;
     let (subject, headers) = prepared.pop().expect("a batch has a last message");
     let payload = messages[prepared.len()].payload.clone();
     // A broker that takes nothing more (frozen, or a connection not yet known dead) fills the
