@@ -257,6 +257,7 @@ pub fn relay_config(config: &Config, topics: &Topics) -> RelayConfig {
             max: config.event_outbox_retry_max,
         },
         ack_timeout: config.nats_ack_timeout,
+        duplicate_window: config.nats_duplicate_window,
         window: config.event_outbox_publish_window as usize,
     }
 }

@@ -12,14 +12,19 @@
 //! (within its duplicate window) or holding one id twice is refused whole with
 //! [`BatchError::Duplicate`] (err_code 10201) and nothing is stored: the caller then publishes
 //! those messages one by one, and the stored ones answer as duplicates. A stream without
-//! `allow_atomic` refuses every batch with [`BatchError::NotAtomic`] (err_code 10174).
+//! `allow_atomic` refuses every batch with [`BatchError::NotAtomic`] (err_code 10174). A message
+//! that cannot be sent as it is (above the server's `max_payload` with its headers, an invalid
+//! key or header) is found before anything is sent and named by [`BatchError::Message`]: it fails
+//! alone, and the others can go as a batch without it.
 
 use std::time::Duration;
 
-use async_nats::Client;
-use async_nats::client::{Request, RequestErrorKind};
+use async_nats::client::{
+    PublishError as ClientPublishError, PublishErrorKind, Request, RequestErrorKind,
+};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{Client, HeaderMap};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -75,6 +80,16 @@ pub enum BatchError {
     /// The batch as a whole failed the way a single publish fails.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The `index`-th message (0-based) cannot be sent as it is (above the server's
+    /// `max_payload` with its headers, an invalid key or header): nothing was committed, and
+    /// the other messages may be sent without it.
+    #[error("message {index} of the batch: {error}")]
+    Message {
+        /// Which message.
+        index: usize,
+        /// Why, always permanent.
+        error: PublishError,
+    },
 }
 
 /// The commit's answer: a PubAck or a JetStream error.
@@ -98,8 +113,9 @@ struct ApiError {
     description: String,
 }
 
-/// Publishes `messages` (1 to [`MAX_BATCH`], all for one stream) as one atomic batch and waits up
-/// to `ack_timeout` for the commit's answer.
+/// Publishes `messages` (1 to [`MAX_BATCH`], all for one stream) as one atomic batch: takes up to
+/// `ack_timeout` to hand the messages before the commit to the client, then up to `ack_timeout`
+/// for the commit's answer; either timing out is [`TransientCause::TimedOut`].
 pub async fn publish_batch(
     client: &Client,
     messages: &[OutboxMessage],
@@ -109,39 +125,32 @@ pub async fn publish_batch(
         !messages.is_empty() && messages.len() <= MAX_BATCH,
         "a batch holds 1 to {MAX_BATCH} messages"
     );
-    let mut prepared = Vec::with_capacity(messages.len());
-    for message in messages {
-        if !is_valid_key(&message.key) {
-            return Err(
-                PublishError::Permanent(PermanentCause::InvalidKey(message.key.clone())).into(),
-            );
-        }
-        let headers = header_map(&message.headers).map_err(PublishError::Permanent)?;
-        prepared.push((message.subject(), headers));
-    }
+    let batch_id = Uuid::now_v7().simple().to_string();
+    let mut prepared = prepare(messages, &batch_id, client.max_payload())?;
     if client.connection_state() != State::Connected {
         return Err(PublishError::Transient(TransientCause::NotConnected).into());
     }
 
-    let batch_id = Uuid::now_v7().simple().to_string();
-    let last = prepared.len();
-    let mut commit = None;
-    for (index, ((subject, mut headers), message)) in prepared.into_iter().zip(messages).enumerate()
-    {
-        let sequence = index + 1;
-        headers.insert("Nats-Batch-Id", batch_id.as_str());
-        headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
-        if sequence == last {
-            headers.insert("Nats-Batch-Commit", "1");
-            commit = Some((subject, headers, message.payload.clone()));
-        } else {
+    let (subject, headers) = prepared.pop().expect("a batch has a last message");
+    let payload = messages[prepared.len()].payload.clone();
+    // A broker that takes nothing more (frozen, or a connection not yet known dead) fills the
+    // client's queue, and each publish then waits for room: bounded, like the commit's answer,
+    // so that a lane (and a shutdown waiting for it) never waits for the broker.
+    let sending = async {
+        for (index, (subject, headers)) in prepared.into_iter().enumerate() {
             client
-                .publish_with_headers(subject, headers, message.payload.clone())
+                .publish_with_headers(subject, headers, messages[index].payload.clone())
                 .await
-                .map_err(|e| transient(format!("sending a batch message: {e}")))?;
+                .map_err(|e| sending_failed(index, e))?;
         }
+        Ok::<_, BatchError>(())
+    };
+    match tokio::time::timeout(ack_timeout, sending).await {
+        Err(_elapsed) => {
+            return Err(PublishError::Transient(TransientCause::TimedOut(ack_timeout)).into());
+        }
+        Ok(sent) => sent?,
     }
-    let (subject, headers, payload) = commit.expect("a batch has a last message");
     let request = Request::new()
         .headers(headers)
         .payload(payload)
@@ -159,6 +168,69 @@ pub async fn publish_batch(
         Ok(Ok(answer)) => answer,
     };
     parse_commit(&answer.payload, messages.len())
+}
+
+/// Each message's subject and headers, batch headers included; the first message that cannot be
+/// sent as it is fails alone ([`BatchError::Message`]) before anything is sent. A message above
+/// `max_payload` (headers and payload, as the server counts it; 0 when unknown) would be refused
+/// by the client anyway, but only once the messages before it are out, and the batch would fail
+/// the same way on every attempt.
+fn prepare(
+    messages: &[OutboxMessage],
+    batch_id: &str,
+    max_payload: usize,
+) -> Result<Vec<(String, HeaderMap)>, BatchError> {
+    let last = messages.len();
+    let mut prepared = Vec::with_capacity(last);
+    for (index, message) in messages.iter().enumerate() {
+        let failed = |cause| BatchError::Message {
+            index,
+            error: PublishError::Permanent(cause),
+        };
+        if !is_valid_key(&message.key) {
+            return Err(failed(PermanentCause::InvalidKey(message.key.clone())));
+        }
+        let mut headers = header_map(&message.headers).map_err(failed)?;
+        let sequence = index + 1;
+        headers.insert("Nats-Batch-Id", batch_id);
+        headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+        if sequence == last {
+            headers.insert("Nats-Batch-Commit", "1");
+        }
+        let size = wire_len(&headers) + message.payload.len();
+        if max_payload > 0 && size > max_payload {
+            return Err(failed(PermanentCause::TooLarge(format!(
+                "{size} bytes with headers, above the server's max_payload of {max_payload}"
+            ))));
+        }
+        prepared.push((message.subject(), headers));
+    }
+    Ok(prepared)
+}
+
+/// The size of `headers` on the wire: `NATS/1.0\r\n`, a `name: value\r\n` line each, `\r\n`.
+fn wire_len(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| name.to_string().len() + 2 + value.as_str().len() + 2)
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
+}
+
+/// A message of the batch that the client would not send: too large is that message's fault,
+/// anything else (the client shut down) is not.
+fn sending_failed(index: usize, error: ClientPublishError) -> BatchError {
+    match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => BatchError::Message {
+            index,
+            error: PublishError::Permanent(PermanentCause::TooLarge(error.to_string())),
+        },
+        _ => transient(format!("sending a batch message: {error}")),
+    }
 }
 
 /// Sorts a failed commit request like a failed single publish.
@@ -271,6 +343,44 @@ mod tests {
                 Err(BatchError::Publish(e)) if e.is_transient()
             ));
         }
+    }
+
+    #[test]
+    fn a_commit_answered_duplicate_in_process_is_transient() {
+        let in_process = br#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#;
+        assert!(matches!(
+            parse_commit(in_process, 3),
+            Err(BatchError::Publish(e)) if e.is_transient()
+        ));
+    }
+
+    #[test]
+    fn a_message_above_max_payload_with_its_headers_is_named_before_anything_is_sent() {
+        let message = |key: &str, payload: &str| OutboxMessage {
+            topic: "order.created".into(),
+            key: key.into(),
+            payload: payload.to_owned().into(),
+            headers: vec![("Nats-Msg-Id".into(), format!("id-{key}"))],
+        };
+        let messages = [
+            message("a", "{}"),
+            message("b", &"x".repeat(200)),
+            message("c", "{}"),
+        ];
+        let prepared = prepare(&messages, "batch", 0).unwrap();
+        let size = |index: usize| wire_len(&prepared[index].1) + messages[index].payload.len();
+        let largest = size(1);
+        assert!(prepare(&messages, "batch", largest).is_ok());
+        assert!(matches!(
+            prepare(&messages, "batch", largest - 1),
+            Err(BatchError::Message {
+                index: 1,
+                error: PublishError::Permanent(PermanentCause::TooLarge(_))
+            })
+        ));
+        let mut map = HeaderMap::new();
+        map.insert("A", "bc");
+        assert_eq!(wire_len(&map), "NATS/1.0\r\nA: bc\r\n\r\n".len());
     }
 
     #[test]

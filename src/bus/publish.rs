@@ -236,6 +236,11 @@ fn classify_other(error: &AckError) -> PublishError {
     classify_api_error(api_error.code(), api_error.error_code(), error.to_string())
 }
 
+/// The server's "duplicate message id is in process" (status 409): a clustered stream's leader
+/// has staged this `Nats-Msg-Id` for a proposal still in flight (the first attempt, e.g. while a
+/// follower is paused). That first attempt may yet be stored, so the outcome is unknown.
+const DUPLICATE_IN_PROCESS: ErrorCode = ErrorCode(10158);
+
 /// Sorts a JetStream API error answer by its status code and JetStream error code.
 pub(super) fn classify_api_error(status: usize, code: ErrorCode, text: String) -> PublishError {
     const BROKER_SIDE: [ErrorCode; 9] = [
@@ -251,7 +256,7 @@ pub(super) fn classify_api_error(status: usize, code: ErrorCode, text: String) -
     ];
     if code == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM {
         PublishError::Permanent(PermanentCause::TooLarge(text))
-    } else if status == 503 || BROKER_SIDE.contains(&code) {
+    } else if status == 503 || BROKER_SIDE.contains(&code) || code == DUPLICATE_IN_PROCESS {
         PublishError::Transient(TransientCause::BrokerUnavailable(text))
     } else {
         PublishError::Permanent(PermanentCause::Rejected(text))
@@ -362,6 +367,18 @@ mod tests {
             PublishError::Permanent(PermanentCause::Rejected(_))
         ));
         assert!(!classify(400, ErrorCode::BAD_REQUEST).is_transient());
+    }
+
+    #[test]
+    fn a_duplicate_in_process_is_transient() {
+        // A leader answers 10158 while the first proposal of the same Nats-Msg-Id is in flight:
+        // the message may yet be stored, so the outcome is unknown, not refused.
+        let error = classify_api_error(
+            409,
+            ErrorCode(10158),
+            "duplicate message id is in process".into(),
+        );
+        assert!(error.is_transient(), "{error}");
     }
 
     #[test]

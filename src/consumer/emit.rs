@@ -70,6 +70,7 @@ impl Emits {
                 max: Duration::from_secs(300),
             },
             ack_timeout: bus::DEFAULT_ACK_TIMEOUT,
+            duplicate_window: bus::DEFAULT_DUPLICATE_WINDOW,
             window: 256,
             table_topics: Arc::new(topics.iter().map(|t| t.name.clone()).collect()),
         };
@@ -179,7 +180,10 @@ impl Outbox {
         let relay = Relay::new(
             self.store.clone(),
             js.clone(),
-            e.relay.clone(),
+            RelayConfig {
+                duplicate_window: e.duplicate_window,
+                ..e.relay.clone()
+            },
             e.metrics.clone(),
             e.status.clone(),
         );

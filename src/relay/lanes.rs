@@ -11,23 +11,39 @@
 //! - A key whose row failed permanently (it now waits for a retry, or is dead) is stopped: its
 //!   queued rows leave every lane and rows of it read later are refused, so nothing of that key
 //!   overtakes the failed row in any stream. Rows of it already in flight are not recalled.
-//! - A lane remembers whether its stream takes atomic batches; one that does not is sent row by
-//!   row.
+//! - A lane remembers whether its stream takes atomic batches; one that refused them is sent row
+//!   by row, and tries a batch again after a back-off ([`BATCHES_AGAIN`], doubling while the
+//!   stream keeps refusing): a stream whose `allow_atomic` comes back returns to batches, and one
+//!   that keeps it off costs one refused batch per back-off, not one per batch.
 //!
-//! Queues last for one relay pass ([`Lanes::clear`]); back-off and batch support outlive it.
+//! - Lanes remember when each row was first handed out, until it is acknowledged: a row sent
+//!   again long after its first try may be stored already, beyond the stream's duplicate window
+//!   (see [`Tries`]).
+//!
+//! Queues last for one relay pass ([`Lanes::clear`]); back-off, batch support and first tries
+//! outlive it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 
 use crate::backoff::{Backoff, Waits};
 use crate::store::outbox::Due;
+
+/// How long a stream that refused atomic batches is sent row by row before a batch is tried
+/// again: from 1 s, doubling on each refusal, up to 5 minutes.
+pub const BATCHES_AGAIN: Backoff = Backoff::exponential(
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(300),
+);
 
 /// How a stream's rows are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// As atomic batches.
     Batches,
-    /// Row by row: the stream refused atomic batches.
+    /// Row by row: the stream refused atomic batches (until a batch is tried again).
     OneByOne,
 }
 
@@ -42,6 +58,16 @@ pub struct Batch {
     pub mode: Mode,
 }
 
+/// What the lanes know of a batch's earlier tries ([`Lanes::tries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tries {
+    /// For each row, when these lanes first handed it out, if they did before: its outcome then
+    /// was not an acknowledgement, so it may be stored already.
+    pub first: Vec<Option<Instant>>,
+    /// When these lanes began: a row committed before may have been sent by an earlier relay.
+    pub since: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 struct Lane {
     queue: VecDeque<Due>,
@@ -49,6 +75,9 @@ struct Lane {
     mode: Mode,
     retry_at: Option<Instant>,
     waits: Waits,
+    /// When a lane sent row by row tries a batch again.
+    batches_again_at: Option<Instant>,
+    refusals: Waits,
 }
 
 /// Every stream's lane; see the module's documentation.
@@ -59,6 +88,9 @@ pub struct Lanes {
     queued: usize,
     batch_size: usize,
     backoff: Backoff,
+    /// When each row handed out and not yet acknowledged was first handed out, by id.
+    tried: HashMap<i64, Instant>,
+    since: DateTime<Utc>,
 }
 
 impl Lanes {
@@ -71,6 +103,8 @@ impl Lanes {
             queued: 0,
             batch_size: batch_size.max(1),
             backoff,
+            tried: HashMap::new(),
+            since: Utc::now(),
         }
     }
 
@@ -82,6 +116,8 @@ impl Lanes {
                 mode: Mode::Batches,
                 retry_at: None,
                 waits: self.backoff.waits(),
+                batches_again_at: None,
+                refusals: BATCHES_AGAIN.waits(),
             };
             self.lanes.insert(stream.to_owned(), lane);
         }
@@ -116,10 +152,16 @@ impl Lanes {
             let rows: Vec<Due> = lane.queue.drain(..take).collect();
             self.queued -= rows.len();
             lane.busy = true;
+            // The try stays due until its outcome says whether the stream takes batches.
+            let try_batches = lane.batches_again_at.is_some_and(|at| at <= now);
             batches.push(Batch {
                 stream: stream.clone(),
                 rows,
-                mode: lane.mode,
+                mode: if try_batches {
+                    Mode::Batches
+                } else {
+                    lane.mode
+                },
             });
         }
         batches
@@ -154,9 +196,44 @@ impl Lanes {
         dropped.len()
     }
 
-    /// Sends `stream`'s rows one by one from now on.
-    pub fn one_by_one(&mut self, stream: &str) {
-        self.lane(stream).mode = Mode::OneByOne;
+    /// `stream` refused an atomic batch at `now`: its rows go one by one until a batch is tried
+    /// again, after a back-off that doubles with each refusal in a row.
+    pub fn one_by_one(&mut self, stream: &str, now: Instant) {
+        let lane = self.lane(stream);
+        lane.mode = Mode::OneByOne;
+        lane.batches_again_at = Some(now + lane.refusals.next_wait());
+    }
+
+    /// `stream` took (or judged the contents of) an atomic batch: its rows go as batches again.
+    pub fn takes_batches(&mut self, stream: &str) {
+        let lane = self.lane(stream);
+        lane.mode = Mode::Batches;
+        lane.batches_again_at = None;
+        lane.refusals.reset();
+    }
+
+    /// The earlier tries of `rows`, about to be sent at `now`; rows not tried before are
+    /// remembered as first tried now.
+    pub fn tries(&mut self, rows: &[Due], now: Instant) -> Tries {
+        let first = rows
+            .iter()
+            .map(|row| match self.tried.get(&row.id) {
+                Some(at) => Some(*at),
+                None => {
+                    self.tried.insert(row.id, now);
+                    None
+                }
+            })
+            .collect();
+        Tries {
+            first,
+            since: self.since,
+        }
+    }
+
+    /// Row `id` is acknowledged: its first try is forgotten.
+    pub fn acknowledged(&mut self, id: i64) {
+        self.tried.remove(&id);
     }
 
     /// The streams sent row by row.
@@ -324,8 +401,8 @@ mod tests {
     fn clearing_ends_the_pass_but_keeps_back_off_and_mode() {
         let mut l = lanes(10);
         l.push("A", row(1, "k"));
-        l.one_by_one("A");
         let now = Instant::now();
+        l.one_by_one("A", now);
         let b = l.take_ready(now).remove(0);
         assert_eq!(b.mode, Mode::OneByOne);
         l.finish("A", b.rows, true, now);
@@ -338,5 +415,77 @@ mod tests {
             "the back-off stays"
         );
         assert_eq!(l.streams_one_by_one(), vec!["A".to_string()]);
+    }
+
+    #[test]
+    fn a_stream_sent_one_by_one_tries_batches_again_after_a_while() {
+        let mut l = lanes(10);
+        let now = Instant::now();
+        l.one_by_one("A", now);
+        l.push("A", row(1, "k"));
+        let b = l.take_ready(now).remove(0);
+        assert_eq!(b.mode, Mode::OneByOne, "right after a refusal, no batch");
+        l.finish("A", vec![], false, now);
+        l.push("A", row(2, "k"));
+        let later = now + Duration::from_secs(3600);
+        let b = l.take_ready(later).remove(0);
+        assert_eq!(
+            b.mode,
+            Mode::Batches,
+            "an hour later, batches are tried again"
+        );
+
+        // Refused again: one by one, for longer than the first time (whose wait was 0.5 to 1 s,
+        // jitter included; this one is 1 to 2 s).
+        l.one_by_one("A", later);
+        l.finish("A", b.rows, false, later);
+        let b = l.take_ready(later + Duration::from_millis(900)).remove(0);
+        assert_eq!(b.mode, Mode::OneByOne, "the back-off doubled");
+        assert_eq!(l.streams_one_by_one(), vec!["A".to_string()]);
+        l.finish("A", b.rows, false, later);
+        let b = l.take_ready(later + Duration::from_secs(2)).remove(0);
+        assert_eq!(b.mode, Mode::Batches);
+
+        // Taken: batches from now on, and a later refusal starts from the shortest back-off.
+        l.takes_batches("A");
+        l.finish("A", b.rows, false, later);
+        assert!(l.streams_one_by_one().is_empty());
+        let b = l.take_ready(later).remove(0);
+        assert_eq!(b.mode, Mode::Batches);
+        l.one_by_one("A", later);
+        l.finish("A", b.rows, false, later);
+        let b = l.take_ready(later + Duration::from_millis(1001)).remove(0);
+        assert_eq!(b.mode, Mode::Batches);
+    }
+
+    #[test]
+    fn a_row_handed_out_again_carries_its_first_try_until_acknowledged() {
+        let mut l = lanes(10);
+        let first = Instant::now();
+        l.push("A", row(1, "k"));
+        l.push("A", row(2, "j"));
+        let b = l.take_ready(first).remove(0);
+        let tries = l.tries(&b.rows, first);
+        assert_eq!(tries.first, vec![None, None]);
+        assert!(tries.since <= Utc::now());
+        l.finish("A", b.rows, true, first);
+        let later = first + Duration::from_secs(10);
+        let b = l.take_ready(later).remove(0);
+        assert_eq!(
+            l.tries(&b.rows, later).first,
+            vec![Some(first), Some(first)]
+        );
+        l.acknowledged(1);
+        l.finish("A", vec![row(2, "j")], true, later);
+        l.clear();
+        l.push("A", row(1, "k"));
+        l.push("A", row(2, "j"));
+        let even_later = later + Duration::from_secs(10);
+        let b = l.take_ready(even_later).remove(0);
+        assert_eq!(
+            l.tries(&b.rows, even_later).first,
+            vec![None, Some(first)],
+            "first tries outlive a pass"
+        );
     }
 }

@@ -68,6 +68,10 @@ pub struct RelayConfig {
     pub retry: Backoff,
     /// How long to wait for a PubAck.
     pub ack_timeout: Duration,
+    /// The streams' duplicate window (`NATS_DUPLICATE_WINDOW`): a row sent again later than
+    /// about this after its first try is looked up in its stream first, as the stream no longer
+    /// drops it as a duplicate.
+    pub duplicate_window: Duration,
     /// Publishes in flight at most when a batch is sent row by row (`EVENT_OUTBOX_PUBLISH_WINDOW`);
     /// a key never has more than one.
     pub window: usize,

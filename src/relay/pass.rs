@@ -104,10 +104,12 @@ impl Relay {
                 }));
             }
             if !p.done_sending {
-                for batch in lanes.take_ready(Instant::now()) {
+                let now = Instant::now();
+                for batch in lanes.take_ready(now) {
+                    let tries = lanes.tries(&batch.rows, now);
                     in_flight.push(async move {
                         let _publishing = self.status.publishing().await;
-                        self.send(batch).await
+                        self.send_again(batch, Some(tries)).await
                     });
                 }
             }
@@ -214,10 +216,15 @@ impl Relay {
         p.outcome.batches += 1;
         p.outcome.fallbacks += usize::from(sent.fell_back);
         if sent.not_atomic {
-            lanes.one_by_one(&sent.stream);
+            lanes.one_by_one(&sent.stream, Instant::now());
+        } else if sent.atomic {
+            lanes.takes_batches(&sent.stream);
         }
         for (row, result) in sent.results {
             let permanent = result.as_ref().is_err_and(|e| !e.is_transient());
+            if result.is_ok() {
+                lanes.acknowledged(row.id);
+            }
             let record = self.record(&row, result, &mut p.outcome, Utc::now());
             p.records.push((row.id, record));
             if permanent {

@@ -5,17 +5,29 @@
 //! - refused because of what it holds (a duplicate id, err_code 10201, or a permanent error):
 //!   its rows are sent one by one, so duplicates are acknowledged as duplicates and a poison row
 //!   is isolated and alone takes the retry/dead path;
+//! - one row cannot be sent as it is (too large for the server with its headers): nothing was
+//!   sent; that row alone takes the retry/dead path and the others go back to the lane;
 //! - failed transiently, or no answer: nothing is recorded against the rows; the lane backs off
 //!   and sends the same rows again with the same `Nats-Msg-Id`s (if the first commit did land,
 //!   the second meets 10201 and falls back, and nothing is stored twice).
 //!
 //! Row by row, each key's rows go one after another and stop at the key's first failure, while
 //! up to the publish window of keys go at once.
+//!
+//! Before any of that, rows whose first try ended without an answer long enough ago that the
+//! stream's duplicate window may be over (or that an earlier relay may have sent that long ago)
+//! are looked up in the stream ([`stored`]): those it holds are recorded at the sequence found,
+//! as duplicates, and are not sent again.
 
+mod stored;
+
+use std::time::Instant;
+
+use chrono::Utc;
 use futures::StreamExt;
 
 use super::Relay;
-use super::lanes::{Batch, Mode};
+use super::lanes::{Batch, Mode, Tries};
 use crate::bus::{
     BatchError, OutboxMessage, PermanentCause, PublishError, Published, TransientCause, publish,
     publish_batch,
@@ -38,6 +50,8 @@ pub(super) struct Sent {
     pub transient: bool,
     /// The stream refused atomic batches.
     pub not_atomic: bool,
+    /// The stream took the atomic batch, or judged what it holds: it takes batches.
+    pub atomic: bool,
     /// The batch was refused whole and its rows were sent one by one.
     pub fell_back: bool,
 }
@@ -45,6 +59,12 @@ pub(super) struct Sent {
 impl Relay {
     /// Sends `batch` and reports what became of each row.
     pub(super) async fn send(&self, batch: Batch) -> Sent {
+        self.send_again(batch, None).await
+    }
+
+    /// Sends `batch`, whose earlier tries are `tries`: rows that may be stored beyond the
+    /// duplicate window are looked up first (see the module's documentation).
+    pub(super) async fn send_again(&self, batch: Batch, tries: Option<Tries>) -> Sent {
         let Batch { stream, rows, mode } = batch;
         let mut sent = Sent {
             stream,
@@ -52,17 +72,43 @@ impl Relay {
             unsent: Vec::new(),
             transient: false,
             not_atomic: false,
+            atomic: false,
             fell_back: false,
+        };
+        let found = match tries {
+            Some(tries) => self.drop_stored(rows, &tries, &mut sent).await,
+            None => Ok(rows),
+        };
+        let rows = match found {
+            Ok(rows) if rows.is_empty() => return sent,
+            Ok(rows) => rows,
+            Err((rows, error)) => {
+                sent.transient = true;
+                sent.results.push((rows[0].clone(), Err(error)));
+                sent.unsent = rows;
+                return sent;
+            }
         };
         let rows = if mode == Mode::Batches {
             match self.send_atomic(&rows).await {
                 Ok(acks) => {
-                    sent.results = rows.into_iter().zip(acks.into_iter().map(Ok)).collect();
+                    sent.atomic = true;
+                    sent.results
+                        .extend(rows.into_iter().zip(acks.into_iter().map(Ok)));
                     return sent;
                 }
                 Err(BatchError::Publish(error)) if error.is_transient() => {
                     sent.transient = true;
                     sent.results.push((rows[0].clone(), Err(error)));
+                    sent.unsent = rows;
+                    return sent;
+                }
+                Err(BatchError::Message { index, error }) => {
+                    // That row alone fails (its key stops); the others go back to the lane and
+                    // out again as a batch without it.
+                    let mut rows = rows;
+                    let row = rows.remove(index);
+                    sent.results.push((row, Err(error)));
                     sent.unsent = rows;
                     return sent;
                 }
@@ -72,6 +118,7 @@ impl Relay {
                     rows
                 }
                 Err(error) => {
+                    sent.atomic = matches!(error, BatchError::Duplicate);
                     tracing::debug!(stream = %sent.stream, rows = rows.len(), %error, "batch refused; publishing its rows one by one");
                     sent.fell_back = true;
                     rows
@@ -82,6 +129,71 @@ impl Relay {
         };
         self.send_one_by_one(rows, &mut sent).await;
         sent
+    }
+
+    /// Looks up the rows that may be stored beyond the duplicate window (see the module's
+    /// documentation); those found go into `sent` as acknowledged duplicates, the others are
+    /// returned to be sent. A failed lookup gives all rows back with the (transient) error.
+    async fn drop_stored(
+        &self,
+        rows: Vec<Due>,
+        tries: &Tries,
+        sent: &mut Sent,
+    ) -> Result<Vec<Due>, (Vec<Due>, PublishError)> {
+        // Messages are stored no earlier than the first try; half the window leaves room for
+        // clocks and for the time a try takes.
+        let horizon = self.config.duplicate_window / 2;
+        let (now, wall) = (Instant::now(), Utc::now());
+        let doubtful: Vec<&Due> = rows
+            .iter()
+            .zip(&tries.first)
+            .filter(|(row, tried)| {
+                let tried_long_ago = tried.is_some_and(|at| now.duration_since(at) >= horizon);
+                // An earlier relay may have sent it; even when this one tried it lately too,
+                // as that try may have ended before reaching the broker.
+                let maybe_sent_before = row.created_at < tries.since
+                    && (wall - row.created_at).to_std().unwrap_or_default() >= horizon;
+                tried_long_ago || maybe_sent_before
+            })
+            .map(|(row, _)| row)
+            .collect();
+        if doubtful.is_empty() {
+            return Ok(rows);
+        }
+        let found = match stored::find(
+            &self.js,
+            &sent.stream,
+            &doubtful,
+            self.config.ack_timeout,
+            self.config.window,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(error) => return Err((rows, error)),
+        };
+        if !found.is_empty() {
+            tracing::info!(
+                stream = %sent.stream,
+                rows = found.len(),
+                "rows sent earlier than the duplicate window are stored already; recorded, not sent again"
+            );
+        }
+        let mut rest = Vec::with_capacity(rows.len());
+        for row in rows {
+            match found.get(&row.id) {
+                Some(sequence) => {
+                    let ack = Published {
+                        stream: sent.stream.clone(),
+                        sequence: *sequence,
+                        duplicate: true,
+                    };
+                    sent.results.push((row, Ok(ack)));
+                }
+                None => rest.push(row),
+            }
+        }
+        Ok(rest)
     }
 
     /// One atomic batch; the acks of its rows in order.

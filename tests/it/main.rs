@@ -28,6 +28,7 @@ mod ops_api;
 mod ops_page;
 mod orders;
 mod relay;
+mod relay_stuck;
 mod repair;
 mod roles;
 mod schemas;
