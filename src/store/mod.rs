@@ -415,7 +415,7 @@ mod tests {
         let mut group = Connection::open_in_memory().unwrap();
         subscriber_migrations().to_latest(&mut group).unwrap();
         let schema = outbox_schema(&service);
-        assert_eq!(schema.len(), 8, "{schema:?}");
+        assert_eq!(schema.len(), 9, "{schema:?}");
         assert_eq!(outbox_schema(&group), schema);
         let requeues = |c: &Connection| {
             c.query_row("SELECT last FROM outbox_requeues WHERE id = 1", [], |r| {
