@@ -184,6 +184,11 @@ impl Cluster {
         &self.node(name).container
     }
 
+    /// Node `name`'s monitoring endpoint `path` (e.g. `jsz?streams=true`), when it answers.
+    pub async fn monitor(&self, name: &str, path: &str) -> Option<Value> {
+        monitor(self.node(name).monitor_port, path).await
+    }
+
     /// `nats://127.0.0.1:<n1>,nats://127.0.0.1:<n2>,nats://127.0.0.1:<n3>`: `NATS_URL` for the
     /// service under test.
     pub fn url(&self) -> String {

@@ -133,6 +133,7 @@ async fn campaign() {
     cluster.wait_streams_current(&js).await;
     let database = observe::database(&db);
     let streams = observe::streams(&js).await;
+    let (diverging, replica_states) = observe::diverging_replicas(&cluster).await;
     let findings = checker::check(&ops, &database, &streams);
     let table = table::render(&table::Summary {
         seed: settings.seed,
@@ -147,6 +148,8 @@ async fn campaign() {
         command_stall: history::longest_without_success(&ops, load_time),
         missing_streams: &streams.missing_streams,
         unreadable: streams.unreadable,
+        diverging: &diverging,
+        replica_states,
     });
     eprintln!("{table}");
     for (kind, examples) in &findings.examples {

@@ -13,6 +13,7 @@ use order_service::bus::{NatsSettings, Topics};
 use rusqlite::{Connection, OpenFlags};
 
 use super::service;
+use crate::cluster::harness::{Cluster, NODES};
 
 /// How long the outbox may take to drain, and `outbox verify` to come out clean, after the last
 /// fault.
@@ -240,4 +241,50 @@ async fn read(
             }
         }
     }
+}
+
+/// Streams whose replicas disagree once every replica says it is current: per stream, each
+/// node's `messages/first..last` as its own `/jsz` reports its store. A replica holding less than
+/// its leader has lost what it acknowledged; reading through the leader does not show it until
+/// that replica leads. Also how many replica states the nodes reported.
+pub async fn diverging_replicas(cluster: &Cluster) -> (Vec<String>, usize) {
+    let mut states: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for node in NODES {
+        let Some(jsz) = cluster
+            .monitor(node, "jsz?accounts=true&streams=true")
+            .await
+        else {
+            continue;
+        };
+        let accounts = jsz["account_details"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for stream in accounts
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        {
+            let state = &stream["state"];
+            states
+                .entry(stream["name"].as_str().unwrap_or("?").into())
+                .or_default()
+                .push((
+                    node.to_string(),
+                    format!(
+                        "{}/{}..{}",
+                        state["messages"], state["first_seq"], state["last_seq"]
+                    ),
+                ));
+        }
+    }
+    let seen = states.values().map(Vec::len).sum();
+    let diverging = states
+        .into_iter()
+        .filter(|(_, replicas)| replicas.iter().any(|(_, s)| *s != replicas[0].1))
+        .map(|(name, replicas)| {
+            let each: Vec<String> = replicas.iter().map(|(n, s)| format!("{n} {s}")).collect();
+            format!("{name}: {}", each.join(", "))
+        })
+        .collect();
+    (diverging, seen)
 }

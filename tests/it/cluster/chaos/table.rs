@@ -38,6 +38,11 @@ pub struct Summary<'a> {
     pub missing_streams: &'a [String],
     /// Stream sequences that could not be read.
     pub unreadable: u64,
+    /// Streams whose replicas hold different messages at the end (reported, not a failure:
+    /// the checker reads through the leaders).
+    pub diverging: &'a [String],
+    /// How many (stream, node) states the nodes' `/jsz` reported.
+    pub replica_states: usize,
 }
 
 /// The table, ready to print.
@@ -129,6 +134,14 @@ pub fn render(s: &Summary) -> String {
             ),
         );
     }
+    line(
+        "replicas diverged",
+        if s.diverging.is_empty() {
+            format!("none ({} replica states compared)", s.replica_states)
+        } else {
+            s.diverging.join("; ")
+        },
+    );
     let (stall_from, stall) = (s.progress.stall_from, s.progress.longest_stall);
     let during: Vec<&str> = s
         .faults
