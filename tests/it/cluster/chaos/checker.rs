@@ -284,6 +284,7 @@ fn the_checker_finds_each_kind_of_anomaly() {
         ],
         missing_streams: vec![],
         unreadable: 0,
+        holes: 0,
     };
     let db = Database {
         rows,

@@ -186,29 +186,46 @@ async fn follower(
     ("(no stream led)".into(), NODES[rng.usize(..3)], "nobody")
 }
 
-/// Waits (bounded) until every node is up, they agree on a meta leader and every stream of the
-/// table is led with all replicas current, and the service process runs.
+/// Waits (bounded) until every stream of the table is led with all replicas current, and the
+/// service process runs; whether they all were.
 async fn recover(t: &mut Targets<'_>) -> bool {
     assert!(t.service.running(), "the service process died by itself");
-    let deadline = Instant::now() + RECOVERY;
+    not_current(t.js, RECOVERY).await.is_empty()
+}
+
+/// Waits until every stream of the table has a leader and all its replicas are current, at
+/// most `within`; the streams that still are not, with what they look like.
+pub async fn not_current(js: &jetstream::Context, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
     let names: Vec<String> = Topics::embedded().iter().map(|t| t.stream_name()).collect();
-    'again: loop {
-        if Instant::now() >= deadline {
-            return false;
-        }
+    loop {
+        let mut behind = Vec::new();
         for name in &names {
-            let current = match t.js.get_stream(name).await {
-                Ok(stream) => stream.cached_info().cluster.as_ref().is_some_and(|c| {
-                    c.leader.is_some()
-                        && c.replicas.iter().all(|peer| peer.current && !peer.offline)
-                }),
-                Err(_) => false,
+            let cluster = match js.get_stream(name).await {
+                Ok(stream) => stream.cached_info().cluster.clone(),
+                Err(error) => {
+                    behind.push(format!("{name}: {error}"));
+                    continue;
+                }
             };
+            let current = cluster.as_ref().is_some_and(|c| {
+                c.leader.is_some() && c.replicas.iter().all(|peer| peer.current && !peer.offline)
+            });
             if !current {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue 'again;
+                let replicas = cluster.as_ref().map(|c| {
+                    let peers: Vec<String> = c
+                        .replicas
+                        .iter()
+                        .map(|p| format!("{} current {}", p.name, p.current))
+                        .collect();
+                    format!("leader {:?}, {}", c.leader, peers.join(", "))
+                });
+                behind.push(format!("{name}: {}", replicas.unwrap_or_default()));
             }
         }
-        return true;
+        if behind.is_empty() || Instant::now() >= deadline {
+            return behind;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -168,6 +168,8 @@ pub struct Streams {
     pub missing_streams: Vec<String>,
     /// Sequences between a stream's first and last that could not be read (not "no message").
     pub unreadable: u64,
+    /// Sequences between a stream's first and last it does not hold (deleted, or lost).
+    pub holes: u64,
 }
 
 /// Reads every message of every stream of the topic table, by sequence from first to last
@@ -177,6 +179,7 @@ pub async fn streams(js: &jetstream::Context) -> Streams {
         messages: Vec::new(),
         missing_streams: Vec::new(),
         unreadable: 0,
+        holes: 0,
     };
     for topic in &Topics::embedded() {
         let name = topic.stream_name();
@@ -184,7 +187,14 @@ pub async fn streams(js: &jetstream::Context) -> Streams {
             all.missing_streams.push(name);
             continue;
         };
-        let state = stream.info().await.expect("stream info").state.clone();
+        let state = match stream.info().await {
+            Ok(info) => info.state.clone(),
+            Err(error) => {
+                all.missing_streams
+                    .push(format!("{name} (no info: {error})"));
+                continue;
+            }
+        };
         if state.last_sequence == 0 {
             continue;
         }
@@ -201,7 +211,7 @@ pub async fn streams(js: &jetstream::Context) -> Streams {
                 Ok(Some(m)) => {
                     messages.insert(m.sequence, m);
                 }
-                Ok(None) => {}
+                Ok(None) => all.holes += 1,
                 Err(error) => {
                     all.unreadable += 1;
                     eprintln!("chaos: {name}: {error}");

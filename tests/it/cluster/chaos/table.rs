@@ -38,11 +38,15 @@ pub struct Summary<'a> {
     pub missing_streams: &'a [String],
     /// Stream sequences that could not be read.
     pub unreadable: u64,
+    /// Stream sequences between first and last that hold no message.
+    pub holes: u64,
     /// Streams whose replicas hold different messages at the end (reported, not a failure:
     /// the checker reads through the leaders).
     pub diverging: &'a [String],
     /// How many (stream, node) states the nodes' `/jsz` reported.
     pub replica_states: usize,
+    /// Streams without a leader or with a replica not current when they were read.
+    pub behind: &'a [String],
 }
 
 /// The table, ready to print.
@@ -94,7 +98,10 @@ pub fn render(s: &Summary) -> String {
         ),
     );
     line("events committed", f.events.to_string());
-    line("messages stored", f.stored.to_string());
+    line(
+        "messages stored",
+        format!("{} ({} sequences without a message)", f.stored, s.holes),
+    );
     for (name, n) in [
         ("lost", f.lost),
         ("duplicated", f.duplicated),
@@ -133,6 +140,9 @@ pub fn render(s: &Summary) -> String {
                 s.missing_streams, s.unreadable
             ),
         );
+    }
+    if !s.behind.is_empty() {
+        line("streams not current", s.behind.join("; "));
     }
     line(
         "replicas diverged",
