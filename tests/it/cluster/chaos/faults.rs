@@ -16,6 +16,9 @@ use order_service::bus::Topics;
 /// How long the cluster may take to be current again after a fault before the campaign goes on
 /// anyway (and says so).
 const RECOVERY: Duration = Duration::from_secs(60);
+/// The wait instead of [`RECOVERY`] when the cluster was not current after the previous fault
+/// either.
+const STUCK_RECOVERY: Duration = Duration::from_secs(10);
 
 /// A fault as it ran.
 #[derive(Debug, Clone)]
@@ -26,7 +29,7 @@ pub struct Done {
     pub from: Duration,
     /// See `from`.
     pub to: Duration,
-    /// Whether the cluster was current again within [`RECOVERY`].
+    /// Whether the cluster was current again within the wait after it.
     pub recovered: bool,
 }
 
@@ -51,7 +54,7 @@ pub async fn run(
     until: Duration,
     at_least: usize,
 ) -> Vec<Done> {
-    let mut done = Vec::new();
+    let mut done: Vec<Done> = Vec::new();
     for (n, fault) in plan.iter().enumerate() {
         if n >= at_least && start.elapsed() >= until {
             eprintln!("chaos: time is up after {n} of {} faults", plan.len());
@@ -61,14 +64,22 @@ pub async fn run(
         let from = start.elapsed();
         let what = inject_hold_heal(fault, targets).await;
         let to = start.elapsed();
-        let recovered = recover(targets).await;
+        // A cluster already stuck after the previous fault gets a short wait: the campaign keeps
+        // its pace, and the stuck streams are named each time.
+        let stuck = done.last().is_some_and(|d| !d.recovered);
+        let behind = recover(targets, if stuck { STUCK_RECOVERY } else { RECOVERY }).await;
+        let recovered = behind.is_empty();
         eprintln!(
             "chaos: fault {:>3} at {:>6.1}s {:<22} {what} ({:.1}s{})",
             n + 1,
             from.as_secs_f64(),
             fault.kind.name(),
             (to - from).as_secs_f64(),
-            if recovered { "" } else { ", NOT current again" }
+            if recovered {
+                String::new()
+            } else {
+                format!(", NOT current again: {}", behind.join("; "))
+            }
         );
         done.push(Done {
             kind: fault.kind,
@@ -186,11 +197,11 @@ async fn follower(
     ("(no stream led)".into(), NODES[rng.usize(..3)], "nobody")
 }
 
-/// Waits (bounded) until every stream of the table is led with all replicas current, and the
-/// service process runs; whether they all were.
-async fn recover(t: &mut Targets<'_>) -> bool {
+/// Waits (at most `within`) until every stream of the table is led with all replicas current,
+/// and the service process runs; the streams that are not.
+async fn recover(t: &mut Targets<'_>, within: Duration) -> Vec<String> {
     assert!(t.service.running(), "the service process died by itself");
-    not_current(t.js, RECOVERY).await.is_empty()
+    not_current(t.js, within).await
 }
 
 /// Waits until every stream of the table has a leader and all its replicas are current, at

@@ -84,7 +84,7 @@ pub fn render(s: &Summary) -> String {
     for kind in FaultKind::ALL {
         let (n, slow) = by_kind.get(&kind).copied().unwrap_or_default();
         let slow = if slow > 0 {
-            format!("  ({slow} not current again within 60 s)")
+            format!("  ({slow} times not current again after it)")
         } else {
             String::new()
         };
