@@ -8,7 +8,9 @@
 //! - `load`: a steady load of orders, and the comparison of the streams with the outbox.
 //! - `faults`: the tests of faults under load.
 //! - `repair`: all three stores lost; the service puts the events back.
+//! - `chaos`: a seeded, randomized fault campaign with a history checker (`make chaos`).
 
+mod chaos;
 mod faults;
 mod harness;
 mod load;

@@ -166,6 +166,29 @@ impl Cluster {
         self.wait_for_meta_leader().await;
     }
 
+    /// One node loses its store: its container is removed and a new one, empty, started under
+    /// the same name, network alias and ports (its peers know it again by its server name).
+    pub async fn replace_empty(&self, name: &str) {
+        let node = self.node(name);
+        docker(&["rm", "--force", "--volumes", &node.container])
+            .await
+            .unwrap_or_else(|error| panic!("remove {name}: {error}"));
+        self.run_node(node)
+            .await
+            .unwrap_or_else(|error| panic!("start {name} again: {error}"));
+        self.wait_up(name).await;
+    }
+
+    /// The Docker container of node `name`, for faults the cluster has no method for.
+    pub fn container(&self, name: &str) -> &str {
+        &self.node(name).container
+    }
+
+    /// Node `name`'s monitoring endpoint `path` (e.g. `jsz?streams=true`), when it answers.
+    pub async fn monitor(&self, name: &str, path: &str) -> Option<Value> {
+        monitor(self.node(name).monitor_port, path).await
+    }
+
     /// `nats://127.0.0.1:<n1>,nats://127.0.0.1:<n2>,nats://127.0.0.1:<n3>`: `NATS_URL` for the
     /// service under test.
     pub fn url(&self) -> String {
@@ -367,7 +390,7 @@ impl Drop for Cluster {
 }
 
 /// Runs `docker args`; its stdout, or its stderr as the error.
-async fn docker(args: &[&str]) -> Result<String, String> {
+pub(super) async fn docker(args: &[&str]) -> Result<String, String> {
     let run = tokio::process::Command::new("docker")
         .args(args)
         .stdin(Stdio::null())

@@ -1,0 +1,207 @@
+//! A randomized fault campaign with a history checker, as Jepsen runs them: the three-node
+//! cluster in Docker and the service as its own process, a load of every order command from
+//! several clients, a seeded schedule of faults (the service killed, nodes killed, stopped,
+//! paused, cut off, their stores wiped or a block file damaged, the service cut off the brokers),
+//! each healed before the next; then, once the service has published and repaired, a check of
+//! every committed event against the streams and every answer against the SQLite file, printed
+//! as a table. It fails when anything is lost, duplicated, altered, reordered outside repair,
+//! dead, or a success is missing.
+//!
+//! `CHAOS_SEED=<n>` replays a schedule (the seed is printed first and in the table);
+//! `CHAOS_DURATION` (90s by default: `make test` runs this short campaign, every kind of fault
+//! once in a seeded order) and `CHAOS_FAULT_INTERVAL` (8s) set its length and pace;
+//! `CHAOS_CLIENTS` (4) the load. `make chaos` runs a 30-minute campaign (225 faults).
+//!
+//! - `schedule`: the seeded plan of faults.  - `faults`: running it; `store`: pause and block
+//!   files; `proxy`: the TCP proxies between the service and the nodes.
+//! - `service`: the service process.  - `load` and `history`: the clients and what they were told.
+//! - `monitor`: publish progress during the run.  - `observe`, `checker`, `table`: the check.
+
+mod checker;
+mod faults;
+mod history;
+mod load;
+mod monitor;
+mod observe;
+mod proxy;
+mod schedule;
+mod service;
+mod store;
+mod table;
+
+use std::time::{Duration, Instant};
+
+use super::harness::Cluster;
+use crate::nats::NatsServer;
+use proxy::Proxy;
+use schedule::{FaultKind, parse_duration};
+use service::Service;
+
+/// The load after the last fault is healed, before it stops.
+const TAIL: Duration = Duration::from_secs(3);
+
+/// The campaign's settings, from the environment.
+struct Settings {
+    seed: u64,
+    duration: Duration,
+    interval: Duration,
+    clients: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let duration = |name: &str, default: u64| {
+            var(name).map_or(Duration::from_secs(default), |v| {
+                parse_duration(&v).unwrap_or_else(|| panic!("{name}={v} is not a duration"))
+            })
+        };
+        let seed = var("CHAOS_SEED").map_or_else(
+            || {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                nanos.as_nanos() as u64 % 1_000_000_000
+            },
+            |v| v.trim().parse().expect("CHAOS_SEED is a number"),
+        );
+        Settings {
+            seed,
+            duration: duration("CHAOS_DURATION", 90),
+            interval: duration("CHAOS_FAULT_INTERVAL", 8),
+            clients: var("CHAOS_CLIENTS").map_or(4, |v| v.parse().expect("CHAOS_CLIENTS")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign() {
+    let settings = Settings::from_env();
+    let plan = schedule::plan(settings.seed, settings.duration, settings.interval);
+    eprintln!(
+        "chaos: seed {} (CHAOS_SEED={} replays it), {:?} of load, {} faults planned every {:?}",
+        settings.seed,
+        settings.seed,
+        settings.duration,
+        plan.len(),
+        settings.interval
+    );
+
+    let cluster = Cluster::start().await;
+    let proxies: Vec<Proxy> = {
+        let mut proxies = Vec::new();
+        for upstream in client_ports(&cluster.url()) {
+            proxies.push(Proxy::start(upstream).await);
+        }
+        proxies
+    };
+    let through_proxies = proxies
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{}", p.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let mut service = Service::start(
+        &db,
+        &dir.path().join("service.log"),
+        NatsServer::as_service(through_proxies),
+    )
+    .await;
+    let js = cluster.jetstream().await;
+    wait_ready(&service).await;
+
+    let start = Instant::now();
+    let load = load::Load::start(&service.base, settings.seed, settings.clients, start);
+    let monitor = monitor::Monitor::start(db.clone(), start);
+    let done = {
+        let mut targets = faults::Targets {
+            cluster: &cluster,
+            js: &js,
+            service: &mut service,
+            proxies: &proxies,
+        };
+        let at_least = plan.len().min(FaultKind::ALL.len());
+        faults::run(&plan, &mut targets, start, settings.duration, at_least).await
+    };
+    tokio::time::sleep(TAIL).await;
+    let ops = load.stop().await;
+    let load_time = start.elapsed();
+
+    let settled = observe::settle(&db, &cluster.service()).await;
+    let progress = monitor.stop().await;
+    // Read what the leaders hold once every replica is current; a stream that never gets there
+    // is read as it is, and named in the table.
+    let behind = faults::not_current(&js, Duration::from_secs(60)).await;
+    let database = observe::database(&db);
+    let streams = observe::streams(&js).await;
+    let (diverging, replica_states) = observe::diverging_replicas(&cluster).await;
+    let findings = checker::check(&ops, &database, &streams);
+    let table = table::render(&table::Summary {
+        seed: settings.seed,
+        load: load_time,
+        interval: settings.interval,
+        clients: settings.clients,
+        planned: plan.len(),
+        faults: &done,
+        findings: &findings,
+        settled: &settled,
+        progress: &progress,
+        command_stall: history::longest_without_success(&ops, load_time),
+        missing_streams: &streams.missing_streams,
+        unreadable: streams.unreadable,
+        holes: streams.holes,
+        diverging: &diverging,
+        replica_states,
+        behind: &behind,
+    });
+    eprintln!("{table}");
+    for (kind, examples) in &findings.examples {
+        eprintln!("chaos: {kind}, e.g.:\n    {}", examples.join("\n    "));
+    }
+    if !settled.verify_clean {
+        eprintln!("chaos: outbox verify:\n{}", settled.verify_output);
+    }
+    let failures = findings.failures();
+    if !failures.is_empty() || !settled.verify_clean {
+        eprintln!("chaos: the service's log ends:\n{}", service.log_tail(60));
+    }
+    assert!(
+        failures.is_empty() && settled.verify_clean,
+        "seed {}: {failures:?}, outbox verify clean: {}",
+        settings.seed,
+        settled.verify_clean
+    );
+}
+
+/// The loopback client ports of `nats://127.0.0.1:<port>,...`.
+fn client_ports(url: &str) -> Vec<u16> {
+    url.split(',')
+        .map(|u| u.rsplit(':').next().unwrap().parse().expect("a port"))
+        .collect()
+}
+
+/// Waits until the service's `/ready` says ready: streams reconciled, relay running.
+async fn wait_ready(service: &Service) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = client
+            .get(format!("{}/ready", service.base))
+            .send()
+            .await
+            .ok();
+        let body: serde_json::Value = match ready {
+            Some(r) => r.json().await.unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
+        if body["status"] == "ready" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service is not ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,138 @@
+//! The seeded schedule of a campaign: which fault, when, for how long, and the salt every later
+//! random choice of that fault draws from (which node, which block file, which bytes). The same
+//! seed, duration and interval give the same schedule; what the cluster looks like when a fault
+//! comes (which node leads a stream) depends on timing and is printed as the fault runs.
+
+use std::time::Duration;
+
+/// How long the load runs before the first fault: the streams exist and hold a little.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// Every kind of fault a campaign knows. At most one runs at a time and each is healed before
+/// the next starts, so at most one node is faulty at once: no fault takes a quorum away
+/// deliberately (a two-replica stream still loses its quorum while one of its nodes is down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// SIGKILL of the service process, restarted on the same SQLite file after the hold.
+    ServiceKill,
+    /// `docker kill` (SIGKILL) of a node, started again with its store.
+    NodeKill,
+    /// `docker stop` (SIGTERM, a clean shutdown) of a node, started again with its store.
+    NodeRestart,
+    /// `docker pause` (SIGSTOP through the freezer) of a node, then unpause.
+    NodePause,
+    /// `docker pause` of a node holding a replica of a stream it does not lead.
+    FollowerPause,
+    /// A node killed, its container replaced by an empty one: the store is gone.
+    NodeWipe,
+    /// A node killed, one block file of a stream it holds truncated, the node started again.
+    BlockTruncate,
+    /// A node killed, 64 to 256 bytes of one block file overwritten, the node started again.
+    BlockCorrupt,
+    /// `docker network disconnect` of a node (from peers and clients), then connect.
+    NodePartition,
+    /// The service's TCP proxies to all three nodes drop every connection and refuse new ones,
+    /// or hold them without forwarding a byte (a black hole), then forward again.
+    ServiceCutOff,
+}
+
+impl FaultKind {
+    /// Every kind, in the table's order.
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::ServiceKill,
+        FaultKind::NodeKill,
+        FaultKind::NodeRestart,
+        FaultKind::NodePause,
+        FaultKind::FollowerPause,
+        FaultKind::NodeWipe,
+        FaultKind::BlockTruncate,
+        FaultKind::BlockCorrupt,
+        FaultKind::NodePartition,
+        FaultKind::ServiceCutOff,
+    ];
+
+    /// The kind's name in logs and the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::ServiceKill => "service kill -9",
+            FaultKind::NodeKill => "node kill -9",
+            FaultKind::NodeRestart => "node restart",
+            FaultKind::NodePause => "node pause",
+            FaultKind::FollowerPause => "follower pause",
+            FaultKind::NodeWipe => "node store wiped",
+            FaultKind::BlockTruncate => "block file truncated",
+            FaultKind::BlockCorrupt => "block file overwritten",
+            FaultKind::NodePartition => "node cut off",
+            FaultKind::ServiceCutOff => "service cut off",
+        }
+    }
+}
+
+/// One fault of the schedule.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// When it starts, from the start of the load (later if the previous one healed late).
+    pub at: Duration,
+    /// What it does.
+    pub kind: FaultKind,
+    /// The node it hits (an index into the harness's `NODES`) where the kind picks one up front.
+    pub node: usize,
+    /// How long the fault lasts before it is healed.
+    pub hold: Duration,
+    /// Seed of the fault's own choices (stream, block file, offset, bytes, proxy mode).
+    pub salt: u64,
+}
+
+/// The schedule for `seed`: a fault every `interval` from [`WARM_UP`] until `duration` (at least
+/// one), each held for 30 to 60 % of the interval. The first ten are every kind once in a seeded
+/// order (as many as fit), the rest seeded picks.
+pub fn plan(seed: u64, duration: Duration, interval: Duration) -> Vec<Planned> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let count = (duration.saturating_sub(WARM_UP).as_millis() / interval.as_millis().max(1)).max(1)
+        as usize;
+    let mut first = FaultKind::ALL.to_vec();
+    rng.shuffle(&mut first);
+    (0..count)
+        .map(|i| {
+            let kind = first
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| FaultKind::ALL[rng.usize(..FaultKind::ALL.len())]);
+            let hold_ms = interval.as_millis() as u64 * rng.u64(30..=60) / 100;
+            Planned {
+                at: WARM_UP + interval * i as u32,
+                kind,
+                node: rng.usize(..3),
+                hold: Duration::from_millis(hold_ms.max(500)),
+                salt: rng.u64(..),
+            }
+        })
+        .collect()
+}
+
+/// A duration from the environment: `90s`, `30m`, `1h 30m` (humantime), or plain seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    match text.parse::<u64>() {
+        Ok(seconds) => Some(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).ok(),
+    }
+}
+
+#[test]
+fn a_seed_gives_the_same_schedule_and_every_kind_first() {
+    let (duration, interval) = (Duration::from_secs(90), Duration::from_secs(8));
+    let one = plan(7, duration, interval);
+    let again = plan(7, duration, interval);
+    assert_eq!(format!("{one:?}"), format!("{again:?}"));
+    assert_eq!(one.len(), 10);
+    let mut kinds: Vec<FaultKind> = one.iter().map(|p| p.kind).collect();
+    kinds.sort();
+    assert_eq!(kinds, FaultKind::ALL);
+    assert_ne!(
+        format!("{one:?}"),
+        format!("{:?}", plan(8, duration, interval))
+    );
+    assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+    assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+}
