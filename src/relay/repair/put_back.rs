@@ -28,8 +28,11 @@ impl Relay {
             error: None,
         };
         self.record_stored(&check, &mut repair).await?;
-        self.delete_copies(&check, &mut repair).await?;
-        self.republish(&check, &mut repair).await?;
+        // One look at the stream serves the deletes and the duplicate checks of every chunk.
+        let state = broker::state(&self.js, &check.stream).await?;
+        self.delete_copies(&check, state.as_ref(), &mut repair)
+            .await?;
+        self.republish(&check, state.as_ref(), &mut repair).await?;
         Ok(repair)
     }
 
@@ -59,6 +62,7 @@ impl Relay {
     async fn delete_copies(
         &self,
         check: &StreamCheck,
+        state: Option<&broker::StreamState>,
         repair: &mut StreamRepair,
     ) -> Result<(), RepairError> {
         if check.copies.is_empty() {
@@ -73,7 +77,7 @@ impl Relay {
                 Ok::<_, StoreError>(())
             })
             .await?;
-        let Some(state) = broker::state(&self.js, &check.stream).await? else {
+        let Some(state) = state else {
             return Ok(());
         };
         for copy in &check.copies {
@@ -89,6 +93,7 @@ impl Relay {
     async fn republish(
         &self,
         check: &StreamCheck,
+        state: Option<&broker::StreamState>,
         repair: &mut StreamRepair,
     ) -> Result<(), RepairError> {
         let had: HashMap<i64, u64> = check.missing.iter().map(|r| (r.id, r.sequence)).collect();
@@ -128,14 +133,13 @@ impl Relay {
                 .await;
             let mut stored = Vec::new();
             let mut transient = None;
-            let state = broker::state(&self.js, &check.stream).await?;
             for (row, result) in sent.results {
                 match result {
                     Ok(ack) if ack.duplicate => {
                         repair.duplicates += 1;
                         // A duplicate is stored only if the stream holds it where it says: its
                         // duplicate window also remembers ids of messages it lost since.
-                        let held = match &state {
+                        let held = match state {
                             Some(state) => broker::message_id(&state.stream, ack.sequence)
                                 .await?
                                 .is_some_and(|id| id == row.event_id),
