@@ -4,6 +4,7 @@
 //! finds a stream missing events. The service runs these for `nats/topics.json`, a consumer group
 //! that emits for its own table.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -96,7 +97,10 @@ pub async fn repair_at_start(relay: &Relay) {
 /// events put back. The same check runs when the relay asks for it (a stream missing, or one
 /// that acknowledged sequences at or below recorded ones), when the broker announces that a
 /// stream of the table was created or elected a leader (a replica that lost its store can
-/// become leader without any client reconnecting), and every `verify_interval`.
+/// become leader without any client reconnecting), and every `verify_interval`. Those checks
+/// hold publishing too, briefly: the announced streams alone, all at once, each given
+/// [`LIVE_PATIENCE`](super::repair::LIVE_PATIENCE) to answer; a stream that did not answer (no
+/// leader) is left to the next check rather than reconciled.
 pub async fn reconcile_on_reconnect(
     kept: Kept<'_>,
     reconnected: &tokio::sync::Notify,
@@ -106,25 +110,34 @@ pub async fn reconcile_on_reconnect(
     let mut waits = RECONNECT_BACKOFF.waits();
     let mut advisories = advisories(kept.js).await;
     loop {
-        let reconcile = tokio::select! {
-            () = reconnected.notified() => true,
-            () = kept.status.heal_requested() => true,
+        let check = tokio::select! {
+            () = reconnected.notified() => None,
+            () = kept.status.heal_requested() => None,
             Some(stream) = next_advisory(&mut advisories) => {
-                if !kept.topics.iter().any(|t| t.stream_name() == stream) {
+                let mut named = BTreeSet::from([stream]);
+                // A node that goes away makes every stream it led elect a leader: one check
+                // for them all.
+                more_advisories(&mut advisories, &mut named).await;
+                named.retain(|name| kept.topics.iter().any(|t| t.stream_name() == *name));
+                if named.is_empty() {
                     continue;
                 }
-                tracing::info!(%stream, "the broker announced a new leader or a new stream; checking it");
-                false
+                tracing::info!(streams = ?named, "the broker announced a new leader or a new stream; checking it");
+                Some(Some(named))
             }
-            () = tokio::time::sleep(verify_interval) => false,
+            () = tokio::time::sleep(verify_interval) => Some(None),
         };
-        if !reconcile {
-            // A clean check holds publishing only as long as it takes (a few calls per stream).
+        if let Some(only) = check {
+            // A clean check holds publishing only as long as it takes (a few calls per stream,
+            // all streams at once, each given `LIVE_PATIENCE` to answer).
             let paused = kept.status.pause_publishing().await;
-            let checked = relay.verify(None, Tail::Skip).await;
+            let checked = relay.verify_streams(only.as_ref(), None, Tail::Skip).await;
             drop(paused);
             match checked {
-                Ok(checks) if checks.iter().all(|c| c.is_clean()) => continue,
+                // A stream that did not answer has no leader now: there is nothing to repair
+                // yet, and reconciling it would hold publishing for the client's whole request
+                // timeout. Its next leader's advisory, or the next interval, checks it again.
+                Ok(checks) if checks.iter().all(|c| !c.found_loss()) => continue,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "checking the streams failed");
@@ -183,6 +196,19 @@ pub async fn reconcile_on_reconnect(
         }
     }
 }
+
+/// Adds to `named` the streams of the advisories that arrive within [`ADVISORY_SETTLE`] of the
+/// first (and those already waiting).
+async fn more_advisories(advisories: &mut Advisories, named: &mut BTreeSet<String>) {
+    let until = tokio::time::Instant::now() + ADVISORY_SETTLE;
+    while let Ok(Some(stream)) = tokio::time::timeout_at(until, next_advisory(advisories)).await {
+        named.insert(stream);
+    }
+}
+
+/// How long a check waits for more advisories after the first: a leader election of many
+/// streams announces them one by one within a few hundred milliseconds.
+const ADVISORY_SETTLE: Duration = Duration::from_millis(500);
 
 /// The broker's advisories that a stream was created or elected a leader.
 type Advisories = Option<async_nats::Subscriber>;

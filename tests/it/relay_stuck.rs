@@ -74,7 +74,7 @@ async fn row(store: &Store, id: i64) -> OutboxRow {
 
 /// A relay of `store` publishing through `js`, with the test defaults (quick retries, 2 s PubAck
 /// timeout, passes of at most 1 s) changed by `adjust`.
-fn relay(store: &Store, js: &jetstream::Context, adjust: impl FnOnce(&mut Config)) -> Relay {
+pub fn relay(store: &Store, js: &jetstream::Context, adjust: impl FnOnce(&mut Config)) -> Relay {
     let mut config = crate::app::test_config(std::path::Path::new("/unused"));
     config.event_outbox_retry_base = Duration::from_millis(20);
     config.event_outbox_retry_max = Duration::from_millis(200);

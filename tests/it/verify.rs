@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use order_service::auth::Role;
+use order_service::relay::repair::{LIVE_PATIENCE, Tail};
+use order_service::store::{Store, StoreConfig, Synchronous};
 
 use crate::app::{OutboxRow, TestApp, User, relaying_app, simple_order};
 use crate::nats::NatsServer;
@@ -316,4 +318,53 @@ async fn a_stream_that_cannot_be_read_does_not_stop_the_check_of_the_others() {
     assert!(table.contains("not checked"), "{table}");
     assert_eq!(missing_in(&table, "ORDER_CREATED"), Some(0), "{table}");
     assert_eq!(missing_in(&table, "ORDER_AUDIT"), Some(0), "{table}");
+}
+
+#[tokio::test]
+async fn a_check_made_while_the_relay_runs_gives_a_stream_that_does_not_answer_its_patience() {
+    let mut nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let path = db.clone();
+    let app = relaying_app(&nats, move |c| c.database_path = path).await;
+    for _ in 0..3 {
+        app.create_order(User::new(Role::Customer), simple_order())
+            .await;
+    }
+    drained(&app).await;
+    app.stop().await;
+    let store = Store::open(&StoreConfig {
+        path: db,
+        synchronous: Synchronous::Normal,
+        readers: 2,
+    })
+    .unwrap();
+    let relay = crate::relay_stuck::relay(&store, &nats.jetstream().await, |_| {});
+    // A broker that answers nothing, as streams without a leader do: the relay's publishing
+    // waits for a live check, so each stream gets the check's patience, not the client's whole
+    // request timeout, and the streams wait it out together.
+    nats.pause().await;
+    let live = relay.verify(None, Tail::Skip).await.unwrap();
+    let whole = relay.verify(None, Tail::Read).await.unwrap();
+    nats.resume().await;
+    assert!(live.len() >= 2, "{live:?}");
+    for check in &live {
+        let error = check.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains(&format!("no answer within {}", LIVE_PATIENCE.as_secs_f32())),
+            "{}: {error}",
+            check.stream
+        );
+        assert!(!check.found_loss(), "{check:?}");
+    }
+    // Without a relay waiting (start-up, the CLI), a stream gets the client's timeout.
+    for check in &whole {
+        let error = check.error.as_deref().unwrap_or_default();
+        assert!(
+            !error.is_empty() && !error.contains("no answer within"),
+            "{}: {error}",
+            check.stream
+        );
+    }
+    nats.stop().await;
 }

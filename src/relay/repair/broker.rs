@@ -3,6 +3,7 @@
 //! check makes a fixed number of these calls per stream, whatever the number of rows.
 
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
@@ -49,16 +50,31 @@ impl StreamState {
 }
 
 /// The stream `name` and its state, `None` when the server has no such stream. Two calls: the
-/// stream's info, and its deleted sequences only when it reports some.
+/// stream's info, waited for up to `patience` (the client's request timeout when `None`), and
+/// its deleted sequences only when it reports some.
 pub(super) async fn state(
     js: &jetstream::Context,
     name: &str,
+    patience: Option<Duration>,
 ) -> Result<Option<StreamState>, RepairError> {
     let broker = |error: String| RepairError::Broker {
         stream: name.to_owned(),
         error,
     };
-    let stream = match js.get_stream(name).await {
+    let info = js.get_stream(name);
+    let answer = match patience {
+        Some(patience) => match tokio::time::timeout(patience, info).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return Err(broker(format!(
+                    "no answer within {} s (no leader?)",
+                    patience.as_secs_f32()
+                )));
+            }
+        },
+        None => info.await,
+    };
+    let stream = match answer {
         Ok(stream) => stream,
         Err(error) => {
             return match error.kind() {

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 
 use super::broker::{self, StreamState};
-use super::{Copy, Finding, RepairError, StreamCheck};
+use super::{Copy, Finding, RepairError, StreamCheck, Tail};
 use crate::relay::Relay;
 use crate::store::acknowledged::{self, Acknowledged};
 
@@ -38,7 +38,7 @@ impl Relay {
         &self,
         name: String,
         since: Option<DateTime<Utc>>,
-        tail: bool,
+        tail: Tail,
     ) -> Result<StreamCheck, RepairError> {
         let stream_name = name.clone();
         let (span, lost, pending) = self
@@ -59,7 +59,7 @@ impl Relay {
                 .push(Finding::Overwritten { rows: lost.len() });
             check.missing.extend(lost);
         }
-        let Some(state) = broker::state(&self.js, &name).await? else {
+        let Some(state) = broker::state(&self.js, &name, tail.patience()).await? else {
             let rows = self
                 .store
                 .read(move |conn| acknowledged::of_stream(conn, &name, since))
@@ -77,7 +77,7 @@ impl Relay {
         }
         // A stream none of whose rows is kept any more (an idle shop past its retention) holds
         // nothing of this outbox's past its start, unless a row is pending.
-        if tail && (recorded || pending) && state.last > high {
+        if tail == Tail::Read && (recorded || pending) && state.last > high {
             let from = (high + 1)
                 .max(state.first)
                 .max(state.last.saturating_sub(TAIL_LIMIT));

@@ -26,7 +26,11 @@ mod check;
 mod put_back;
 mod tables;
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 
 use super::Relay;
 use crate::store::StoreError;
@@ -179,6 +183,11 @@ impl StreamCheck {
         self.missing.is_empty() && self.copies.is_empty() && self.error.is_none()
     }
 
+    /// Whether the check found rows missing or copies (a stream not checked found nothing).
+    pub fn found_loss(&self) -> bool {
+        !self.missing.is_empty() || !self.copies.is_empty()
+    }
+
     /// The findings as one line.
     pub fn findings_text(&self) -> String {
         let mut parts: Vec<String> = self.findings.iter().map(ToString::to_string).collect();
@@ -246,11 +255,34 @@ pub enum RepairError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tail {
     /// Not past the highest recorded sequence: the relay may be publishing there right now.
+    /// Each stream gets [`LIVE_PATIENCE`] to answer: the relay's publishing waits for the check.
     Skip,
     /// Past it too, for events stored whose PubAck never came back: only while no relay
-    /// publishes (at start-up, or `outbox verify|repair` with the service stopped).
+    /// publishes (at start-up, or `outbox verify|repair` with the service stopped). Each
+    /// stream gets the client's whole request timeout.
     Read,
 }
+
+impl Tail {
+    /// How long the check waits for a stream's state, `None` for the client's request timeout.
+    fn patience(self) -> Option<Duration> {
+        match self {
+            Tail::Skip => Some(LIVE_PATIENCE),
+            Tail::Read => None,
+        }
+    }
+}
+
+/// How long a check made while the relay runs waits for a stream to tell its state. A stream
+/// without a leader (its node down, its replicas short of a quorum) does not answer at all, and
+/// the relay's publishing waits for the check: without a bound, each such stream held every
+/// other stream's events back for the client's whole request timeout. A stream that does not
+/// answer in time is reported not checked; when it elects a leader again, the broker's advisory
+/// brings the next check.
+pub const LIVE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How many streams a check reads at once: every stream of the table.
+const CHECKS_AT_ONCE: usize = 16;
 
 impl Relay {
     /// Checks every stream that acknowledged rows at or after `since` (all kept rows when
@@ -261,10 +293,30 @@ impl Relay {
         since: Option<DateTime<Utc>>,
         tail: Tail,
     ) -> Result<Vec<StreamCheck>, StoreError> {
-        let names = self.store.read(acknowledged::streams).await?;
-        let mut checks = Vec::with_capacity(names.len());
-        for name in names {
-            let check = match self.check(name.clone(), since, tail == Tail::Read).await {
+        self.verify_streams(None, since, tail).await
+    }
+
+    /// [`Relay::verify`] of the streams in `only` (every stream when `None`) that the outbox
+    /// recorded rows in. The streams are checked at once, so streams that do not answer wait
+    /// out their patience together rather than one after another.
+    pub async fn verify_streams(
+        &self,
+        only: Option<&BTreeSet<String>>,
+        since: Option<DateTime<Utc>>,
+        tail: Tail,
+    ) -> Result<Vec<StreamCheck>, StoreError> {
+        let mut names = self.store.read(acknowledged::streams).await?;
+        if let Some(only) = only {
+            names.retain(|name| only.contains(name));
+        }
+        let results: Vec<_> = futures::stream::iter(names)
+            .map(|name| async move { (name.clone(), self.check(name, since, tail).await) })
+            .buffered(CHECKS_AT_ONCE)
+            .collect()
+            .await;
+        let mut checks = Vec::with_capacity(results.len());
+        for (name, result) in results {
+            let check = match result {
                 Ok(check) => check,
                 Err(RepairError::Store(error)) => return Err(error),
                 Err(error) => {

@@ -29,7 +29,7 @@ impl Relay {
         };
         self.record_stored(&check, &mut repair).await?;
         // One look at the stream serves the deletes and the duplicate checks of every chunk.
-        let state = broker::state(&self.js, &check.stream).await?;
+        let state = broker::state(&self.js, &check.stream, None).await?;
         self.delete_copies(&check, state.as_ref(), &mut repair)
             .await?;
         self.republish(&check, state.as_ref(), &mut repair).await?;
