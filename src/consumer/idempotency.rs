@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS waiting_orders (
 ) WITHOUT ROWID;
 ";
 
-/// Opens (creating when missing) a consumer's database: WAL, the processed-events table.
+/// Opens (creating when missing) a consumer's database: WAL (an error when it does not take),
+/// the processed-events table.
 /// `synchronous_full` makes a committed (and then acknowledged) event survive power loss.
 pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -50,7 +51,18 @@ pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection>
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The switch does not take while another connection reads the file in rollback-journal
+    // mode (or on a file system without shared memory); the answer says which mode holds.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!(
+                "{}: journal_mode stays {mode}, WAL did not take (another process reading it in rollback-journal mode?)",
+                path.display()
+            )),
+        ));
+    }
     conn.pragma_update(
         None,
         "synchronous",
@@ -173,7 +185,15 @@ impl<'c> Batch<'c> {
 
     /// Commits the batch; wakes the group's relay when it emitted events.
     pub(crate) fn commit(self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("COMMIT")?;
+        if let Err(error) = self.conn.execute_batch("COMMIT") {
+            // SQLite keeps the transaction open after some failed COMMITs (SQLITE_BUSY) and rolls
+            // it back after others. Either way the round is over: left open, the retry would read
+            // its rows, take its events for processed ones and acknowledge them without effects.
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(error);
+        }
         if let Some(outbox) = self.outbox.as_ref().filter(|_| self.emitted) {
             outbox.committed();
         }
@@ -329,5 +349,56 @@ mod tests {
         assert!(is_processed(&conn, "g", ok.event_id()).unwrap());
         assert!(!is_processed(&conn, "g", failing.event_id()).unwrap());
         assert_eq!(processed_count(&conn, "g").unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_fails_leaves_no_round_open_and_nothing_processed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        // A file in rollback-journal mode, where a reader holding the file makes COMMIT fail
+        // with SQLITE_BUSY and SQLite keeps the transaction open.
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch("CREATE TABLE effects (event_id TEXT)")
+            .unwrap();
+        conn.busy_timeout(Duration::from_millis(50)).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        let (ok, delivery) = event();
+        let mut batch = Batch::begin(&mut conn).unwrap();
+        let step = batch
+            .run(
+                &processed(ok.event_id()),
+                &Effects,
+                &ok,
+                &delivery,
+                &Prepared::none(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(step, Step::Done));
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM processed_events", [], |r| r.get(0))
+            .unwrap();
+        assert!(batch.commit().is_err(), "COMMIT must fail under the reader");
+        reader.execute_batch("COMMIT").unwrap();
+        // The retry reads what was processed: the failed round's rows must not be there, or its
+        // events would be taken for duplicates and acknowledged without their effects.
+        assert!(conn.is_autocommit(), "the failed round is still open");
+        assert!(!is_processed(&conn, "g", ok.event_id()).unwrap());
+        let effects: i64 = conn
+            .query_row("SELECT count(*) FROM effects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(effects, 0);
+    }
+
+    #[test]
+    fn a_database_that_does_not_take_wal_is_refused() {
+        // An in-memory database answers `memory` to the switch: the group would run without the
+        // concurrency WAL gives it, and forget what it processed at every restart.
+        let error = open(Path::new(":memory:"), false).expect_err("open must fail");
+        assert!(error.to_string().contains("WAL did not take"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(open(&dir.path().join("c.db"), false).is_ok());
     }
 }
