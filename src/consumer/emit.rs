@@ -353,7 +353,14 @@ impl Emitter {
                 created_at: now,
             },
         )
-        .map_err(|e| Failure::transient(format!("writing the emitted event: {e}")))?;
+        .map_err(|e| {
+            // A full disk or a lock is the group's fault, not the event's: noted, it opens the
+            // breaker and holds the message instead of using up its deliveries.
+            if let crate::store::StoreError::Sqlite(error) = &e {
+                super::breaker::note_store_error(error);
+            }
+            Failure::transient(format!("writing the emitted event: {e}"))
+        })?;
         self.emitted += 1;
         Ok(event_id)
     }

@@ -6,11 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use order_service::auth::Role;
 use order_service::bus::Topics;
+use order_service::consumer::BreakerState;
 use order_service::consumer::emit::derived_id;
 use order_service::consumer::{
     Delivery, Emits, Event, Failure, Group, Handled, Handler, HandlerTx,
@@ -414,4 +416,74 @@ async fn a_group_killed_between_commit_and_publish_publishes_once_after_restart(
     );
     let after = restarted.stop().await;
     assert_eq!(after.processed, 0, "nothing ran twice: {after:?}");
+}
+
+/// Emits one event per created order; while `full` is set, the group's file is capped at its
+/// size just for the emit, which is made large enough to need new pages: the disk is full.
+struct FullOnEmit {
+    full: Arc<AtomicBool>,
+}
+
+impl Handler for FullOnEmit {
+    async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
+        let Event::Created(e) = event else {
+            return Ok(());
+        };
+        let order = e.data.order_id.to_string();
+        if !self.full.load(Ordering::Relaxed) {
+            tx.emit(TOPIC, &order, &json!({"order_id": order, "line": 0}), &[])?;
+            return Ok(());
+        }
+        let conn = tx.conn();
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        let pad = "x".repeat(300_000);
+        let emitted = tx.emit(TOPIC, &order, &json!({"order_id": order, "pad": pad}), &[]);
+        tx.conn()
+            .query_row("PRAGMA max_page_count = 1073741823", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        emitted.map(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_while_emitting_holds_the_messages_instead_of_using_their_deliveries() {
+    let (_nats, app, js, dir) = setup().await;
+    let db = dir.path().join("picking.db");
+    let full = Arc::new(AtomicBool::new(true));
+    let mut config = group_config(GROUP, &[Topic::Created], &db);
+    config.max_deliver = 2;
+    config.ack_wait = Duration::from_secs(1);
+    let handler = FullOnEmit { full: full.clone() };
+    let running = Running::of(
+        Group::new(js.clone(), config, handler)
+            .unwrap()
+            .emitting(emits()),
+    );
+    for _ in 0..3 {
+        order(&app, 1).await;
+    }
+    let stats = running.stats.clone();
+    // The group's own disk, not the events: the breaker opens and the messages wait.
+    until("the breaker opens", async || {
+        stats.breaker.state() != BreakerState::Closed
+    })
+    .await;
+    // Long enough for both deliveries and their backoff to be used up, were they counted.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    full.store(false, Ordering::Relaxed);
+    all_published(&db, 3).await;
+    let after = running.stop().await;
+    assert_eq!(
+        (after.processed, after.dead_lettered, after.retried),
+        (3, 0, 0),
+        "{after:?}"
+    );
+    let letters = order_service::consumer::dlq::list(&js, GROUP, None)
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
 }
