@@ -199,9 +199,18 @@ tokio::task_local! {
 }
 
 /// Notes `error` as the group's infrastructure failing when it is one and a guarded handler is
-/// running; called where a handler's database errors become `Failure`s.
+/// running; called where a handler's database errors become `Failure`s. Busy and locked are not
+/// noted: the round holds the group's file's write lock (`BEGIN IMMEDIATE`) while its handlers
+/// run, so such an error comes from another connection of the handler's own (another file, or
+/// the same file opened beside the group's), and is that event's failure, retried and counted
+/// like any other; taken as the group's, it halted every topic of the group for good.
 pub(crate) fn note_store_error(error: &rusqlite::Error) {
-    if is_store_fault(error) {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    let own_connection = matches!(
+        error.sqlite_error_code(),
+        Some(DatabaseBusy | DatabaseLocked)
+    );
+    if is_store_fault(error) && !own_connection {
         let _ = STORE_FAULT.try_with(|fault| {
             if let Ok(mut fault) = fault.lock() {
                 fault.get_or_insert_with(|| error.to_string());
