@@ -13,17 +13,20 @@
 //! One request per connection, answered with `Connection: close`. It cannot be starved by a
 //! client: the request head is at most [`MAX_HEAD`] bytes (431 beyond), the whole head must
 //! arrive within a deadline (408 after it, so a client trickling bytes gains nothing), writing the
-//! answer has a deadline too, and at most [`MAX_CONNECTIONS`] connections are served at once
-//! (further ones wait in the listener's backlog until one ends, which the deadlines bound).
+//! answer has a deadline too, and at most [`MAX_CONNECTIONS`] connections are open at once: one
+//! more closes the oldest (a request is answered in milliseconds, so the oldest is an idle
+//! socket, a trickler or a client that does not read), so idle sockets in every slot do not keep
+//! a probe waiting for their deadline.
 //! It stops when its `stop` future completes; connections in progress are dropped then.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::metrics::ConsumerMetrics;
@@ -84,7 +87,8 @@ impl Health {
         self
     }
 
-    /// How many connections are served at once ([`MAX_CONNECTIONS`] by default, at least one).
+    /// How many connections are open at once ([`MAX_CONNECTIONS`] by default, at least one);
+    /// one more closes the oldest.
     pub fn max_connections(mut self, n: usize) -> Health {
         self.max_connections = n.max(1);
         self
@@ -116,25 +120,24 @@ impl Health {
     pub async fn serve(self, listener: TcpListener, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let health = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(health.max_connections));
+        let open = Arc::new(Open::default());
         let mut connections = JoinSet::new();
         loop {
             while connections.try_join_next().is_some() {}
-            let slot = tokio::select! {
-                () = &mut stop => break,
-                slot = slots.clone().acquire_owned() => slot,
-            };
-            let Ok(slot) = slot else { break };
             let accepted = tokio::select! {
                 () = &mut stop => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, _)) => {
-                    let health = health.clone();
+                    let (id, evicted) = open.admit(health.max_connections);
+                    let (health, open) = (health.clone(), open.clone());
                     connections.spawn(async move {
-                        health.connection(stream).await;
-                        drop(slot);
+                        tokio::select! {
+                            () = health.connection(stream) => {}
+                            () = evicted.notified() => {}
+                        }
+                        open.leave(id);
                     });
                 }
                 Err(e) => {
@@ -189,6 +192,45 @@ impl Health {
             answer.drop_body();
         }
         answer
+    }
+}
+
+/// The connections being served, oldest first, each with what tells it to close.
+#[derive(Default)]
+struct Open {
+    state: Mutex<OpenState>,
+}
+
+#[derive(Default)]
+struct OpenState {
+    /// The last connection's number.
+    last: u64,
+    /// Each open connection's number and its signal to close, oldest first.
+    open: VecDeque<(u64, Arc<Notify>)>,
+}
+
+impl Open {
+    /// Takes a new connection in; when `max` are open already, the oldest is told to close. A
+    /// connection answered takes milliseconds, so the oldest is one that sent nothing, trickles
+    /// its head or does not read its answer: a probe is not kept waiting behind idle sockets.
+    fn admit(&self, max: usize) -> (u64, Arc<Notify>) {
+        let mut state = self.state.lock().expect("health connections lock");
+        while state.open.len() >= max {
+            let Some((_, oldest)) = state.open.pop_front() else {
+                break;
+            };
+            oldest.notify_one();
+        }
+        state.last += 1;
+        let (id, evicted) = (state.last, Arc::new(Notify::new()));
+        state.open.push_back((id, evicted.clone()));
+        (id, evicted)
+    }
+
+    /// Forgets a connection that ended (or was told to).
+    fn leave(&self, id: u64) {
+        let mut state = self.state.lock().expect("health connections lock");
+        state.open.retain(|(open, _)| *open != id);
     }
 }
 

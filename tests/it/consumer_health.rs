@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use order_service::consumer::health::MAX_CONNECTIONS;
 use order_service::consumer::{Group, Health};
 use order_service::domain::Topic;
 use order_service::shutdown::Shutdown;
@@ -196,8 +197,8 @@ async fn a_head_too_large_a_stalled_client_and_taken_slots_do_not_hurt_the_next_
     assert!(answer.starts_with("HTTP/1.1 408 "), "stalled: {answer:?}");
 
     // Both slots taken, one by a stalled client and one trickling a byte every 50 ms (each byte
-    // well within the timeout, the whole head never): the next request waits in the backlog for
-    // a slot, which the head timeout frees, and is answered.
+    // well within the timeout, the whole head never): the next request closes the oldest, the
+    // stalled one, and is answered.
     let mut stalled = TcpStream::connect(addr).await.unwrap();
     stalled
         .write_all(b"GET /health HTTP/1.1\r\n")
@@ -222,7 +223,10 @@ async fn a_head_too_large_a_stalled_client_and_taken_slots_do_not_hurt_the_next_
         asked.elapsed().as_secs_f64()
     );
     let answer = answer_of(&mut stalled, Duration::from_secs(10)).await;
-    assert!(answer.starts_with("HTTP/1.1 408 "), "stalled: {answer:?}");
+    assert!(
+        answer.is_empty(),
+        "stalled, closed to make room: {answer:?}"
+    );
     let mut trickle = trickler.await.unwrap();
     let answer = answer_of(&mut trickle, Duration::from_secs(10)).await;
     // The trickler may see its connection reset by its own bytes sent after the answer.
@@ -253,4 +257,37 @@ async fn a_head_too_large_a_stalled_client_and_taken_slots_do_not_hurt_the_next_
         .await
         .expect("the health server did not stop")
         .unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_in_every_slot_do_not_keep_a_probe_waiting() {
+    // The head timeout is long, so a probe that waits for a slot would wait for it.
+    let head_timeout = Duration::from_secs(30);
+    let (addr, stop, server) = serve(Health::new(Arc::default()).head_timeout(head_timeout)).await;
+    // Idle sockets in every slot, as a port scanner or a load balancer's pre-opened connections
+    // leave them: connected, nothing sent.
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // An orchestrator's probe with a 1 s timeout: the longest-idle connection makes room for it.
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let answer = probe.get(format!("http://{addr}/health")).send().await;
+    assert!(
+        answer.as_ref().is_ok_and(|a| a.status() == StatusCode::OK),
+        "a probe beside {MAX_CONNECTIONS} idle connections: {answer:?}"
+    );
+    // The one closed to make room was the oldest.
+    let first = answer_of(&mut idle[0], Duration::from_secs(5)).await;
+    assert!(
+        first.is_empty() || first.starts_with("HTTP/1.1 408 "),
+        "{first:?}"
+    );
+    drop(idle);
+    stop.trigger();
+    server.await.unwrap();
 }
