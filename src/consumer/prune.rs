@@ -3,10 +3,13 @@
 //! A processed-events row answers "was this event handled?" for as long as the event can arrive
 //! again. A stream delivers (and redelivers) a message until it is `max_age` old, and the relay's
 //! publish of an event id is deduplicated for `duplicate_window` after the first; a message is
-//! stored before it is processed. So a row processed longer ago than the largest
-//! `max_age + duplicate_window` of the streams the group reads (its topics' and its replayed dead
-//! letters') can no longer be asked about, and is deleted. The horizon is read from the broker at
-//! each pass: never pruned without it, never pruned at all when a stream keeps messages forever.
+//! stored before it is processed. An event processed and also dead-lettered (by a redelivery
+//! that then failed for good) arrives again when its letter is replayed, which `ORDER_DLQ`
+//! allows for its 30 days, and the replay stream delivers it for its own `max_age`. So a row is
+//! deleted once processed longer ago than the largest `max_age + duplicate_window` of the group's
+//! topics plus those of the two dead-letter streams ([`horizon`]). The horizon is read from the
+//! broker at each pass: never pruned without it, never pruned at all when a stream keeps
+//! messages forever.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,27 +29,40 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Rows deleted per transaction, so that the group's workers never wait long for the file.
 const PRUNE_BATCH: i64 = 1000;
 
-/// How long `config`'s processed events must be kept: the largest `max_age + duplicate_window`
-/// of the streams it reads, as the broker has them now; `None` when one keeps messages forever.
+/// How long `config`'s processed events must be kept, as the broker has the streams now; `None`
+/// when one of them keeps messages forever. An event can be delivered again as long as its
+/// stream keeps it (the largest `max_age + duplicate_window` of the group's topics). One that
+/// also became a dead letter (a redelivery, meanwhile, failed for good) can be replayed as long
+/// as `ORDER_DLQ` keeps the letter, and the replayed copy delivered as long as the replay stream
+/// keeps it: those streams' keeping adds to the topics'.
 pub async fn horizon(
     js: &jetstream::Context,
     config: &GroupConfig,
 ) -> Result<Option<Duration>, ConsumerError> {
-    let streams = config
-        .topics
-        .iter()
-        .map(|topic| stream_name(topic.as_str()))
-        .chain([dlq::REPLAY_STREAM.to_string()]);
-    let mut longest = Duration::ZERO;
-    for name in streams {
-        let mut stream = js.get_stream(&name).await.map_err(ConsumerError::nats)?;
-        let stream = &stream.info().await.map_err(ConsumerError::nats)?.config;
-        if stream.max_age.is_zero() {
+    let mut topics = Duration::ZERO;
+    for topic in &config.topics {
+        let Some(keeping) = keeping(js, &stream_name(topic.as_str())).await? else {
             return Ok(None);
-        }
-        longest = longest.max(stream.max_age + stream.duplicate_window);
+        };
+        topics = topics.max(keeping);
     }
-    Ok(Some(longest))
+    let mut horizon = topics;
+    for name in [dlq::DLQ_STREAM, dlq::REPLAY_STREAM] {
+        let Some(keeping) = keeping(js, name).await? else {
+            return Ok(None);
+        };
+        horizon += keeping;
+    }
+    Ok(Some(horizon))
+}
+
+/// How long the stream `name` can deliver a message after it was stored: `max_age +
+/// duplicate_window` (a publish again within the window is not stored again); `None` when it
+/// keeps messages forever.
+async fn keeping(js: &jetstream::Context, name: &str) -> Result<Option<Duration>, ConsumerError> {
+    let mut stream = js.get_stream(name).await.map_err(ConsumerError::nats)?;
+    let config = &stream.info().await.map_err(ConsumerError::nats)?.config;
+    Ok((!config.max_age.is_zero()).then(|| config.max_age + config.duplicate_window))
 }
 
 /// Deletes `group`'s processed events recorded before `before`, in small transactions; returns

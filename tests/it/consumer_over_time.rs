@@ -2,7 +2,7 @@
 //! pruned once no stream it reads can deliver them again, and events of a later minor version
 //! (fields this build does not know, anywhere) are handled while another major is a dead letter.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -49,17 +49,30 @@ async fn processed_events_are_pruned_after_the_streams_max_age_and_duplicate_win
     let topics = [Topic::Created, Topic::Audit];
     // The dead-letter streams are created by the first group; the horizon is needed before.
     dlq::ensure_streams(&js).await.unwrap();
-    let mut horizon = Duration::ZERO;
-    for stream in ["ORDER_CREATED", "ORDER_AUDIT", dlq::REPLAY_STREAM] {
+    let mut keeping = HashMap::new();
+    for stream in [
+        "ORDER_CREATED",
+        "ORDER_AUDIT",
+        dlq::DLQ_STREAM,
+        dlq::REPLAY_STREAM,
+    ] {
         let config = stream_config(&js, stream).await;
         assert!(!config.max_age.is_zero(), "{stream} keeps messages forever");
-        horizon = horizon.max(config.max_age + config.duplicate_window);
+        keeping.insert(stream, config.max_age + config.duplicate_window);
     }
-    assert!(horizon > Duration::from_secs(90 * 24 * 3600), "{horizon:?}");
+    let delivered_for = keeping["ORDER_CREATED"].max(keeping["ORDER_AUDIT"]);
+    // An event processed and also dead-lettered can be replayed while ORDER_DLQ keeps its
+    // letter, and delivered while the replay stream keeps the copy.
+    let horizon = delivered_for + keeping[dlq::DLQ_STREAM] + keeping[dlq::REPLAY_STREAM];
+    assert!(
+        horizon > Duration::from_secs(150 * 24 * 3600),
+        "{horizon:?}"
+    );
     let hour = Duration::from_secs(3600);
 
     let expired = seed(&db, "pruning", horizon + hour, 2_500);
     let within = seed(&db, "pruning", horizon - hour, 3);
+    let replayable = seed(&db, "pruning", delivered_for + hour, 3);
     let past_created_only = seed(&db, "pruning", Duration::from_secs(8 * 24 * 3600), 3);
     let other_group = seed(&db, "other", horizon + hour, 3);
 
@@ -75,6 +88,11 @@ async fn processed_events_are_pruned_after_the_streams_max_age_and_duplicate_win
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(still_recorded(&db, "pruning", &within), within.len());
+    assert_eq!(
+        still_recorded(&db, "pruning", &replayable),
+        replayable.len(),
+        "a dead letter of these may still be replayed"
+    );
     assert_eq!(
         still_recorded(&db, "pruning", &past_created_only),
         past_created_only.len(),
