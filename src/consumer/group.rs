@@ -1,6 +1,7 @@
-//! A consumer group at run time: set up its streams, consumers and database (waiting for the
-//! broker as long as it takes), then run one worker per consumer and one dead-letter watch per
-//! topic until shutdown.
+//! A consumer group at run time: set up its streams and consumers (waiting for the broker as
+//! long as it takes), take the group's lease, open and migrate its database (the breaker open
+//! while the file fails), then run one worker per consumer and one dead-letter watch per topic
+//! until shutdown or the lease is lost.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use tokio::task::JoinSet;
 
+use super::breaker::{Outage, is_store_fault};
 use super::config::GroupConfig;
 use super::emit::{self, Emits, Outbox};
 use super::exhausted::exhausted;
@@ -92,12 +94,9 @@ impl<H: Handler> Group<H> {
         &self.config
     }
 
-    /// Creates the dead-letter streams and the leases' bucket when missing, the group's consumers
-    /// and the group's database; returns the consumers.
+    /// Creates the dead-letter streams and the leases' bucket when missing and the group's
+    /// consumers; returns the consumers. The database waits for the lease ([`Group::open_files`]).
     async fn setup(&self) -> Result<Vec<(Source, PullConsumer)>, ConsumerError> {
-        let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
-        self.handler.migrate(&conn)?;
-        drop(conn);
         dlq::ensure_streams(&self.js).await?;
         owner::ensure_bucket(&self.js).await?;
         let mut consumers = Vec::new();
@@ -180,13 +179,24 @@ impl<H: Handler> Group<H> {
         let keep = lease.keep(stop.clone());
         tokio::pin!(keep);
         let mut lease_done = false;
+        // Only the lease's holder opens and migrates the group's files: a standby (a newer
+        // version, say) does not migrate them under the process running.
+        let files = tokio::select! {
+            () = shutdown.as_mut() => None,
+            () = &mut keep => return Ok(Ended::LeaseLost),
+            files = self.open_files(consumers.len(), &stop) => files?,
+        };
+        let Some(Files { outbox, mut conns }) = files else {
+            stop.trigger();
+            keep.await;
+            return Ok(Ended::Stopped);
+        };
         let mut tasks = JoinSet::new();
         tasks.spawn(prune::run(
             self.js.clone(),
             self.config.clone(),
             stop.signal(),
         ));
-        let outbox = Outbox::open(self.emits.as_ref(), &self.config)?;
         if let Some(outbox) = &outbox {
             tasks.spawn(outbox.clone().run(self.js.clone(), stop.clone()));
         }
@@ -224,8 +234,7 @@ impl<H: Handler> Group<H> {
                 stats: self.stats.clone(),
                 source: *source,
             };
-            let conn = idempotency::open(&self.config.database, self.config.synchronous_full)?;
-            conn.busy_timeout(self.config.busy_timeout)?;
+            let conn = conns.pop().expect("a connection per consumer");
             tasks.spawn(emit::scope(
                 outbox.clone(),
                 worker.drain(consumer.clone(), conn, stop.clone()),
@@ -260,6 +269,83 @@ impl<H: Handler> Group<H> {
             keep.await;
         }
         result
+    }
+}
+
+/// The group's files, open: its outbox when it emits, and a connection per worker.
+struct Files {
+    outbox: Option<Arc<Outbox>>,
+    conns: Vec<rusqlite::Connection>,
+}
+
+impl<H: Handler> Group<H> {
+    /// Opens the group's database, migrates it (the handler's tables, the outbox when the group
+    /// emits) and opens a connection for each of `workers`. A fault of the file itself (locked,
+    /// full, cannot be opened or switched to WAL) is the group's, as in a round: the breaker
+    /// opens and the files are tried again after a growing wait, until `stop` (`None` then).
+    /// Another error (a handler's migration that is wrong) ends the group.
+    async fn open_files(
+        &self,
+        workers: usize,
+        stop: &Shutdown,
+    ) -> Result<Option<Files>, ConsumerError> {
+        let mut outage = None;
+        loop {
+            let (config, handler, emits) = (
+                self.config.clone(),
+                self.handler.clone(),
+                self.emits.clone(),
+            );
+            // A file locked by another process waits `busy_timeout`: off the runtime, so the
+            // lease is kept meanwhile.
+            let opened = tokio::task::spawn_blocking(move || {
+                let conn = idempotency::open(&config.database, config.synchronous_full)?;
+                handler.migrate(&conn)?;
+                drop(conn);
+                let outbox = Outbox::open(emits.as_ref(), &config)?;
+                let mut conns = Vec::with_capacity(workers);
+                for _ in 0..workers {
+                    let conn = idempotency::open(&config.database, config.synchronous_full)?;
+                    conn.busy_timeout(config.busy_timeout)?;
+                    conns.push(conn);
+                }
+                Ok::<_, ConsumerError>(Files { outbox, conns })
+            })
+            .await
+            .map_err(|e| ConsumerError::Config(format!("opening the group's files failed: {e}")))?;
+            match opened {
+                Ok(files) => return Ok(Some(files)),
+                Err(error) if is_file_fault(&error) => {
+                    GroupStats::add(&self.stats.infrastructure_faults);
+                    tracing::warn!(group = %self.config.group, %error, "the group's database cannot be opened; the breaker opens until it can");
+                    let outage = outage.get_or_insert_with(|| {
+                        Outage::begin(&self.stats.breaker, self.config.ack_wait)
+                    });
+                    if !outage.wait(&[], stop).await {
+                        return Ok(None);
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Whether opening the group's files failed for the file's sake (locked, full, read-only, cannot
+/// be opened or created) rather than a mistake in a migration.
+fn is_file_fault(error: &ConsumerError) -> bool {
+    use crate::store::StoreError;
+    match error {
+        ConsumerError::Database(e) | ConsumerError::Outbox(StoreError::Sqlite(e)) => {
+            is_store_fault(e)
+        }
+        ConsumerError::Outbox(StoreError::Migration(
+            rusqlite_migration::Error::RusqliteError { err, .. },
+        )) => is_store_fault(err),
+        ConsumerError::Outbox(StoreError::Io(_) | StoreError::Pool(_)) | ConsumerError::Io(_) => {
+            true
+        }
+        _ => false,
     }
 }
 

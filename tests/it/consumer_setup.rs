@@ -1,0 +1,136 @@
+//! A consumer group's start: only the lease's holder opens and migrates the group's database,
+//! and a database that cannot be opened opens the breaker (the group waits for it) instead of
+//! ending the group.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use order_service::consumer::{
+    BreakerState, Delivery, Event, Failure, GroupRole, GroupStats, Handler, HandlerTx,
+};
+use order_service::domain::Topic;
+
+use crate::app::PATIENCE;
+use crate::consumer::{
+    Recorder, Running, create_orders, exactly_once, expected_events, group_config, processed_all,
+    setup,
+};
+
+/// Waits until `done` holds, failing the test with `what` after [`PATIENCE`].
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A [`Recorder`] whose migration notes that it ran.
+struct Migrating {
+    migrated: Arc<AtomicBool>,
+    inner: Recorder,
+}
+
+impl Handler for Migrating {
+    fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+        self.migrated.store(true, Ordering::Relaxed);
+        self.inner.migrate(conn)
+    }
+
+    async fn handle(
+        &self,
+        event: &Event,
+        delivery: &Delivery,
+        tx: &mut HandlerTx<'_>,
+    ) -> Result<(), Failure> {
+        self.inner.handle(event, delivery, tx).await
+    }
+}
+
+fn role_is(stats: &GroupStats, role: GroupRole) -> bool {
+    stats.role() == role
+}
+
+#[tokio::test]
+async fn a_standby_does_not_migrate_the_database_under_the_process_running() {
+    let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let active = Running::recording(&js, "migrating", &topics, &db);
+    until("the first process is active", || {
+        role_is(&active.stats, GroupRole::Active)
+    })
+    .await;
+    let migrated = Arc::new(AtomicBool::new(false));
+    let standby = Running::start(
+        &js,
+        group_config("migrating", &topics, &db),
+        Migrating {
+            migrated: migrated.clone(),
+            inner: Recorder::new("migrating"),
+        },
+    );
+    until("the second process stands by", || {
+        role_is(&standby.stats, GroupRole::Standby)
+    })
+    .await;
+    let orders = create_orders(&app, 3, 1).await;
+    let expected = expected_events(&app, &orders, &topics);
+    processed_all(&db, "migrating", &expected).await;
+    assert!(
+        !migrated.load(Ordering::Relaxed),
+        "the standby migrated the database under the running process"
+    );
+
+    // The running process stops; the standby takes the lease, and only then migrates.
+    active.stop().await;
+    until("the standby takes over", || {
+        role_is(&standby.stats, GroupRole::Active)
+    })
+    .await;
+    until("the new holder migrates", || {
+        migrated.load(Ordering::Relaxed)
+    })
+    .await;
+    let more = create_orders(&app, 3, 1).await;
+    let mut all = orders;
+    all.extend(more);
+    let expected = expected_events(&app, &all, &topics);
+    processed_all(&db, "migrating", &expected).await;
+    standby.stop().await;
+    exactly_once(&db, "migrating", &expected);
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_opened_opens_the_breaker_until_it_can() {
+    let (_started, _nats, app, js, dir, _db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    // The database's folder cannot be made: a file stands where it would be.
+    let folder = dir.path().join("group");
+    std::fs::write(&folder, b"not a folder").unwrap();
+    let db = folder.join("c.db");
+    let running = Running::recording(&js, "unopened", &topics, &db);
+    until("the breaker opens", || {
+        running.stats.breaker.state() != BreakerState::Closed
+    })
+    .await;
+    let orders = create_orders(&app, 3, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !role_is(&running.stats, GroupRole::Stopped),
+        "the group ended on its database"
+    );
+    assert_eq!(running.stats.health()["status"], "degraded");
+
+    // The folder can be made now: the group opens its database and processes what waited.
+    std::fs::remove_file(&folder).unwrap();
+    let expected = expected_events(&app, &orders, &topics);
+    processed_all(&db, "unopened", &expected).await;
+    until("the breaker closes", || {
+        running.stats.breaker.state() == BreakerState::Closed
+    })
+    .await;
+    let stats = running.stop().await;
+    exactly_once(&db, "unopened", &expected);
+    assert_eq!(stats.dead_lettered, 0);
+}
