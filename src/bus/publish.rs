@@ -103,6 +103,9 @@ pub enum TransientCause {
     /// JetStream itself is unavailable, out of resources or failed to store; the text says which.
     #[error("JetStream unavailable: {0}")]
     BrokerUnavailable(String),
+    /// Nothing was sent: the outbox could not note beforehand that the rows go out.
+    #[error("not sent: the outbox could not note the send: {0}")]
+    OutboxUnwritable(String),
 }
 
 /// The failures that are about the message or its topic.

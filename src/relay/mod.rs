@@ -113,6 +113,8 @@ pub struct Relay {
     config: RelayConfig,
     metrics: Arc<Metrics>,
     status: Arc<RelayStatus>,
+    /// How far rows were handed to a publish, per stream (see [`sending`]).
+    sent_marks: Arc<sending::SentMarks>,
 }
 
 impl Relay {
@@ -130,6 +132,7 @@ impl Relay {
             config,
             metrics,
             status,
+            sent_marks: Arc::default(),
         }
     }
 

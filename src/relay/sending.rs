@@ -14,12 +14,16 @@
 //! Row by row, each key's rows go one after another and stop at the key's first failure, while
 //! up to the publish window of keys go at once.
 //!
-//! Before any of that, rows whose first try ended without an answer long enough ago that the
-//! stream's duplicate window may be over (or that an earlier relay may have sent that long ago)
-//! are looked up in the stream ([`stored`]): those it holds are recorded at the sequence found,
-//! as duplicates, and are not sent again.
+//! Before any of that, the stream's sent mark is raised to cover the rows ([`marks`]), and rows
+//! whose first try ended without an answer long enough ago that the stream's duplicate window
+//! may be over (or that an earlier relay may have sent that long ago: at or below the mark it
+//! left) are looked up in the stream ([`stored`]): those it holds are recorded at the sequence
+//! found, as duplicates, and are not sent again.
 
+mod marks;
 mod stored;
+
+pub(super) use marks::SentMarks;
 
 use std::time::Instant;
 
@@ -75,6 +79,21 @@ impl Relay {
             atomic: false,
             fell_back: false,
         };
+        // Noted before anything goes out, so that a later relay knows what this one may have
+        // sent (see `marks`).
+        let last_id = rows.iter().map(|row| row.id).max().unwrap_or(0);
+        if let Err(error) = self
+            .sent_marks
+            .cover(&self.store, &sent.stream, last_id)
+            .await
+        {
+            let error =
+                PublishError::Transient(TransientCause::OutboxUnwritable(error.to_string()));
+            sent.transient = true;
+            sent.results.push((rows[0].clone(), Err(error)));
+            sent.unsent = rows;
+            return sent;
+        }
         let found = match tries {
             Some(tries) => self.drop_stored(rows, &tries, &mut sent).await,
             None => Ok(rows),
@@ -144,14 +163,24 @@ impl Relay {
         // clocks and for the time a try takes.
         let horizon = self.config.duplicate_window / 2;
         let (now, wall) = (Instant::now(), Utc::now());
+        let earlier = match self.sent_marks.earlier(&self.store, &sent.stream).await {
+            Ok(earlier) => earlier,
+            Err(error) => {
+                let error =
+                    PublishError::Transient(TransientCause::OutboxUnwritable(error.to_string()));
+                return Err((rows, error));
+            }
+        };
         let doubtful: Vec<&Due> = rows
             .iter()
             .zip(&tries.first)
             .filter(|(row, tried)| {
                 let tried_long_ago = tried.is_some_and(|at| now.duration_since(at) >= horizon);
-                // An earlier relay may have sent it; even when this one tried it lately too,
-                // as that try may have ended before reaching the broker.
-                let maybe_sent_before = row.created_at < tries.since
+                // An earlier relay may have sent it (it handed out rows up to `earlier`); even
+                // when this one tried it lately too, as that try may have ended before reaching
+                // the broker. A backlog above the mark was never sent: no look-up.
+                let maybe_sent_before = row.id <= earlier
+                    && row.created_at < tries.since
                     && (wall - row.created_at).to_std().unwrap_or_default() >= horizon;
                 tried_long_ago || maybe_sent_before
             })

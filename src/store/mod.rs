@@ -20,6 +20,7 @@ pub mod orders;
 pub mod outbox;
 pub mod products;
 pub mod retention;
+pub mod sent_marks;
 pub mod tail;
 pub mod writer;
 
@@ -59,6 +60,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_outbox_verify.sql",
         include_str!("../../migrations/0005_outbox_verify.sql"),
     ),
+    (
+        "0006_outbox_sent_marks.sql",
+        include_str!("../../migrations/0006_outbox_sent_marks.sql"),
+    ),
 ];
 
 /// The migrations of a consumer group's database that emits events: the outbox alone, the same
@@ -71,6 +76,10 @@ const SUBSCRIBER_MIGRATIONS: &[(&str, &str)] = &[
     (
         "subscriber/0002_outbox_verify.sql",
         include_str!("../../migrations/subscriber/0002_outbox_verify.sql"),
+    ),
+    (
+        "subscriber/0003_outbox_sent_marks.sql",
+        include_str!("../../migrations/subscriber/0003_outbox_sent_marks.sql"),
     ),
 ];
 
@@ -384,7 +393,7 @@ mod tests {
             .prepare(
                 "SELECT name, sql FROM sqlite_master
                  WHERE sql IS NOT NULL AND (tbl_name = 'order_events_outbox'
-                    OR tbl_name = 'outbox_requeues')
+                    OR tbl_name = 'outbox_requeues' OR tbl_name = 'outbox_sent_marks')
                  ORDER BY name",
             )
             .unwrap();
@@ -415,7 +424,7 @@ mod tests {
         let mut group = Connection::open_in_memory().unwrap();
         subscriber_migrations().to_latest(&mut group).unwrap();
         let schema = outbox_schema(&service);
-        assert_eq!(schema.len(), 9, "{schema:?}");
+        assert_eq!(schema.len(), 10, "{schema:?}");
         assert_eq!(outbox_schema(&group), schema);
         let requeues = |c: &Connection| {
             c.query_row("SELECT last FROM outbox_requeues WHERE id = 1", [], |r| {

@@ -13,6 +13,7 @@ use order_service::config::Config;
 use order_service::metrics::Metrics;
 use order_service::relay::{Relay, RelayStatus};
 use order_service::store::outbox::{self, NewRow, OutboxRow};
+use order_service::store::sent_marks;
 use order_service::store::{Store, StoreConfig, StoreError, Synchronous};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -299,7 +300,11 @@ async fn a_row_stored_before_the_duplicate_window_is_not_stored_again() {
     let (sent, event) = insert(&store, "order.created", "k", "{\"n\":1}".into()).await;
     let (other, _) = insert(&store, "order.created", "j", "{\"n\":2}".into()).await;
     // The row reached the stream, but its PubAck never reached the relay (a lost connection, a
-    // relay that died before marking it).
+    // relay that died before marking it). That relay had noted that it hands the row out.
+    store
+        .write(move |tx| sent_marks::raise(tx, "ORDER_CREATED", sent))
+        .await
+        .unwrap();
     let first = bus::publish(
         &js,
         &OutboxMessage {
@@ -456,4 +461,45 @@ async fn a_batch_whose_pub_ack_was_lost_is_not_stored_again_after_the_window() {
         .filter(|m| m.msg_id == event)
         .count();
     assert_eq!(copies, 1, "the event is stored {copies} times");
+}
+
+#[tokio::test]
+async fn a_backlog_no_relay_sent_is_not_looked_up_in_the_stream_after_a_restart() {
+    let nats = NatsServer::start().await;
+    let window = Duration::from_secs(1);
+    let js = reconciled(&nats, window).await;
+    let (store, _dir) = outbox_store();
+    // A backlog committed while nothing could be published, older than the duplicate window when
+    // a relay (a restarted service) starts on it. No relay ever handed these rows out.
+    for n in 0..200 {
+        insert(
+            &store,
+            "order.created",
+            &format!("k{}", n % 20),
+            format!("{{\"n\":{n}}}"),
+        )
+        .await;
+    }
+    tokio::time::sleep(window * 3).await;
+    // Every read of a stored message, as a lookup before a resend makes them.
+    let client = nats.connect().await;
+    let mut reads = futures::stream::select(
+        client.subscribe("$JS.API.STREAM.MSG.GET.>").await.unwrap(),
+        client.subscribe("$JS.API.DIRECT.GET.>").await.unwrap(),
+    );
+    client.flush().await.unwrap();
+
+    let relay = relay(&store, &js, |c| c.nats_duplicate_window = window);
+    while rows(&store).await.iter().any(|r| r.status != "published") {
+        relay.run_once().await.unwrap();
+    }
+    let mut lookups = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), reads.next()).await {
+        lookups += 1;
+    }
+    assert_eq!(
+        lookups, 0,
+        "rows no relay had sent were looked up in the stream before their first send"
+    );
+    assert_eq!(stored(&js).await.len(), 200);
 }
