@@ -3,7 +3,8 @@
 //!
 //! - Every event of every committed outbox row is in its topic's stream exactly once, by
 //!   `Nats-Msg-Id`, with the committed payload byte for byte (else `altered`); a dead row is
-//!   counted as dead, not lost. A message no row explains is `foreign`.
+//!   counted as dead, not lost, and a row still pending as `undelivered` (the outbox still holds
+//!   it). A message no row explains is `foreign`.
 //! - Per stream and key (the subject's last token), the stored order is the commit order (outbox
 //!   id order): a message stored after one committed later is `reordered`. A message carrying
 //!   `Repaired-From-Sequence` (put back by repair) is counted as `repaired` and left out of the
@@ -37,8 +38,11 @@ pub struct Findings {
     pub events: usize,
     /// Messages in the streams.
     pub stored: usize,
-    /// Events of committed rows (not dead) in no stream.
+    /// Events of rows recorded published in no stream.
     pub lost: usize,
+    /// Events of rows still pending at the end in no stream: not lost (the outbox holds them),
+    /// not delivered either.
+    pub undelivered: usize,
     /// Copies beyond the first.
     pub duplicated: usize,
     /// Events stored with another payload.
@@ -66,6 +70,7 @@ impl Findings {
     pub fn failures(&self) -> Vec<String> {
         [
             ("lost", self.lost),
+            ("undelivered", self.undelivered),
             ("duplicated", self.duplicated),
             ("altered", self.altered),
             ("foreign", self.foreign),
@@ -163,6 +168,13 @@ fn check_streams(f: &mut Findings, db: &Database, streams: &Streams) {
                 f.example(
                     "dead",
                     format!("row {} ({}) {}", row.id, row.topic, row.event_id),
+                );
+            }
+            "pending" if n == 0 => {
+                f.undelivered += 1;
+                f.example(
+                    "undelivered",
+                    format!("row {} ({}, pending) {}", row.id, row.topic, row.event_id),
                 );
             }
             status if n == 0 => {
@@ -264,6 +276,7 @@ fn the_checker_finds_each_kind_of_anomaly() {
         row(4, "order.audit", "a", "dead", "create"),
         row(5, "order.created", "a", "published", "create"),
         row(6, "order.created", "a", "published", "nobody"),
+        row(7, "order.created", "c", "pending", "create"),
     ];
     let message = |sequence: u64, id: &str, payload: &str, repaired: bool| Message {
         stream: "ORDER_CREATED".into(),
@@ -313,6 +326,7 @@ fn the_checker_finds_each_kind_of_anomaly() {
     let f = check(&ops, &db, &streams);
     let counts = [
         f.lost,
+        f.undelivered,
         f.duplicated,
         f.altered,
         f.foreign,
@@ -320,7 +334,7 @@ fn the_checker_finds_each_kind_of_anomaly() {
         f.repaired,
         f.dead,
     ];
-    assert_eq!(counts, [1, 1, 1, 1, 1, 1, 1], "{f:#?}");
+    assert_eq!(counts, [1, 1, 1, 1, 1, 1, 1, 1], "{f:#?}");
     assert_eq!(
         (f.ok, f.failed, f.unknown, f.unknown_committed),
         (2, 1, 1, 1)
@@ -329,5 +343,5 @@ fn the_checker_finds_each_kind_of_anomaly() {
         (f.missing_successes, f.failed_but_committed, f.phantoms),
         (1, 1, 1)
     );
-    assert_eq!(f.failures().len(), 9);
+    assert_eq!(f.failures().len(), 10);
 }

@@ -104,6 +104,7 @@ pub fn render(s: &Summary) -> String {
     );
     for (name, n) in [
         ("lost", f.lost),
+        ("undelivered", f.undelivered),
         ("duplicated", f.duplicated),
         ("altered", f.altered),
         ("foreign", f.foreign),
