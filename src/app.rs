@@ -21,7 +21,7 @@ use crate::consumer;
 use crate::metrics::Metrics;
 use crate::ops::{self, Ops};
 use crate::relay::streams::{
-    Kept, START_BACKOFF, reconcile, reconcile_on_reconnect, repair_at_start,
+    Kept, START_BACKOFF, hold_for_repair, reconcile, reconcile_on_reconnect, repair_at_start,
 };
 use crate::relay::{self, Relay, RelayConfig, RelayStatus};
 use crate::shutdown::Shutdown;
@@ -195,20 +195,24 @@ async fn publish_outbox(
         metrics,
         status.clone(),
     );
-    // A broker that lost its store while the service was stopped gets the events back before
-    // the relay publishes anything newer.
-    tokio::select! {
+    // A broker that lost its store while the service was stopped gets each stream's events back
+    // before the relay publishes anything newer to that stream; the other streams go on.
+    let held = tokio::select! {
         () = &mut shutdown => return,
-        () = repair_at_start(&relay) => {}
-    }
+        held = hold_for_repair(&relay) => held,
+    };
     let relayed = relay.clone().run(shutdown);
     tokio::pin!(relayed);
-    let reconciled = reconcile_on_reconnect(
-        kept(&js, &topics, &config, &status),
-        &reconnected,
-        &relay,
-        config.event_outbox_verify_interval,
-    );
+    let reconciled = async {
+        repair_at_start(&relay, held).await;
+        reconcile_on_reconnect(
+            kept(&js, &topics, &config, &status),
+            &reconnected,
+            &relay,
+            config.event_outbox_verify_interval,
+        )
+        .await
+    };
     // The watcher never ends by itself; the relay ends on shutdown.
     tokio::select! {
         () = &mut relayed => {}

@@ -187,16 +187,19 @@ impl Outbox {
             e.metrics.clone(),
             e.status.clone(),
         );
-        tokio::select! {
+        let held = tokio::select! {
             () = stop.signal() => return Ok(()),
-            () = relay::streams::repair_at_start(&relay) => {}
-        }
+            held = relay::streams::hold_for_repair(&relay) => held,
+        };
         // The group's client is its caller's, whose reconnects are not watched here: a stream
         // lost with the broker's store is found by the relay (which asks for a reconcile) or by
         // the periodic check.
         let reconnected = tokio::sync::Notify::new();
-        let healed =
-            relay::streams::reconcile_on_reconnect(kept, &reconnected, &relay, e.verify_interval);
+        let healed = async {
+            relay::streams::repair_at_start(&relay, held).await;
+            relay::streams::reconcile_on_reconnect(kept, &reconnected, &relay, e.verify_interval)
+                .await
+        };
         let cleaned = relay::cleanup::run(
             self.store.clone(),
             e.retention,

@@ -196,6 +196,24 @@ impl Lanes {
         dropped.len()
     }
 
+    /// `batch` was not sent (its stream is paused): its rows go back to the lane's front, which
+    /// hands them out again at `until`, without counting a failure.
+    pub fn not_sent(&mut self, batch: Batch, until: Instant) {
+        let stopped = &self.stopped;
+        let keep: Vec<Due> = batch
+            .rows
+            .into_iter()
+            .filter(|row| !stopped.contains(&row.key))
+            .collect();
+        let lane = self.lane(&batch.stream);
+        lane.busy = false;
+        lane.retry_at = Some(until);
+        for row in keep.iter().rev() {
+            lane.queue.push_front(row.clone());
+        }
+        self.queued += keep.len();
+    }
+
     /// `stream` refused an atomic batch at `now`: its rows go one by one until a batch is tried
     /// again, after a back-off that doubles with each refusal in a row.
     pub fn one_by_one(&mut self, stream: &str, now: Instant) {
@@ -375,6 +393,30 @@ mod tests {
             ids(&retried[0].rows),
             vec![1, 2],
             "the same rows again, in order"
+        );
+    }
+
+    #[test]
+    fn a_batch_not_sent_to_a_paused_stream_comes_back_whole_at_its_time_without_a_back_off() {
+        let mut l = lanes(2);
+        for id in 1..=3 {
+            l.push("A", row(id, "k"));
+        }
+        let now = Instant::now();
+        let a = l.take_ready(now).remove(0);
+        let until = now + Duration::from_millis(100);
+        l.not_sent(a, until);
+        assert_eq!(l.queued(), 3);
+        assert_eq!(l.next_retry(), Some(until));
+        assert!(l.take_ready(now).is_empty(), "nothing before its time");
+        let again = l.take_ready(until);
+        assert_eq!(ids(&again[0].rows), vec![1, 2], "the same rows, in order");
+        // No failure was counted: a clean batch after it does not start from a longer wait.
+        l.finish("A", again[0].rows.clone(), true, until);
+        let wait = l.next_retry().expect("backing off") - until;
+        assert!(
+            wait <= Duration::from_millis(100),
+            "the first back-off (at most 100 ms), as if nothing had failed before: {wait:?}"
         );
     }
 

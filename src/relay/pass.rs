@@ -36,6 +36,8 @@ const PASS_MAX: Duration = Duration::from_secs(5);
 
 /// How many batches' worth of rows the lanes may hold beyond those in flight.
 const READ_AHEAD_BATCHES: usize = 4;
+/// How often a lane whose stream is paused (being checked or repaired) looks again.
+const PAUSED_POLL: Duration = Duration::from_millis(100);
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -106,8 +108,14 @@ impl Relay {
             if !p.done_sending {
                 let now = Instant::now();
                 for batch in lanes.take_ready(now) {
+                    // A stream being checked or repaired waits; the others go on.
+                    let Some(to_stream) = self.status.publishing_to(&batch.stream) else {
+                        lanes.not_sent(batch, now + PAUSED_POLL);
+                        continue;
+                    };
                     let tries = lanes.tries(&batch.rows, now);
                     in_flight.push(async move {
+                        let _to_stream = to_stream;
                         let _publishing = self.status.publishing().await;
                         self.send_again(batch, Some(tries)).await
                     });

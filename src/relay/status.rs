@@ -1,8 +1,10 @@
-//! What readiness reports about the bus and the relay, and the relay's two signals to the rest of
-//! the service: "reconcile the streams" and "hold publishing while the streams change".
+//! What readiness reports about the bus and the relay, and the relay's signals to the rest of
+//! the service: "reconcile the streams", "hold publishing while the streams change", and "hold
+//! publishing to this stream while it is checked or repaired".
 
-use std::sync::RwLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,7 +22,13 @@ pub struct RelayStatus {
     last_run_ms: AtomicI64,
     heal: Notify,
     gate: tokio::sync::RwLock<()>,
+    /// Per stream: written while the stream is checked or repaired, read while the relay
+    /// publishes to it.
+    stream_gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
+
+/// Holds the relay's publishing to one stream until dropped ([`RelayStatus::pause_stream`]).
+pub type StreamPause = tokio::sync::OwnedRwLockWriteGuard<()>;
 
 /// The outcome of the last stream reconciliation.
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +125,31 @@ impl RelayStatus {
     /// Held by the relay while it publishes.
     pub(super) async fn publishing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.gate.read().await
+    }
+
+    /// Holds the relay's publishing to `stream` alone until the guard is dropped (a batch in
+    /// flight to it finishes first): a check of the stream reads past its recorded rows, and a
+    /// repair puts events back before newer ones, while every other stream goes on publishing.
+    pub async fn pause_stream(&self, stream: &str) -> StreamPause {
+        self.stream_gate(stream).write_owned().await
+    }
+
+    /// Held by the relay while it publishes to `stream`; `None` while the stream is paused, and
+    /// the relay sends to the other streams meanwhile.
+    pub(super) fn publishing_to(
+        &self,
+        stream: &str,
+    ) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        self.stream_gate(stream).try_read_owned().ok()
+    }
+
+    fn stream_gate(&self, stream: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.stream_gates
+            .lock()
+            .expect("status lock")
+            .entry(stream.to_owned())
+            .or_default()
+            .clone()
     }
 
     pub(super) fn beat(&self) {

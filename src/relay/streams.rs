@@ -4,13 +4,14 @@
 //! finds a stream missing events. The service runs these for `nats/topics.json`, a consumer group
 //! that emits for its own table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::future::BoxFuture;
 
 use super::repair::Tail;
+use super::status::StreamPause;
 use super::{Relay, RelayStatus, StreamsSummary};
 use crate::backoff::Backoff;
 use crate::bus::{self, Topics};
@@ -68,15 +69,30 @@ pub async fn reconcile(kept: Kept<'_>) {
     }
 }
 
-/// Repairs the streams ([`Relay::repair`]), trying up to [`REPAIR_ATTEMPTS`] times: a repair
-/// that cannot succeed (the broker refuses the reads) must not keep every event from being
-/// published; the next reconnect or periodic check tries again.
-pub async fn repair_at_start(relay: &Relay) {
+/// Pauses the relay's publishing to every stream the outbox recorded rows in, for
+/// [`repair_at_start`]: taken before the relay starts, and released stream by stream as each is
+/// repaired, so a stream that takes long to put back (or does not answer) holds back no other.
+/// Nothing is held when the outbox cannot be read (the repair then fails and says so).
+pub async fn hold_for_repair(relay: &Relay) -> HashMap<String, StreamPause> {
+    relay.pause_recorded_streams().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading the streams to repair failed");
+        HashMap::new()
+    })
+}
+
+/// Repairs the streams ([`Relay::repair_held`]), trying up to [`REPAIR_ATTEMPTS`] times: a
+/// repair that cannot succeed (the broker refuses the reads) must not keep every event from
+/// being published; the next reconnect or periodic check tries again. The relay may run
+/// meanwhile: `held` pauses its publishing to each stream until that stream's first repair ends.
+pub async fn repair_at_start(relay: &Relay, held: HashMap<String, StreamPause>) {
     let mut waits = START_BACKOFF.waits();
+    let mut held = Some(held);
     for attempt in 1..=REPAIR_ATTEMPTS {
-        // The relay has not started: events stored whose PubAck was lost before a crash are found
-        // past the recorded sequences and recorded, not sent again.
-        match relay.repair(None, Tail::Read).await {
+        // No relay has published to a stream since this one started: events stored whose
+        // PubAck was lost before a crash are found past the recorded sequences and recorded,
+        // not sent again.
+        let held = held.take().unwrap_or_default();
+        match relay.repair_held(held, None, Tail::Read).await {
             Ok(_) => return,
             Err(e) if attempt == REPAIR_ATTEMPTS => {
                 tracing::error!(error = %e, "repairing the streams failed; the relay goes on, the next check tries again");
@@ -128,11 +144,9 @@ pub async fn reconcile_on_reconnect(
             () = tokio::time::sleep(verify_interval) => Some(None),
         };
         if let Some(only) = check {
-            // A clean check holds publishing only as long as it takes (a few calls per stream,
-            // all streams at once, each given `LIVE_PATIENCE` to answer).
-            let paused = kept.status.pause_publishing().await;
+            // A clean check holds publishing to each stream only as long as that stream's check
+            // takes (a few calls, all streams at once, each given `LIVE_PATIENCE` to answer).
             let checked = relay.verify_streams(only.as_ref(), None, Tail::Skip).await;
-            drop(paused);
             match checked {
                 // A stream that did not answer has no leader now: there is nothing to repair
                 // yet, and reconciling it would hold publishing for the client's whole request
@@ -148,16 +162,16 @@ pub async fn reconcile_on_reconnect(
         waits.reset();
         let mut repair_failures = 0;
         loop {
-            // Publishing waits while a stream's subjects or transform may change under it, and
-            // while a stream gets back what it lost.
+            // Publishing waits while a stream's subjects or transform may change under it; then
+            // each stream's publishing waits while that stream gets back what it lost.
             let paused = kept.status.pause_publishing().await;
             let reconciled = bus::reconcile(kept.js, kept.topics, kept.duplicate_window).await;
+            drop(paused);
             // A stream that cannot be reconciled does not keep the others from their repair.
             let repaired = relay
                 .repair(None, Tail::Skip)
                 .await
                 .map_err(|e| e.to_string());
-            drop(paused);
             let reconciled_ok = match reconciled {
                 Ok(report) => {
                     if !report.changed_nothing() {

@@ -443,3 +443,81 @@ async fn the_periodic_check_repairs_a_stream_deleted_without_a_reconnect() {
         "{text}"
     );
 }
+
+/// Events the outbox records as acknowledged by `ORDER_CREATED` that no broker holds: `n` rows
+/// written straight into the database, so a repair of that many costs what it costs at scale.
+fn lost_created_rows(db: &Path, n: usize) {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let at = order_service::store::timestamp(chrono::Utc::now());
+    let tx = conn.transaction().unwrap();
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO order_events_outbox (event_id, topic, subject_key, payload, headers,
+                    status, stream, stream_seq, created_at, published_at)
+                 VALUES (?1, 'order.created', ?2, '{}', ?5, 'published', 'ORDER_CREATED',
+                    ?3, ?4, ?4)",
+            )
+            .unwrap();
+        for i in 0..n {
+            let id = Uuid::now_v7().to_string();
+            let headers = json!({"Nats-Msg-Id": id}).to_string();
+            insert
+                .execute(rusqlite::params![
+                    id,
+                    format!("lost-{}", i % 500),
+                    (1_000 + i) as i64,
+                    at,
+                    headers
+                ])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_being_put_back_at_start_holds_back_no_other_stream() {
+    let mut nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let path = db.clone();
+    let app = relaying_app(&nats, move |c| c.database_path = path).await;
+    let ids = orders(&app, 3).await;
+    drained(&app).await;
+    app.stop().await;
+
+    // The broker loses its store, and `ORDER_CREATED` had acknowledged many more events.
+    nats.start_again_empty().await;
+    lost_created_rows(&db, 20_000);
+
+    let (url, path) = (nats.url(), db.clone());
+    let app = spawn_app_with(move |c| {
+        c.event_outbox_enabled = true;
+        c.nats.url = url;
+        c.database_path = path;
+    })
+    .await;
+    // Orders cancelled while `ORDER_CREATED` is put back: their stream lost nothing.
+    cancel_all(&app, &ids).await;
+    drained(&app).await;
+    let js = nats.jetstream().await;
+    held_all(&app, &js).await;
+    let (cancelled, repaired): (String, String) = app
+        .db()
+        .query_row(
+            "SELECT (SELECT max(published_at) FROM order_events_outbox
+                     WHERE topic = 'order.cancelled'),
+                    (SELECT max(published_at) FROM order_events_outbox
+                     WHERE topic = 'order.created')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        cancelled < repaired,
+        "the cancellations went out at {cancelled}, only after ORDER_CREATED's repair ended at {repaired}"
+    );
+    let messages = every_event_once(&app, &js).await;
+    in_commit_order(&app, &messages);
+}

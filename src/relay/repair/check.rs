@@ -222,6 +222,12 @@ impl Relay {
                     stored += 1;
                     check.stored.push((row.id, sequence));
                 }
+                // Recorded there since the stream's rows were read (a batch in flight when the
+                // check began): the only copy, not a second one.
+                Some(row)
+                    if row.status == "published"
+                        && row.stream.as_deref() == Some(check.stream.as_str())
+                        && row.sequence == Some(sequence) => {}
                 Some(row)
                     if row.status == "published"
                         && row.stream.as_deref() == Some(check.stream.as_str()) =>

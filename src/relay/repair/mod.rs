@@ -14,8 +14,9 @@
 //!   back its later rows. It deletes the later copy of an event stored twice, and records rows
 //!   the stream holds but the outbox never heard of (a PubAck lost before a crash).
 //!
-//! The caller holds the relay's publishing meanwhile ([`super::RelayStatus::pause_publishing`]),
-//! so no newer row of a stream is stored before its repaired ones. A consumer still sees a
+//! The relay's publishing to a stream waits while it is checked and repaired
+//! ([`super::RelayStatus::pause_stream`]), so no newer row of it is stored before its repaired
+//! ones, while the other streams go on. A consumer still sees a
 //! repaired event after newer events of its key that the stream kept: a log cannot insert into
 //! its past, so the header says which events came back.
 //!
@@ -26,13 +27,14 @@ mod check;
 mod put_back;
 mod tables;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use super::Relay;
+use super::status::StreamPause;
 use crate::store::StoreError;
 use crate::store::acknowledged::{self, Acknowledged};
 pub use tables::{format_checks, format_repairs};
@@ -298,7 +300,8 @@ impl Relay {
 
     /// [`Relay::verify`] of the streams in `only` (every stream when `None`) that the outbox
     /// recorded rows in. The streams are checked at once, so streams that do not answer wait
-    /// out their patience together rather than one after another.
+    /// out their patience together rather than one after another; the relay's publishing to
+    /// each waits for its check.
     pub async fn verify_streams(
         &self,
         only: Option<&BTreeSet<String>>,
@@ -310,74 +313,78 @@ impl Relay {
             names.retain(|name| only.contains(name));
         }
         let results: Vec<_> = futures::stream::iter(names)
-            .map(|name| async move { (name.clone(), self.check(name, since, tail).await) })
+            .map(|name| async move {
+                let _pause = self.status.pause_stream(&name).await;
+                self.check_or_report(name, since, tail).await
+            })
             .buffered(CHECKS_AT_ONCE)
             .collect()
             .await;
-        let mut checks = Vec::with_capacity(results.len());
-        for (name, result) in results {
-            let check = match result {
-                Ok(check) => check,
-                Err(RepairError::Store(error)) => return Err(error),
-                Err(error) => {
-                    tracing::warn!(stream = %name, %error, "checking a stream failed; the others are checked");
-                    let mut check = StreamCheck::new(name);
-                    check.error = Some(error.to_string());
-                    check
-                }
-            };
-            log_check(&check);
-            checks.push(check);
-        }
-        Ok(checks)
+        results.into_iter().collect()
     }
 
     /// Publishes again what [`Relay::verify`] finds missing, per stream in commit order, deletes
     /// second copies and records events stored unrecorded. Returns the streams it acted on, or
-    /// could not check. A stream that fails does not stop the others.
+    /// could not check. A stream that fails does not stop the others. Each stream is checked and
+    /// repaired while the relay's publishing to it alone is paused, the streams at once.
     pub async fn repair(
         &self,
         since: Option<DateTime<Utc>>,
         tail: Tail,
     ) -> Result<Vec<StreamRepair>, RepairError> {
+        self.repair_held(HashMap::new(), since, tail).await
+    }
+
+    /// Pauses the relay's publishing to every stream the outbox recorded rows in, for
+    /// [`Relay::repair_held`]: taken before the relay starts, so that no stream stores a newer
+    /// event before its check (which reads past the recorded rows) and the events it puts back.
+    pub async fn pause_recorded_streams(&self) -> Result<HashMap<String, StreamPause>, StoreError> {
+        let mut held = HashMap::new();
+        for name in self.store.read(acknowledged::streams).await? {
+            let pause = self.status.pause_stream(&name).await;
+            held.insert(name, pause);
+        }
+        Ok(held)
+    }
+
+    /// [`Relay::repair`] of streams some of which the caller paused already (`held`); each
+    /// pause ends with its stream's repair, so the relay publishes to a stream as soon as that
+    /// stream is back, whatever is left of the others'.
+    pub async fn repair_held(
+        &self,
+        mut held: HashMap<String, StreamPause>,
+        since: Option<DateTime<Utc>>,
+        tail: Tail,
+    ) -> Result<Vec<StreamRepair>, RepairError> {
+        let names = self.store.read(acknowledged::streams).await?;
+        let streams: Vec<(String, Option<StreamPause>)> = names
+            .into_iter()
+            .map(|name| {
+                let pause = held.remove(&name);
+                (name, pause)
+            })
+            .collect();
+        // Streams with nothing recorded any more have nothing to wait for.
+        drop(held);
+        let results: Vec<_> = futures::stream::iter(streams)
+            .map(|(name, pause)| async move {
+                let _pause = match pause {
+                    Some(pause) => pause,
+                    None => self.status.pause_stream(&name).await,
+                };
+                self.repair_stream(name, since, tail).await
+            })
+            .buffered(CHECKS_AT_ONCE)
+            .collect()
+            .await;
         let mut repairs = Vec::new();
         let mut transient = None;
-        for check in self.verify(since, tail).await? {
-            if check.is_clean() && check.stored.is_empty() {
-                if let Some(error) = check.error {
-                    repairs.push(StreamRepair::failed(check.stream, check.findings, error));
-                }
-                continue;
+        for result in results {
+            let (repair, failed_for_now) = result?;
+            if let Some(error) = failed_for_now {
+                transient.get_or_insert(error);
             }
-            tracing::warn!(
-                stream = %check.stream,
-                missing = check.missing.len(),
-                copies = check.copies.len(),
-                findings = %check.findings_text(),
-                "a stream does not hold what it acknowledged once; repairing it"
-            );
-            let (stream, findings) = (check.stream.clone(), check.findings.clone());
-            let repair = match self.put_back(check).await {
-                Ok(repair) => repair,
-                Err(RepairError::Store(error)) => return Err(RepairError::Store(error)),
-                Err(error) => {
-                    if matches!(error, RepairError::Transient { .. }) {
-                        transient.get_or_insert_with(|| error.to_string());
-                    }
-                    tracing::warn!(%stream, %error, "repairing a stream failed; the others go on");
-                    StreamRepair::failed(stream, findings, error.to_string())
-                }
-            };
-            tracing::info!(
-                stream = %repair.stream,
-                republished = repair.republished,
-                duplicates = repair.duplicates,
-                failed = repair.failed,
-                copies_deleted = repair.copies_deleted,
-                recorded = repair.recorded,
-                "stream repaired"
-            );
-            repairs.push(repair);
+            repairs.extend(repair);
         }
         // The broker went away meanwhile: the caller tries again (what was put back is recorded).
         if let Some(error) = transient {
@@ -391,6 +398,75 @@ impl Relay {
             });
         }
         Ok(repairs)
+    }
+
+    /// Checks the stream `name` and puts back what it lost: what it did (`None` when the stream
+    /// holds everything once), and the error when publishing failed for now.
+    async fn repair_stream(
+        &self,
+        name: String,
+        since: Option<DateTime<Utc>>,
+        tail: Tail,
+    ) -> Result<(Option<StreamRepair>, Option<String>), RepairError> {
+        let check = self.check_or_report(name, since, tail).await?;
+        if check.is_clean() && check.stored.is_empty() {
+            let failed = check
+                .error
+                .map(|error| StreamRepair::failed(check.stream, check.findings, error));
+            return Ok((failed, None));
+        }
+        tracing::warn!(
+            stream = %check.stream,
+            missing = check.missing.len(),
+            copies = check.copies.len(),
+            findings = %check.findings_text(),
+            "a stream does not hold what it acknowledged once; repairing it"
+        );
+        let (stream, findings) = (check.stream.clone(), check.findings.clone());
+        let mut transient = None;
+        let repair = match self.put_back(check).await {
+            Ok(repair) => repair,
+            Err(RepairError::Store(error)) => return Err(RepairError::Store(error)),
+            Err(error) => {
+                if matches!(error, RepairError::Transient { .. }) {
+                    transient = Some(error.to_string());
+                }
+                tracing::warn!(%stream, %error, "repairing a stream failed; the others go on");
+                StreamRepair::failed(stream, findings, error.to_string())
+            }
+        };
+        tracing::info!(
+            stream = %repair.stream,
+            republished = repair.republished,
+            duplicates = repair.duplicates,
+            failed = repair.failed,
+            copies_deleted = repair.copies_deleted,
+            recorded = repair.recorded,
+            "stream repaired"
+        );
+        Ok((Some(repair), transient))
+    }
+
+    /// The check of the stream `name`; a stream that cannot be read is reported with its error,
+    /// the outbox that cannot be read fails.
+    async fn check_or_report(
+        &self,
+        name: String,
+        since: Option<DateTime<Utc>>,
+        tail: Tail,
+    ) -> Result<StreamCheck, StoreError> {
+        let check = match self.check(name.clone(), since, tail).await {
+            Ok(check) => check,
+            Err(RepairError::Store(error)) => return Err(error),
+            Err(error) => {
+                tracing::warn!(stream = %name, %error, "checking a stream failed; the others are checked");
+                let mut check = StreamCheck::new(name);
+                check.error = Some(error.to_string());
+                check
+            }
+        };
+        log_check(&check);
+        Ok(check)
     }
 }
 
