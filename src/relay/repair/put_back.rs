@@ -1,6 +1,7 @@
 //! Putting back what one stream's check found: events stored unrecorded are recorded, second
-//! copies deleted, and missing rows published again in commit order, a publish batch at a time,
-//! each with [`REPAIRED_HEADER`]. A key whose row fails holds back its later rows in every later
+//! copies deleted, and missing rows published again in commit order, a publish batch at a time
+//! (the next batch read and the last one recorded while a batch is out), each with
+//! [`REPAIRED_HEADER`]. A key whose row fails holds back its later rows in every later
 //! chunk too, so per key the repaired stream keeps commit order.
 
 use std::collections::{HashMap, HashSet};
@@ -8,9 +9,11 @@ use std::collections::{HashMap, HashSet};
 use chrono::Utc;
 
 use super::{REPAIRED_HEADER, RepairError, StreamCheck, StreamRepair, broker};
+use crate::bus::Published;
 use crate::relay::Relay;
 use crate::relay::lanes::{Batch, Mode};
 use crate::store::acknowledged;
+use crate::store::outbox::Due;
 use crate::store::{StoreError, outbox};
 
 impl Relay {
@@ -89,7 +92,10 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes the missing rows again, a publish batch at a time, in commit order.
+    /// Publishes the missing rows again, a publish batch at a time, in commit order. While one
+    /// batch is out, the next one's rows are read and the previous one's outcomes written: a
+    /// stream that lost hundreds of thousands of events gets them back at the pace of the
+    /// broker's answers, not of three steps one after another.
     async fn republish(
         &self,
         check: &StreamCheck,
@@ -97,41 +103,54 @@ impl Relay {
         repair: &mut StreamRepair,
     ) -> Result<(), RepairError> {
         let had: HashMap<i64, u64> = check.missing.iter().map(|r| (r.id, r.sequence)).collect();
-        let ids: Vec<i64> = check.missing.iter().map(|r| r.id).collect();
+        let chunks: Vec<Vec<i64>> = check
+            .missing
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+            .chunks(self.config.publish_batch.max(1))
+            .map(<[i64]>::to_vec)
+            .collect();
         // Keys whose row could not be put back: their later rows wait, in this chunk and after.
         let mut held: HashSet<String> = HashSet::new();
-        for chunk in ids.chunks(self.config.publish_batch.max(1)) {
-            let chunk = chunk.to_vec();
-            let rows = self
-                .store
-                .read(move |conn| outbox::by_ids(conn, &chunk))
-                .await?;
-            let (rows, waiting): (Vec<_>, Vec<_>) =
-                rows.into_iter().partition(|row| !held.contains(&row.key));
-            repair.failed += waiting.len();
-            if rows.is_empty() {
-                continue;
-            }
-            let rows = rows
+        let mut rows = match chunks.first() {
+            Some(first) => self.rows_of(first.clone()).await?,
+            None => return Ok(()),
+        };
+        let mut stored: Vec<(i64, Published)> = Vec::new();
+        for index in 0..chunks.len() {
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut rows)
                 .into_iter()
-                .map(|mut row| {
-                    if let Some(sequence) = had.get(&row.id) {
-                        row.headers
-                            .retain(|(name, _)| !name.eq_ignore_ascii_case(REPAIRED_HEADER));
-                        row.headers
-                            .push((REPAIRED_HEADER.to_owned(), sequence.to_string()));
+                .partition(|row| !held.contains(&row.key));
+            repair.failed += waiting.len();
+            let batch = (!ready.is_empty()).then(|| Batch {
+                stream: check.stream.clone(),
+                rows: ready.into_iter().map(|row| marked(row, &had)).collect(),
+                mode: Mode::Batches,
+            });
+            let next = chunks.get(index + 1).cloned();
+            let (sent, next_rows, written) = tokio::join!(
+                async {
+                    match batch {
+                        Some(batch) => Some(self.send(batch).await),
+                        None => None,
                     }
-                    row
-                })
-                .collect();
-            let sent = self
-                .send(Batch {
-                    stream: check.stream.clone(),
-                    rows,
-                    mode: Mode::Batches,
-                })
-                .await;
-            let mut stored = Vec::new();
+                },
+                async {
+                    match next {
+                        Some(ids) => self.rows_of(ids).await,
+                        None => Ok(Vec::new()),
+                    }
+                },
+                self.record_republished(std::mem::take(&mut stored)),
+            );
+            written?;
+            // What the batch did is recorded whatever the read of the next one found.
+            let rows_read = next_rows;
+            let Some(sent) = sent else {
+                rows = rows_read?;
+                continue;
+            };
             let mut transient = None;
             for (row, result) in sent.results {
                 match result {
@@ -170,16 +189,8 @@ impl Relay {
                     }
                 }
             }
-            let at = Utc::now();
-            self.store
-                .write(move |tx| {
-                    for (id, ack) in &stored {
-                        acknowledged::record_republished(tx, *id, &ack.stream, ack.sequence, at)?;
-                    }
-                    Ok::<_, StoreError>(())
-                })
-                .await?;
             if sent.transient {
+                self.record_republished(stored).await?;
                 return Err(RepairError::Transient {
                     stream: check.stream.clone(),
                     error: transient.unwrap_or_else(|| "no answer".into()),
@@ -190,7 +201,49 @@ impl Relay {
                 repair.failed += 1;
                 held.insert(row.key);
             }
+            rows = match rows_read {
+                Ok(rows) => rows,
+                Err(error) => {
+                    self.record_republished(stored).await?;
+                    return Err(error.into());
+                }
+            };
         }
+        self.record_republished(stored).await?;
         Ok(())
     }
+
+    /// The outbox rows `ids`, in commit order.
+    async fn rows_of(&self, ids: Vec<i64>) -> Result<Vec<Due>, StoreError> {
+        self.store
+            .read(move |conn| outbox::by_ids(conn, &ids))
+            .await
+    }
+
+    /// Records where the events put back (or found held) are now.
+    async fn record_republished(&self, stored: Vec<(i64, Published)>) -> Result<(), StoreError> {
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let at = Utc::now();
+        self.store
+            .write(move |tx| {
+                for (id, ack) in &stored {
+                    acknowledged::record_republished(tx, *id, &ack.stream, ack.sequence, at)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+}
+
+/// `row` with [`REPAIRED_HEADER`] naming the sequence it had (once, whatever it carried).
+fn marked(mut row: Due, had: &HashMap<i64, u64>) -> Due {
+    if let Some(sequence) = had.get(&row.id) {
+        row.headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case(REPAIRED_HEADER));
+        row.headers
+            .push((REPAIRED_HEADER.to_owned(), sequence.to_string()));
+    }
+    row
 }
