@@ -149,17 +149,17 @@ pub async fn run(
         relay = config.event_outbox_enabled,
         "order-service listening"
     );
-    let served = axum::serve(
-        listener,
-        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let limits = api::server::ServerLimits {
+        header_read_timeout: config.http_header_read_timeout,
+        max_header_bytes: config.http_max_header_bytes as usize,
+        max_connections: config.http_max_connections as usize,
+    };
+    api::server::serve(listener, api::router(state), limits, async move {
         shutdown.await;
         stop.trigger();
     })
     .await;
     while tasks.join_next().await.is_some() {}
-    served?;
     tracing::info!("order-service stopped");
     Ok(())
 }

@@ -200,6 +200,22 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = between(Duration::from_millis(100), Duration::from_secs(600)))]
     pub request_timeout: Duration,
 
+    /// The longest a client may take to send a request's head (line and headers), on a new
+    /// connection or between two requests of a kept-alive one; the connection is closed after.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = between(Duration::from_millis(100), Duration::from_secs(600)))]
+    pub http_header_read_timeout: Duration,
+
+    /// The most bytes a request's head may take; a larger one answers 431 and nothing of it is
+    /// read further (8 KiB to 1 MiB).
+    #[arg(long, env = "HTTP_MAX_HEADER_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(8_192..=1_048_576))]
+    pub http_max_header_bytes: u32,
+
+    /// Connections served at once; one more closes the one that has waited longest without a
+    /// request in progress (or the oldest), so idle or half-sent connections cannot starve the
+    /// service of sockets.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub http_max_connections: u32,
+
     /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is believed for audit and
     /// the write limit.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]

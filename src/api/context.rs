@@ -83,6 +83,10 @@ pub fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     )
 }
 
+/// The most bytes of a `User-Agent` header an event carries: the rest is cut (at a character
+/// boundary). The header is the client's to choose, and each command writes it into its events.
+pub const MAX_USER_AGENT_BYTES: usize = 512;
+
 /// Everything about a request that its events carry, minus who the caller is.
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
@@ -138,11 +142,25 @@ impl FromRequestParts<AppState> for RequestMeta {
         Ok(RequestMeta {
             ids,
             ip_address,
-            user_agent: header(axum::http::header::USER_AGENT.as_str()).unwrap_or_default(),
+            user_agent: header(axum::http::header::USER_AGENT.as_str())
+                .map(|agent| cut(agent, MAX_USER_AGENT_BYTES))
+                .unwrap_or_default(),
             traceparent: header("traceparent").filter(|t| is_traceparent(t)),
             now: now_millis(),
         })
     }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let end = (0..=max)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(end);
+    }
+    text
 }
 
 /// Now, to the millisecond: the precision timestamps are stored with.

@@ -9,11 +9,13 @@
 //! - [`health`] — liveness, readiness and metrics.
 //! - [`idempotency`] — the `Idempotency-Key` header: replays, refusals, claims.
 //! - [`limits`] — the per-caller write limit and the request timeout.
+//! - [`server`] — the HTTP server: head size and time, and the connection cap.
 //! - [`openapi`] — the OpenAPI 3.1 document of all of the above, at `/api/v1/openapi.json`.
 //! - [`spec`] — the builder each resource describes its operations with, for that document.
 //! - [`json`], [`path`], [`context`], `bearer` — how bodies, path ids, request metadata and
 //!   the caller's token are read.
 
+pub use context::MAX_USER_AGENT_BYTES;
 pub mod admin;
 mod bearer;
 pub mod chat;
@@ -29,6 +31,7 @@ pub mod orders;
 pub mod path;
 pub mod products;
 pub mod query;
+pub mod server;
 pub mod spec;
 
 use std::sync::Arc;
