@@ -33,6 +33,38 @@ fn assert_error_shape(body: &Value, code: &str) {
 }
 
 #[tokio::test]
+async fn the_page_and_its_assets_carry_a_content_security_policy_and_no_sniffing() {
+    let app = spawn_app().await;
+    for path in ["/ops", "/ops/page.js", "/ops/page.css"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_else(|| panic!("{path}: no {name}"))
+        };
+        let policy = header("content-security-policy");
+        // Only the page's own script, style and API; no frame may hold it (clickjacking of the
+        // requeue and replay buttons); no inline script.
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy} lacks {directive}");
+        }
+        assert!(!policy.contains("unsafe"), "{path}: {policy}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+    }
+}
+
+#[tokio::test]
 async fn the_page_is_served_whole_and_the_endpoints_are_admin_only() {
     let app = spawn_app().await;
     for path in ["/ops", "/ops/page.js", "/ops/page.css"] {

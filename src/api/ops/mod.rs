@@ -44,33 +44,42 @@ pub fn describe(api: &mut Api) {
     broker::describe(api);
 }
 
-// The page holds no data: the data calls carry the token, so the page itself needs none.
-async fn page() -> impl IntoResponse {
+/// What the page may load and who may frame it: its own script, style and API only, no inline
+/// script, and no frame at all (a framed page could be clicked into a requeue or a replay).
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The headers of the page and its assets: the policy, no content sniffing, no referrer (the
+/// page's address is all it would tell, but nobody else needs it), no frames for browsers that
+/// predate `frame-ancestors`.
+const SECURITY: [(header::HeaderName, &str); 4] = [
+    (header::CONTENT_SECURITY_POLICY, POLICY),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+];
+
+/// One of the page's files with its type and the security headers.
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
+        SECURITY,
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        PAGE,
+        body,
     )
+}
+
+// The page holds no data: the data calls carry the token, so the page itself needs none.
+async fn page() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", PAGE)
 }
 
 async fn script() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        SCRIPT,
-    )
+    asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
 async fn style() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        STYLE,
-    )
+    asset("text/css; charset=utf-8", STYLE)
 }
