@@ -55,7 +55,10 @@ async fn the_page_and_its_assets_carry_a_content_security_policy_and_no_sniffing
             "frame-ancestors 'none'",
             "base-uri 'none'",
         ] {
-            assert!(policy.contains(directive), "{path}: {policy} lacks {directive}");
+            assert!(
+                policy.contains(directive),
+                "{path}: {policy} lacks {directive}"
+            );
         }
         assert!(!policy.contains("unsafe"), "{path}: {policy}");
         assert_eq!(header("x-content-type-options"), "nosniff", "{path}");

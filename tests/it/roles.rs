@@ -287,3 +287,55 @@ async fn a_customer_cancels_only_while_pending() {
         "a paid order is refunded"
     );
 }
+
+#[tokio::test]
+async fn only_an_admin_or_a_system_caller_decides_a_refund() {
+    let app = spawn_app().await;
+    let owner = User::new(Role::Customer);
+    let id = pending_order(&app, owner).await;
+    let before = app.footprint();
+    for refund in [true, false] {
+        let (status, body) = app
+            .post(
+                owner,
+                &format!("/api/v1/orders/{id}/cancel"),
+                json!({"reason": "changed my mind", "refund_required": refund}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"], "forbidden", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("refund_required"),
+            "the answer names the field: {body}"
+        );
+        assert_eq!(app.footprint(), before, "nothing written");
+    }
+    // Without it the customer cancels, and the service decides: nothing was paid.
+    let (status, body) = app
+        .post(
+            owner,
+            &format!("/api/v1/orders/{id}/cancel"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cancelled = app
+        .events_of(&id)
+        .into_iter()
+        .find(|r| r.topic == "order.cancelled")
+        .unwrap();
+    assert_eq!(cancelled.payload["data"]["refund_required"], false);
+    // A system caller (the payment service, say) may say a refund is due.
+    let other = pending_order(&app, owner).await;
+    let (status, body) = app
+        .post(
+            User::new(Role::System),
+            &format!("/api/v1/orders/{other}/cancel"),
+            json!({"reason": "payment reversed", "refund_required": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -163,7 +163,8 @@ async fn confirm(
 struct CancelRequest {
     /// Why.
     reason: Text<500>,
-    /// Whether the customer is to be refunded.
+    /// Whether the customer is to be refunded (admin and system callers only; when omitted, a
+    /// paid order is refunded).
     refund_required: Option<bool>,
 }
 
@@ -175,6 +176,15 @@ async fn cancel(
     AppJson(body): AppJson<CancelRequest>,
 ) -> Result<Json<OrderView>, ApiError> {
     caller.require(&[Role::Customer, Role::Admin, Role::System])?;
+    // A refund moves money: the back office or the payment service says so, not the customer
+    // (without it, the service refunds what was paid).
+    if body.refund_required.is_some() && !matches!(caller.role, Role::Admin | Role::System) {
+        return Err(ApiError::Forbidden(
+            "refund_required may be set only by an admin or a system caller; leave it out and a \
+             paid order is refunded"
+                .into(),
+        ));
+    }
     let cancellation = Cancellation {
         reason: body.reason.to_string(),
         refund_required: body.refund_required,
