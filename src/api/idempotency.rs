@@ -1,6 +1,7 @@
 //! The `Idempotency-Key` header (IETF httpapi draft) on the POSTs that write.
 //!
-//! A request with a key is scoped to its caller (the token's subject), its method and its path.
+//! A request with a key is scoped to its caller (the token's subject and role), its method and
+//! its path.
 //! The first one runs; its answer is stored with its command, in the same transaction
 //! ([`crate::store::idempotency`]). A retry with the same key and the same body gets that answer
 //! again, with `Idempotent-Replayed: true`, and writes nothing; the same key with another body
@@ -104,7 +105,18 @@ async fn prepare(state: &AppState, request: Request) -> Result<Prepared<'_>, Api
             limit: super::json::MAX_BODY_BYTES,
         })?;
     let fingerprint = hex(&Sha256::digest(&bytes));
-    let scope = format!("{} {} {}", caller.user_id, parts.method, parts.uri.path());
+    // The role is part of the caller: a token of the same subject with another role (one taken
+    // away, say) is not answered what the first was allowed to do, but checked anew.
+    let scope = format!(
+        "{} {} {} {}",
+        caller.user_id,
+        caller.role.as_str(),
+        parts.method,
+        parts.uri.path()
+    );
+    // Answers stored before the role was part of the scope, replayed for their retention so
+    // that a retry across an upgrade does not run twice.
+    let legacy_scope = format!("{} {} {}", caller.user_id, parts.method, parts.uri.path());
     let running = state
         .idempotency_in_flight
         .start(&scope, &key)
@@ -120,7 +132,10 @@ async fn prepare(state: &AppState, request: Request) -> Result<Prepared<'_>, Api
         let (scope, key) = (scope.clone(), key.clone());
         state
             .store
-            .read(move |conn| idempotency::find(conn, &scope, &key))
+            .read(move |conn| match idempotency::find(conn, &scope, &key)? {
+                Some(record) => Ok(Some(record)),
+                None => idempotency::find(conn, &legacy_scope, &key),
+            })
             .await?
     };
     match stored {

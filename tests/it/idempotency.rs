@@ -291,3 +291,28 @@ async fn keys_are_pruned_after_the_retention() {
     assert!(!later.replayed);
     assert_eq!(app.count("orders"), 2);
 }
+
+#[tokio::test]
+async fn a_replay_is_refused_to_a_caller_whose_role_no_longer_allows_the_request() {
+    let app = spawn_app().await;
+    let admin = User::new(Role::Admin);
+    let mut order = simple_order();
+    order["customer_id"] = serde_json::json!(uuid::Uuid::now_v7());
+    let order = app.create_order(admin, order).await;
+    let path = format!(
+        "/api/v1/orders/{}/confirm",
+        order["order_id"].as_str().unwrap()
+    );
+    let body = serde_json::json!({"payment_confirmed": true, "inventory_reserved": true});
+    let first = post_with_key(&app, admin, &path, "confirm-1", &body).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    // The same subject, now with a customer's token (its role was taken away): the role is
+    // checked before anything is replayed.
+    let demoted = User {
+        id: admin.id,
+        role: Role::Customer,
+    };
+    let again = post_with_key(&app, demoted, &path, "confirm-1", &body).await;
+    assert_eq!(again.status, StatusCode::FORBIDDEN, "{}", again.body);
+    assert!(!again.replayed);
+}
