@@ -232,7 +232,7 @@ async fn connect(
             Ok(client) => return client,
             Err(e) => {
                 let retry_in = waits.next_wait();
-                tracing::warn!(url = %nats.url, error = %e, ?retry_in, "NATS unreachable; orders are kept in the outbox");
+                tracing::warn!(url = %nats.masked_url(), error = %e, ?retry_in, "NATS unreachable; orders are kept in the outbox");
                 tokio::time::sleep(retry_in).await;
             }
         }

@@ -171,7 +171,7 @@ impl NatsSettings {
                 s.parse::<ServerAddr>().map_err(|e| {
                     settings_error(
                         ConnectErrorKind::ServerParse,
-                        format!("NATS_URL entry {s:?}: {e}"),
+                        format!("NATS_URL entry {:?}: {e}", masked(s)),
                     )
                 })
             })
@@ -184,6 +184,35 @@ impl NatsSettings {
         }
         Ok(servers)
     }
+}
+
+impl NatsSettings {
+    /// The server list as logs and errors may show it: a password or token in an entry
+    /// (`nats://user:password@host`, `nats://token@host`) is masked as `***`.
+    pub fn masked_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|entry| masked(entry.trim()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One server URL with its password (or its token, when the user part is all there is) masked.
+fn masked(entry: &str) -> String {
+    let start = entry.find("://").map_or(0, |i| i + 3);
+    let authority_end = entry[start..]
+        .find(['/', '?', '#'])
+        .map_or(entry.len(), |i| start + i);
+    let Some(at) = entry[start..authority_end].rfind('@').map(|i| start + i) else {
+        return entry.to_owned();
+    };
+    let user_info = &entry[start..at];
+    let shown = match user_info.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{shown}{}", &entry[..start], &entry[at..])
 }
 
 fn settings_error(kind: ConnectErrorKind, message: impl Into<String>) -> ConnectError {
@@ -249,6 +278,17 @@ pub async fn connect_watched(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_and_tokens_in_the_url_are_masked() {
+        let s = NatsSettings::new(
+            "nats://shop:pa:ss@n1:4222, tls://tok3n@n2:4223/x?y=z@w,nats://n3:4224,n4,user@n5",
+        );
+        assert_eq!(
+            s.masked_url(),
+            "nats://shop:***@n1:4222,tls://***@n2:4223/x?y=z@w,nats://n3:4224,n4,***@n5"
+        );
+    }
 
     #[test]
     fn a_list_names_every_server_in_order() {

@@ -67,7 +67,7 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<(), AppError> {
     println!("order-service demo");
     println!(
         "  NATS {} · service http://{} · databases in {}",
-        config.nats.url,
+        config.nats.masked_url(),
         api.addr,
         dir.display()
     );
@@ -396,7 +396,7 @@ async fn connect(nats: &bus::NatsSettings) -> Result<async_nats::Client, AppErro
             Err(e) if start.elapsed() > Duration::from_secs(10) => {
                 return Err(failed(format!(
                     "no NATS at {} ({e}); `make demo` starts one",
-                    nats.url
+                    nats.masked_url()
                 )));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
