@@ -287,6 +287,11 @@ impl From<CommandError> for ApiError {
                 message,
                 details: json!({ "current_status": status }),
             },
+            CommandError::TooManyChatLinks { limit } => ApiError::Conflict {
+                code: "too_many_chat_links",
+                message,
+                details: json!({ "limit": limit }),
+            },
             CommandError::Order(e) => ApiError::from(e),
             CommandError::Store(e) => ApiError::from(e),
         }

@@ -63,6 +63,7 @@ pub fn describe(api: &mut Api) {
     .order_path()
     .body::<LinkBody>()
     .json::<LinkView>(201, "The link.")
+    .error(409, &["too_many_chat_links"])
     .add();
 }
 

@@ -8,7 +8,7 @@ use crate::auth::Caller;
 use crate::domain::chat::ChatOrigin;
 use crate::domain::events::{AuditChange, ChatOrderCreated, OrderLinkedToChat};
 use crate::domain::{EventContext, Events, Order};
-use crate::store::chat::{ChatLink, insert_link};
+use crate::store::chat::{ChatLink, insert_link, links_of};
 use crate::store::{Store, Tx};
 
 /// `order.chat_created` for an order placed from `chat`.
@@ -24,6 +24,10 @@ pub(super) fn created_event(order: &Order, chat: &ChatOrigin) -> ChatOrderCreate
         requires_confirmation: chat.requires_confirmation,
     }
 }
+
+/// The most chat links one order takes: each writes two events, and links are the caller's to
+/// make, so without a bound one token could grow an order's history without end.
+pub const MAX_CHAT_LINKS_PER_ORDER: usize = 100;
 
 /// A link to make between an order and a chat conversation.
 #[derive(Debug, Clone)]
@@ -56,6 +60,11 @@ pub async fn link_chat(
     };
     let stored = link.clone();
     let change = move |tx: &Tx<'_>, order: &mut Order, events: &mut Events<'_>| {
+        if links_of(tx, order_id)? >= MAX_CHAT_LINKS_PER_ORDER {
+            return Err(CommandError::TooManyChatLinks {
+                limit: MAX_CHAT_LINKS_PER_ORDER,
+            });
+        }
         insert_link(tx, &link)?;
         events.push(OrderLinkedToChat {
             order_id,

@@ -40,6 +40,13 @@ pub enum CommandError {
     )]
     OverrideNotAllowed(Status),
     /// The order's own rules refuse it.
+    /// The order has as many chat links as it may.
+    #[error("the order has {limit} chat links, as many as an order takes")]
+    TooManyChatLinks {
+        /// The limit.
+        limit: usize,
+    },
+
     #[error(transparent)]
     Order(#[from] OrderError),
     /// The database failed.

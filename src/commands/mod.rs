@@ -21,7 +21,7 @@ mod place;
 mod stock;
 mod update;
 
-pub use chat::{ChatLinkRequest, link_chat};
+pub use chat::{ChatLinkRequest, MAX_CHAT_LINKS_PER_ORDER, link_chat};
 pub use error::CommandError;
 pub use lifecycle::{Cancellation, Confirmation, StatusStep, cancel, change_status, confirm};
 pub use place::{NewOrder, OverrideRequest, place};

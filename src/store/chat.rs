@@ -45,6 +45,16 @@ pub struct ChatLink {
     pub created_at: DateTime<Utc>,
 }
 
+/// How many chat links `order_id` has.
+pub fn links_of(tx: &Tx<'_>, order_id: Uuid) -> Result<usize, StoreError> {
+    let count: i64 = tx.query_row(
+        "SELECT count(*) FROM order_chat_links WHERE order_id = ?1",
+        params![order_id.to_string()],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
 /// Records a chat link.
 pub fn insert_link(tx: &Tx<'_>, link: &ChatLink) -> Result<(), StoreError> {
     tx.execute(

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::{User, chat_order, order_body, simple_order, spawn_app, topics};
+use crate::app::{User, chat_order, order_body, simple_order, spawn_app, spawn_app_with, topics};
 
 #[tokio::test]
 async fn customer_creates_an_order_and_its_events_are_in_the_outbox() {
@@ -512,4 +512,38 @@ async fn health_and_ready_answer_without_a_token() {
         .unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["checks"]["database"]["status"], "ok");
+}
+
+#[tokio::test]
+async fn an_order_takes_a_bounded_number_of_chat_links() {
+    let app = spawn_app_with(|c| c.write_rate_limit = 0).await;
+    let customer = User::new(Role::Customer);
+    let mut body = simple_order();
+    body["customer_id"] = json!(customer.id);
+    let order = app.create_order(customer, body).await;
+    let id = order["order_id"].as_str().unwrap();
+    let link = |n: usize| json!({"chat_id": Uuid::now_v7(), "link_type": "support", "context": format!("question {n}")});
+    let limit = order_service::commands::MAX_CHAT_LINKS_PER_ORDER;
+    for n in 0..limit {
+        let (status, answer) = app
+            .post(
+                customer,
+                &format!("/api/v1/orders/{id}/chat-links"),
+                link(n),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "link {n}: {answer}");
+    }
+    let before = app.footprint();
+    let (status, answer) = app
+        .post(
+            customer,
+            &format!("/api/v1/orders/{id}/chat-links"),
+            link(limit),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["error"], "too_many_chat_links", "{answer}");
+    assert_eq!(answer["details"]["limit"], limit, "{answer}");
+    assert_eq!(app.footprint(), before, "nothing written");
 }
