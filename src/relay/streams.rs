@@ -162,14 +162,20 @@ pub async fn reconcile_on_reconnect(
         waits.reset();
         let mut repair_failures = 0;
         loop {
-            // Publishing waits while a stream's subjects or transform may change under it; then
-            // each stream's publishing waits while that stream gets back what it lost.
+            // Each stream's publishing waits from before the reconcile until that stream got
+            // back what it lost: released in between, a stream re-created empty would store the
+            // newer events waiting in the lanes at its first sequences, before the ones put
+            // back. Taken before the global pause: a lane holds its stream's gate while it
+            // waits for the global one.
+            let held = hold_for_repair(relay).await;
+            // Publishing to every stream waits while a stream's subjects or transform may change
+            // under it.
             let paused = kept.status.pause_publishing().await;
             let reconciled = bus::reconcile(kept.js, kept.topics, kept.duplicate_window).await;
             drop(paused);
             // A stream that cannot be reconciled does not keep the others from their repair.
             let repaired = relay
-                .repair(None, Tail::Skip)
+                .repair_held(held, None, Tail::Skip)
                 .await
                 .map_err(|e| e.to_string());
             let reconciled_ok = match reconciled {
