@@ -44,6 +44,8 @@
 //! - `parking` — orders waiting for a retry and their later events held back meanwhile.
 //! - `trace` — the span a message is handled in, a child of its `traceparent`.
 //! - `guard` — the handler with its guards: panics, timeouts, store faults told apart.
+//! - `held` — what an earlier owner left unacknowledged: its orders wait for it after a
+//!   takeover.
 //! - `owner` — the lease that makes one process per group and partition the active one.
 //! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
@@ -79,6 +81,7 @@ mod group;
 mod guard;
 pub mod handler;
 pub mod health;
+mod held;
 pub mod idempotency;
 #[cfg(feature = "service")]
 pub mod lag;

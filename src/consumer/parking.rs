@@ -8,6 +8,11 @@
 //! the key's head, is processed or dead-lettered. Then they are ready, in stream order, and the
 //! worker handles them before it pulls anything new. Other keys go on meanwhile.
 //!
+//! A key may wait for several heads: the messages an earlier owner of the consumer (a killed
+//! process, or this one before a restart) held unacknowledged come back only after `ack_wait`,
+//! and the worker finds them when it starts ([`super::held`]): its key's later messages wait for
+//! every one of them, each released in turn, in stream order.
+//!
 //! A head that does not come back (the broker gave up on it, or it was taken elsewhere) would
 //! hold its key for ever: a key whose head is overdue by more than a grace period is released.
 //!
@@ -18,7 +23,7 @@
 //!
 //! The key is what the subject ends with: the order's id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,11 +39,12 @@ pub(super) struct Parking<M> {
     progressed: Mutex<Instant>,
 }
 
-/// A key waiting for the retry of its head.
+/// A key waiting for the retry of its heads.
 struct Wait<M> {
-    /// The stream sequence of the message that failed.
-    head: u64,
-    /// When its redelivery is due.
+    /// The stream sequences of the messages it waits for: one that failed, or those an earlier
+    /// owner held. Never empty.
+    heads: BTreeSet<u64>,
+    /// When the last redelivery is due.
     due: Instant,
     /// The key's later messages, by sequence.
     parked: Vec<(u64, M)>,
@@ -54,11 +60,18 @@ impl<M> Default for Parking<M> {
     }
 }
 
+impl<M> Wait<M> {
+    /// The first message the key waits for.
+    fn first(&self) -> u64 {
+        *self.heads.first().expect("a wait has a head")
+    }
+}
+
 impl<M> Parking<M> {
     /// Whether the message of `key` at `sequence` must wait: an earlier message of its key
     /// waits for a retry.
     pub(super) fn holds(&self, key: &str, sequence: u64) -> bool {
-        self.waiting.get(key).is_some_and(|w| sequence > w.head)
+        self.waiting.get(key).is_some_and(|w| sequence > w.first())
     }
 
     /// Holds `message` (of `key`, at `sequence`) until its key's head is done; ready at once
@@ -80,26 +93,47 @@ impl<M> Parking<M> {
     pub(super) fn wait(&mut self, key: &str, sequence: u64, delay: Duration) {
         let due = Instant::now() + delay;
         let wait = self.waiting.entry(key.to_owned()).or_insert(Wait {
-            head: sequence,
+            heads: BTreeSet::new(),
             due,
             parked: Vec::new(),
         });
-        // An earlier message failing now (it was redelivered after a lost ack) becomes the head.
-        wait.head = wait.head.min(sequence);
-        wait.due = due;
+        // An earlier message failing now (it was redelivered after a lost ack) becomes the
+        // first head; the later one is still waited for.
+        wait.heads.insert(sequence);
+        wait.due = wait.due.max(due);
     }
 
-    /// Whether the message of `key` at `sequence` is the one its key waits for.
+    /// Whether the message of `key` at `sequence` is one its key waits for.
     pub(super) fn is_head(&self, key: &str, sequence: u64) -> bool {
-        self.waiting.get(key).is_some_and(|w| w.head == sequence)
+        self.waiting
+            .get(key)
+            .is_some_and(|w| w.heads.contains(&sequence))
+    }
+
+    /// The head `key` waits for once the message at `sequence` is done, when it waits for
+    /// another one: what the waiting row says then.
+    pub(super) fn next_head(&self, key: &str, sequence: u64) -> Option<u64> {
+        let wait = self.waiting.get(key)?;
+        wait.heads.iter().copied().find(|&head| head != sequence)
     }
 
     /// The message of `key` at `sequence` is done for good (processed or dead-lettered): when it
-    /// is its key's head, the key's parked messages are ready.
+    /// is one of its key's heads, the parked messages up to the next head are ready (that head
+    /// itself among them when it came back meanwhile), and all of them after the last.
     pub(super) fn settled(&mut self, key: &str, sequence: u64) {
-        if self.waiting.get(key).is_some_and(|w| w.head == sequence) {
-            self.release(key);
+        let Some(wait) = self.waiting.get_mut(key) else {
+            return;
+        };
+        if !wait.heads.remove(&sequence) {
+            return;
         }
+        let Some(next) = wait.heads.first().copied() else {
+            self.release(key);
+            return;
+        };
+        let upto = wait.parked.partition_point(|(s, _)| *s <= next);
+        self.ready
+            .extend(wait.parked.drain(..upto).map(|(_, message)| message));
     }
 
     /// Releases the keys whose head is more than `grace` past its due time; which.
@@ -194,6 +228,21 @@ pub(super) fn save(
     Ok(())
 }
 
+/// Notes that `key` of `consumer` waits for its message at `sequence` now, the one before it
+/// done; a key not noted as waiting (its head found at start, see `held`) stays so.
+pub(super) fn replace_head(
+    conn: &Connection,
+    consumer: &str,
+    key: &str,
+    sequence: u64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE waiting_orders SET head_seq = ?3 WHERE consumer = ?1 AND order_key = ?2",
+        params![consumer, key, sequence as i64],
+    )?;
+    Ok(())
+}
+
 /// Notes that `key` of `consumer` waits no more.
 pub(super) fn remove(conn: &Connection, consumer: &str, key: &str) -> rusqlite::Result<()> {
     conn.execute(
@@ -234,6 +283,31 @@ mod tests {
         p.settled("a", 5);
         assert_eq!(p.take_ready(10), ["a7 again", "a9"]);
         assert!(!p.holds("a", 6));
+    }
+
+    #[test]
+    fn a_key_waiting_for_several_heads_releases_its_messages_in_turn() {
+        let mut p = Parking::default();
+        // An earlier owner left 3 and 6 of key a unacknowledged.
+        p.wait("a", 3, SOON);
+        p.wait("a", 6, SOON);
+        assert!(!p.holds("a", 3));
+        assert!(p.holds("a", 6), "a later head waits for the first");
+        p.park("a", 8, "a8");
+        p.park("a", 6, "a6");
+        p.park("a", 5, "a5");
+        assert_eq!(p.next_head("a", 3), Some(6));
+        p.settled("a", 3);
+        assert_eq!(
+            p.take_ready(10),
+            ["a5", "a6"],
+            "up to the next head, which came back"
+        );
+        assert!(p.holds("a", 8));
+        assert_eq!(p.next_head("a", 6), None);
+        p.settled("a", 6);
+        assert_eq!(p.take_ready(10), ["a8"]);
+        assert!(!p.holds("a", 9));
     }
 
     #[test]

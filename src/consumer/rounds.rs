@@ -204,7 +204,10 @@ impl<H: Handler> Worker<H> {
             match verdict {
                 Verdict::Nak(delay) => parking::save(conn, &id, &r.key, sequence, *delay)?,
                 Verdict::Ack { .. } | Verdict::Dead(..) if parking.is_head(&r.key, sequence) => {
-                    parking::remove(conn, &id, &r.key)?
+                    match parking.next_head(&r.key, sequence) {
+                        Some(next) => parking::replace_head(conn, &id, &r.key, next)?,
+                        None => parking::remove(conn, &id, &r.key)?,
+                    }
                 }
                 _ => {}
             }

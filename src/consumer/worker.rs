@@ -13,7 +13,9 @@ use super::breaker::{Outage, keep_alive_interval, progress};
 use super::config::GroupConfig;
 use super::dlq::{self, Reason};
 use super::guard::Guarded;
-use super::handler::{Delivery, Handler};
+use super::handler::{self, Delivery, Handler};
+use super::held::{self, Held};
+use super::idempotency;
 use super::message::{headers_of, nats_time};
 use super::parking::{self, Parking};
 use super::stats::GroupStats;
@@ -81,7 +83,7 @@ impl<H: Handler> Worker<H> {
     /// messages that became ready go first, before anything is pulled.
     pub(super) async fn drain(
         self,
-        consumer: PullConsumer,
+        mut consumer: PullConsumer,
         mut conn: rusqlite::Connection,
         stop: Shutdown,
     ) -> Result<(), ConsumerError> {
@@ -98,6 +100,12 @@ impl<H: Handler> Worker<H> {
             Err(e) => {
                 tracing::error!(group = %self.config.group, error = %e, "cannot read the orders waiting for a retry")
             }
+        }
+        if !self
+            .wait_for_unsettled(&mut consumer, &mut conn, &mut parking, &stop)
+            .await
+        {
+            return Ok(());
         }
         // A head not back twice ack_wait after it was due went elsewhere (see `parking`).
         let grace = self.config.ack_wait * 2;
@@ -135,6 +143,59 @@ impl<H: Handler> Worker<H> {
             let _ = r.message.ack_with(AckKind::Nak(None)).await;
         }
         Ok(())
+    }
+
+    /// Makes each key with a message an earlier owner of the consumer left unacknowledged, and
+    /// not processed, wait for it (see `held`); where those cannot be read, waits `ack_wait`
+    /// before the first pull so that the broker delivers them first. False when `stop` came
+    /// first.
+    async fn wait_for_unsettled(
+        &self,
+        consumer: &mut PullConsumer,
+        // `&mut`: a future holding a shared reference to a connection is not `Send`.
+        conn: &mut rusqlite::Connection,
+        parking: &mut Parking<Received>,
+        stop: &Shutdown,
+    ) -> bool {
+        let group = &self.config.group;
+        let messages = match held::unsettled(&self.js, consumer).await {
+            Held::Messages(messages) => messages,
+            Held::Unknown(why) => {
+                tracing::warn!(%group, %why, ack_wait = ?self.config.ack_wait, "cannot tell what an earlier owner left unacknowledged; waiting ack_wait before pulling, so the broker delivers it first");
+                return tokio::select! {
+                    () = stop.signal() => false,
+                    () = tokio::time::sleep(self.config.ack_wait) => true,
+                };
+            }
+        };
+        let mut waiting = 0;
+        for m in messages {
+            let delivery = Delivery {
+                subject: m.subject,
+                stream: self.stream(),
+                stream_sequence: m.sequence,
+                delivered: 0,
+                published: chrono::Utc::now(),
+                headers: m.headers,
+                payload: m.payload,
+            };
+            let event = self
+                .topic_of(&delivery.subject)
+                .and_then(|topic| handler::decode(topic, &delivery.payload).ok());
+            // An event that cannot be read, or whose record cannot, is waited for: it is
+            // handled or dead-lettered when it comes back.
+            let processed = event.is_some_and(|event| {
+                idempotency::is_processed(conn, group, event.event_id()).unwrap_or(false)
+            });
+            if !processed {
+                parking.wait(key_of(&delivery), m.sequence, self.config.ack_wait);
+                waiting += 1;
+            }
+        }
+        if waiting > 0 {
+            tracing::info!(%group, consumer = %self.parking_id(), waiting, "messages an earlier owner left unacknowledged come back after ack_wait; their orders' later events wait for them");
+        }
+        true
     }
 
     /// The next message, waiting up to [`PULL_EXPIRES`] for it.
@@ -203,11 +264,7 @@ impl<H: Handler> Worker<H> {
             GroupStats::add(&self.stats.redeliveries);
         }
         let subject = message.subject.to_string();
-        let topic = match self.source {
-            Source::Topic(topic) => Some(topic),
-            // replay.<group>.<topic>
-            Source::Replay => subject.splitn(3, '.').nth(2).and_then(Topic::parse),
-        };
+        let topic = self.topic_of(&subject);
         let delivery = Delivery {
             subject,
             stream,
@@ -285,13 +342,26 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 
-    /// Who the worker is in `waiting_orders`: its consumer and stream.
-    pub(super) fn parking_id(&self) -> String {
-        let stream = match self.source {
+    /// The topic of a message on `subject`: the worker's, or a replay's original one.
+    fn topic_of(&self, subject: &str) -> Option<Topic> {
+        match self.source {
+            Source::Topic(topic) => Some(topic),
+            // replay.<group>.<topic>
+            Source::Replay => subject.splitn(3, '.').nth(2).and_then(Topic::parse),
+        }
+    }
+
+    /// The stream the worker's consumer reads.
+    fn stream(&self) -> String {
+        match self.source {
             Source::Topic(topic) => crate::bus::stream_name(topic.as_str()),
             Source::Replay => super::dlq::REPLAY_STREAM.to_owned(),
-        };
-        format!("{}/{stream}", self.config.consumer_name())
+        }
+    }
+
+    /// Who the worker is in `waiting_orders`: its consumer and stream.
+    pub(super) fn parking_id(&self) -> String {
+        format!("{}/{}", self.config.consumer_name(), self.stream())
     }
 
     /// Sends the parked messages an in-progress ack every third of `ack_wait`; never ends.
