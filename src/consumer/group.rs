@@ -175,6 +175,7 @@ impl<H: Handler> Group<H> {
         shutdown: &mut Pin<&mut S>,
     ) -> Result<Ended, ConsumerError> {
         let stop = Shutdown::new();
+        let fence = lease.fence();
         // Polled here rather than spawned: whatever ends this run (an abort too) ends the lease.
         let keep = lease.keep(stop.clone());
         tokio::pin!(keep);
@@ -222,6 +223,7 @@ impl<H: Handler> Group<H> {
                 ));
             }
             let worker = Worker {
+                fence: fence.clone(),
                 config: self.config.clone(),
                 handler: Guarded::new(
                     self.handler.clone(),
@@ -251,6 +253,7 @@ impl<H: Handler> Group<H> {
                 // A worker only ends early on an error it cannot get past.
                 result = match ended {
                     Ok(Ok(())) => Ok(Ended::Stopped),
+                    Ok(Err(ConsumerError::Superseded(_))) => Ok(Ended::LeaseLost),
                     Ok(Err(e)) => Err(e),
                     Err(e) => Err(ConsumerError::Config(format!("a consumer task failed: {e}"))),
                 };
@@ -260,6 +263,7 @@ impl<H: Handler> Group<H> {
         while let Some(ended) = tasks.join_next().await {
             if let Ok(Err(e)) = ended
                 && result.is_ok()
+                && !matches!(e, ConsumerError::Superseded(_))
             {
                 result = Err(e);
             }

@@ -46,6 +46,7 @@
 //! - `guard` — the handler with its guards: panics, timeouts, store faults told apart.
 //! - `held` — what an earlier owner left unacknowledged: its orders wait for it after a
 //!   takeover.
+//! - `fence` — the checks that keep a process that lost its lease from committing.
 //! - `owner` — the lease that makes one process per group and partition the active one.
 //! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
 //! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
@@ -77,6 +78,7 @@ pub mod dlq;
 pub mod emit;
 mod event;
 mod exhausted;
+mod fence;
 mod group;
 mod guard;
 pub mod handler;
@@ -125,6 +127,9 @@ pub enum ConsumerError {
     /// Writing the output failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Another process took the consumer's lease and committed: this one stands by again.
+    #[error("superseded: {0}")]
+    Superseded(String),
 }
 
 impl ConsumerError {

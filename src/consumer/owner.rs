@@ -2,9 +2,11 @@
 //! the consumer's durable name (`<group>` or `<group>-p<P>`).
 //!
 //! A process takes the key with a create (which fails while another holds it) and renews it every
-//! third of the lease; the bucket's `max_age` is the lease, so the key of a process that died is
+//! quarter of the lease; the bucket's `max_age` is the lease, so the key of a process that died is
 //! gone after it and a standby's next create succeeds. Only the holder runs the group's workers;
-//! a holder that cannot renew for a whole lease stops its workers and becomes a standby.
+//! a holder stops its workers and becomes a standby as soon as the key may be another's: its last
+//! renewal that got through was sent [`SURELY_HELD`] ago, or the bucket answers that the key has
+//! another revision. Its rounds check the lease before they commit ([`super::fence`]).
 //!
 //! Why a lease and not JetStream's pinned-client priority groups: async-nats 0.51 refuses pinned
 //! consumers for `batch`/`fetch` pulls, which the worker uses so that nothing is delivered while it
@@ -19,7 +21,10 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use super::ConsumerError;
+use super::fence::{Fence, RENEW_EVERY, SURELY_HELD};
 use super::stats::{GroupRole, GroupStats};
 use crate::shutdown::Shutdown;
 
@@ -35,6 +40,7 @@ pub(super) struct Lease {
     key: String,
     owner: Bytes,
     revision: u64,
+    fence: Arc<Fence>,
 }
 
 /// The leases' bucket, created when missing. The service creates it at start-up with the
@@ -67,13 +73,19 @@ pub(super) async fn acquire<S: Future<Output = ()>>(
     let owner = Bytes::from(Uuid::now_v7().to_string());
     let mut standby_logged = false;
     loop {
+        let sent = tokio::time::Instant::now();
         if let Ok(revision) = store.create(key, owner.clone()).await {
-            tracing::info!(key, "consumer lease taken: this process is active");
+            tracing::info!(
+                key,
+                revision,
+                "consumer lease taken: this process is active"
+            );
             return Ok(Some(Lease {
                 store,
                 key: key.to_owned(),
                 owner,
                 revision,
+                fence: Arc::new(Fence::new(key, revision, sent)),
             }));
         }
         if !standby_logged {
@@ -89,15 +101,23 @@ pub(super) async fn acquire<S: Future<Output = ()>>(
 }
 
 impl Lease {
-    /// Renews the lease every third of its length until `stop` (then releases it, so a standby
-    /// takes over at once) or until it could not be renewed for a whole lease (then returns).
+    /// The hold its rounds check before they commit.
+    pub(super) fn fence(&self) -> Arc<Fence> {
+        self.fence.clone()
+    }
+
+    /// Renews the lease every quarter of its length until `stop` (then releases it, so a
+    /// standby takes over at once), or until it may be another's (then returns): the bucket
+    /// says the key has another revision, or no renewal got through for [`SURELY_HELD`]
+    /// counted from when the last good one was sent (the key lives [`LEASE`] from when the
+    /// server stored it, which is later).
     pub(super) async fn keep(mut self, stop: Shutdown) {
-        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = stop.signal() => break,
-                () = tokio::time::sleep(LEASE / 3) => {}
+                () = tokio::time::sleep(RENEW_EVERY) => {}
             }
+            let sent = tokio::time::Instant::now();
             match self
                 .store
                 .update(&self.key, self.owner.clone(), self.revision)
@@ -105,11 +125,15 @@ impl Lease {
             {
                 Ok(revision) => {
                     self.revision = revision;
-                    renewed = tokio::time::Instant::now();
+                    self.fence.renewed(revision, sent);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::error!(key = %self.key, error = %e, "consumer lease taken by another process: stopping the workers");
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(key = %self.key, error = %e, "renewing the consumer lease failed");
-                    if renewed.elapsed() >= LEASE {
+                    if self.fence.renewed_at().elapsed() >= SURELY_HELD {
                         tracing::error!(key = %self.key, "consumer lease lost: stopping the workers");
                         return;
                     }

@@ -19,12 +19,28 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use super::dlq::Reason;
+use super::fence::Fenced;
 use super::handler::{self, Delivery, Event, Failure, Handler, Prepared};
 use super::idempotency::{self, Batch, Processed, Step};
 use super::parking::{self, Parking};
 use super::worker::{Received, Verdict, Worker};
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
+
+/// Why rounds stopped before every message had its verdict; the round in progress rolled back.
+#[derive(Debug)]
+pub(super) enum RoundError {
+    /// A fault of the group's own infrastructure: tried again after a backoff.
+    Fault(String),
+    /// Another process holds the consumer's lease and committed (see `fence`): final.
+    Superseded(String),
+}
+
+impl From<String> for RoundError {
+    fn from(fault: String) -> RoundError {
+        RoundError::Fault(fault)
+    }
+}
 
 /// A message of a round, decoded and not processed before: to prepare and handle.
 struct Run<'b> {
@@ -45,7 +61,7 @@ impl<H: Handler> Worker<H> {
         verdicts: &mut [Option<Verdict>],
         parking: &Parking<Received>,
         stop: &Shutdown,
-    ) -> Result<(), String> {
+    ) -> Result<(), RoundError> {
         loop {
             let round = next_round(batch, verdicts);
             if round.is_empty() {
@@ -74,7 +90,7 @@ impl<H: Handler> Worker<H> {
         round: &[usize],
         parking: &Parking<Received>,
         stop: &Shutdown,
-    ) -> Result<Vec<(usize, Verdict)>, String> {
+    ) -> Result<Vec<(usize, Verdict)>, RoundError> {
         let group = self.config.group.as_str();
         let mut decided = Vec::with_capacity(round.len());
         let mut runs = Vec::with_capacity(round.len());
@@ -168,20 +184,28 @@ impl<H: Handler> Worker<H> {
                 Ok(Step::Failed(failure)) => {
                     if let (Some(fault), Failure::Transient(_)) = (store_fault, &failure) {
                         let _ = tx.rollback();
-                        return Err(format!("the handler's writes failed: {fault}"));
+                        return Err(format!("the handler's writes failed: {fault}").into());
                     }
                     self.failed(run, failure)
                 }
                 Err(e) => {
                     let _ = tx.rollback();
-                    return Err(format!("the round's transaction failed: {e}"));
+                    return Err(format!("the round's transaction failed: {e}").into());
                 }
             };
             decided.push((run.index, verdict));
         }
         if let Err(e) = self.note_waiting(tx.conn(), batch, &decided, parking) {
             let _ = tx.rollback();
-            return Err(format!("cannot note the waiting orders: {e}"));
+            return Err(format!("cannot note the waiting orders: {e}").into());
+        }
+        // Checked last: a process paused during the round finds out now (see `fence`).
+        if let Err(fenced) = self.fence.check(tx.conn()) {
+            let _ = tx.rollback();
+            return Err(match fenced {
+                Fenced::Superseded { .. } => RoundError::Superseded(fenced.to_string()),
+                _ => RoundError::Fault(fenced.to_string()),
+            });
         }
         tx.commit()
             .map_err(|e| format!("cannot commit the round: {e}"))?;

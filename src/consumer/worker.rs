@@ -12,12 +12,14 @@ use super::ConsumerError;
 use super::breaker::{Outage, keep_alive_interval, progress};
 use super::config::GroupConfig;
 use super::dlq::{self, Reason};
+use super::fence::{Fence, Fenced};
 use super::guard::Guarded;
 use super::handler::{self, Delivery, Handler};
 use super::held::{self, Held};
 use super::idempotency;
 use super::message::{headers_of, nats_time};
 use super::parking::{self, Parking};
+use super::rounds::RoundError;
 use super::stats::GroupStats;
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
@@ -46,6 +48,8 @@ pub(super) struct Worker<H> {
     pub(super) js: jetstream::Context,
     pub(super) stats: Arc<GroupStats>,
     pub(super) source: Source,
+    /// This process's hold on the consumer's lease, checked before each round commits.
+    pub(super) fence: Arc<Fence>,
 }
 
 /// What becomes of a message once its round is committed.
@@ -100,6 +104,11 @@ impl<H: Handler> Worker<H> {
             Err(e) => {
                 tracing::error!(group = %self.config.group, error = %e, "cannot read the orders waiting for a retry")
             }
+        }
+        // Recorded at once, so a process that held the lease before and resumes from a pause
+        // commits no more rounds in a file this one uses (see `fence`).
+        if let Err(fenced @ Fenced::Superseded { .. }) = self.fence.check(&conn) {
+            return Err(ConsumerError::Superseded(fenced.to_string()));
         }
         if !self
             .wait_for_unsettled(&mut consumer, &mut conn, &mut parking, &stop)
@@ -311,7 +320,15 @@ impl<H: Handler> Worker<H> {
                 () = keep_alive(&batch_held, self.config.ack_wait) => unreachable!("keep_alive never ends"),
                 () = self.keep_parked_alive(parking) => unreachable!("keep_parked_alive never ends"),
             };
-            let Err(fault) = attempt else { break };
+            let fault = match attempt {
+                Ok(()) => break,
+                Err(RoundError::Fault(fault)) => fault,
+                // The batch stays unsettled: the new owner gets it after ack_wait.
+                Err(RoundError::Superseded(why)) => {
+                    tracing::error!(group = %self.config.group, %why, "another process holds the consumer lease; stopping");
+                    return Err(ConsumerError::Superseded(why));
+                }
+            };
             GroupStats::add(&self.stats.infrastructure_faults);
             let (metrics, labels) = self.handler.metrics();
             metrics.failed(labels, "infrastructure");

@@ -434,3 +434,98 @@ async fn takeover_keeps_order() {
         killed.elapsed().as_secs_f64()
     );
 }
+
+/// A process paused for longer than the lease must not commit what it held once it resumes. Two
+/// processes of one group, each with its own file (the deployment where the processed-events
+/// table cannot stop a second application): the active one is stopped with SIGSTOP while it
+/// holds the first status change of 40 orders in a round, the standby takes over and applies
+/// them once the broker delivers them again, and then the paused process is resumed (SIGCONT).
+/// It finds its lease too old to trust and then taken, rolls its round back and stands by: every
+/// event is applied once over both files. Before the fence the resumed process committed its
+/// round: the events in it were applied twice (2 in the run that showed it).
+#[tokio::test]
+async fn a_process_paused_past_its_lease_commits_nothing_when_it_resumes() {
+    tokio::time::timeout(TEST_BOUND, paused_past_the_lease())
+        .await
+        .expect("the paused-process test did not finish in time");
+}
+
+async fn paused_past_the_lease() {
+    let (_, nats, app, _js, dir, _) = setup(|_| {}).await;
+    let group = "fenced";
+    let settings = [
+        ("STANDBY_TOPIC", "order.status_changed"),
+        ("STANDBY_HANDLER_MS", "200"),
+        ("STANDBY_ACK_WAIT_MS", "20000"),
+    ];
+    let ids = crate::repair::orders(&app, 40).await;
+    crate::relay::drained(&app).await;
+    let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let mut a = Child::start_with("a", &nats.url(), &db_a, group, dir.path(), &settings);
+    a.until_role(group, "active", "stopped", PATIENCE).await;
+    let mut b = Child::start_with("b", &nats.url(), &db_b, group, dir.path(), &settings);
+    b.until_role(group, "standby", "active", PATIENCE).await;
+    let begun = Instant::now();
+    loop {
+        let (_, active) = a.health(group).await;
+        let settled =
+            active["processed"].as_u64().unwrap() + active["duplicates"].as_u64().unwrap();
+        if active["deliveries"].as_u64().unwrap() > settled {
+            break;
+        }
+        assert!(
+            begun.elapsed() < PATIENCE,
+            "the active process never held a batch"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&a, "-STOP");
+    b.until_role(group, "active", "stopped", TAKEOVER_BOUND)
+        .await;
+
+    let orders: HashSet<String> = ids.iter().cloned().collect();
+    let expected = expected_events(&app, &orders, &[Topic::StatusChanged]);
+    assert_eq!(expected.len(), 40);
+    let start = Instant::now();
+    loop {
+        let done: HashSet<String> = effect_rows(&db_b).into_iter().map(|(id, _)| id).collect();
+        if expected.is_subset(&done) {
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE * 2,
+            "the new owner applied {} of {}",
+            done.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&a, "-CONT");
+    // It notices that the lease is another's, without committing, and stands by again.
+    a.until_role(group, "standby", "stopped", PATIENCE).await;
+    // Whatever it still had in its round is past by now (40 calls of 200 ms at most).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (_, paused) = a.health(group).await;
+    a.stop().await;
+    b.stop().await;
+
+    let mut applied: HashMap<String, usize> = HashMap::new();
+    for (id, _) in effect_rows(&db_a).into_iter().chain(effect_rows(&db_b)) {
+        *applied.entry(id).or_default() += 1;
+    }
+    let twice = applied.values().filter(|n| **n > 1).count();
+    assert_eq!(
+        twice, 0,
+        "{twice} events applied twice over the two files (the paused process: {paused})"
+    );
+    assert_eq!(applied.keys().cloned().collect::<HashSet<_>>(), expected);
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the child process.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {}", child.label);
+}
