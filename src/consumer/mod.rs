@@ -36,33 +36,41 @@
 //! other order's. [`GroupConfig::ordered`] (`max_ack_pending = 1`) gives a strict order over the
 //! whole consumer instead, and a partition filter lets N such workers share a topic.
 //!
+//! The modules, by concern:
+//!
 //! - `config` — [`GroupConfig`]: a group's settings and the consumer configs they imply.
-//! - `group` — [`Group`]: sets a group up and runs its workers until shutdown.
-//! - `stats` — [`GroupStats`]: what a group's workers have done, its role and health.
-//! - `worker` — one consumer's task: pull, process a batch, settle each message.
-//! - `rounds` — a batch handled in rounds: orders concurrently, one order's events in sequence.
-//! - `parking` — orders waiting for a retry and their later events held back meanwhile.
-//! - `trace` — the span a message is handled in, a child of its `traceparent`.
-//! - `guard` — the handler with its guards: panics, timeouts, store faults told apart.
-//! - `held` — what an earlier owner left unacknowledged: its orders wait for it after a
-//!   takeover.
-//! - `fence` — the checks that keep a process that lost its lease from committing.
-//! - `owner` — the lease that makes one process per group and partition the active one.
+//! - `run/` — running a group:
+//!   - `group` — [`Group`]: sets a group up and runs its workers until shutdown;
+//!   - `worker` — one consumer's task: pull, process a batch, settle each message;
+//!   - `rounds` — a batch handled in rounds: orders concurrently, one order's events in
+//!     sequence;
+//!   - `parking` — orders waiting for a retry and their later events held back meanwhile;
+//!   - `held` — what an earlier owner left unacknowledged: its orders wait for it after a
+//!     takeover;
+//!   - `guard` — the handler with its guards: panics, timeouts, store faults told apart;
+//!   - `trace` — the span a message is handled in, a child of its `traceparent`;
+//!   - `exhausted` — dead-letters what the broker gave up on after `max_deliver`;
+//!   - `prune` — deletes processed events older than the streams' `max_age` plus the
+//!     duplicate window.
+//! - `handling/` — what a handler sees and where its effects go:
+//!   - [`handler`] — the [`Handler`] trait and its [`HandlerTx`]; re-exports the rest a
+//!     handler sees: `event` (the typed [`Event`], decoding and versions) and `delivery`
+//!     ([`Delivery`], [`Failure`]);
+//!   - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction;
+//!   - [`emit`] — handlers that publish: the group's outbox and its relay.
+//! - `ownership/` — one active process per group and partition:
+//!   - `owner` — the lease;
+//!   - `fence` — the checks that keep a process that lost its lease from committing.
+//! - `observe/` — what a group shows:
+//!   - `stats` — [`GroupStats`]: what a group's workers have done, its role and health;
+//!   - [`metrics`] — Prometheus metrics per group and handler, for a subscriber process;
+//!   - [`health`] — `/health` and `/metrics` for a subscriber process: a small HTTP/1.1 server
+//!     without an HTTP stack;
+//!   - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready`
+//!     thresholds.
 //! - `breaker` — the circuit breaker for the group's database and dead-letter stream.
-//! - `exhausted` — dead-letters what the broker gave up on after `max_deliver`.
 //! - `message` — headers, times and bodies of NATS messages.
-//! - [`handler`] — the [`Handler`] trait and its [`HandlerTx`]; re-exports the rest a handler
-//!   sees: `event` (the typed [`Event`], decoding and versions) and `delivery` ([`Delivery`],
-//!   [`Failure`]).
-//! - [`idempotency`] — the consumer's SQLite file, processed events, the batch transaction.
-//! - [`emit`] — handlers that publish: the group's outbox and its relay.
-//! - `prune` — deletes processed events older than the streams' `max_age` plus the duplicate
-//!   window.
 //! - [`dlq`] — the dead-letter stream: publish, list, replay, purge.
-//! - [`metrics`] — Prometheus metrics per group and handler, for a subscriber process.
-//! - [`health`] — `/health` and `/metrics` for a subscriber process: a small HTTP/1.1 server
-//!   without an HTTP stack.
-//! - [`lag`] — pending, ack-pending and lag in seconds per group and topic; `/ready` thresholds.
 //! - [`tail`] — print a topic's events as they arrive.
 //! - [`commands`] — the `tail`, `consumers` and `dlq` subcommands.
 //!
@@ -73,41 +81,30 @@ mod breaker;
 #[cfg(feature = "service")]
 pub mod commands;
 mod config;
-mod delivery;
 pub mod dlq;
-pub mod emit;
-mod event;
-mod exhausted;
-mod fence;
-mod group;
-mod guard;
-pub mod handler;
-pub mod health;
-mod held;
-pub mod idempotency;
-#[cfg(feature = "service")]
-pub mod lag;
+mod handling;
 mod message;
-pub mod metrics;
-mod owner;
-mod parking;
-mod prune;
-mod rounds;
-mod stats;
+mod observe;
+mod ownership;
+mod run;
 #[cfg(feature = "service")]
 pub mod tail;
-mod trace;
-mod worker;
+
+pub use handling::{emit, handler, idempotency};
+#[cfg(feature = "service")]
+pub use observe::lag;
+pub use observe::{health, metrics};
 
 pub use breaker::{Breaker, BreakerState};
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
 pub use emit::Emits;
-pub use group::Group;
 pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared, SchemaError};
 pub use health::Health;
-pub use owner::{OWNERS_BUCKET, ensure_bucket};
-pub use stats::{GroupRole, GroupStats, GroupStatsSnapshot};
+pub use observe::stats::{GroupRole, GroupStats, GroupStatsSnapshot};
+pub use ownership::LEASE;
+pub use ownership::owner::{OWNERS_BUCKET, ensure_bucket};
+pub use run::group::Group;
 
 /// Why a consumer operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::ConsumerError;
-use super::handler::{Event, SchemaError, decode};
+use super::handling::handler::{Event, SchemaError, decode};
 use super::message::{body_text, headers_of, nats_time};
 use crate::bus::stream_name;
 use crate::domain::Topic;

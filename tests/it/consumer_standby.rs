@@ -28,6 +28,14 @@ const ADDR_FILE: &str = "STANDBY_ADDR_FILE";
 /// How long a standby may take to become active after the active process is killed: the lease
 /// is 10 s without renewal, and a standby tries every 2.5 s.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(40);
+/// The example's settings for the takeover tests: one status change of each order per batch
+/// round, 200 ms per handler call, and `ack_wait` 20 s, longer than the lease as by default,
+/// so what a lost process held comes back only after the standby took over.
+const SLOW_STATUS_CHANGES: [(&str, &str); 3] = [
+    ("STANDBY_TOPIC", "order.status_changed"),
+    ("STANDBY_HANDLER_MS", "200"),
+    ("STANDBY_ACK_WAIT_MS", "20000"),
+];
 /// The whole test's bound.
 const TEST_BOUND: Duration = Duration::from_secs(300);
 
@@ -144,6 +152,25 @@ impl Child {
                 self.label
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until it holds a batch it has not settled: delivered to it, not yet processed.
+    async fn holding_a_batch(&mut self, group: &str) {
+        let begun = Instant::now();
+        loop {
+            let (_, active) = self.health(group).await;
+            let settled =
+                active["processed"].as_u64().unwrap() + active["duplicates"].as_u64().unwrap();
+            if active["deliveries"].as_u64().unwrap() > settled {
+                return;
+            }
+            assert!(
+                begun.elapsed() < PATIENCE,
+                "{} never held a batch",
+                self.label
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -347,11 +374,7 @@ async fn after_a_takeover_each_orders_events_are_still_applied_in_stream_order()
 async fn takeover_keeps_order() {
     let (_, nats, app, _js, dir, db) = setup(|_| {}).await;
     let group = "in-order";
-    let settings = [
-        ("STANDBY_TOPIC", "order.status_changed"),
-        ("STANDBY_HANDLER_MS", "200"),
-        ("STANDBY_ACK_WAIT_MS", "20000"),
-    ];
+    let settings = SLOW_STATUS_CHANGES;
     // Every order's first change is stored before the group starts: one batch of 40.
     let ids = crate::repair::orders(&app, 40).await;
     crate::relay::drained(&app).await;
@@ -360,20 +383,7 @@ async fn takeover_keeps_order() {
     a.until_role(group, "active", "stopped", PATIENCE).await;
     let mut b = start("b");
     b.until_role(group, "standby", "active", PATIENCE).await;
-    let begun = Instant::now();
-    loop {
-        let (_, active) = a.health(group).await;
-        let settled =
-            active["processed"].as_u64().unwrap() + active["duplicates"].as_u64().unwrap();
-        if active["deliveries"].as_u64().unwrap() > settled {
-            break;
-        }
-        assert!(
-            begun.elapsed() < PATIENCE,
-            "the active process never held a batch"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a.holding_a_batch(group).await;
     a.process.kill().unwrap();
     let killed = Instant::now();
     b.until_role(group, "active", "stopped", TAKEOVER_BOUND)
@@ -453,11 +463,7 @@ async fn a_process_paused_past_its_lease_commits_nothing_when_it_resumes() {
 async fn paused_past_the_lease() {
     let (_, nats, app, _js, dir, _) = setup(|_| {}).await;
     let group = "fenced";
-    let settings = [
-        ("STANDBY_TOPIC", "order.status_changed"),
-        ("STANDBY_HANDLER_MS", "200"),
-        ("STANDBY_ACK_WAIT_MS", "20000"),
-    ];
+    let settings = SLOW_STATUS_CHANGES;
     let ids = crate::repair::orders(&app, 40).await;
     crate::relay::drained(&app).await;
     let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
@@ -465,20 +471,7 @@ async fn paused_past_the_lease() {
     a.until_role(group, "active", "stopped", PATIENCE).await;
     let mut b = Child::start_with("b", &nats.url(), &db_b, group, dir.path(), &settings);
     b.until_role(group, "standby", "active", PATIENCE).await;
-    let begun = Instant::now();
-    loop {
-        let (_, active) = a.health(group).await;
-        let settled =
-            active["processed"].as_u64().unwrap() + active["duplicates"].as_u64().unwrap();
-        if active["deliveries"].as_u64().unwrap() > settled {
-            break;
-        }
-        assert!(
-            begun.elapsed() < PATIENCE,
-            "the active process never held a batch"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a.holding_a_batch(group).await;
     signal(&a, "-STOP");
     b.until_role(group, "active", "stopped", TAKEOVER_BOUND)
         .await;

@@ -108,6 +108,17 @@ pub(crate) async fn repaired_total(app: &TestApp) -> usize {
     repaired as usize
 }
 
+/// The service started again, relaying, on `nats` and the file `db` of an earlier run.
+async fn relaying_again(nats: &NatsServer, db: &Path) -> TestApp {
+    let (url, path) = (nats.url(), db.to_path_buf());
+    spawn_app_with(move |c| {
+        c.event_outbox_enabled = true;
+        c.nats.url = url;
+        c.database_path = path;
+    })
+    .await
+}
+
 /// Once the background repair is done: the broker holds every outbox event exactly once, per key
 /// and stream in commit order, each at its recorded sequence.
 pub(crate) async fn all_back_in_order(app: &TestApp, js: &jetstream::Context) {
@@ -218,13 +229,7 @@ async fn a_broker_that_lost_its_store_between_two_runs_gets_every_event_back_in_
 
     // (b, c) Second run: the service repairs at start, while orders keep changing (the requests
     // go in as soon as it answers, without waiting for it to be ready).
-    let (url, path) = (nats.url(), db.clone());
-    let app = spawn_app_with(move |c| {
-        c.event_outbox_enabled = true;
-        c.nats.url = url;
-        c.database_path = path;
-    })
-    .await;
+    let app = relaying_again(&nats, &db).await;
     cancel_all(&app, &ids).await;
     drained(&app).await;
     let js = nats.jetstream().await;
@@ -491,13 +496,7 @@ async fn a_stream_being_put_back_at_start_holds_back_no_other_stream() {
     nats.start_again_empty().await;
     lost_created_rows(&db, 20_000);
 
-    let (url, path) = (nats.url(), db.clone());
-    let app = spawn_app_with(move |c| {
-        c.event_outbox_enabled = true;
-        c.nats.url = url;
-        c.database_path = path;
-    })
-    .await;
+    let app = relaying_again(&nats, &db).await;
     // Orders cancelled while `ORDER_CREATED` is put back: their stream lost nothing.
     cancel_all(&app, &ids).await;
     drained(&app).await;

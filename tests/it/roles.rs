@@ -269,23 +269,14 @@ async fn a_customer_cancels_only_while_pending() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["details"]["current_status"], "confirmed");
     assert_eq!(app.footprint(), before);
-    let (status, body) = app
-        .post(
-            User::new(Role::Admin),
-            &format!("/api/v1/orders/{id}/cancel"),
-            json!({"reason": "customer asked support"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let cancelled = app
-        .events_of(&id)
-        .into_iter()
-        .find(|r| r.topic == "order.cancelled")
-        .unwrap();
-    assert_eq!(
-        cancelled.payload["data"]["refund_required"], true,
-        "a paid order is refunded"
-    );
+    cancel(
+        &app,
+        User::new(Role::Admin),
+        &id,
+        json!({"reason": "customer asked support"}),
+    )
+    .await;
+    assert_eq!(refund_required(&app, &id), true, "a paid order is refunded");
 }
 
 #[tokio::test]
@@ -314,28 +305,29 @@ async fn only_an_admin_or_a_system_caller_decides_a_refund() {
         assert_eq!(app.footprint(), before, "nothing written");
     }
     // Without it the customer cancels, and the service decides: nothing was paid.
-    let (status, body) = app
-        .post(
-            owner,
-            &format!("/api/v1/orders/{id}/cancel"),
-            json!({"reason": "changed my mind"}),
-        )
+    cancel(&app, owner, &id, json!({"reason": "changed my mind"})).await;
+    assert_eq!(refund_required(&app, &id), false);
+    // A system caller (the payment service, say) may say a refund is due.
+    let other = pending_order(&app, owner).await;
+    let body = json!({"reason": "payment reversed", "refund_required": true});
+    cancel(&app, User::new(Role::System), &other, body).await;
+    assert_eq!(refund_required(&app, &other), true);
+}
+
+/// Cancels the order `id` as `user` with `body`, which must answer 200.
+async fn cancel(app: &TestApp, user: User, id: &str, body: Value) {
+    let (status, answer) = app
+        .post(user, &format!("/api/v1/orders/{id}/cancel"), body)
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// What the `order.cancelled` event of the order `id` says of a refund.
+fn refund_required(app: &TestApp, id: &str) -> Value {
     let cancelled = app
-        .events_of(&id)
+        .events_of(id)
         .into_iter()
         .find(|r| r.topic == "order.cancelled")
         .unwrap();
-    assert_eq!(cancelled.payload["data"]["refund_required"], false);
-    // A system caller (the payment service, say) may say a refund is due.
-    let other = pending_order(&app, owner).await;
-    let (status, body) = app
-        .post(
-            User::new(Role::System),
-            &format!("/api/v1/orders/{other}/cancel"),
-            json!({"reason": "payment reversed", "refund_required": true}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    cancelled.payload["data"]["refund_required"].clone()
 }

@@ -5,7 +5,7 @@
 //! round's messages are decoded (a schema error is a dead letter), those the group processed
 //! before are acknowledged without running anything, and the rest are prepared concurrently
 //! ([`Handler::prepare`], up to `concurrency` at once, outside any transaction) and then handled
-//! one after another in one transaction ([`Handler::handle`], see [`super::idempotency`]), which
+//! one after another in one transaction ([`Handler::handle`], see [`crate::consumer::handling::idempotency`]), which
 //! commits before the next round starts. So an order's next event is prepared only once the
 //! previous one is handled, and a key whose message failed sits out the remaining rounds: its
 //! later messages are parked (see `parking`) while other orders go on.
@@ -18,29 +18,14 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use super::dlq::Reason;
-use super::fence::Fenced;
-use super::handler::{self, Delivery, Event, Failure, Handler, Prepared};
-use super::idempotency::{self, Batch, Processed, Step};
 use super::parking::{self, Parking};
-use super::worker::{Received, Verdict, Worker};
+use super::worker::{Received, RoundError, Verdict, Worker};
+use crate::consumer::dlq::Reason;
+use crate::consumer::handling::handler::{self, Delivery, Event, Failure, Handler, Prepared};
+use crate::consumer::handling::idempotency::{self, Batch, Processed, Step};
+use crate::consumer::ownership::fence::Fenced;
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
-
-/// Why rounds stopped before every message had its verdict; the round in progress rolled back.
-#[derive(Debug)]
-pub(super) enum RoundError {
-    /// A fault of the group's own infrastructure: tried again after a backoff.
-    Fault(String),
-    /// Another process holds the consumer's lease and committed (see `fence`): final.
-    Superseded(String),
-}
-
-impl From<String> for RoundError {
-    fn from(fault: String) -> RoundError {
-        RoundError::Fault(fault)
-    }
-}
 
 /// A message of a round, decoded and not processed before: to prepare and handle.
 struct Run<'b> {
@@ -54,7 +39,7 @@ struct Run<'b> {
 impl<H: Handler> Worker<H> {
     /// Decides each message of `batch` whose verdict is still open, round after round; `Err`
     /// is a fault of the group's own infrastructure (the round in progress rolled back).
-    pub(super) async fn run_rounds(
+    pub(in crate::consumer) async fn run_rounds(
         &self,
         conn: &mut rusqlite::Connection,
         batch: &[Received],

@@ -19,10 +19,11 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
-use super::ConsumerError;
-use super::config::GroupConfig;
-use super::{dlq, idempotency};
 use crate::bus::stream_name;
+use crate::consumer::ConsumerError;
+use crate::consumer::config::GroupConfig;
+use crate::consumer::dlq;
+use crate::consumer::handling::idempotency;
 
 /// How often a running group prunes (once at start, then at this interval).
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
-use super::breaker::STORE_FAULT;
-use super::handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared};
-use super::metrics::{ConsumerMetrics, HandlerLabels, handler_name};
-use super::stats::GroupStats;
+use crate::consumer::breaker::STORE_FAULT;
+use crate::consumer::handling::handler::{
+    Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared,
+};
+use crate::consumer::observe::metrics::{ConsumerMetrics, HandlerLabels, handler_name};
+use crate::consumer::observe::stats::GroupStats;
 
 /// A worker's handler with its guards; one per worker, used for one message at a time.
-pub(super) struct Guarded<H> {
+pub(in crate::consumer) struct Guarded<H> {
     inner: Arc<H>,
     timeout: Duration,
     stats: Arc<GroupStats>,
@@ -30,7 +32,7 @@ pub(super) struct Guarded<H> {
 }
 
 impl<H: Handler> Guarded<H> {
-    pub(super) fn new(
+    pub(in crate::consumer) fn new(
         inner: Arc<H>,
         group: &str,
         timeout: Duration,
@@ -51,12 +53,12 @@ impl<H: Handler> Guarded<H> {
     }
 
     /// The process's metrics and this handler's labels in them.
-    pub(super) fn metrics(&self) -> (&ConsumerMetrics, &HandlerLabels) {
+    pub(in crate::consumer) fn metrics(&self) -> (&ConsumerMetrics, &HandlerLabels) {
         (&self.metrics, &self.labels)
     }
 
     /// The store fault behind the last message's failure, if it was one; clears it.
-    pub(super) fn take_store_fault(&self) -> Option<String> {
+    pub(in crate::consumer) fn take_store_fault(&self) -> Option<String> {
         self.store_fault.lock().ok().and_then(|mut f| f.take())
     }
 

@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::message::nats_time;
-use super::{ConsumerError, dlq};
 use crate::bus::Topics;
+use crate::consumer::message::nats_time;
+use crate::consumer::{ConsumerError, dlq};
 use crate::metrics::{ConsumerSample, GroupLabels, GroupSample, Metrics};
 use crate::shutdown::step_then_wait;
 use crate::table::{Column, Table};

@@ -10,7 +10,7 @@
 //!
 //! A key may wait for several heads: the messages an earlier owner of the consumer (a killed
 //! process, or this one before a restart) held unacknowledged come back only after `ack_wait`,
-//! and the worker finds them when it starts ([`super::held`]): its key's later messages wait for
+//! and the worker finds them when it starts (`held`): its key's later messages wait for
 //! every one of them, each released in turn, in stream order.
 //!
 //! A head that does not come back (the broker gave up on it, or it was taken elsewhere) would
@@ -32,7 +32,7 @@ use rusqlite::{Connection, params};
 use tokio::time::Instant;
 
 /// Keys waiting for a retry and the messages held back for them, of one worker.
-pub(super) struct Parking<M> {
+pub(in crate::consumer) struct Parking<M> {
     waiting: HashMap<String, Wait<M>>,
     ready: VecDeque<M>,
     /// When the held messages last got an in-progress ack.
@@ -70,14 +70,14 @@ impl<M> Wait<M> {
 impl<M> Parking<M> {
     /// Whether the message of `key` at `sequence` must wait: an earlier message of its key
     /// waits for a retry.
-    pub(super) fn holds(&self, key: &str, sequence: u64) -> bool {
+    pub(in crate::consumer) fn holds(&self, key: &str, sequence: u64) -> bool {
         self.waiting.get(key).is_some_and(|w| sequence > w.first())
     }
 
     /// Holds `message` (of `key`, at `sequence`) until its key's head is done; ready at once
     /// when its key waits for nothing. A message parked again (delivered once more while parked)
     /// replaces the older delivery.
-    pub(super) fn park(&mut self, key: &str, sequence: u64, message: M) {
+    pub(in crate::consumer) fn park(&mut self, key: &str, sequence: u64, message: M) {
         let Some(wait) = self.waiting.get_mut(key) else {
             self.ready.push_back(message);
             return;
@@ -90,7 +90,7 @@ impl<M> Parking<M> {
 
     /// The message of `key` at `sequence` failed transiently and is due again after `delay`: the
     /// key's later messages wait for it.
-    pub(super) fn wait(&mut self, key: &str, sequence: u64, delay: Duration) {
+    pub(in crate::consumer) fn wait(&mut self, key: &str, sequence: u64, delay: Duration) {
         let due = Instant::now() + delay;
         let wait = self.waiting.entry(key.to_owned()).or_insert(Wait {
             heads: BTreeSet::new(),
@@ -104,7 +104,7 @@ impl<M> Parking<M> {
     }
 
     /// Whether the message of `key` at `sequence` is one its key waits for.
-    pub(super) fn is_head(&self, key: &str, sequence: u64) -> bool {
+    pub(in crate::consumer) fn is_head(&self, key: &str, sequence: u64) -> bool {
         self.waiting
             .get(key)
             .is_some_and(|w| w.heads.contains(&sequence))
@@ -112,7 +112,7 @@ impl<M> Parking<M> {
 
     /// The head `key` waits for once the message at `sequence` is done, when it waits for
     /// another one: what the waiting row says then.
-    pub(super) fn next_head(&self, key: &str, sequence: u64) -> Option<u64> {
+    pub(in crate::consumer) fn next_head(&self, key: &str, sequence: u64) -> Option<u64> {
         let wait = self.waiting.get(key)?;
         wait.heads.iter().copied().find(|&head| head != sequence)
     }
@@ -120,7 +120,7 @@ impl<M> Parking<M> {
     /// The message of `key` at `sequence` is done for good (processed or dead-lettered): when it
     /// is one of its key's heads, the parked messages up to the next head are ready (that head
     /// itself among them when it came back meanwhile), and all of them after the last.
-    pub(super) fn settled(&mut self, key: &str, sequence: u64) {
+    pub(in crate::consumer) fn settled(&mut self, key: &str, sequence: u64) {
         let Some(wait) = self.waiting.get_mut(key) else {
             return;
         };
@@ -137,7 +137,7 @@ impl<M> Parking<M> {
     }
 
     /// Releases the keys whose head is more than `grace` past its due time; which.
-    pub(super) fn release_overdue(&mut self, grace: Duration) -> Vec<String> {
+    pub(in crate::consumer) fn release_overdue(&mut self, grace: Duration) -> Vec<String> {
         let now = Instant::now();
         let overdue: Vec<String> = self
             .waiting
@@ -158,13 +158,13 @@ impl<M> Parking<M> {
     }
 
     /// Up to `n` released messages, in the order they became ready.
-    pub(super) fn take_ready(&mut self, n: usize) -> Vec<M> {
+    pub(in crate::consumer) fn take_ready(&mut self, n: usize) -> Vec<M> {
         let n = n.min(self.ready.len());
         self.ready.drain(..n).collect()
     }
 
     /// Every message held, parked or ready, to send back when the worker stops.
-    pub(super) fn take_all(&mut self) -> Vec<M> {
+    pub(in crate::consumer) fn take_all(&mut self) -> Vec<M> {
         let mut all: Vec<M> = self.ready.drain(..).collect();
         for (_, wait) in self.waiting.drain() {
             all.extend(wait.parked.into_iter().map(|(_, m)| m));
@@ -173,7 +173,7 @@ impl<M> Parking<M> {
     }
 
     /// Every message held, parked or ready.
-    pub(super) fn held(&self) -> impl Iterator<Item = &M> {
+    pub(in crate::consumer) fn held(&self) -> impl Iterator<Item = &M> {
         self.ready.iter().chain(
             self.waiting
                 .values()
@@ -182,19 +182,19 @@ impl<M> Parking<M> {
     }
 
     /// When the held messages need their next in-progress ack.
-    pub(super) fn progress_due(&self, interval: Duration) -> Instant {
+    pub(in crate::consumer) fn progress_due(&self, interval: Duration) -> Instant {
         *self.progressed.lock().expect("not poisoned") + interval
     }
 
     /// Notes that the held messages just got an in-progress ack.
-    pub(super) fn progressed(&self) {
+    pub(in crate::consumer) fn progressed(&self) {
         *self.progressed.lock().expect("not poisoned") = Instant::now();
     }
 }
 
 /// The keys of `consumer` that waited for a retry when its worker last ran: (key, head's
 /// sequence, wait left until its retry is due).
-pub(super) fn load(
+pub(in crate::consumer) fn load(
     conn: &Connection,
     consumer: &str,
 ) -> rusqlite::Result<Vec<(String, u64, Duration)>> {
@@ -211,7 +211,7 @@ pub(super) fn load(
 
 /// Notes that `key` of `consumer` waits for its message at `sequence`, due after `delay`; an
 /// earlier head stays the head.
-pub(super) fn save(
+pub(in crate::consumer) fn save(
     conn: &Connection,
     consumer: &str,
     key: &str,
@@ -230,7 +230,7 @@ pub(super) fn save(
 
 /// Notes that `key` of `consumer` waits for its message at `sequence` now, the one before it
 /// done; a key not noted as waiting (its head found at start, see `held`) stays so.
-pub(super) fn replace_head(
+pub(in crate::consumer) fn replace_head(
     conn: &Connection,
     consumer: &str,
     key: &str,
@@ -244,7 +244,11 @@ pub(super) fn replace_head(
 }
 
 /// Notes that `key` of `consumer` waits no more.
-pub(super) fn remove(conn: &Connection, consumer: &str, key: &str) -> rusqlite::Result<()> {
+pub(in crate::consumer) fn remove(
+    conn: &Connection,
+    consumer: &str,
+    key: &str,
+) -> rusqlite::Result<()> {
     conn.execute(
         "DELETE FROM waiting_orders WHERE consumer = ?1 AND order_key = ?2",
         params![consumer, key],

@@ -12,13 +12,13 @@ use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::handler::{Delivery, Event};
+use crate::consumer::handling::handler::{Delivery, Event};
 
 /// The span `event` of one message of `group` on `topic`, with the event's id and correlation id
 /// as fields, whose parent is the span named by the message's `traceparent`.
 ///
 /// A missing or malformed `traceparent` makes it the root of a trace of its own.
-pub(super) fn message_span(
+pub(in crate::consumer) fn message_span(
     group: &str,
     topic: &str,
     event: &Event,

@@ -1,8 +1,8 @@
 //! Handlers that publish: a consumer group's own outbox, relayed by the service's relay.
 //!
-//! A group made with [`Group::emitting`](super::Group::emitting) gets the service's outbox table
+//! A group made with [`Group::emitting`](crate::consumer::Group::emitting) gets the service's outbox table
 //! in its own SQLite file ([`Store::open_outbox`]). A handler records an outgoing event with
-//! [`HandlerTx::emit`](super::HandlerTx::emit): the row is written in the handler's savepoint, so
+//! [`HandlerTx::emit`](crate::consumer::HandlerTx::emit): the row is written in the handler's savepoint, so
 //! it commits with the handler's effects and the processed-event row, and a failing handler's
 //! rollback takes it with it. After the batch commits, the group's [`Relay`] is woken and
 //! publishes the rows exactly as the service publishes its own: batches per stream, commit order
@@ -24,12 +24,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::ConsumerError;
-use super::config::GroupConfig;
 use super::delivery::{Delivery, Failure};
 use super::event::Event;
 use crate::backoff::{Backoff, BackoffKind};
 use crate::bus::{self, Topics, topics::is_valid_key};
+use crate::consumer::ConsumerError;
+use crate::consumer::config::GroupConfig;
 use crate::domain::events::{EVENT_VERSION, Envelope, Metadata};
 use crate::metrics::Metrics;
 use crate::relay::{self, DEFAULT_PUBLISH_BATCH, Relay, RelayConfig, RelayStatus};
@@ -117,19 +117,22 @@ tokio::task_local! {
 
 /// Runs a worker with its group's outbox in reach of its batches ([`current`]), so that the
 /// worker itself need not know whether its group emits.
-pub(super) async fn scope<F: Future>(outbox: Option<Arc<Outbox>>, worker: F) -> F::Output {
+pub(in crate::consumer) async fn scope<F: Future>(
+    outbox: Option<Arc<Outbox>>,
+    worker: F,
+) -> F::Output {
     OUTBOX.scope(outbox, worker).await
 }
 
 /// The outbox of the running worker's group, if it emits.
-pub(super) fn current() -> Option<Arc<Outbox>> {
+pub(in crate::consumer) fn current() -> Option<Arc<Outbox>> {
     OUTBOX.try_with(Clone::clone).ok().flatten()
 }
 
 impl Outbox {
     /// Opens the outbox table in the group's database (before any worker runs, so that handlers
     /// find it); `None` when the group emits nothing.
-    pub(super) fn open(
+    pub(in crate::consumer) fn open(
         emits: Option<&Arc<Emits>>,
         config: &GroupConfig,
     ) -> Result<Option<Arc<Outbox>>, ConsumerError> {
@@ -156,7 +159,7 @@ impl Outbox {
     /// repairs them, then relays the outbox and cleans it up until `stop`; as the service does,
     /// a stream that goes missing is reconciled again when the relay asks for it, and a stream
     /// found missing events it acknowledged gets them again.
-    pub(super) async fn run(
+    pub(in crate::consumer) async fn run(
         self: Arc<Self>,
         js: jetstream::Context,
         stop: Shutdown,
@@ -216,7 +219,7 @@ impl Outbox {
     }
 
     /// Wakes the relay: a batch that emitted events has committed.
-    pub(super) fn committed(&self) {
+    pub(in crate::consumer) fn committed(&self) {
         self.store.outbox_committed().notify_one();
     }
 }
@@ -360,7 +363,7 @@ impl Emitter {
             // A full disk or a lock is the group's fault, not the event's: noted, it opens the
             // breaker and holds the message instead of using up its deliveries.
             if let crate::store::StoreError::Sqlite(error) = &e {
-                super::breaker::note_store_error(error);
+                crate::consumer::breaker::note_store_error(error);
             }
             Failure::transient(format!("writing the emitted event: {e}"))
         })?;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 
-use super::ConsumerError;
-use super::config::GroupConfig;
-use super::dlq::{self, Reason};
-use super::message::{body_text, headers_of};
-use super::stats::GroupStats;
 use crate::backoff::Backoff;
 use crate::bus::stream_name;
+use crate::consumer::ConsumerError;
+use crate::consumer::config::GroupConfig;
+use crate::consumer::dlq::{self, Reason};
+use crate::consumer::message::{body_text, headers_of};
+use crate::consumer::observe::stats::GroupStats;
 use crate::domain::Topic;
 
 /// Tries to read back and dead-letter one exhausted message before it is logged as lost.
@@ -35,7 +35,7 @@ struct MaxDeliveries {
 /// `ack_wait` (a handler that hangs, a worker that crashes on them): the worker never saw their
 /// last failure, so the broker's advisory is the only news of them. Advisories are not stored:
 /// those sent while no worker of the group runs are missed.
-pub(super) async fn exhausted(
+pub(in crate::consumer) async fn exhausted(
     js: jetstream::Context,
     config: Arc<GroupConfig>,
     stats: Arc<GroupStats>,

@@ -35,7 +35,7 @@ impl Delivery {
     /// Whether this is a replayed dead letter (`dlq replay`) rather than the topic's own delivery:
     /// the event may be older than what the handler has processed since.
     pub fn is_replay(&self) -> bool {
-        self.stream == super::dlq::REPLAY_STREAM
+        self.stream == crate::consumer::dlq::REPLAY_STREAM
     }
 
     /// For a replay, the stream and sequence the event was first delivered from; a handler that
@@ -95,7 +95,7 @@ impl From<rusqlite::Error> for Failure {
     fn from(error: rusqlite::Error) -> Failure {
         // A full disk or a lock is the group's fault, not the event's: the worker holds the
         // message instead of retrying it (see consumer::breaker).
-        super::breaker::note_store_error(&error);
+        crate::consumer::breaker::note_store_error(&error);
         Failure::Transient(format!("database: {error}"))
     }
 }

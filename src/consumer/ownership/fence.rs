@@ -5,7 +5,7 @@
 //! Two checks run in each round's transaction, just before it commits:
 //!
 //! 1. **The lease is surely held**: its last renewal was *sent* less than [`SURELY_HELD`] ago.
-//!    The key lives [`LEASE`] from when the server stored the renewal, which is after it was
+//!    The key lives [`LEASE`](super::LEASE) from when the server stored the renewal, which is after it was
 //!    sent, so no other process can hold it yet. A process that resumes after a pause finds its
 //!    renewal too old and rolls the round back, whatever files the group's processes keep. Not
 //!    final: the round is tried again (as after any fault of the group's own) once a renewal
@@ -23,17 +23,10 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tokio::time::Instant;
 
-use super::owner::LEASE;
-
-/// How often the lease is renewed.
-pub(super) const RENEW_EVERY: Duration = Duration::from_millis(LEASE.as_millis() as u64 / 4);
-/// How long after a renewal was sent the lease is surely still held: a lease's last quarter is
-/// left to a pause between the check and the COMMIT. One renewal may fail without a round
-/// noticing.
-pub(super) const SURELY_HELD: Duration = Duration::from_millis(LEASE.as_millis() as u64 * 3 / 4);
+use super::SURELY_HELD;
 
 /// The table of the fencing tokens, in the group's database.
-pub(super) const SCHEMA: &str = "
+pub(in crate::consumer) const SCHEMA: &str = "
 -- The highest lease revision that committed a round, per consumer (see `fence`).
 CREATE TABLE IF NOT EXISTS consumer_fences (
     consumer TEXT    NOT NULL PRIMARY KEY,
@@ -43,14 +36,14 @@ CREATE TABLE IF NOT EXISTS consumer_fences (
 
 /// This process's hold on a lease: its revision and when its last renewal was sent.
 #[derive(Debug)]
-pub(super) struct Fence {
+pub(in crate::consumer) struct Fence {
     key: String,
     held: Mutex<(u64, Instant)>,
 }
 
 /// Why a round may not commit.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum Fenced {
+pub(in crate::consumer) enum Fenced {
     /// The lease was last renewed too long ago to be sure it is held.
     #[error("the consumer lease was last renewed {0:?} ago; not sure it is still held")]
     Unsure(Duration),
@@ -69,7 +62,7 @@ pub(super) enum Fenced {
 
 impl Fence {
     /// The hold on the lease `key` taken at `revision` by a request sent at `sent`.
-    pub(super) fn new(key: &str, revision: u64, sent: Instant) -> Fence {
+    pub(in crate::consumer) fn new(key: &str, revision: u64, sent: Instant) -> Fence {
         Fence {
             key: key.to_owned(),
             held: Mutex::new((revision, sent)),
@@ -77,18 +70,18 @@ impl Fence {
     }
 
     /// The lease was renewed to `revision` by a request sent at `sent`.
-    pub(super) fn renewed(&self, revision: u64, sent: Instant) {
+    pub(in crate::consumer) fn renewed(&self, revision: u64, sent: Instant) {
         *self.held.lock().expect("not poisoned") = (revision, sent);
     }
 
     /// When the last renewal was sent.
-    pub(super) fn renewed_at(&self) -> Instant {
+    pub(in crate::consumer) fn renewed_at(&self) -> Instant {
         self.held.lock().expect("not poisoned").1
     }
 
     /// Both checks (see the module's documentation), in `conn`'s transaction: the token is
     /// recorded when it is the highest.
-    pub(super) fn check(&self, conn: &Connection) -> Result<(), Fenced> {
+    pub(in crate::consumer) fn check(&self, conn: &Connection) -> Result<(), Fenced> {
         let (revision, sent) = *self.held.lock().expect("not poisoned");
         let since = sent.elapsed();
         if since >= SURELY_HELD {

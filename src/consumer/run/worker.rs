@@ -8,19 +8,18 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 
-use super::ConsumerError;
-use super::breaker::{Outage, keep_alive_interval, progress};
-use super::config::GroupConfig;
-use super::dlq::{self, Reason};
-use super::fence::{Fence, Fenced};
 use super::guard::Guarded;
-use super::handler::{self, Delivery, Handler};
 use super::held::{self, Held};
-use super::idempotency;
-use super::message::{headers_of, nats_time};
 use super::parking::{self, Parking};
-use super::rounds::RoundError;
-use super::stats::GroupStats;
+use crate::consumer::ConsumerError;
+use crate::consumer::breaker::{Outage, keep_alive_interval, progress};
+use crate::consumer::config::GroupConfig;
+use crate::consumer::dlq::{self, Reason};
+use crate::consumer::handling::handler::{self, Delivery, Handler};
+use crate::consumer::handling::idempotency;
+use crate::consumer::message::{headers_of, nats_time};
+use crate::consumer::observe::stats::GroupStats;
+use crate::consumer::ownership::fence::{Fence, Fenced};
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
 
@@ -34,7 +33,7 @@ const PULL_RETRY: Duration = Duration::from_secs(2);
 
 /// Where a consumer task reads from.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Source {
+pub(in crate::consumer) enum Source {
     /// A topic stream.
     Topic(Topic),
     /// The group's replayed dead letters.
@@ -42,18 +41,18 @@ pub(super) enum Source {
 }
 
 /// One consumer's task.
-pub(super) struct Worker<H> {
-    pub(super) config: Arc<GroupConfig>,
-    pub(super) handler: Guarded<H>,
-    pub(super) js: jetstream::Context,
-    pub(super) stats: Arc<GroupStats>,
-    pub(super) source: Source,
+pub(in crate::consumer) struct Worker<H> {
+    pub(in crate::consumer) config: Arc<GroupConfig>,
+    pub(in crate::consumer) handler: Guarded<H>,
+    pub(in crate::consumer) js: jetstream::Context,
+    pub(in crate::consumer) stats: Arc<GroupStats>,
+    pub(in crate::consumer) source: Source,
     /// This process's hold on the consumer's lease, checked before each round commits.
-    pub(super) fence: Arc<Fence>,
+    pub(in crate::consumer) fence: Arc<Fence>,
 }
 
 /// What becomes of a message once its round is committed.
-pub(super) enum Verdict {
+pub(in crate::consumer) enum Verdict {
     Ack {
         duplicate: bool,
     },
@@ -67,13 +66,28 @@ pub(super) enum Verdict {
     Dead(Reason, String),
 }
 
+/// Why rounds stopped before every message had its verdict; the round in progress rolled back.
+#[derive(Debug)]
+pub(in crate::consumer) enum RoundError {
+    /// A fault of the group's own infrastructure: tried again after a backoff.
+    Fault(String),
+    /// Another process holds the consumer's lease and committed (see `fence`): final.
+    Superseded(String),
+}
+
+impl From<String> for RoundError {
+    fn from(fault: String) -> RoundError {
+        RoundError::Fault(fault)
+    }
+}
+
 /// A message, read.
-pub(super) struct Received {
-    pub(super) message: jetstream::Message,
-    pub(super) delivery: Delivery,
-    pub(super) topic: Option<Topic>,
+pub(in crate::consumer) struct Received {
+    pub(in crate::consumer) message: jetstream::Message,
+    pub(in crate::consumer) delivery: Delivery,
+    pub(in crate::consumer) topic: Option<Topic>,
     /// The ordering key: the order's id, the subject's last token (a replay's original one).
-    pub(super) key: String,
+    pub(in crate::consumer) key: String,
 }
 
 impl<H: Handler> Worker<H> {
@@ -85,7 +99,7 @@ impl<H: Handler> Worker<H> {
     /// first message, one taking what else is ready), so no message is delivered to the worker
     /// while it cannot process: nothing times out unseen while the breaker is open. Parked
     /// messages that became ready go first, before anything is pulled.
-    pub(super) async fn drain(
+    pub(in crate::consumer) async fn drain(
         self,
         mut consumer: PullConsumer,
         mut conn: rusqlite::Connection,
@@ -372,12 +386,12 @@ impl<H: Handler> Worker<H> {
     fn stream(&self) -> String {
         match self.source {
             Source::Topic(topic) => crate::bus::stream_name(topic.as_str()),
-            Source::Replay => super::dlq::REPLAY_STREAM.to_owned(),
+            Source::Replay => crate::consumer::dlq::REPLAY_STREAM.to_owned(),
         }
     }
 
     /// Who the worker is in `waiting_orders`: its consumer and stream.
-    pub(super) fn parking_id(&self) -> String {
+    pub(in crate::consumer) fn parking_id(&self) -> String {
         format!("{}/{}", self.config.consumer_name(), self.stream())
     }
 
@@ -501,7 +515,7 @@ async fn keep_alive(held: &[&jetstream::Message], ack_wait: Duration) {
 
 /// The ordering key of a delivery: the subject's last token (`<topic>.<partition>.<key>`), for a
 /// replay the one of the subject it was first delivered on.
-pub(super) fn key_of(delivery: &Delivery) -> &str {
+pub(in crate::consumer) fn key_of(delivery: &Delivery) -> &str {
     let subject = if delivery.is_replay() {
         delivery
             .header("Dlq-Source-Subject")

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::breaker::BreakerState;
+use crate::consumer::breaker::BreakerState;
 
 /// Labels of a handler's series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,7 +45,7 @@ pub struct GroupLabel {
 }
 
 /// The consumer groups' metrics of one process; share one between its groups
-/// ([`Group::with_metrics`](super::Group::with_metrics)).
+/// ([`Group::with_metrics`](crate::consumer::Group::with_metrics)).
 #[derive(Debug)]
 pub struct ConsumerMetrics {
     registry: Registry,
@@ -116,7 +116,12 @@ impl ConsumerMetrics {
     }
 
     /// Observes one call of `handle` (`prepare` false) or `prepare`.
-    pub(super) fn duration(&self, labels: &HandlerLabels, prepare: bool, seconds: f64) {
+    pub(in crate::consumer) fn duration(
+        &self,
+        labels: &HandlerLabels,
+        prepare: bool,
+        seconds: f64,
+    ) {
         let family = if prepare {
             &self.prepare_duration
         } else {
@@ -125,11 +130,11 @@ impl ConsumerMetrics {
         family.get_or_create(labels).observe(seconds);
     }
 
-    pub(super) fn processed(&self, labels: &HandlerLabels) {
+    pub(in crate::consumer) fn processed(&self, labels: &HandlerLabels) {
         self.processed.get_or_create(labels).inc();
     }
 
-    pub(super) fn failed(&self, labels: &HandlerLabels, kind: &str) {
+    pub(in crate::consumer) fn failed(&self, labels: &HandlerLabels, kind: &str) {
         self.failed
             .get_or_create(&FailureLabels {
                 group: labels.group.clone(),
@@ -139,7 +144,7 @@ impl ConsumerMetrics {
             .inc();
     }
 
-    pub(super) fn breaker(&self, group: &str, state: BreakerState) {
+    pub(in crate::consumer) fn breaker(&self, group: &str, state: BreakerState) {
         let value = match state {
             BreakerState::Closed => 0,
             BreakerState::Open => 1,
@@ -154,7 +159,7 @@ impl ConsumerMetrics {
 }
 
 /// The short type name of a handler, its label.
-pub(super) fn handler_name<H>() -> String {
+pub(in crate::consumer) fn handler_name<H>() -> String {
     let full = std::any::type_name::<H>();
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base).to_owned()

@@ -11,19 +11,22 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use tokio::task::JoinSet;
 
-use super::breaker::{Outage, is_store_fault};
-use super::config::GroupConfig;
-use super::emit::{self, Emits, Outbox};
 use super::exhausted::exhausted;
 use super::guard::Guarded;
-use super::handler::Handler;
-use super::health::Health;
-use super::metrics::ConsumerMetrics;
-use super::stats::{GroupRole, GroupStats};
+use super::prune;
 use super::worker::{Source, Worker};
-use super::{ConsumerError, dlq, idempotency, owner, prune};
 use crate::backoff::Backoff;
 use crate::bus::stream_name;
+use crate::consumer::breaker::{Outage, is_store_fault};
+use crate::consumer::config::GroupConfig;
+use crate::consumer::handling::emit::{self, Emits, Outbox};
+use crate::consumer::handling::handler::Handler;
+use crate::consumer::handling::idempotency;
+use crate::consumer::observe::health::Health;
+use crate::consumer::observe::metrics::ConsumerMetrics;
+use crate::consumer::observe::stats::{GroupRole, GroupStats};
+use crate::consumer::ownership::owner;
+use crate::consumer::{ConsumerError, dlq};
 use crate::domain::Topic;
 use crate::shutdown::Shutdown;
 
@@ -60,7 +63,7 @@ impl<H: Handler> Group<H> {
         })
     }
 
-    /// Lets the handler emit events to `emits`' topics, which this group owns: see [`super::emit`].
+    /// Lets the handler emit events to `emits`' topics, which this group owns: see [`crate::consumer::handling::emit`].
     pub fn emitting(mut self, emits: Emits) -> Group<H> {
         self.emits = Some(Arc::new(emits));
         self

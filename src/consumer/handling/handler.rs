@@ -45,7 +45,7 @@ impl<'c> HandlerTx<'c> {
     }
 
     /// Records an outgoing event on `topic` (one of the group's emitted topics, see
-    /// [`Group::emitting`](super::Group::emitting)) with subject key `key`: `data` in the
+    /// [`Group::emitting`](crate::consumer::Group::emitting)) with subject key `key`: `data` in the
     /// envelope, `headers` added to the outbox's. It is published after the batch commits, and
     /// never when this handler fails. Returns the event's id, derived from the incoming event
     /// and the emit's position in this run (see [`super::emit::derived_id`]).
@@ -117,7 +117,7 @@ pub trait Handler: Send + Sync + 'static {
     /// keyed by the event's id. It is not called for an event the group processed before. A
     /// failure here counts as the event's failure, exactly as in `handle`.
     ///
-    /// [`GroupConfig::concurrency`]: super::GroupConfig::concurrency
+    /// [`GroupConfig::concurrency`]: crate::consumer::GroupConfig::concurrency
     fn prepare(
         &self,
         event: &Event,

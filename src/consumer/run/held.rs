@@ -21,16 +21,16 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, stream::RawMessageErrorKind};
 use futures::StreamExt;
 
-use super::message::headers_of;
+use crate::consumer::message::headers_of;
 
 /// The most stream sequences a worker reads back at start; past it, it waits `ack_wait`.
-pub(super) const MOST_READ: u64 = 5_000;
+pub(in crate::consumer) const MOST_READ: u64 = 5_000;
 /// How many of them are read at once.
 const READS_AT_ONCE: usize = 32;
 
 /// What an earlier owner left unacknowledged.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Held {
+pub(in crate::consumer) enum Held {
     /// The messages of the range the filter takes: (subject, sequence, headers, payload).
     Messages(Vec<Unsettled>),
     /// The range could not be read (too long, or the broker did not answer): why.
@@ -39,20 +39,23 @@ pub(super) enum Held {
 
 /// A message delivered before this worker started and not acknowledged.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Unsettled {
+pub(in crate::consumer) struct Unsettled {
     /// Its subject.
-    pub(super) subject: String,
+    pub(in crate::consumer) subject: String,
     /// Its stream sequence.
-    pub(super) sequence: u64,
+    pub(in crate::consumer) sequence: u64,
     /// Its headers.
-    pub(super) headers: Vec<(String, String)>,
+    pub(in crate::consumer) headers: Vec<(String, String)>,
     /// Its body.
-    pub(super) payload: bytes::Bytes,
+    pub(in crate::consumer) payload: bytes::Bytes,
 }
 
 /// The messages of `consumer` between its ack floor and its last delivery that its filter
 /// takes; nothing when no message is pending an acknowledgement.
-pub(super) async fn unsettled(js: &jetstream::Context, consumer: &mut PullConsumer) -> Held {
+pub(in crate::consumer) async fn unsettled(
+    js: &jetstream::Context,
+    consumer: &mut PullConsumer,
+) -> Held {
     let info = match consumer.info().await {
         Ok(info) => info.clone(),
         Err(e) => return Held::Unknown(format!("cannot read the consumer: {e}")),
@@ -109,7 +112,7 @@ pub(super) async fn unsettled(js: &jetstream::Context, consumer: &mut PullConsum
 }
 
 /// Whether `subject` matches the NATS filter `filter`: `*` is one token, a last `>` one or more.
-pub(super) fn subject_matches(filter: &str, subject: &str) -> bool {
+pub(in crate::consumer) fn subject_matches(filter: &str, subject: &str) -> bool {
     let mut subject_tokens = subject.split('.');
     for token in filter.split('.') {
         match (token, subject_tokens.next()) {

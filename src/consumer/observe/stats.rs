@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use super::breaker::{Breaker, BreakerState};
+use crate::consumer::breaker::{Breaker, BreakerState};
 
 /// What a group is doing in its process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl GroupStats {
         GroupRole::from_u8(self.role.load(Ordering::Relaxed))
     }
 
-    pub(super) fn set_role(&self, role: GroupRole) {
+    pub(in crate::consumer) fn set_role(&self, role: GroupRole) {
         self.role.store(role.to_u8(), Ordering::Relaxed);
     }
 
@@ -169,7 +169,7 @@ impl GroupStats {
         })
     }
 
-    pub(super) fn add(counter: &AtomicU64) {
+    pub(in crate::consumer) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

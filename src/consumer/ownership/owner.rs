@@ -15,7 +15,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -23,19 +22,17 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
-use super::ConsumerError;
-use super::fence::{Fence, RENEW_EVERY, SURELY_HELD};
-use super::stats::{GroupRole, GroupStats};
+use super::fence::Fence;
+use super::{LEASE, RENEW_EVERY, SURELY_HELD};
+use crate::consumer::ConsumerError;
+use crate::consumer::observe::stats::{GroupRole, GroupStats};
 use crate::shutdown::Shutdown;
 
 /// The bucket of the leases.
 pub const OWNERS_BUCKET: &str = "ORDER_CONSUMER_OWNERS";
-/// How long a lease lasts without renewal: a standby takes over within about this long after the
-/// active process dies. One for every group, because it is the bucket's `max_age`.
-pub const LEASE: Duration = Duration::from_secs(10);
 
 /// A held lease.
-pub(super) struct Lease {
+pub(in crate::consumer) struct Lease {
     store: kv::Store,
     key: String,
     owner: Bytes,
@@ -63,7 +60,7 @@ pub async fn ensure_bucket(js: &jetstream::Context) -> Result<kv::Store, Consume
 
 /// Waits until this process holds the lease on `key`; `None` when `stop` comes first.
 /// `stats` says standby from the first refused try until the lease is taken.
-pub(super) async fn acquire<S: Future<Output = ()>>(
+pub(in crate::consumer) async fn acquire<S: Future<Output = ()>>(
     js: &jetstream::Context,
     key: &str,
     stats: &GroupStats,
@@ -102,7 +99,7 @@ pub(super) async fn acquire<S: Future<Output = ()>>(
 
 impl Lease {
     /// The hold its rounds check before they commit.
-    pub(super) fn fence(&self) -> Arc<Fence> {
+    pub(in crate::consumer) fn fence(&self) -> Arc<Fence> {
         self.fence.clone()
     }
 
@@ -111,7 +108,7 @@ impl Lease {
     /// says the key has another revision, or no renewal got through for [`SURELY_HELD`]
     /// counted from when the last good one was sent (the key lives [`LEASE`] from when the
     /// server stored it, which is later).
-    pub(super) async fn keep(mut self, stop: Shutdown) {
+    pub(in crate::consumer) async fn keep(mut self, stop: Shutdown) {
         loop {
             tokio::select! {
                 () = stop.signal() => break,

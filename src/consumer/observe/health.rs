@@ -49,7 +49,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The `/health` and `/metrics` endpoints of a subscriber process: which groups they report and
-/// the limits that keep them safe. [`Group::health`](super::Group::health) makes one for a group;
+/// the limits that keep them safe. [`Group::health`](crate::consumer::Group::health) makes one for a group;
 /// [`Health::group`] adds others.
 #[derive(Debug, Clone)]
 pub struct Health {
@@ -74,8 +74,8 @@ impl Health {
     /// groups of one process should share their metrics ([`Group::with_metrics`]): only the
     /// registry given to [`Health::new`] is served.
     ///
-    /// [`Group::stats`]: super::Group::stats
-    /// [`Group::with_metrics`]: super::Group::with_metrics
+    /// [`Group::stats`]: crate::consumer::Group::stats
+    /// [`Group::with_metrics`]: crate::consumer::Group::with_metrics
     pub fn group(mut self, name: impl Into<String>, stats: Arc<GroupStats>) -> Health {
         self.groups.push((name.into(), stats));
         self
@@ -530,7 +530,7 @@ mod tests {
         b.set_role(super::super::stats::GroupRole::Standby);
         let (code, body) = health.report();
         assert_eq!((code, body["status"].as_str()), (200, Some("ok")), "{body}");
-        let outage = super::super::breaker::Outage::begin(&a.breaker, Duration::from_secs(1));
+        let outage = crate::consumer::breaker::Outage::begin(&a.breaker, Duration::from_secs(1));
         let (code, body) = health.report();
         assert_eq!(
             (code, body["status"].as_str()),
