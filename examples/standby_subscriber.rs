@@ -1,4 +1,4 @@
-//! A whole subscriber process, as the two-process standby tests (`tests/it/consumer_standby.rs`)
+//! A whole subscriber process, as the two-process standby tests (`tests/it/consumer/standby.rs`)
 //! run it twice: one consumer group on one topic whose handler records each event it applies
 //! with the process's label, `/health` and `/metrics` served beside it, and a graceful stop when
 //! its standard input closes.

@@ -58,7 +58,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     .config;
     config.sqlite_synchronous = Synchronous::Full;
     // Load tests drive one caller far faster than a person would; the write limit is tested
-    // with its defaults and its own settings in tests/it/limits.rs.
+    // with its defaults and its own settings in tests/it/api/limits.rs.
     config.write_rate_limit = 0;
     config
 }

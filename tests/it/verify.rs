@@ -339,7 +339,7 @@ async fn a_check_made_while_the_relay_runs_gives_a_stream_that_does_not_answer_i
         readers: 2,
     })
     .unwrap();
-    let relay = crate::relay_stuck::relay(&store, &nats.jetstream().await, |_| {});
+    let relay = crate::relay::stuck::relay(&store, &nats.jetstream().await, |_| {});
     // A broker that answers nothing, as streams without a leader do: the relay's publishing
     // waits for a live check, so each stream gets the check's patience, not the client's whole
     // request timeout, and the streams wait it out together.

@@ -13,10 +13,10 @@ use order_service::consumer::dlq::{self, DeadLetter};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::browser::{Browser, screenshot_dir};
 use crate::app::{
     PATIENCE, TestApp, User, relaying_app, simple_order, stream_messages, table_without_chat_links,
 };
-use crate::browser::{Browser, screenshot_dir};
 use crate::nats::NatsServer;
 
 /// Opens `/ops` and signs in with `token` through the form.

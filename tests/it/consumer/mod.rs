@@ -3,6 +3,18 @@
 //! backend pass. Every test checks that the events of the orders that got a 201 are exactly the
 //! events processed, that each side effect happened once, and prints the duplicate deliveries.
 
+mod blame;
+mod dead_letters;
+mod emit;
+mod faults;
+mod group_lag;
+mod health;
+mod order;
+mod over_time;
+mod setup;
+mod standby;
+mod trace;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! The relay against a real broker: streams from the topic table, every event once on its subject,
 //! per-order order through failures, outages and crashes, dead rows and requeue, bounded cleanup.
 
+mod batches;
+pub(crate) mod stuck;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Stdio;
