@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 
 use super::ConsumerError;
+use super::run::attempts::DELIVERIES_PER_RUN;
 use crate::domain::Topic;
 
 /// A consumer group's settings.
@@ -24,7 +25,10 @@ pub struct GroupConfig {
     /// `synchronous=FULL` for the database (an acknowledged event's effects survive power loss);
     /// `NORMAL` survives a crash of the process only.
     pub synchronous_full: bool,
-    /// Deliveries of a message before it is a dead letter.
+    /// Runs of the handler for a message that fail transiently before it is a dead letter.
+    /// Deliveries in which the handler did not run (sent back unstarted at a stop, parked behind
+    /// its order, held by a process that died) do not count; the broker's own `max_deliver` is
+    /// four times this, a backstop for a message whose handler takes the process down.
     pub max_deliver: i64,
     /// Waits before redelivering a transiently failed message: the n-th failure waits the n-th
     /// entry, the last entry repeating.
@@ -125,10 +129,16 @@ impl GroupConfig {
         Ok(())
     }
 
-    /// The wait before delivery `delivered + 1` of a message that failed on delivery `delivered`.
-    pub fn delay_after(&self, delivered: u64) -> Duration {
-        let index = (delivered.max(1) - 1) as usize;
+    /// The wait before the handler's run `run + 1` for a message that failed on run `run`.
+    pub fn delay_after(&self, run: u64) -> Duration {
+        let index = (run.max(1) - 1) as usize;
         self.backoff[index.min(self.backoff.len() - 1)]
+    }
+
+    /// The consumer's `max_deliver` on the broker: a backstop above the group's, which counts
+    /// the handler's runs (see `attempts`), for deliveries no run records.
+    fn broker_max_deliver(&self) -> i64 {
+        self.max_deliver.saturating_mul(DELIVERIES_PER_RUN)
     }
 
     pub(super) fn consumer_config(&self, topic: Topic) -> consumer::pull::Config {
@@ -149,7 +159,7 @@ impl GroupConfig {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
+            max_deliver: self.broker_max_deliver(),
             filter_subject: self.filter(topic),
             max_ack_pending: self.max_ack_pending,
             metadata,
@@ -164,7 +174,7 @@ impl GroupConfig {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
+            max_deliver: self.broker_max_deliver(),
             filter_subject: format!("replay.{}.>", self.group),
             max_ack_pending: self.max_ack_pending,
             metadata: HashMap::from([

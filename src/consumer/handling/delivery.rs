@@ -69,7 +69,8 @@ impl Delivery {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     /// Might work later (a dependency is down, a lock timed out): the event is delivered again
-    /// after the group's backoff, until `max_deliver`; then it is a dead letter.
+    /// after the group's backoff, until the handler ran `max_deliver` times; then it is a dead
+    /// letter.
     #[error("transient: {0}")]
     Transient(String),
     /// Will never work (the event contradicts the handler's state): a dead letter at once.

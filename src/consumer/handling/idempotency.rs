@@ -71,6 +71,7 @@ pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection>
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::consumer::ownership::fence::SCHEMA)?;
+    conn.execute_batch(crate::consumer::run::attempts::SCHEMA)?;
     Ok(conn)
 }
 

@@ -2,6 +2,7 @@
 //! handled in, the orders held back for a retry or a takeover, the guards around the handler,
 //! and the group's background tasks (pruning, dead-lettering what the broker gave up on).
 
+pub(in crate::consumer) mod attempts;
 pub(in crate::consumer) mod exhausted;
 pub(in crate::consumer) mod group;
 pub(in crate::consumer) mod guard;

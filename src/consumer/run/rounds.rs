@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use tracing::Instrument;
 
+use super::attempts;
 use super::parking::{self, Parking};
 use super::worker::{Received, RoundError, Verdict, Worker};
 use crate::consumer::dlq::Reason;
@@ -34,6 +35,8 @@ struct Run<'b> {
     event: Event,
     delivery: &'b Delivery,
     span: tracing::Span,
+    /// Which run of the handler for this message this is (see `attempts`).
+    run: u64,
 }
 
 impl<H: Handler> Worker<H> {
@@ -101,6 +104,13 @@ impl<H: Handler> Worker<H> {
                 decided.push((index, Verdict::Ack { duplicate: true }));
                 continue;
             }
+            // A first delivery has not run before: no look-up.
+            let earlier = if d.delivered > 1 {
+                attempts::earlier(conn, &self.parking_id(), d.stream_sequence)
+                    .map_err(|e| format!("cannot read the handler's runs: {e}"))?
+            } else {
+                0
+            };
             // The span both steps run in: a child of the message's traceparent.
             let span = super::trace::message_span(group, topic.as_str(), &event, d);
             runs.push(Run {
@@ -109,6 +119,7 @@ impl<H: Handler> Worker<H> {
                 event,
                 delivery: d,
                 span,
+                run: earlier + 1,
             });
         }
         if runs.is_empty() {
@@ -198,7 +209,8 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Writes which orders of the round now wait for a retry (a message sent back) and which
-    /// wait no more (their waited-for message done), so that a restarted worker knows.
+    /// wait no more (their waited-for message done), so that a restarted worker knows, and the
+    /// handler's runs of each message sent back (see `attempts`).
     fn note_waiting(
         &self,
         conn: &rusqlite::Connection,
@@ -210,8 +222,17 @@ impl<H: Handler> Worker<H> {
         for (index, verdict) in decided {
             let r = &batch[*index];
             let sequence = r.delivery.stream_sequence;
+            // A message done for good forgets its runs; only a redelivered one can have any.
+            if matches!(verdict, Verdict::Ack { .. } | Verdict::Dead(..))
+                && r.delivery.delivered > 1
+            {
+                attempts::done(conn, &id, sequence)?;
+            }
             match verdict {
-                Verdict::Nak(delay) => parking::save(conn, &id, &r.key, sequence, *delay)?,
+                Verdict::Nak(delay) => {
+                    attempts::ran(conn, &id, sequence)?;
+                    parking::save(conn, &id, &r.key, sequence, *delay)?
+                }
                 Verdict::Ack { .. } | Verdict::Dead(..) if parking.is_head(&r.key, sequence) => {
                     match parking.next_head(&r.key, sequence) {
                         Some(next) => parking::replace_head(conn, &id, &r.key, next)?,
@@ -225,21 +246,18 @@ impl<H: Handler> Worker<H> {
     }
 
     /// What a failure of the handler makes of its message: a permanent one, or a transient one
-    /// on the last allowed delivery, is a dead letter; another transient one is retried after
-    /// the backoff.
+    /// on the last allowed run (`max_deliver` runs of the handler, see `attempts`), is a dead
+    /// letter; another transient one is retried after the backoff.
     fn failed(&self, run: &Run<'_>, failure: Failure) -> Verdict {
-        let d = run.delivery;
         match failure {
             Failure::Permanent(why) => Verdict::Dead(Reason::Permanent, why),
-            Failure::Transient(why) if d.delivered >= self.config.max_deliver as u64 => {
-                Verdict::Dead(
-                    Reason::MaxDeliver,
-                    format!("failed on all {} deliveries; last: {why}", d.delivered),
-                )
-            }
+            Failure::Transient(why) if run.run >= self.config.max_deliver as u64 => Verdict::Dead(
+                Reason::MaxDeliver,
+                format!("failed on all {} deliveries; last: {why}", run.run),
+            ),
             Failure::Transient(why) => {
-                let delay = self.config.delay_after(d.delivered);
-                tracing::debug!(group = %self.config.group, event_id = %run.event.event_id(), delivered = d.delivered, ?delay, %why, "transient failure; retrying");
+                let delay = self.config.delay_after(run.run);
+                tracing::debug!(group = %self.config.group, event_id = %run.event.event_id(), run = run.run, delivered = run.delivery.delivered, ?delay, %why, "transient failure; retrying");
                 Verdict::Nak(delay)
             }
         }

@@ -133,7 +133,13 @@ impl<H: Handler> Worker<H> {
         // A head not back twice ack_wait after it was due went elsewhere (see `parking`).
         let grace = self.config.ack_wait * 2;
         loop {
-            if !self.stats.breaker.closed(&stop).await {
+            // While another worker's fault holds the breaker open, the parked messages are kept
+            // alive too: unanswered for ack_wait they would come back and use up deliveries.
+            let closed = tokio::select! {
+                closed = self.stats.breaker.closed(&stop) => closed,
+                () = self.keep_parked_alive(&parking) => unreachable!("keep_parked_alive never ends"),
+            };
+            if !closed {
                 break;
             }
             for key in parking.release_overdue(grace) {

@@ -273,7 +273,8 @@ async fn streams_consumers_and_dead_letters_as_the_broker_has_them() {
         .await;
     let streams = get(&app, "/api/v1/admin/streams").await;
     let streams = streams["streams"].as_array().unwrap();
-    let table: Vec<Value> = serde_json::from_str(include_str!("../../../nats/topics.json")).unwrap();
+    let table: Vec<Value> =
+        serde_json::from_str(include_str!("../../../nats/topics.json")).unwrap();
     assert_eq!(streams.len(), table.len());
     for (stream, topic) in streams.iter().zip(&table) {
         assert_eq!(stream["topic"], topic["topic"]);

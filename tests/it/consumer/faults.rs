@@ -614,3 +614,63 @@ async fn redeliveries_after_transient_failures_wait_out_the_groups_backoff() {
         "{second_wait:?}"
     );
 }
+
+/// `max_deliver` counts the handler's runs, not the broker's deliveries. An order's second event
+/// waits parked behind its first, which failed once and is due again in 5 s; meanwhile the group
+/// (max_deliver 2) is stopped and started three times, and each stop sends the parked event back
+/// unstarted. Both events are then applied once, and nothing is a dead letter, though the second
+/// was delivered at least four times. Before, the broker's `max_deliver` of 2 ran out on the
+/// second stop: the broker never delivered the event again (the third start waited for it in
+/// vain), and it went to the dead letters without ever running.
+#[tokio::test]
+async fn restarts_do_not_use_up_the_runs_of_an_event_that_never_ran() {
+    let (started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::StatusChanged];
+    let ids = crate::repair::orders(&app, 1).await;
+    crate::repair::cancel_all(&app, &ids).await;
+    let orders: HashSet<String> = ids.iter().cloned().collect();
+    let expected = expected_events(&app, &orders, &topics);
+    assert_eq!(expected.len(), 2);
+    let first = app
+        .outbox()
+        .into_iter()
+        .find(|r| expected.contains(&r.event_id))
+        .unwrap()
+        .event_id;
+    let mut config = group_config("restarts", &topics, &db);
+    config.max_deliver = 2;
+    config.backoff = vec![Duration::from_secs(5)];
+    let handler = || {
+        let first = first.clone();
+        Recorder::failing("restarts", move |event, delivery| {
+            (event.event_id().to_string() == first && delivery.delivered == 1)
+                .then(|| Failure::transient("not yet"))
+        })
+    };
+    let mut stats = Vec::new();
+    for _ in 0..3 {
+        let running = Running::start(&js, config.clone(), handler());
+        let parked = running.stats.clone();
+        until("the second event is delivered again and parked", || {
+            parked.parked.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        stats.push(running.stop().await);
+    }
+    let running = Running::start(&js, config, handler());
+    processed_all(&db, "restarts", &expected).await;
+    // Time for an advisory of the broker's max_deliver to arrive and be acted on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stats.push(running.stop().await);
+    exactly_once(&db, "restarts", &expected);
+    let letters = dlq::list(&js, "restarts", None).await.unwrap();
+    assert!(letters.is_empty(), "dead letters: {letters:?}");
+    let most = deliveries(&db, "restarts")
+        .into_iter()
+        .map(|(_, d)| d)
+        .max()
+        .unwrap();
+    assert!(most >= 4, "the parked event was delivered {most} times");
+    let total = stats.into_iter().reduce(crate::consumer::add).unwrap();
+    report("restarts", total, started);
+}
