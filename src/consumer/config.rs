@@ -167,20 +167,31 @@ impl GroupConfig {
         }
     }
 
+    /// The group's (or its partition's) consumer of its replays: its own durable, taking its
+    /// partition's replays only, so that each goes to the process and file of its partition.
     pub(super) fn replay_consumer_config(&self) -> consumer::pull::Config {
+        let mut metadata = HashMap::from([
+            ("group".to_owned(), self.group.clone()),
+            ("topic".to_owned(), "replay".to_owned()),
+        ]);
+        let filter_subject = match self.partition {
+            // replay.<group>.<topic, two tokens>.<P>.<key>
+            Some(p) => {
+                metadata.insert("partition".to_owned(), p.to_string());
+                format!("replay.{}.*.*.{p}.*", self.group)
+            }
+            None => format!("replay.{}.>", self.group),
+        };
         consumer::pull::Config {
-            durable_name: Some(self.group.clone()),
-            description: Some(format!("dead letters replayed to {}", self.group)),
+            durable_name: Some(self.consumer_name()),
+            description: Some(format!("dead letters replayed to {}", self.consumer_name())),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: self.broker_max_deliver(),
-            filter_subject: format!("replay.{}.>", self.group),
+            filter_subject,
             max_ack_pending: self.max_ack_pending,
-            metadata: HashMap::from([
-                ("group".to_owned(), self.group.clone()),
-                ("topic".to_owned(), "replay".to_owned()),
-            ]),
+            metadata,
             ..Default::default()
         }
     }

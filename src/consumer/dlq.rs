@@ -9,10 +9,12 @@
 //! twice (a crash before the ack) is stored once, while two groups' dead letters of one event
 //! are both kept.
 //!
-//! Replaying moves a dead letter onto `replay.<group>.<topic>` in the work-queue stream
-//! `ORDER_DLQ_REPLAY`, which only that group consumes, and deletes it from `ORDER_DLQ`: the group
-//! gets it once, other groups never see it, and the idempotency table still holds if the event
-//! was in fact processed meanwhile.
+//! Replaying moves a dead letter onto `replay.<group>.<source subject>` (the subject it was first
+//! delivered on, `<topic>.<partition>.<key>`) in the work-queue stream `ORDER_DLQ_REPLAY`, which
+//! only that group consumes, and deletes it from `ORDER_DLQ`: the group gets it once, other
+//! groups never see it, and the idempotency table still holds if the event was in fact processed
+//! meanwhile. The partition in the subject takes a replay to the process (and file) of its
+//! partition when the group is split by partition (`replay.<group>.*.*.<P>.*`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -128,9 +130,32 @@ pub fn subject(group: &str, topic: Option<&str>) -> String {
     }
 }
 
-/// The subject replays of a group's topic are published on.
-pub fn replay_subject(group: &str, topic: &str) -> String {
-    format!("replay.{group}.{topic}")
+/// The subject a replay of a group's dead letter of `topic`, first delivered on `source`, is
+/// published on: `replay.<group>.<source>`, or `replay.<group>.<topic>` when the source is not
+/// a subject of the topic (a letter without the header).
+pub fn replay_subject(group: &str, topic: &str, source: Option<&str>) -> String {
+    match source {
+        Some(source)
+            if source
+                .strip_prefix(topic)
+                .is_some_and(|rest| rest.starts_with('.')) =>
+        {
+            format!("replay.{group}.{source}")
+        }
+        _ => format!("replay.{group}.{topic}"),
+    }
+}
+
+/// The topic of a replay's subject (`replay.<group>.<topic>[.<partition>.<key>]`); every topic
+/// of the contract has two tokens.
+pub fn replay_topic(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("replay.")?;
+    let (_group, rest) = rest.split_once('.')?;
+    let end = rest
+        .match_indices('.')
+        .nth(1)
+        .map_or(rest.len(), |(at, _)| at);
+    Some(&rest[..end])
 }
 
 /// Creates `ORDER_DLQ` and `ORDER_DLQ_REPLAY` when missing.
@@ -368,7 +393,7 @@ async fn resend(
             format!("replay.{DLQ_STREAM}.{}", letter.sequence),
         ));
         js.publish_with_headers(
-            replay_subject(group, &letter.topic),
+            replay_subject(group, &letter.topic, letter.header("Dlq-Source-Subject")),
             header_map(&headers),
             letter.payload.clone(),
         )
@@ -458,4 +483,26 @@ pub fn format_table(letters: &[Stored]) -> String {
     let mut out = table.render();
     let _ = writeln!(out, "{} dead letter(s)", letters.len());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{replay_subject, replay_topic};
+
+    #[test]
+    fn a_replay_keeps_its_source_subject_and_so_its_partition() {
+        let source = "order.created.2.abc";
+        let subject = replay_subject("g", "order.created", Some(source));
+        assert_eq!(subject, "replay.g.order.created.2.abc");
+        assert_eq!(replay_topic(&subject), Some("order.created"));
+        // A letter without its source header, and the form before partitions.
+        let old = replay_subject("g", "order.created", None);
+        assert_eq!(old, "replay.g.order.created");
+        assert_eq!(replay_topic(&old), Some("order.created"));
+        assert_eq!(
+            replay_subject("g", "order.created", Some("order.created_x.1.k")),
+            "replay.g.order.created"
+        );
+        assert_eq!(replay_topic("replay.g"), None);
+    }
 }

@@ -175,7 +175,7 @@ async fn a_subscriber_is_refused_publishing_events_and_changing_streams() {
     let dead_letters = js.get_stream(dlq::DLQ_STREAM).await.unwrap();
     assert!(dead_letters.purge().await.is_err());
     violation(&errors, "$JS.API.STREAM.PURGE.ORDER_DLQ").await;
-    let replay = dlq::replay_subject("someone", "order.created");
+    let replay = dlq::replay_subject("someone", "order.created", None);
     let _ = js.publish(replay.clone(), "{}".into()).await;
     violation(&errors, &replay).await;
 

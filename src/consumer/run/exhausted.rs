@@ -1,5 +1,6 @@
-//! Dead letters the broker tells of: messages that used up `max_deliver` without any delivery
-//! being answered, reported by its `MAX_DELIVERIES` advisory.
+//! Dead letters the broker tells of: messages that used up the broker's `max_deliver` without any
+//! delivery being answered, reported by its `MAX_DELIVERIES` advisory, on a topic's consumer or
+//! on the group's replay consumer.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,6 @@ use async_nats::jetstream;
 use futures::StreamExt;
 
 use crate::backoff::Backoff;
-use crate::bus::stream_name;
 use crate::consumer::ConsumerError;
 use crate::consumer::config::GroupConfig;
 use crate::consumer::dlq::{self, Reason};
@@ -39,12 +39,11 @@ pub(in crate::consumer) async fn exhausted(
     js: jetstream::Context,
     config: Arc<GroupConfig>,
     stats: Arc<GroupStats>,
-    topic: Topic,
+    (stream, topic): (String, Option<Topic>),
     mut advisories: async_nats::Subscriber,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConsumerError> {
     tokio::pin!(shutdown);
-    let stream = stream_name(topic.as_str());
     loop {
         let advisory = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -90,11 +89,12 @@ pub(in crate::consumer) async fn exhausted(
     }
 }
 
-/// Reads the message an advisory tells of back from its stream and publishes its dead letter.
+/// Reads the message an advisory tells of back from its stream (a topic's, or the replays'
+/// when `topic` is `None`) and publishes its dead letter.
 async fn dead_letter(
     js: &jetstream::Context,
     config: &GroupConfig,
-    topic: Topic,
+    topic: Option<Topic>,
     stream: &str,
     advisory: &MaxDeliveries,
 ) -> Result<(), String> {
@@ -106,13 +106,19 @@ async fn dead_letter(
         .await
         .map_err(|e| format!("cannot read the message back: {e}"))?;
     let headers = headers_of(Some(&message.headers));
+    let topic_name = match topic {
+        Some(topic) => topic.as_str().to_owned(),
+        None => dlq::replay_topic(message.subject.as_str())
+            .unwrap_or("unknown")
+            .to_owned(),
+    };
     let error = format!(
         "not acknowledged within ack_wait ({:?}) on any of {} deliveries",
         config.ack_wait, advisory.deliveries
     );
     let letter = dlq::DeadLetter {
         group: &config.group,
-        topic: topic.as_str(),
+        topic: &topic_name,
         reason: Reason::MaxDeliver,
         error: &error,
         stream,

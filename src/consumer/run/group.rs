@@ -205,8 +205,13 @@ impl<H: Handler> Group<H> {
             tasks.spawn(outbox.clone().run(self.js.clone(), stop.clone()));
         }
         for (source, consumer) in consumers {
-            if let Source::Topic(topic) = *source {
-                let stream = stream_name(topic.as_str());
+            // Replays too: a replayed event that takes its process down every time must come
+            // back to the dead letters, not sit undeliverable in the replay stream.
+            {
+                let (stream, topic) = match *source {
+                    Source::Topic(topic) => (stream_name(topic.as_str()), Some(topic)),
+                    Source::Replay => (dlq::REPLAY_STREAM.to_owned(), None),
+                };
                 let subscriber = self
                     .js
                     .client()
@@ -220,7 +225,7 @@ impl<H: Handler> Group<H> {
                     self.js.clone(),
                     self.config.clone(),
                     self.stats.clone(),
-                    topic,
+                    (stream, topic),
                     subscriber,
                     stop.signal(),
                 ));

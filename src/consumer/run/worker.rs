@@ -383,8 +383,7 @@ impl<H: Handler> Worker<H> {
     fn topic_of(&self, subject: &str) -> Option<Topic> {
         match self.source {
             Source::Topic(topic) => Some(topic),
-            // replay.<group>.<topic>
-            Source::Replay => subject.splitn(3, '.').nth(2).and_then(Topic::parse),
+            Source::Replay => crate::consumer::dlq::replay_topic(subject).and_then(Topic::parse),
         }
     }
 

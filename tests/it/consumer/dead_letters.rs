@@ -314,3 +314,83 @@ async fn a_message_never_answered_becomes_a_dead_letter_when_max_deliver_runs_ou
         stats.deliveries, stats.dead_lettered
     );
 }
+
+/// A replayed event whose handler takes its process down every time goes back to the dead
+/// letters: the group watches the broker's `MAX_DELIVERIES` advisory on its replay consumer too.
+/// The event is refused into `ORDER_DLQ`, replayed, and then delivered to a group that hangs in
+/// the handler and is killed (its lease let go, as after its expiry), once per delivery the
+/// broker allows (4, for `max_deliver` 1); a last group then hears the advisory. Before, nothing
+/// watched the replay consumer: the event sat undeliverable in the replay stream, already gone
+/// from `ORDER_DLQ`, with no effect and no dead letter.
+#[tokio::test]
+async fn a_replay_that_takes_its_process_down_every_time_is_a_dead_letter_again() {
+    let (started, nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let mut config = group_config("crashes", &topics, &db);
+    config.max_deliver = 1;
+    // Long enough for the last group to be up and listening when the broker gives up (its
+    // advisory is not stored).
+    config.ack_wait = Duration::from_secs(3);
+    // Longer than the test: only a dead process ends the hung call.
+    config.handler_timeout = PATIENCE * 2;
+    // Each group on a connection of its own, closed with it as a process's would be: a pull
+    // request a stopped group left waiting on the server must not take a delivery.
+    let own = nats.jetstream().await;
+    let refusing = Running::start(
+        &own,
+        config.clone(),
+        Recorder::failing("crashes", |_, _| Some(Failure::permanent("refused"))),
+    );
+    let orders = create_orders(&app, 1, 1).await;
+    let expected = expected_events(&app, &orders, &topics);
+    let until_letters = async |n: usize| {
+        let start = Instant::now();
+        loop {
+            let letters = dlq::list(&js, "crashes", None).await.unwrap();
+            if letters.len() >= n {
+                return letters;
+            }
+            assert!(start.elapsed() < PATIENCE, "no dead letter");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    until_letters(1).await;
+    let mut stats = vec![refusing.stop().await];
+    drop(own);
+    assert_eq!(dlq::replay(&js, "crashes", None).await.unwrap(), 1);
+
+    let leases = js
+        .get_key_value(order_service::consumer::OWNERS_BUCKET)
+        .await
+        .unwrap();
+    for delivery in 1..=4 {
+        let own = nats.jetstream().await;
+        let (got, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+        let hung = Running::start(&own, config.clone(), Stall { got });
+        tokio::time::timeout(PATIENCE, delivered.recv())
+            .await
+            .unwrap_or_else(|_| panic!("delivery {delivery} of the replay never came"))
+            .unwrap();
+        stats.push(hung.kill().await);
+        drop(own);
+        leases.delete("crashes").await.unwrap();
+    }
+    let last = Running::start(&js, config, Recorder::new("crashes"));
+    let letters = until_letters(1).await;
+    // Time for a second advisory, were there one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stats.push(last.stop().await);
+    let letters_now = dlq::list(&js, "crashes", None).await.unwrap();
+    assert_eq!(letters_now.len(), 1, "{letters_now:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.reason, "max_deliver");
+    assert_eq!(letter.header("Dlq-Replayed"), Some("true"));
+    let id = letter.header("Dlq-Original-Msg-Id").unwrap();
+    assert!(expected.contains(id));
+    assert!(
+        effects(&db, "crashes").is_empty(),
+        "the event never ran to the end"
+    );
+    let total = stats.into_iter().reduce(crate::consumer::add).unwrap();
+    report("crashes", total, started);
+}

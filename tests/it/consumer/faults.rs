@@ -674,3 +674,76 @@ async fn restarts_do_not_use_up_the_runs_of_an_event_that_never_ran() {
     let total = stats.into_iter().reduce(crate::consumer::add).unwrap();
     report("restarts", total, started);
 }
+
+/// Each partition's process gets the replays of its own partition: three groups of one name,
+/// partitions 0 to 2, each with its own file, dead-letter every event; after `dlq replay` each
+/// file holds the effects of its own partition's events, once each. Before, the partitions
+/// shared one replay consumer, and replays landed in whichever partition's process pulled
+/// first (another partition's file).
+#[tokio::test]
+async fn replays_go_to_the_process_and_file_of_their_partition() {
+    let (started, _nats, app, js, dir, _) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let orders = create_orders(&app, 30, 2).await;
+    let expected = expected_events(&app, &orders, &topics);
+    let refuse = Arc::new(AtomicBool::new(true));
+    let mut groups = Vec::new();
+    for partition in 0..3 {
+        let db = dir.path().join(format!("p{partition}.db"));
+        let mut config = group_config("split", &topics, &db);
+        config.partition = Some(partition);
+        let decide = refuse.clone();
+        let handler = Recorder::failing("split", move |_, delivery| {
+            (decide.load(Ordering::Relaxed) && !delivery.is_replay())
+                .then(|| Failure::permanent("refused"))
+        });
+        groups.push((partition, db, Running::start(&js, config, handler)));
+    }
+    until("every event is a dead letter", || {
+        let dead: u64 = groups
+            .iter()
+            .map(|(_, _, g)| g.stats.dead_lettered.load(Ordering::Relaxed))
+            .sum();
+        dead == expected.len() as u64
+    })
+    .await;
+    refuse.store(false, Ordering::Relaxed);
+    assert_eq!(
+        dlq::replay(&js, "split", None).await.unwrap(),
+        expected.len()
+    );
+    until("every replay is applied", || {
+        let done: HashSet<String> = groups
+            .iter()
+            .flat_map(|(_, db, _)| effects(db, "split").into_keys())
+            .collect();
+        expected.is_subset(&done)
+    })
+    .await;
+    let mut stats = Vec::new();
+    let mut misplaced = Vec::new();
+    for (partition, db, running) in groups {
+        stats.push(running.stop().await);
+        let conn = read_only(&db);
+        let mut stmt = conn
+            .prepare("SELECT headers FROM effects WHERE grp = 'split'")
+            .unwrap();
+        for headers in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+            let headers: serde_json::Value = serde_json::from_str(&headers.unwrap()).unwrap();
+            // order.created.<P>.<key>
+            let source = headers["Dlq-Source-Subject"].as_str().unwrap().to_owned();
+            if source.split('.').nth(2) != Some(partition.to_string().as_str()) {
+                misplaced.push((partition, source));
+            }
+        }
+        let done = effects(&db, "split");
+        assert!(done.values().all(|n| *n == 1), "applied twice: {done:?}");
+    }
+    assert!(
+        misplaced.is_empty(),
+        "{} replays applied by another partition's process: {misplaced:?}",
+        misplaced.len()
+    );
+    let total = stats.into_iter().reduce(crate::consumer::add).unwrap();
+    report("split", total, started);
+}
