@@ -123,7 +123,17 @@ impl<H: Handler> Group<H> {
             .map_err(ConsumerError::nats)?
             .create_consumer(self.config.replay_consumer_config())
             .await
-            .map_err(ConsumerError::nats)?;
+            .map_err(|e| match self.config.partition {
+                // The work-queue stream refuses consumers whose filters overlap: an earlier
+                // version's replay consumer shared by every partition is in the way.
+                Some(_) => ConsumerError::Nats(format!(
+                    "{e} (a partition's replay consumer; an earlier version's consumer `{0}` on {1} \
+                     shared by every partition must be removed first: nats consumer rm {1} {0})",
+                    self.config.group,
+                    dlq::REPLAY_STREAM
+                )),
+                None => ConsumerError::nats(e),
+            })?;
         consumers.push((Source::Replay, replay));
         Ok(consumers)
     }
