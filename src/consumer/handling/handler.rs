@@ -7,6 +7,7 @@ use std::any::Any;
 use std::future::Future;
 
 use rusqlite::Connection;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use uuid::Uuid;
 
 pub use super::delivery::{Delivery, Failure};
@@ -18,6 +19,11 @@ use crate::domain::events::Payload;
 ///
 /// It holds the connection mutably so that the handler's future stays `Send`; take
 /// [`HandlerTx::conn`] for each statement and do not keep it across an `.await`.
+///
+/// The round's transaction is the library's: while a `HandlerTx` lives, statements that would
+/// begin, commit or roll back a transaction, or release or roll back to the savepoint the
+/// library keeps each event in, are refused when prepared (SQLite's authorizer answers "not
+/// authorized", a transient failure of the event). A handler's own savepoints are its own.
 pub struct HandlerTx<'c> {
     conn: &'c mut Connection,
     emitter: Option<Emitter>,
@@ -32,6 +38,8 @@ impl<'c> HandlerTx<'c> {
         emitter: Option<Emitter>,
         prepared: &'c Prepared,
     ) -> HandlerTx<'c> {
+        // Fails only on a connection owned by another thread, which this one is not.
+        let _ = conn.authorizer(Some(keep_the_round));
         HandlerTx {
             conn,
             emitter,
@@ -88,6 +96,32 @@ impl<'c> HandlerTx<'c> {
         self.conn.execute(sql, params)
     }
 }
+
+impl Drop for HandlerTx<'_> {
+    /// The library goes on with its transaction: nothing is refused any more.
+    fn drop(&mut self) {
+        let _ = self
+            .conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+    }
+}
+
+/// The authorizer while a handler runs: no transaction control, and not the event's savepoint
+/// ([`EVENT_SAVEPOINT`]).
+fn keep_the_round(context: AuthContext<'_>) -> Authorization {
+    match context.action {
+        AuthAction::Transaction { .. } => Authorization::Deny,
+        AuthAction::Savepoint { savepoint_name, .. }
+            if savepoint_name.eq_ignore_ascii_case(EVENT_SAVEPOINT) =>
+        {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
+}
+
+/// The savepoint the library runs each event's handler in (see [`super::idempotency`]).
+pub(in crate::consumer) const EVENT_SAVEPOINT: &str = "event";
 
 /// A consumer group's business logic.
 ///

@@ -260,6 +260,72 @@ mod tests {
         }
     }
 
+    /// A handler that tries to end the round or the event's savepoint behind the library's back,
+    /// then writes its effect inside a savepoint of its own.
+    struct Meddles;
+
+    impl Handler for Meddles {
+        async fn handle(
+            &self,
+            event: &Event,
+            _: &Delivery,
+            tx: &mut HandlerTx<'_>,
+        ) -> Result<(), Failure> {
+            for sql in [
+                "COMMIT",
+                "ROLLBACK",
+                "BEGIN",
+                "RELEASE event",
+                "ROLLBACK TO event",
+                "release EVENT",
+            ] {
+                let refused = tx.conn().execute_batch(sql).unwrap_err();
+                assert!(
+                    refused.to_string().contains("not authorized"),
+                    "{sql}: {refused}"
+                );
+            }
+            tx.conn().execute_batch("SAVEPOINT mine").unwrap();
+            tx.execute(
+                "INSERT INTO effects VALUES (?1)",
+                [event.event_id().to_string()],
+            )?;
+            tx.conn().execute_batch("RELEASE mine").unwrap();
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_cannot_commit_or_roll_back_the_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("c.db"), false).unwrap();
+        conn.execute_batch("CREATE TABLE effects (event_id TEXT)")
+            .unwrap();
+        let (event, delivery) = event();
+        let mut batch = Batch::begin(&mut conn).unwrap();
+        let step = batch
+            .run(
+                &processed(event.event_id()),
+                &Meddles,
+                &event,
+                &delivery,
+                &Prepared::none(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(step, Step::Done));
+        // Still in the round's transaction, which the library commits.
+        assert!(!batch.conn().is_autocommit());
+        batch.commit().unwrap();
+        assert!(is_processed(&conn, "g", event.event_id()).unwrap());
+        let effects: i64 = conn
+            .query_row("SELECT count(*) FROM effects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(effects, 1);
+        // And the library's own statements are allowed again.
+        conn.execute_batch("BEGIN; COMMIT").unwrap();
+    }
+
     fn event() -> (Event, Delivery) {
         let body = serde_json::json!({
             "event_id": uuid::Uuid::now_v7(),
