@@ -11,8 +11,29 @@ use super::ConsumerError;
 use super::run::attempts::DELIVERIES_PER_RUN;
 use crate::domain::Topic;
 
-/// A consumer group's settings.
+/// A consumer group's settings: [`GroupConfig::new`] with the defaults, then set the fields to
+/// change. Non-exhaustive, so that a setting added later breaks no user: it cannot be built with
+/// a struct literal outside this crate, not even one that takes the rest from `new`:
+///
+/// ```compile_fail
+/// use order_service::consumer::GroupConfig;
+/// use order_service::domain::Topic;
+///
+/// let config = GroupConfig {
+///     max_deliver: 3,
+///     ..GroupConfig::new("inventory", &[Topic::Created], "inventory.db")
+/// };
+/// ```
+///
+/// ```
+/// use order_service::consumer::GroupConfig;
+/// use order_service::domain::Topic;
+///
+/// let mut config = GroupConfig::new("inventory", &[Topic::Created], "inventory.db");
+/// config.max_deliver = 3;
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GroupConfig {
     /// The group's name, also its consumers' durable name: letters, digits, `-` and `_`.
     pub group: String,

@@ -106,8 +106,9 @@ pub use ownership::LEASE;
 pub use ownership::owner::{OWNERS_BUCKET, ensure_bucket};
 pub use run::group::Group;
 
-/// Why a consumer operation failed.
+/// Why a consumer operation failed. Non-exhaustive: a new kind of failure breaks no `match`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumerError {
     /// The group's settings are wrong.
     #[error("{0}")]
