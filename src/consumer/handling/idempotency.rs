@@ -407,7 +407,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            assert!(matches!(step, Step::Failed(Failure::Transient(_))));
+            assert!(matches!(step, Step::Failed(Failure::Transient { .. })));
             batch.commit().unwrap();
         }
         let effects: i64 = conn

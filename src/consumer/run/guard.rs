@@ -82,8 +82,8 @@ impl<H: Handler> Guarded<H> {
         let kind = match &outcome {
             Ok(Ok(Ok(_))) => None,
             Ok(Ok(Err(_))) if store_fault => None,
-            Ok(Ok(Err(Failure::Transient(_)))) => Some("transient"),
-            Ok(Ok(Err(Failure::Permanent(_)))) => Some("permanent"),
+            Ok(Ok(Err(failure))) if failure.is_transient() => Some("transient"),
+            Ok(Ok(Err(_))) => Some("permanent"),
             Ok(Err(_)) => Some("panic"),
             Err(_) => Some("timeout"),
         };

@@ -178,7 +178,7 @@ impl<H: Handler> Worker<H> {
                 Ok(Step::Done) => Verdict::Ack { duplicate: false },
                 Ok(Step::AlreadyProcessed) => Verdict::Ack { duplicate: true },
                 Ok(Step::Failed(failure)) => {
-                    if let (Some(fault), Failure::Transient(_)) = (store_fault, &failure) {
+                    if let (Some(fault), true) = (store_fault, failure.is_transient()) {
                         let _ = tx.rollback();
                         return Err(format!("the handler's writes failed: {fault}").into());
                     }
@@ -249,13 +249,16 @@ impl<H: Handler> Worker<H> {
     /// on the last allowed run (`max_deliver` runs of the handler, see `attempts`), is a dead
     /// letter; another transient one is retried after the backoff.
     fn failed(&self, run: &Run<'_>, failure: Failure) -> Verdict {
+        let why = failure.describe();
         match failure {
-            Failure::Permanent(why) => Verdict::Dead(Reason::Permanent, why),
-            Failure::Transient(why) if run.run >= self.config.max_deliver as u64 => Verdict::Dead(
-                Reason::MaxDeliver,
-                format!("failed on all {} deliveries; last: {why}", run.run),
-            ),
-            Failure::Transient(why) => {
+            Failure::Permanent { .. } => Verdict::Dead(Reason::Permanent, why),
+            Failure::Transient { .. } if run.run >= self.config.max_deliver as u64 => {
+                Verdict::Dead(
+                    Reason::MaxDeliver,
+                    format!("failed on all {} deliveries; last: {why}", run.run),
+                )
+            }
+            Failure::Transient { .. } => {
                 let delay = self.config.delay_after(run.run);
                 tracing::debug!(group = %self.config.group, event_id = %run.event.event_id(), run = run.run, delivered = run.delivery.delivered, ?delay, %why, "transient failure; retrying");
                 Verdict::Nak(delay)
