@@ -188,8 +188,10 @@ export CLUSTER_HTTP_PORT
 .PHONY: service-image cluster-up cluster-down
 cluster-up: $(DEV_SECRET) $(DEV_NATS) nats-image service-image
 	@set -a && . ./$(DEV_NATS) && set +a; AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CLUSTER) up -d
-	@ready() { curl -fsS http://127.0.0.1:$(CLUSTER_HTTP_PORT)/ready 2>/dev/null | grep -q '"reconciled":true' && \
-		curl -fsS http://127.0.0.1:$(CLUSTER_HTTP_PORT)/ready | grep -q '"alive":true'; }; \
+	@# /ready shows its checks to an admin token only.
+	@admin="$$(AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" ./target/release/order-service token --role admin)"; \
+	ready() { curl -fsS -H "Authorization: Bearer $$admin" http://127.0.0.1:$(CLUSTER_HTTP_PORT)/ready 2>/dev/null | grep -q '"reconciled":true' && \
+		curl -fsS -H "Authorization: Bearer $$admin" http://127.0.0.1:$(CLUSTER_HTTP_PORT)/ready | grep -q '"alive":true'; }; \
 	for i in $$(seq $(CLUSTER_READY_TIMEOUT)); do ready && break; sleep 1; done; ready || \
 		{ echo "the service is not ready after $(CLUSTER_READY_TIMEOUT)s:" >&2; \
 		  $(CLUSTER_UNUSED) logs --tail 30 order >&2; exit 1; }

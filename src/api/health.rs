@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::spec::Api;
+use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::relay::RelayStatus;
@@ -34,7 +35,9 @@ pub fn describe(api: &mut Api) {
     api.get("/ready", "ready", "Readiness, check by check")
         .description(
             "Only the database decides the status code: with the broker away the service still \
-             takes orders (their events wait in the outbox) and reports `degraded`. No token needed.",
+             takes orders (their events wait in the outbox) and reports `degraded`. No token \
+             needed for the status; the checks and warnings (consumer groups, filters, error \
+             texts) only with an admin token.",
         )
         .json::<Readiness>(200, "Ready or degraded.")
         .json::<Readiness>(503, "The database cannot be used.")
@@ -65,10 +68,14 @@ struct Readiness {
     /// `ready`, `degraded` or `not_ready`.
     status: &'static str,
     /// One entry per check: database, outbox, broker, streams, relay, and consumers once sampled.
-    #[schemars(with = "std::collections::BTreeMap<String, Check>")]
-    checks: Value,
-    /// The consumer warnings crossed (lag, dead letters, publish failures), as sentences.
-    warnings: Vec<String>,
+    /// Only with an admin token.
+    #[schemars(with = "Option<std::collections::BTreeMap<String, Check>>")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checks: Option<Value>,
+    /// The consumer warnings crossed (lag, dead letters, publish failures), as sentences. Only
+    /// with an admin token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<Vec<String>>,
 }
 
 /// What every check has; each adds its own facts.
@@ -86,7 +93,20 @@ async fn health() -> Json<Health> {
 /// One entry per check. Only the database decides the status code: with the broker away the
 /// service still takes orders (their events wait in the outbox), so it stays in rotation and
 /// reports `degraded`.
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+///
+/// Anyone may ask (a probe has no token) and learns the status; what the checks say (group names,
+/// filters, database error texts) is for an admin token only.
+async fn ready(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+) -> (StatusCode, Json<Readiness>) {
+    let detailed = matches!(
+        caller,
+        Ok(Caller {
+            role: Role::Admin,
+            ..
+        })
+    );
     // The readers may answer while no write can succeed any more.
     let stats = if state.store.writer_running() {
         state
@@ -137,8 +157,8 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
         code,
         Json(Readiness {
             status,
-            checks,
-            warnings: consumers.warnings,
+            checks: detailed.then_some(checks),
+            warnings: detailed.then_some(consumers.warnings),
         }),
     )
 }
@@ -237,11 +257,29 @@ mod tests {
         ])
         .unwrap();
         let state = crate::app::build(&cli.config).unwrap();
-        let (code, _) = ready(State(state.clone())).await;
+        let admin = || {
+            Ok(Caller {
+                user_id: uuid::Uuid::now_v7(),
+                role: Role::Admin,
+            })
+        };
+        let (code, _) = ready(State(state.clone()), admin()).await;
         assert_eq!(code, StatusCode::OK);
 
         state.store.kill_writer_for_test().await;
-        let (code, Json(body)) = ready(State(state)).await;
+        let (code, Json(bare)) = ready(
+            State(state.clone()),
+            Err(ApiError::Unauthorized("no token".into())),
+        )
+        .await;
+        let bare = serde_json::to_value(bare).unwrap();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{bare}");
+        assert_eq!(
+            bare,
+            json!({"status": "not_ready"}),
+            "the error text is not public"
+        );
+        let (code, Json(body)) = ready(State(state), admin()).await;
         let body = serde_json::to_value(body).unwrap();
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["status"], "not_ready", "{body}");

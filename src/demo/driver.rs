@@ -116,7 +116,10 @@ impl Driver {
     async fn settle(&self) -> Result<(), AppError> {
         let start = Instant::now();
         loop {
-            let (_, ready) = self.api.call("GET", "/ready", None, None).await?;
+            let (_, ready) = self
+                .api
+                .call("GET", "/ready", Some(&self.token(Role::Admin)), None)
+                .await?;
             let drained = ready["checks"]["outbox"]["pending"] == 0 && self.emits_drained();
             let rows = lag::rows(&self.js, &self.topics, None)
                 .await

@@ -424,7 +424,15 @@ pub async fn relaying_app_at(
 pub async fn ready(app: &TestApp) -> Value {
     let start = std::time::Instant::now();
     loop {
-        let (_, ready) = into_json(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+        let (_, ready) = into_json(
+            app.client
+                .get(app.url("/ready"))
+                .bearer_auth(app.token(crate::app::User::new(order_service::auth::Role::Admin)))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         if ready["status"] == "ready" {
             return ready;
         }

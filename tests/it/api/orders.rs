@@ -497,21 +497,34 @@ async fn chat_orders_and_chat_links() {
 }
 
 #[tokio::test]
-async fn health_and_ready_answer_without_a_token() {
+async fn health_and_ready_answer_without_a_token_and_only_an_admin_sees_the_checks() {
     let app = spawn_app().await;
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let ready: serde_json::Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["status"], "ready");
-    assert_eq!(ready["checks"]["database"]["status"], "ok");
+    let ready = |token: Option<String>| {
+        let mut request = app.client.get(app.url("/ready"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    // A probe, a customer and a bad token learn the status and nothing else (group names,
+    // filters, error texts).
+    for token in [
+        None,
+        Some(app.token(User::new(Role::Customer))),
+        Some("not-a-token".to_owned()),
+    ] {
+        assert_eq!(ready(token).await, json!({"status": "ready"}));
+    }
+    let detailed = ready(Some(app.token(User::new(Role::Admin)))).await;
+    assert_eq!(detailed["status"], "ready");
+    assert_eq!(detailed["checks"]["database"]["status"], "ok");
+    assert!(detailed["warnings"].is_array(), "{detailed}");
 }
 
 #[tokio::test]

@@ -121,7 +121,15 @@ async fn schema_permanent_and_exhausted_messages_become_dead_letters_and_replay_
     // The spec's "dead letters accumulating": a warning and a gauge.
     let start = Instant::now();
     loop {
-        let (_, ready) = into_json(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+        let (_, ready) = into_json(
+            app.client
+                .get(app.url("/ready"))
+                .bearer_auth(app.token(crate::app::User::new(order_service::auth::Role::Admin)))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         if ready["checks"]["consumers"]["dead_letters"] == 4 {
             assert!(
                 ready["warnings"].to_string().contains("dead letters: 4"),

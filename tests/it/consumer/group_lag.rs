@@ -62,7 +62,15 @@ async fn keys_of_partitions(js: &jetstream::Context) -> ([String; 2], [usize; 2]
 async fn ready_at(app: &TestApp, lag_messages: u64) -> Value {
     let start = Instant::now();
     loop {
-        let (_, ready) = into_json(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+        let (_, ready) = into_json(
+            app.client
+                .get(app.url("/ready"))
+                .bearer_auth(app.token(crate::app::User::new(order_service::auth::Role::Admin)))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         let total = ready["checks"]["consumers"]["group_totals"]
             .as_array()
             .into_iter()
