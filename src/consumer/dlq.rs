@@ -292,6 +292,20 @@ pub async fn list(
     group: &str,
     topic: Option<&str>,
 ) -> Result<Vec<Stored>, ConsumerError> {
+    let (letters, _) = page(js, group, topic, 0, usize::MAX).await?;
+    Ok(letters)
+}
+
+/// At most `limit` of the group's dead letters (of one topic, or all) after the `ORDER_DLQ`
+/// sequence `after`, oldest first, and whether more follow. What a page holds in memory is
+/// bounded by `limit` letters, whatever the stream holds.
+pub async fn page(
+    js: &jetstream::Context,
+    group: &str,
+    topic: Option<&str>,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<Stored>, bool), ConsumerError> {
     ensure_streams(js).await?;
     let stream = js
         .get_stream(DLQ_STREAM)
@@ -299,23 +313,34 @@ pub async fn list(
         .map_err(ConsumerError::nats)?;
     let filter = subject(group, topic);
     let mut letters = Vec::new();
-    let mut next = 1;
-    loop {
-        let found = stream
-            .raw_message_builder()
-            .sequence(next)
-            .next_by_subject(filter.clone())
-            .send()
-            .await;
-        let message = match found {
-            Ok(message) => message,
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-            Err(e) => return Err(ConsumerError::nats(e)),
-        };
+    let mut next = after.saturating_add(1);
+    while let Some(message) = next_letter(&stream, &filter, next).await? {
+        if letters.len() == limit {
+            return Ok((letters, true));
+        }
         next = message.sequence + 1;
         letters.push(stored(message));
     }
-    Ok(letters)
+    Ok((letters, false))
+}
+
+/// The first message on `filter` at or after `sequence`, `None` when there is none.
+async fn next_letter(
+    stream: &stream::Stream,
+    filter: &str,
+    sequence: u64,
+) -> Result<Option<jetstream::message::StreamMessage>, ConsumerError> {
+    match stream
+        .raw_message_builder()
+        .sequence(sequence)
+        .next_by_subject(filter.to_owned())
+        .send()
+        .await
+    {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(ConsumerError::nats(e)),
+    }
 }
 
 fn stored(message: jetstream::message::StreamMessage) -> Stored {
@@ -352,12 +377,40 @@ pub async fn replay(
     group: &str,
     topic: Option<&str>,
 ) -> Result<usize, ConsumerError> {
-    let mut letters = list(js, group, topic).await?;
-    // In the order the events were first stored, not the order they failed in.
-    letters.sort_by(|a, b| a.source.cmp(&b.source));
-    resend(js, group, &letters).await?;
-    Ok(letters.len())
+    // Which letters and in what order, one page at a time, keeping no body: in the order the
+    // events were first stored, not the order they failed in.
+    let mut order = Vec::new();
+    let mut after = 0;
+    loop {
+        let (letters, more) = page(js, group, topic, after, REPLAY_PAGE).await?;
+        after = letters.last().map_or(after, |l| l.sequence);
+        order.extend(letters.into_iter().map(|l| (l.source, l.sequence)));
+        if !more {
+            break;
+        }
+    }
+    order.sort();
+    // Then each letter read again and sent on its own: one body in memory at a time.
+    let stream = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(ConsumerError::nats)?;
+    let mut sent = 0;
+    for (_, sequence) in order {
+        let letter = match stream.get_raw_message(sequence).await {
+            Ok(message) => stored(message),
+            // Replayed or purged meanwhile.
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(ConsumerError::nats(e)),
+        };
+        resend(js, group, std::slice::from_ref(&letter)).await?;
+        sent += 1;
+    }
+    Ok(sent)
 }
+
+/// How many letters a replay reads at once to learn their order.
+const REPLAY_PAGE: usize = 100;
 
 /// Sends one of the group's dead letters, by its `ORDER_DLQ` sequence, back to the group as
 /// [`replay`] does; returns false when the group has no such letter.

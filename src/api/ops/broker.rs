@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
 use crate::api::json::AppJson;
-use crate::api::query::AppQuery;
+use crate::api::query::{AppQuery, invalid_query};
 use crate::api::spec::{self, Api};
 use crate::auth::{Caller, Role};
 use crate::consumer::{dlq, is_valid_group};
@@ -178,8 +178,10 @@ struct GroupView {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Letters {
-    /// Oldest first.
+    /// Oldest first, at most `limit`.
     letters: Vec<LetterView>,
+    /// The `after` of the next page, when more letters follow.
+    next_after: Option<u64>,
 }
 
 /// One dead letter.
@@ -206,9 +208,18 @@ struct LetterView {
     time: DateTime<Utc>,
     /// How long ago.
     age_seconds: f64,
-    /// The original body, as text.
+    /// The original body, as text: its first [`MAX_SHOWN_BODY`] bytes.
     message: String,
+    /// Whether `message` was cut.
+    message_truncated: bool,
 }
+
+/// How much of a dead letter's body the listing shows: a page of large letters stays small.
+const MAX_SHOWN_BODY: usize = 16 * 1024;
+/// Letters per page when the query says none.
+const DEFAULT_LETTERS: u32 = 100;
+/// Letters per page at most: what a page holds in memory, bodies included, is bounded by it.
+const MAX_LETTERS: u32 = 500;
 
 /// The answer of a replay of a group's dead letters.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -356,6 +367,11 @@ struct LetterQuery {
     #[serde(default)]
     #[schemars(schema_with = "spec::topic_schema")]
     topic: Option<String>,
+    /// Letters per page, 1 to 500; 100 when absent.
+    #[schemars(range(min = 1, max = MAX_LETTERS))]
+    limit: Option<u32>,
+    /// The `next_after` of the previous page; 0 when absent.
+    after: Option<u64>,
 }
 
 fn valid_group(group: &str) -> Result<(), ApiError> {
@@ -392,15 +408,28 @@ async fn dead_letters(
     let js = broker(&state)?;
     // Without a group, every group's: `*` is the group token of the subject filter.
     let group = q.group.as_deref().unwrap_or("*");
-    let letters = dlq::list(&js, group, q.topic.as_deref())
-        .await
-        .map_err(broker_error)?;
+    let limit = q.limit.unwrap_or(DEFAULT_LETTERS);
+    if !(1..=MAX_LETTERS).contains(&limit) {
+        return Err(invalid_query(format!("limit: must be 1 to {MAX_LETTERS}")));
+    }
+    let (letters, more) = dlq::page(
+        &js,
+        group,
+        q.topic.as_deref(),
+        q.after.unwrap_or(0),
+        limit as usize,
+    )
+    .await
+    .map_err(broker_error)?;
+    let next_after = more.then(|| letters.last().map(|l| l.sequence)).flatten();
     let now = Utc::now();
     let letters = letters
         .into_iter()
         .map(|l| LetterView {
             age_seconds: (now - l.time).num_milliseconds().max(0) as f64 / 1000.0,
-            message: String::from_utf8_lossy(&l.payload).into_owned(),
+            message_truncated: l.payload.len() > MAX_SHOWN_BODY,
+            message: String::from_utf8_lossy(&l.payload[..l.payload.len().min(MAX_SHOWN_BODY)])
+                .into_owned(),
             sequence: l.sequence,
             group: l.group,
             topic: l.topic,
@@ -412,7 +441,10 @@ async fn dead_letters(
             time: l.time,
         })
         .collect();
-    Ok(Json(Letters { letters }))
+    Ok(Json(Letters {
+        letters,
+        next_after,
+    }))
 }
 
 /// The body of `/admin/dead-letters/replay`.

@@ -334,7 +334,8 @@ function showConsumers(body) {
 
 function showLetters(body) {
   const rows = body.letters.map((l) => {
-    const tr = el("tr", { class: "clickable", onclick: () => showMessage($("letter-message"), l.message) },
+    const shown = l.message_truncated ? `${l.message}\n… (cut: the listing shows the first 16 KiB)` : l.message;
+    const tr = el("tr", { class: "clickable", onclick: () => showMessage($("letter-message"), shown) },
       el("td", { class: "num" }, l.sequence), el("td", {}, l.group), el("td", {}, l.topic),
       el("td", {}, l.reason), el("td", { class: "err" }, l.error), el("td", {}, ageText(l.age_seconds)),
       el("td", {}, el("button", { type: "button", class: "replay", onclick: (ev) => {
@@ -343,6 +344,11 @@ function showLetters(body) {
       } }, "Replay")));
     return tr;
   });
+  // The oldest page only: the counts per group above say how many there are in all.
+  if (body.next_after != null) {
+    rows.push(el("tr", {}, el("td", { colspan: 7, class: "more" },
+      `the oldest ${body.letters.length} shown; the counts above include the rest`)));
+  }
   fill($("letters").tBodies[0], rows, 7, "no dead letters");
 }
 

@@ -411,3 +411,78 @@ async fn streams_consumers_and_dead_letters_as_the_broker_has_them() {
     assert_eq!(left["letters"], json!([]));
     assert_eq!(stream_messages(&js, dlq::REPLAY_STREAM).await, 2);
 }
+
+/// The dead-letter listing comes in pages of at most `limit` letters (100 by default, 500 at
+/// most), each body cut to 16 KiB, so that a page stays small however many and however large the
+/// letters are; `next_after` leads through them, oldest first. Before, the listing loaded every
+/// letter with its whole body on each call (the page polls it every 2 s).
+#[tokio::test]
+async fn dead_letters_are_listed_in_bounded_pages() {
+    let nats = NatsServer::start().await;
+    let app = relaying_app(&nats, |_| {}).await;
+    let js = nats.jetstream().await;
+    dlq::ensure_streams(&js).await.unwrap();
+    let large = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(40_000)));
+    let small = Bytes::from_static(b"{\"n\":1}");
+    for sequence in 1..=5u64 {
+        dlq::publish(
+            &js,
+            &DeadLetter {
+                group: "pager",
+                topic: "order.created",
+                reason: Reason::Permanent,
+                error: "refused",
+                stream: "ORDER_CREATED",
+                stream_sequence: sequence,
+                subject: "order.created.1.x",
+                delivered: 1,
+                headers: &[],
+                payload: if sequence == 3 { &large } else { &small },
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/admin/dead-letters?group=pager&limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = get(&app, &path).await;
+        pages += 1;
+        let letters = page["letters"].as_array().unwrap();
+        assert!(letters.len() <= 2, "{page}");
+        for letter in letters {
+            let message = letter["message"].as_str().unwrap();
+            let cut = letter["message_truncated"].as_bool().unwrap();
+            assert!(message.len() <= 16 * 1024);
+            assert_eq!(
+                cut,
+                letter["source_sequence"] == 3,
+                "{}",
+                letter["sequence"]
+            );
+            seen.push(letter["source_sequence"].as_u64().unwrap());
+        }
+        match page["next_after"].as_u64() {
+            Some(after) => {
+                path = format!("/api/v1/admin/dead-letters?group=pager&limit=2&after={after}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5]);
+    assert_eq!(pages, 3);
+    let all = get(&app, "/api/v1/admin/dead-letters?group=pager").await;
+    assert_eq!(all["letters"].as_array().unwrap().len(), 5);
+    assert!(all["next_after"].is_null(), "{all}");
+    for limit in ["0", "501", "x"] {
+        let (status, body) = app
+            .get(
+                User::new(Role::Admin),
+                &format!("/api/v1/admin/dead-letters?limit={limit}"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{limit}: {body}");
+        assert_eq!(body["error"], "invalid_query", "{body}");
+    }
+}
