@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 
 use super::ConsumerError;
-use super::run::attempts::DELIVERIES_PER_RUN;
 use crate::domain::Topic;
 
 /// A consumer group's settings: [`GroupConfig::new`] with the defaults, then set the fields to
@@ -72,6 +71,9 @@ pub struct GroupConfig {
     /// group's circuit breaker opens.
     pub busy_timeout: Duration,
 }
+
+/// The broker's `max_deliver` per run of the handler the group allows (see `run::attempts`).
+pub(crate) const DELIVERIES_PER_RUN: i64 = 4;
 
 impl GroupConfig {
     /// Defaults: every partition, `max_deliver` 5, backoff 1 s, 5 s, 30 s, 2 min, `ack_wait`
@@ -156,7 +158,8 @@ impl GroupConfig {
         self.backoff[index.min(self.backoff.len() - 1)]
     }
 
-    /// The consumer's `max_deliver` on the broker: a backstop above the group's, which counts
+    /// The consumer's `max_deliver` on the broker, [`DELIVERIES_PER_RUN`] times the group's: a
+    /// backstop above the group's, which counts
     /// the handler's runs (see `attempts`), for deliveries no run records.
     fn broker_max_deliver(&self) -> i64 {
         self.max_deliver.saturating_mul(DELIVERIES_PER_RUN)

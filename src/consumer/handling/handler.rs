@@ -120,7 +120,7 @@ fn keep_the_round(context: AuthContext<'_>) -> Authorization {
     }
 }
 
-/// The savepoint the library runs each event's handler in (see [`super::idempotency`]).
+/// The savepoint the library runs each event's handler in (see `idempotency`).
 pub(in crate::consumer) const EVENT_SAVEPOINT: &str = "event";
 
 /// A consumer group's business logic.

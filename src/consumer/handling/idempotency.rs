@@ -20,7 +20,7 @@ use super::handler::{Delivery, Event, Failure, Handler, HandlerTx, Prepared};
 /// How long a connection waits for another writer of the same file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const SCHEMA: &str = "
+pub(in crate::consumer) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS processed_events (
     consumer_group TEXT    NOT NULL,
     event_id       TEXT    NOT NULL,
@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS waiting_orders (
     head_seq   INTEGER NOT NULL,
     due_at_ms  INTEGER NOT NULL,
     PRIMARY KEY (consumer, order_key)
+) WITHOUT ROWID;
+-- Runs of the handler that ended in a retry, per consumer and message (see `run::attempts`):
+-- `max_deliver` counts these, not the broker's deliveries.
+CREATE TABLE IF NOT EXISTS handler_runs (
+    consumer   TEXT    NOT NULL,
+    stream_seq INTEGER NOT NULL,
+    runs       INTEGER NOT NULL,
+    PRIMARY KEY (consumer, stream_seq)
 ) WITHOUT ROWID;
 ";
 
@@ -71,7 +79,6 @@ pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection>
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::consumer::ownership::fence::SCHEMA)?;
-    conn.execute_batch(crate::consumer::run::attempts::SCHEMA)?;
     Ok(conn)
 }
 

@@ -1,5 +1,6 @@
 //! How many times the handler ran for a message, so that `max_deliver` counts runs, not
-//! deliveries.
+//! deliveries. Its table, `handler_runs`, is made with the group's others
+//! ([`crate::consumer::idempotency`]).
 //!
 //! The broker counts every delivery, and a message is delivered again without having run: sent
 //! back unstarted when the group stops or loses its lease, parked behind an earlier event of its
@@ -7,24 +8,10 @@
 //! deploys would dead-letter an event that never ran. So the rounds record each run that ended
 //! in a retry, in the round's transaction (`handler_runs`), and a transient failure is a dead
 //! letter once the handler ran `max_deliver` times. The broker's own `max_deliver` is a backstop
-//! [`DELIVERIES_PER_RUN`] times higher, for what no round records: a message whose handler takes
+//! [`DELIVERIES_PER_RUN`](crate::consumer::config::DELIVERIES_PER_RUN) times higher, for what no round records: a message whose handler takes
 //! the process down every time it runs is dead-lettered from the broker's advisory after that.
 
 use rusqlite::{Connection, OptionalExtension, params};
-
-/// The broker's `max_deliver` per allowed run.
-pub(in crate::consumer) const DELIVERIES_PER_RUN: i64 = 4;
-
-/// The table, in the group's database.
-pub(in crate::consumer) const SCHEMA: &str = "
--- Runs of the handler that ended in a retry, per consumer and message (see `attempts`).
-CREATE TABLE IF NOT EXISTS handler_runs (
-    consumer   TEXT    NOT NULL,
-    stream_seq INTEGER NOT NULL,
-    runs       INTEGER NOT NULL,
-    PRIMARY KEY (consumer, stream_seq)
-) WITHOUT ROWID;
-";
 
 /// The runs recorded for the message of `consumer` at `sequence`.
 pub(in crate::consumer) fn earlier(
@@ -76,7 +63,8 @@ mod tests {
     #[test]
     fn runs_are_counted_per_consumer_and_message_until_done() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch(crate::consumer::handling::idempotency::SCHEMA)
+            .unwrap();
         assert_eq!(earlier(&conn, "g", 7).unwrap(), 0);
         ran(&conn, "g", 7).unwrap();
         ran(&conn, "g", 7).unwrap();
