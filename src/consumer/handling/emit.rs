@@ -1,12 +1,12 @@
 //! Handlers that publish: a consumer group's own outbox, relayed by the service's relay.
 //!
-//! A group made with [`Group::emitting`](crate::consumer::Group::emitting) gets the service's outbox table
-//! in its own SQLite file ([`Store::open_outbox`]). A handler records an outgoing event with
-//! [`HandlerTx::emit`](crate::consumer::HandlerTx::emit): the row is written in the handler's savepoint, so
-//! it commits with the handler's effects and the processed-event row, and a failing handler's
-//! rollback takes it with it. After the batch commits, the group's [`Relay`] is woken and
-//! publishes the rows exactly as the service publishes its own: batches per stream, commit order
-//! per key, transient and permanent failures, dead rows, cleanup.
+//! A group made with [`Group::emitting`](crate::consumer::Group::emitting) gets the service's
+//! outbox table in its own SQLite file ([`Store::open_outbox`]). A handler records an outgoing
+//! event with [`HandlerTx::emit`](crate::consumer::HandlerTx::emit): the row is written in the
+//! handler's savepoint, so it commits with the handler's effects and the processed-event row, and a
+//! failing handler's rollback takes it with it. After the batch commits, the group's [`Relay`] is
+//! woken and publishes the rows exactly as the service publishes its own: batches per stream,
+//! commit order per key, transient and permanent failures, dead rows, cleanup.
 //!
 //! Each emitted event's id, also its `Nats-Msg-Id`, is derived from the group, the incoming
 //! event's id and the emit's position in the handler's run ([`derived_id`]): a handler run again

@@ -310,16 +310,7 @@ mod tests {
             .unwrap();
         let (event, delivery) = event();
         let mut batch = Batch::begin(&mut conn).unwrap();
-        let step = batch
-            .run(
-                &processed(event.event_id()),
-                &Meddles,
-                &event,
-                &delivery,
-                &Prepared::none(),
-            )
-            .await
-            .unwrap();
+        let step = batch.run_unprepared(&Meddles, &event, &delivery).await;
         assert!(matches!(step, Step::Done));
         // Still in the round's transaction, which the library commits.
         assert!(!batch.conn().is_autocommit());
@@ -368,6 +359,21 @@ mod tests {
         (event, delivery)
     }
 
+    impl Batch<'_> {
+        /// [`Batch::run`] with the test's processed row and nothing prepared.
+        async fn run_unprepared<H: Handler>(
+            &mut self,
+            handler: &H,
+            event: &Event,
+            delivery: &Delivery,
+        ) -> Step<Failure> {
+            let processed = processed(event.event_id());
+            self.run(&processed, handler, event, delivery, &Prepared::none())
+                .await
+                .unwrap()
+        }
+    }
+
     fn processed(id: Uuid) -> Processed<'static> {
         Processed {
             group: "g",
@@ -390,30 +396,14 @@ mod tests {
         failing_delivery.headers.push(("fail".into(), "1".into()));
         for round in 0..2 {
             let mut batch = Batch::begin(&mut conn).unwrap();
-            let step = batch
-                .run(
-                    &processed(ok.event_id()),
-                    &Effects,
-                    &ok,
-                    &ok_delivery,
-                    &Prepared::none(),
-                )
-                .await
-                .unwrap();
+            let step = batch.run_unprepared(&Effects, &ok, &ok_delivery).await;
             assert!(matches!(
                 (round, step),
                 (0, Step::Done) | (1, Step::AlreadyProcessed)
             ));
             let step = batch
-                .run(
-                    &processed(failing.event_id()),
-                    &Effects,
-                    &failing,
-                    &failing_delivery,
-                    &Prepared::none(),
-                )
-                .await
-                .unwrap();
+                .run_unprepared(&Effects, &failing, &failing_delivery)
+                .await;
             assert!(matches!(step, Step::Failed(Failure::Transient { .. })));
             batch.commit().unwrap();
         }
@@ -440,16 +430,7 @@ mod tests {
         let reader = Connection::open(&path).unwrap();
         let (ok, delivery) = event();
         let mut batch = Batch::begin(&mut conn).unwrap();
-        let step = batch
-            .run(
-                &processed(ok.event_id()),
-                &Effects,
-                &ok,
-                &delivery,
-                &Prepared::none(),
-            )
-            .await
-            .unwrap();
+        let step = batch.run_unprepared(&Effects, &ok, &delivery).await;
         assert!(matches!(step, Step::Done));
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader

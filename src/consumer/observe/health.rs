@@ -48,9 +48,9 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// How long to wait before accepting again after `accept` failed (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The `/health` and `/metrics` endpoints of a subscriber process: which groups they report and
-/// the limits that keep them safe. [`Group::health`](crate::consumer::Group::health) makes one for a group;
-/// [`Health::group`] adds others.
+/// The `/health` and `/metrics` endpoints of a subscriber process: which groups they report and the
+/// limits that keep them safe. [`Group::health`](crate::consumer::Group::health) makes one for a
+/// group; [`Health::group`] adds others.
 #[derive(Debug, Clone)]
 pub struct Health {
     groups: Vec<(String, Arc<GroupStats>)>,

@@ -4,12 +4,12 @@
 //!
 //! Two checks run in each round's transaction, just before it commits:
 //!
-//! 1. **The lease is surely held**: its last renewal was *sent* less than [`SURELY_HELD`] ago.
-//!    The key lives [`LEASE`](super::LEASE) from when the server stored the renewal, which is after it was
-//!    sent, so no other process can hold it yet. A process that resumes after a pause finds its
+//! 1. **The lease is surely held**: its last renewal was *sent* less than [`SURELY_HELD`] ago. The
+//!    key lives [`LEASE`](super::LEASE) from when the server stored the renewal, which is after it
+//!    was sent, so no other process can hold it yet. A process that resumes after a pause finds its
 //!    renewal too old and rolls the round back, whatever files the group's processes keep. Not
-//!    final: the round is tried again (as after any fault of the group's own) once a renewal
-//!    gets through, or the worker stops when the lease turns out lost.
+//!    final: the round is tried again (as after any fault of the group's own) once a renewal gets
+//!    through, or the worker stops when the lease turns out lost.
 //! 2. **No newer owner committed**: the lease's revision in the KV bucket (each take and each
 //!    renewal gets a higher one, the bucket being a stream) is a fencing token. The round records
 //!    it in the group's database, in `consumer_fences`, and rolls back when a higher one is

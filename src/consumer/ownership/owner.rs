@@ -15,12 +15,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use uuid::Uuid;
-
-use std::sync::Arc;
 
 use super::fence::Fence;
 use super::{LEASE, RENEW_EVERY, SURELY_HELD};

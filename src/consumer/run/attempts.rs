@@ -2,14 +2,15 @@
 //! deliveries. Its table, `handler_runs`, is made with the group's others
 //! ([`crate::consumer::idempotency`]).
 //!
-//! The broker counts every delivery, and a message is delivered again without having run: sent
-//! back unstarted when the group stops or loses its lease, parked behind an earlier event of its
-//! order through a restart, held by a process that died. Counted by the broker, a few rolling
-//! deploys would dead-letter an event that never ran. So the rounds record each run that ended
-//! in a retry, in the round's transaction (`handler_runs`), and a transient failure is a dead
-//! letter once the handler ran `max_deliver` times. The broker's own `max_deliver` is a backstop
-//! [`DELIVERIES_PER_RUN`](crate::consumer::config::DELIVERIES_PER_RUN) times higher, for what no round records: a message whose handler takes
-//! the process down every time it runs is dead-lettered from the broker's advisory after that.
+//! The broker counts every delivery, and a message is delivered again without having run: sent back
+//! unstarted when the group stops or loses its lease, parked behind an earlier event of its order
+//! through a restart, held by a process that died. Counted by the broker, a few rolling deploys
+//! would dead-letter an event that never ran. So the rounds record each run that ended in a retry,
+//! in the round's transaction (`handler_runs`), and a transient failure is a dead letter once the
+//! handler ran `max_deliver` times. The broker's own `max_deliver` is a backstop
+//! [`DELIVERIES_PER_RUN`](crate::consumer::config::DELIVERIES_PER_RUN) times higher, for what no
+//! round records: a message whose handler takes the process down every time it runs is
+//! dead-lettered from the broker's advisory after that.
 
 use rusqlite::{Connection, OptionalExtension, params};
 

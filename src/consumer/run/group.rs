@@ -1,7 +1,7 @@
 //! A consumer group at run time: set up its streams and consumers (waiting for the broker as
 //! long as it takes), take the group's lease, open and migrate its database (the breaker open
-//! while the file fails), then run one worker per consumer and one dead-letter watch per topic
-//! until shutdown or the lease is lost.
+//! while the file fails), then run one worker and one dead-letter watch per consumer (each topic's
+//! and the replays') until shutdown or the lease is lost.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -63,7 +63,8 @@ impl<H: Handler> Group<H> {
         })
     }
 
-    /// Lets the handler emit events to `emits`' topics, which this group owns: see [`crate::consumer::handling::emit`].
+    /// Lets the handler emit events to `emits`' topics, which this group owns: see
+    /// [`crate::consumer::emit`].
     pub fn emitting(mut self, emits: Emits) -> Group<H> {
         self.emits = Some(Arc::new(emits));
         self

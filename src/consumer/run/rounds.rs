@@ -2,13 +2,14 @@
 //! after another.
 //!
 //! Round `r` holds, for each key (order) of the batch, its next message not yet decided. The
-//! round's messages are decoded (a schema error is a dead letter), those the group processed
-//! before are acknowledged without running anything, and the rest are prepared concurrently
+//! round's messages are decoded (a schema error is a dead letter), those the group processed before
+//! are acknowledged without running anything, and the rest are prepared concurrently
 //! ([`Handler::prepare`], up to `concurrency` at once, outside any transaction) and then handled
-//! one after another in one transaction ([`Handler::handle`], see [`crate::consumer::handling::idempotency`]), which
-//! commits before the next round starts. So an order's next event is prepared only once the
-//! previous one is handled, and a key whose message failed sits out the remaining rounds: its
-//! later messages are parked (see `parking`) while other orders go on.
+//! one after another in one transaction ([`Handler::handle`], see
+//! [`crate::consumer::idempotency`]), which commits before the next round starts. So an order's
+//! next event is prepared only once the previous one is handled, and a key whose message failed
+//! sits out the remaining rounds: its later messages are parked (see `parking`) while other orders
+//! go on.
 //!
 //! A round's verdicts are kept only once it commits, so when the group's database fails the
 //! worker tries again from the first round not committed.
@@ -255,7 +256,7 @@ impl<H: Handler> Worker<H> {
             Failure::Transient { .. } if run.run >= self.config.max_deliver as u64 => {
                 Verdict::Dead(
                     Reason::MaxDeliver,
-                    format!("failed on all {} deliveries; last: {why}", run.run),
+                    format!("the handler failed on all {} runs; last: {why}", run.run),
                 )
             }
             Failure::Transient { .. } => {

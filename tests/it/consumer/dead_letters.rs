@@ -12,7 +12,7 @@ use order_service::domain::Topic;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::{OutboxRow, PATIENCE, into_json, run_cli};
+use crate::app::{OutboxRow, PATIENCE, run_cli};
 use crate::consumer::{
     Recorder, Running, Stall, create_orders, effects, exactly_once, expected_events, group_config,
     processed_all, publish_raw, relaying_app, report, setup,
@@ -121,15 +121,7 @@ async fn schema_permanent_and_exhausted_messages_become_dead_letters_and_replay_
     // The spec's "dead letters accumulating": a warning and a gauge.
     let start = Instant::now();
     loop {
-        let (_, ready) = into_json(
-            app.client
-                .get(app.url("/ready"))
-                .bearer_auth(app.token(crate::app::User::new(order_service::auth::Role::Admin)))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let ready = app.readiness().await;
         if ready["checks"]["consumers"]["dead_letters"] == 4 {
             assert!(
                 ready["warnings"].to_string().contains("dead letters: 4"),

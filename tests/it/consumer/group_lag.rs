@@ -9,7 +9,7 @@ use order_service::consumer::lag;
 use order_service::domain::Topic;
 use serde_json::Value;
 
-use crate::app::{PATIENCE, TestApp, into_json};
+use crate::app::{PATIENCE, TestApp};
 use crate::consumer::{Recorder, Running, group_config, setup};
 
 const GROUP: &str = "split";
@@ -62,15 +62,7 @@ async fn keys_of_partitions(js: &jetstream::Context) -> ([String; 2], [usize; 2]
 async fn ready_at(app: &TestApp, lag_messages: u64) -> Value {
     let start = Instant::now();
     loop {
-        let (_, ready) = into_json(
-            app.client
-                .get(app.url("/ready"))
-                .bearer_auth(app.token(crate::app::User::new(order_service::auth::Role::Admin)))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let ready = app.readiness().await;
         let total = ready["checks"]["consumers"]["group_totals"]
             .as_array()
             .into_iter()

@@ -418,15 +418,7 @@ async fn five_thousand_orders_from_fifty_clients_are_all_processed_and_lag_shows
     // Over 1,000 messages behind: a warning in /ready and a gauge in /metrics.
     let start = Instant::now();
     loop {
-        let (_, ready) = into_json(
-            app.client
-                .get(app.url("/ready"))
-                .bearer_auth(app.token(crate::app::User::new(order_service::auth::Role::Admin)))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let ready = app.readiness().await;
         let warned = ready["warnings"]
             .as_array()
             .unwrap()

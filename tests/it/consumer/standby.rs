@@ -374,16 +374,10 @@ async fn after_a_takeover_each_orders_events_are_still_applied_in_stream_order()
 async fn takeover_keeps_order() {
     let (_, nats, app, _js, dir, db) = setup(|_| {}).await;
     let group = "in-order";
-    let settings = SLOW_STATUS_CHANGES;
     // Every order's first change is stored before the group starts: one batch of 40.
     let ids = crate::repair::orders(&app, 40).await;
     crate::relay::drained(&app).await;
-    let start = |label| Child::start_with(label, &nats.url(), &db, group, dir.path(), &settings);
-    let mut a = start("a");
-    a.until_role(group, "active", "stopped", PATIENCE).await;
-    let mut b = start("b");
-    b.until_role(group, "standby", "active", PATIENCE).await;
-    a.holding_a_batch(group).await;
+    let (mut a, mut b) = active_holding_a_batch(&nats.url(), group, (&db, &db), dir.path()).await;
     a.process.kill().unwrap();
     let killed = Instant::now();
     b.until_role(group, "active", "stopped", TAKEOVER_BOUND)
@@ -463,15 +457,11 @@ async fn a_process_paused_past_its_lease_commits_nothing_when_it_resumes() {
 async fn paused_past_the_lease() {
     let (_, nats, app, _js, dir, _) = setup(|_| {}).await;
     let group = "fenced";
-    let settings = SLOW_STATUS_CHANGES;
     let ids = crate::repair::orders(&app, 40).await;
     crate::relay::drained(&app).await;
     let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
-    let mut a = Child::start_with("a", &nats.url(), &db_a, group, dir.path(), &settings);
-    a.until_role(group, "active", "stopped", PATIENCE).await;
-    let mut b = Child::start_with("b", &nats.url(), &db_b, group, dir.path(), &settings);
-    b.until_role(group, "standby", "active", PATIENCE).await;
-    a.holding_a_batch(group).await;
+    let (mut a, mut b) =
+        active_holding_a_batch(&nats.url(), group, (&db_a, &db_b), dir.path()).await;
     signal(&a, "-STOP");
     b.until_role(group, "active", "stopped", TAKEOVER_BOUND)
         .await;
@@ -512,6 +502,22 @@ async fn paused_past_the_lease() {
         "{twice} events applied twice over the two files (the paused process: {paused})"
     );
     assert_eq!(applied.keys().cloned().collect::<HashSet<_>>(), expected);
+}
+
+/// Two processes of `group` with [`SLOW_STATUS_CHANGES`] on the files `dbs`: `a` once it is
+/// active and holds a batch it has not settled, `b` standing by.
+async fn active_holding_a_batch(
+    nats_url: &str,
+    group: &str,
+    dbs: (&Path, &Path),
+    dir: &Path,
+) -> (Child, Child) {
+    let mut a = Child::start_with("a", nats_url, dbs.0, group, dir, &SLOW_STATUS_CHANGES);
+    a.until_role(group, "active", "stopped", PATIENCE).await;
+    let mut b = Child::start_with("b", nats_url, dbs.1, group, dir, &SLOW_STATUS_CHANGES);
+    b.until_role(group, "standby", "active", PATIENCE).await;
+    a.holding_a_batch(group).await;
+    (a, b)
 }
 
 /// Sends `signal` (`-STOP`, `-CONT`) to the child process.

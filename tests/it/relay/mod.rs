@@ -17,8 +17,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::app::{
-    PATIENCE, SECRET, TestApp, User, chat_order, into_json, metric, order_body, ready,
-    relaying_app, run_cli, simple_order, spawn_app_with, stream_config, table_without_chat_links,
+    PATIENCE, SECRET, TestApp, User, chat_order, metric, order_body, ready, relaying_app, run_cli,
+    simple_order, spawn_app_with, stream_config, table_without_chat_links,
 };
 use crate::nats::NatsServer;
 
@@ -423,15 +423,7 @@ async fn a_broker_outage_loses_no_order_and_no_event() {
         2 * created,
         "every event of the outage waits in the outbox"
     );
-    let (_, ready) = into_json(
-        app.client
-            .get(app.url("/ready"))
-            .bearer_auth(app.token(crate::app::User::new(order_service::auth::Role::Admin)))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let ready = app.readiness().await;
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert_eq!(ready["checks"]["broker"]["connected"], false);
     assert!(
@@ -659,15 +651,7 @@ async fn metrics_name_every_series_and_the_relay_can_be_off() {
         (2, 0, 0),
         "without a relay, events stay pending"
     );
-    let (_, ready) = into_json(
-        off.client
-            .get(off.url("/ready"))
-            .bearer_auth(off.token(crate::app::User::new(order_service::auth::Role::Admin)))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let ready = off.readiness().await;
     assert_eq!(ready["checks"]["relay"]["status"], "disabled");
 }
 
