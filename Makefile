@@ -10,7 +10,7 @@ ROLE       ?= admin
 
 include nats/nats.mk
 
-.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check openapi schemathesis
+.PHONY: run test lint fmt schemas token build demo bench chromium ops-screenshot readme-targets library-check openapi schemathesis prometheus alert-rules
 
 ## run: NATS (./data/nats) and the service (http://localhost:8081, ./data/order-service.db);
 ## Ctrl-C stops both. NATS runs the shipped identities with the development passwords of
@@ -42,14 +42,16 @@ demo: nats-server build
 ## the pinned binary as a process. nextest when installed (then `cargo test --doc` for the README's
 ## Rust code, which nextest does not run), cargo test otherwise.
 ## The operations page's browser tests need Chromium: chromium (or CHROMIUM_BIN) is installed
-## when missing, and a browser that cannot start fails those tests.
-test: nats-server chromium schemathesis
+## when missing, and a browser that cannot start fails those tests; the alert test needs
+## Prometheus, installed the same way (`prometheus`), and the rules' unit tests run first.
+test: nats-server chromium schemathesis alert-rules
 	@if docker info >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory nats-image; \
 	elif [ "$${ORDER_SERVICE_TEST_NATS:-}" = container ]; then \
 		echo "ORDER_SERVICE_TEST_NATS=container but no Docker engine answers" >&2; exit 1; \
 	fi
-	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)' SCHEMATHESIS_BIN='$(SCHEMATHESIS)'; \
+	@export NATS_SERVER_BIN='$(NATS_SERVER)' CHROMIUM_BIN='$(CHROMIUM)' SCHEMATHESIS_BIN='$(SCHEMATHESIS)' \
+		PROMETHEUS_BIN='$(PROMETHEUS)'; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast && $(CARGO) test --doc --locked; \
 	else \
@@ -91,6 +93,33 @@ chromium:
 	else \
 		echo "chromium is missing and there is no apt-get: install Chromium or set CHROMIUM_BIN" >&2; exit 1; \
 	fi
+
+## prometheus: Prometheus and promtool for the alert rules' tests: Debian's `prometheus` package,
+## installed with apt-get when missing (PROMETHEUS_BIN and PROMTOOL_BIN name others and skip it).
+## Only the binaries are used: the package's own service is not started here.
+PROMETHEUS_BIN ?=
+PROMTOOL_BIN ?=
+PROMETHEUS := $(or $(PROMETHEUS_BIN),prometheus)
+PROMTOOL := $(or $(PROMTOOL_BIN),promtool)
+prometheus:
+	@if command -v '$(PROMETHEUS)' >/dev/null 2>&1 && command -v '$(PROMTOOL)' >/dev/null 2>&1; then \
+		echo "prometheus: $$(command -v '$(PROMETHEUS)'), promtool: $$(command -v '$(PROMTOOL)')"; \
+	elif [ -n '$(PROMETHEUS_BIN)$(PROMTOOL_BIN)' ]; then \
+		echo 'PROMETHEUS_BIN=$(PROMETHEUS_BIN) PROMTOOL_BIN=$(PROMTOOL_BIN): not both programs' >&2; exit 1; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's prometheus for the alert rules' tests"; \
+		$(SUDO) apt-get update -q && \
+		apt-cache policy prometheus | grep -q 'Candidate: [0-9]' && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	else \
+		echo "prometheus is missing and there is no apt-get: install it or set PROMETHEUS_BIN and PROMTOOL_BIN" >&2; exit 1; \
+	fi
+
+## alert-rules: the contract's alerts (nats/prometheus/alerts.yml) pass `promtool check rules` and
+## their unit tests (nats/prometheus/alerts.test.yml: each alert firing and not firing).
+alert-rules: prometheus
+	@'$(PROMTOOL)' check rules nats/prometheus/alerts.yml
+	@cd nats/prometheus && '$(PROMTOOL)' test rules alerts.test.yml
 
 ## ops-screenshot: regenerate nats/ops-page.png, the README's picture of /ops, with the browser
 ## test that fills every panel (a real service, SQLite file, nats-server and Chromium).

@@ -9,6 +9,7 @@ mod contract;
 mod first_run;
 mod identities;
 mod nats;
+mod observe;
 mod relay;
 mod repair;
 mod schemas;

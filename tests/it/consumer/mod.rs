@@ -11,6 +11,7 @@ mod group_lag;
 mod health;
 mod order;
 mod over_time;
+pub(crate) mod process;
 mod setup;
 mod standby;
 mod trace;
