@@ -57,6 +57,7 @@ test: nats-server chromium schemathesis alert-rules
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
+	@$(MAKE) --no-print-directory compose-check
 
 ## schemathesis: the property-based API tester of `make test`, pinned with its dependencies in
 ## tests/schemathesis-requirements.txt, installed from PyPI into the project-local virtualenv
@@ -229,6 +230,46 @@ cluster-up: $(DEV_SECRET) $(DEV_NATS) nats-image service-image
 
 cluster-down:
 	@$(CLUSTER_UNUSED) down --volumes
+
+## compose-up: the development environment of docker-compose.yml (the contract's `docker-compose up`):
+## one NATS node, the service (`order`, http://127.0.0.1:8081 or COMPOSE_HTTP_PORT, the
+## development secret of `make token`) and `events`, a subscriber printing each new order; waits
+## until the service is ready. `docker-compose logs -f order` follows the service.
+## compose-down stops it all and removes its volumes.
+DEV_COMPOSE := $(COMPOSE) -f docker-compose.yml
+DEV_COMPOSE_ENV := $(DATA)/compose/order.env
+COMPOSE_READY_TIMEOUT ?= 60
+COMPOSE_HTTP_PORT ?= 8081
+export COMPOSE_HTTP_PORT
+.PHONY: compose-up compose-down compose-check print-compose
+compose-up: $(DEV_COMPOSE_ENV) nats-image service-image
+	@$(DEV_COMPOSE) up -d
+	@ready() { curl -fsS http://127.0.0.1:$(COMPOSE_HTTP_PORT)/ready 2>/dev/null | grep -q '"status":"ready"'; }; \
+	for i in $$(seq $(COMPOSE_READY_TIMEOUT)); do ready && break; sleep 1; done; ready || \
+		{ echo "the service is not ready after $(COMPOSE_READY_TIMEOUT)s:" >&2; \
+		  $(DEV_COMPOSE) logs --tail 30 order >&2; exit 1; }
+	@echo "order-service: http://127.0.0.1:$(COMPOSE_HTTP_PORT) ($(COMPOSE) logs -f order; $(COMPOSE) logs -f events)"
+
+compose-down: $(DEV_COMPOSE_ENV)
+	@$(DEV_COMPOSE) down --volumes
+
+## compose-check: compose-up, an order through to the `events` subscriber's log, compose-down
+## (tests/compose-check.sh; `make test` runs it last).
+compose-check:
+	@bash tests/compose-check.sh
+
+# The compose command this Makefile uses, for the check script.
+print-compose:
+	@echo '$(DEV_COMPOSE)'
+
+# Each compose service's secrets, from the development ones, as its env_file: the nodes get both
+# passwords, the service its own and the token secret, the subscriber its own.
+$(DEV_COMPOSE_ENV): $(DEV_SECRET) $(DEV_NATS)
+	@mkdir -p $(DATA)/compose
+	@set -a && . ./$(DEV_NATS) && set +a; umask 077; \
+	cp $(DEV_NATS) $(DATA)/compose/nats.env; \
+	echo "NATS_PASSWORD=$$NATS_SUBSCRIBER_PASSWORD" > $(DATA)/compose/events.env; \
+	printf 'NATS_PASSWORD=%s\nAUTH_JWT_SECRET=%s\n' "$$NATS_SERVICE_PASSWORD" "$$(cat $(DEV_SECRET))" > $@
 
 ## chaos: the long randomized fault campaign of tests/it/cluster/chaos/ (the cluster of the tests
 ## in Docker, the service as a process): CHAOS_DURATION of load (30m) with a fault every
