@@ -88,7 +88,43 @@ pub use {async_nats, rusqlite, tokio};
 #[cfg(feature = "consumer")]
 pub use {opentelemetry, opentelemetry_sdk, tracing_opentelemetry};
 
-/// The README's Rust code, its smallest consumer among it, compiled by `cargo test --doc`.
+/// The code of the README and of the pages under `docs/`, compiled by `cargo test --doc`: one
+/// item per page, so that a Rust example on any of them is compiled. `docs/consumers.md` holds
+/// the smallest consumer, which `make library-check` compiles against feature `consumer` alone.
 #[cfg(all(doctest, feature = "consumer"))]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;
+pub mod doc_pages {
+    /// `README.md`.
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    /// `docs/api.md`.
+    #[doc = include_str!("../docs/api.md")]
+    pub struct Api;
+    /// `docs/operations-page.md`.
+    #[doc = include_str!("../docs/operations-page.md")]
+    pub struct OperationsPage;
+    /// `docs/events.md`.
+    #[doc = include_str!("../docs/events.md")]
+    pub struct Events;
+    /// `docs/relay.md`.
+    #[doc = include_str!("../docs/relay.md")]
+    pub struct Relay;
+    /// `docs/streams.md`.
+    #[doc = include_str!("../docs/streams.md")]
+    pub struct Streams;
+    /// `docs/identities.md`.
+    #[doc = include_str!("../docs/identities.md")]
+    pub struct Identities;
+    /// `docs/cluster.md`.
+    #[doc = include_str!("../docs/cluster.md")]
+    pub struct Cluster;
+    /// `docs/configuration.md`.
+    #[doc = include_str!("../docs/configuration.md")]
+    pub struct Configuration;
+    /// `docs/consumers.md`: the smallest consumer, the health endpoint and a handler that
+    /// publishes.
+    #[doc = include_str!("../docs/consumers.md")]
+    pub struct Consumers;
+    /// `docs/performance.md`.
+    #[doc = include_str!("../docs/performance.md")]
+    pub struct Performance;
+}
