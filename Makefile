@@ -39,8 +39,8 @@ demo: nats-server build
 
 ## test: unit and integration tests against a real nats-server: the local image in a container
 ## where a Docker engine answers (ORDER_SERVICE_TEST_NATS=container makes that mandatory), else
-## the pinned binary as a process. nextest when installed (then `cargo test --doc` for the README's
-## Rust code, which nextest does not run), cargo test otherwise.
+## the pinned binary as a process. nextest when installed (then `cargo test --doc` for the Rust
+## code of the README, docs/ and the modules, which nextest does not run), cargo test otherwise.
 ## The operations page's browser tests need Chromium: chromium (or CHROMIUM_BIN) is installed
 ## when missing, and a browser that cannot start fails those tests; the alert test needs
 ## Prometheus, installed the same way (`prometheus`), and the rules' unit tests run first.
@@ -122,7 +122,7 @@ alert-rules: prometheus
 	@'$(PROMTOOL)' check rules nats/prometheus/alerts.yml
 	@cd nats/prometheus && '$(PROMTOOL)' test rules alerts.test.yml
 
-## ops-screenshot: regenerate nats/ops-page.png, the README's picture of /ops, with the browser
+## ops-screenshot: regenerate nats/ops-page.png, the picture of /ops in docs/operations-page.md, with the browser
 ## test that fills every panel (a real service, SQLite file, nats-server and Chromium).
 ops-screenshot: nats-server chromium
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory nats-image; fi
@@ -131,15 +131,17 @@ ops-screenshot: nats-server chromium
 		$(CARGO) test --locked --test it -- ops_page::every_panel
 	@echo "wrote nats/ops-page.png"
 
-## lint: formatting and clippy, warnings are errors; then library-check
+## lint: formatting, clippy and the documentation (`cargo doc --no-deps`: a broken link is an
+## error), warnings are errors; then library-check
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --all-features
 	@$(MAKE) --no-print-directory library-check
 
 ## library-check: feature `consumer` (the library a subscriber depends on alone) has none of axum,
 ## tower-http, jsonwebtoken or the bench's hyper client in `cargo tree`, builds, passes clippy and
-## compiles the README's smallest consumer; the domain alone (no feature) passes clippy.
+## compiles the smallest consumer of docs/consumers.md; the domain alone (no feature) passes clippy.
 library-check:
 	@CARGO='$(CARGO)' bash tests/library-check.sh
 

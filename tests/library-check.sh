@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make library-check`: the consumer library a subscriber depends on alone (`default-features =
 # false, features = ["consumer"]`) has none of the HTTP stack in its dependency tree, builds, passes
-# clippy and compiles the README's smallest consumer; the domain alone (no feature) passes clippy.
+# clippy and compiles the smallest consumer of docs/consumers.md; the domain alone (no feature) passes clippy.
 # `make lint` runs it, so CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,6 @@ fi
 "$cargo" clippy --locked --no-default-features --features consumer --all-targets -- -D warnings
 "$cargo" clippy --locked --no-default-features --all-targets -- -D warnings
 "$cargo" build --locked --no-default-features --features consumer
-# The README's smallest consumer, compiled against the library alone.
+# The smallest consumer of docs/consumers.md, compiled against the library alone.
 "$cargo" test --doc --locked --no-default-features --features consumer
-echo "library check: feature consumer has none of ${forbidden[*]}, builds, passes clippy and compiles the README's consumer; the domain alone passes clippy"
+echo "library check: feature consumer has none of ${forbidden[*]}, builds, passes clippy and compiles the consumer of docs/consumers.md; the domain alone passes clippy"

@@ -3,7 +3,7 @@
 //! event context and plain input, and answers the order or a [`CommandError`], which the API
 //! turns into its answer. The order handlers and the chat handlers both call in here.
 //!
-//! Every change to an existing order runs as one command on the writer ([`change_order`]): it
+//! Every change to an existing order runs as one command on the writer (`change_order`): it
 //! reads the order, lets the domain decide, writes the order rows and the resulting events to the
 //! outbox, and commits them together.
 //!

@@ -1,9 +1,9 @@
 //! The outbox relay: reads pending outbox rows in commit order, publishes them to JetStream and
 //! marks them published with the stream and sequence the broker acknowledged.
 //!
-//! - [`Relay::run`] loops over passes ([`pass`]): due rows are read in commit order into one lane
-//!   per stream ([`lanes`]); each lane sends its rows as atomic batches, one batch in flight per
-//!   stream and all streams at once ([`sending`]); acknowledged rows are marked in batch
+//! - [`Relay::run`] loops over passes (`pass`): due rows are read in commit order into one lane
+//!   per stream (`lanes`); each lane sends its rows as atomic batches, one batch in flight per
+//!   stream and all streams at once (`sending`); acknowledged rows are marked in batch
 //!   transactions. It is woken right after each commit that wrote outbox rows, polling only as a
 //!   fallback. [`Relay::run_once`] is one pass, for tests.
 //! - [`cleanup`] keeps the table bounded; [`status`] is what readiness reports; [`streams`] keeps
@@ -243,7 +243,7 @@ impl Relay {
         Ok(())
     }
 
-    /// Runs until `shutdown`: publishes whenever rows are due (see [`pass`]) and sleeps
+    /// Runs until `shutdown`: publishes whenever rows are due (see `pass`) and sleeps
     /// otherwise. Batches in flight when `shutdown` completes are finished and recorded before
     /// this returns; rows not yet sent stay pending.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {

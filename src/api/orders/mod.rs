@@ -3,11 +3,11 @@
 //! The handlers read the request and answer it; what changes an order is a command of
 //! [`crate::commands`].
 //!
-//! - [`create`] — placing an order: stock check, order number, the creation events.
-//! - [`read`] — one order, and lists with filters and a cursor.
-//! - [`update`] — changing a pending order's items and address.
-//! - [`lifecycle`] — status steps, confirmation and cancellation.
-//! - [`stock_override`] — selling beyond available stock on an existing order.
+//! - `create` — placing an order: stock check, order number, the creation events.
+//! - `read` — one order, and lists with filters and a cursor.
+//! - `update` — changing a pending order's items and address.
+//! - `lifecycle` — status steps, confirmation and cancellation.
+//! - `stock_override` — selling beyond available stock on an existing order.
 
 mod create;
 mod lifecycle;

@@ -27,7 +27,7 @@
 //! - `main.rs` — the run: the phases in order, and what they share.
 //! - [`load`] — the HTTP load generator (phases 4, 5 and baseline B).
 //! - [`baselines`] — baselines A, B and C.
-//! - [`drain`] — phase 6.
+//! - [`drain`](mod@drain) — phase 6.
 //! - [`outbox`] — template messages and pending rows in the service's outbox.
 //! - [`verify`] — phase V.
 //! - [`processes`] — nats-server, the service and baseline B's server as child processes.

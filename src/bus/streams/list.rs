@@ -130,7 +130,7 @@ pub fn format_stream_table(rows: &[StreamRow]) -> String {
     table.render()
 }
 
-/// Renders [`diff`]'s drifts as an aligned text table.
+/// Renders `diff`'s drifts as an aligned text table.
 pub fn format_drift_table(drifts: &[Drift]) -> String {
     let mut table = Table::new(
         "  ",

@@ -2,13 +2,13 @@
 //! the stream, and putting it back from the outbox, which keeps published rows for
 //! `EVENT_OUTBOX_RETENTION` (the repair horizon) with the stream and sequence each was stored at.
 //!
-//! - [`Relay::verify`] checks each stream the outbox recorded rows in ([`check`]): a missing or
+//! - [`Relay::verify`] checks each stream the outbox recorded rows in (`check`): a missing or
 //!   re-created stream, a lost head, holes (a lost or corrupted block file), a lost tail, other
 //!   events at recorded sequences, sequences given to newer events, and copies of an event stored
 //!   twice. A clean check reads no payload and makes a fixed number of broker calls per stream
-//!   ([`broker`]); one that finds loss costs in proportion to what was lost. A failure to read
+//!   (`broker`); one that finds loss costs in proportion to what was lost. A failure to read
 //!   one stream is reported in its [`StreamCheck`] and does not stop the others.
-//! - [`Relay::repair`] ([`put_back`]) publishes the missing rows again, per stream in commit
+//! - [`Relay::repair`] (`put_back`) publishes the missing rows again, per stream in commit
 //!   order, with their event ids as `Nats-Msg-Id` and the header [`REPAIRED_HEADER`] naming the
 //!   sequence each had, through the relay's own sending; a key whose row cannot be put back holds
 //!   back its later rows. It deletes the later copy of an event stored twice, and records rows
@@ -20,7 +20,7 @@
 //! repaired event after newer events of its key that the stream kept: a log cannot insert into
 //! its past, so the header says which events came back.
 //!
-//! [`tables`] renders what `outbox verify` and `outbox repair` print.
+//! `tables` renders what `outbox verify` and `outbox repair` print.
 
 mod broker;
 mod check;

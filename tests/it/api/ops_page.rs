@@ -471,7 +471,7 @@ async fn every_panel_shows_the_broker_and_a_dead_letter_is_replayed_from_the_pag
         )
         .await;
     let shot = browser.screenshot("every-panel").await;
-    // `make ops-screenshot` keeps this one as the README's picture.
+    // `make ops-screenshot` keeps this one as the picture of docs/operations-page.md.
     if let Some(target) = std::env::var_os("OPS_README_SCREENSHOT") {
         std::fs::copy(&shot, target).unwrap();
     }

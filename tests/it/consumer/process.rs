@@ -175,4 +175,3 @@ impl Drop for Child {
         let _ = self.process.wait();
     }
 }
-

@@ -27,7 +27,10 @@ fn rules_without_waiting() -> String {
             None => line.to_owned(),
         })
         .collect();
-    assert!(cut.iter().any(|l| l.ends_with("for: 2s")), "no `for` in {path}");
+    assert!(
+        cut.iter().any(|l| l.ends_with("for: 2s")),
+        "no `for` in {path}"
+    );
     cut.join("\n")
 }
 
@@ -53,7 +56,10 @@ async fn the_lag_alert_fires_when_a_group_falls_1000_behind_and_resolves_when_it
 
     prometheus
         .until("both targets scraped", PATIENCE, || async {
-            prometheus.value(r#"sum(up{job=~"order-service|subscriber"})"#).await == Some(2.0)
+            prometheus
+                .value(r#"sum(up{job=~"order-service|subscriber"})"#)
+                .await
+                == Some(2.0)
         })
         .await;
     let lag = format!(r#"consumer_group_lag_messages{{job="order-service",group="{GROUP}"}}"#);
@@ -84,13 +90,14 @@ async fn the_lag_alert_fires_when_a_group_falls_1000_behind_and_resolves_when_it
         })
         .await;
     // What the subscriber process itself exports was scraped too: the events it processed.
-    let processed = format!(
-        r#"sum(consumer_events_processed_total{{job="subscriber",group="{GROUP}"}})"#
-    );
+    let processed =
+        format!(r#"sum(consumer_events_processed_total{{job="subscriber",group="{GROUP}"}})"#);
     prometheus
-        .until("the subscriber's processed events scraped", PATIENCE, || async {
-            prometheus.value(&processed).await >= Some(1_050.0)
-        })
+        .until(
+            "the subscriber's processed events scraped",
+            PATIENCE,
+            || async { prometheus.value(&processed).await >= Some(1_050.0) },
+        )
         .await;
     second.stop().await;
 }

@@ -88,7 +88,11 @@ impl Prometheus {
             if let Some(status) = self.process.try_wait().unwrap() {
                 panic!("prometheus exited with {status}: {}", self.log());
             }
-            assert!(start.elapsed() < PATIENCE, "prometheus never ready: {}", self.log());
+            assert!(
+                start.elapsed() < PATIENCE,
+                "prometheus never ready: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -119,7 +123,10 @@ impl Prometheus {
         let response = reqwest::get(url).await.unwrap();
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["status"], "success", "{promql}: {body}");
-        body["data"]["result"].as_array().cloned().unwrap_or_default()
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The single value of `promql`'s result, `None` when it is empty.
@@ -140,7 +147,10 @@ impl Prometheus {
             .json()
             .await
             .unwrap();
-        body["data"]["alerts"].as_array().cloned().unwrap_or_default()
+        body["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until `check` holds, asking every 200 ms; fails after `within` with `what`.
