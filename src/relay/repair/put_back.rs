@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
+use futures::StreamExt;
 
 use super::{REPAIRED_HEADER, RepairError, StreamCheck, StreamRepair, broker};
 use crate::bus::Published;
@@ -15,6 +16,10 @@ use crate::relay::lanes::{Batch, Mode};
 use crate::store::acknowledged;
 use crate::store::outbox::Due;
 use crate::store::{StoreError, outbox};
+
+/// Copies deleted at once: enough to keep a replicated stream's leader busy, few enough that a
+/// failing stream answers a handful of errors, not thousands.
+const DELETES_IN_FLIGHT: usize = 64;
 
 impl Relay {
     /// Repairs the stream `check` is about; see the module's documentation.
@@ -83,11 +88,16 @@ impl Relay {
         let Some(state) = state else {
             return Ok(());
         };
-        for copy in &check.copies {
-            if let Some(sequence) = copy.delete {
-                broker::delete(&state.stream, sequence).await?;
-                repair.copies_deleted += 1;
-            }
+        // Many at once: each delete is a proposal the stream's replicas agree on, a round trip of
+        // its own, and one after another they held a 30-minute fault campaign's relay back for
+        // minutes (5,934 copies took 5.5 minutes).
+        let sequences: Vec<u64> = check.copies.iter().filter_map(|c| c.delete).collect();
+        let mut deletes = futures::stream::iter(sequences)
+            .map(|sequence| broker::delete(&state.stream, sequence))
+            .buffer_unordered(DELETES_IN_FLIGHT);
+        while let Some(deleted) = deletes.next().await {
+            deleted?;
+            repair.copies_deleted += 1;
         }
         Ok(())
     }
