@@ -65,6 +65,8 @@ pub mod metrics;
 pub mod nats_server;
 #[cfg(feature = "service")]
 pub mod ops;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 #[cfg(feature = "consumer")]
 pub mod relay;
 #[cfg(feature = "consumer")]
@@ -77,6 +79,8 @@ pub mod store;
 pub mod table;
 #[cfg(feature = "service")]
 pub mod telemetry;
+#[cfg(feature = "consumer")]
+pub mod trace_context;
 
 // The consumer's API takes these crates' types (a `jetstream::Context`, a `rusqlite::Connection`)
 // and runs on tokio: re-exported, a subscriber needs no other dependency and gets the versions
@@ -124,6 +128,9 @@ pub mod doc_pages {
     /// publishes.
     #[doc = include_str!("../docs/consumers.md")]
     pub struct Consumers;
+    /// `docs/observability.md`.
+    #[doc = include_str!("../docs/observability.md")]
+    pub struct Observability;
     /// `docs/performance.md`.
     #[doc = include_str!("../docs/performance.md")]
     pub struct Performance;

@@ -16,7 +16,8 @@ fn main() -> ExitCode {
         None | Some(Command::Serve) => "info",
         Some(_) => "warn",
     };
-    telemetry::init(cli.config.log_format, level);
+    // Held to the end: its drop sends the last spans.
+    let _telemetry = telemetry::init(cli.config.log_format, level);
     match cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

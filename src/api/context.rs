@@ -71,16 +71,25 @@ pub async fn ids(mut req: Request, next: Next) -> Response {
 
 /// The span of one request: method, path and the ids set by [`ids`], so that every log line
 /// written while the request is handled names its request and correlation ids.
+///
+/// A well-formed `traceparent` (with its `tracestate`) makes the caller's span its parent, so the
+/// request joins the caller's trace when spans are exported ([`crate::otlp`]).
 pub fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     let ids = req.extensions().get::<RequestIds>();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %req.method(),
         uri = %req.uri(),
         version = ?req.version(),
         request_id = ids.map(|i| tracing::field::display(i.request_id)),
         correlation_id = ids.map(|i| tracing::field::display(i.correlation_id)),
-    )
+    );
+    let headers = req.headers();
+    let parent =
+        crate::trace_context::remote(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+    // Fails only without an OpenTelemetry layer (or with the span filtered out): no trace then.
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    span
 }
 
 /// The most bytes of a `User-Agent` header an event carries: the rest is cut (at a character
@@ -145,7 +154,13 @@ impl FromRequestParts<AppState> for RequestMeta {
             user_agent: header(axum::http::header::USER_AGENT.as_str())
                 .map(|agent| cut(agent, MAX_USER_AGENT_BYTES))
                 .unwrap_or_default(),
-            traceparent: header("traceparent").filter(|t| is_traceparent(t)),
+            // The request span's context when spans are exported (its parent is the caller's),
+            // else the caller's header as received.
+            traceparent: crate::trace_context::for_written_event(
+                header("traceparent")
+                    .filter(|t| is_traceparent(t))
+                    .as_deref(),
+            ),
             now: now_millis(),
         })
     }

@@ -29,6 +29,8 @@ use std::time::Instant;
 
 use chrono::Utc;
 use futures::StreamExt;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Relay;
 use super::lanes::{Batch, Mode, Tries};
@@ -37,6 +39,7 @@ use crate::bus::{
     publish_batch,
 };
 use crate::store::outbox::Due;
+use crate::trace_context;
 
 /// Rows tried, each with its outcome.
 type Tried = Vec<(Due, Result<Published, PublishError>)>;
@@ -69,6 +72,11 @@ impl Relay {
     /// Sends `batch`, whose earlier tries are `tries`: rows that may be stored beyond the
     /// duplicate window are looked up first (see the module's documentation).
     pub(super) async fn send_again(&self, batch: Batch, tries: Option<Tries>) -> Sent {
+        let span = publish_span(&batch);
+        self.send_in_span(batch, tries).instrument(span).await
+    }
+
+    async fn send_in_span(&self, batch: Batch, tries: Option<Tries>) -> Sent {
         let Batch { stream, rows, mode } = batch;
         let mut sent = Sent {
             stream,
@@ -310,6 +318,32 @@ impl Relay {
 }
 
 /// The message of an outbox row.
+/// The span of one batch's publication, the stream and its event count as fields, linked to the
+/// span each row was written in (its `traceparent`): a batch mixes the events of many requests and
+/// a span has one parent, so it is a root with links, as OpenTelemetry's messaging conventions
+/// have a batch publish. The links are made only when spans are exported.
+fn publish_span(batch: &Batch) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "publish",
+        stream = %batch.stream,
+        events = batch.rows.len()
+    );
+    if trace_context::traceparent_of(&span).is_some() {
+        for row in &batch.rows {
+            let written_in = row
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+                .and_then(|(_, value)| trace_context::span_context(value));
+            if let Some(context) = written_in {
+                span.add_link(context);
+            }
+        }
+    }
+    span
+}
+
 fn message(row: &Due) -> OutboxMessage {
     OutboxMessage {
         topic: row.topic.clone(),

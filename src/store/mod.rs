@@ -35,6 +35,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 pub use writer::Writer;
 
@@ -240,7 +241,25 @@ impl Store {
     /// Runs `command` in a write transaction; see [`Writer::write`]. Inside a request that
     /// carries an Idempotency-Key ([`idempotency::claimed`]), the command's answer is recorded in
     /// the same transaction: both are committed, or neither.
+    ///
+    /// Inside a span (a request's, a consumer's `event`), the write is a `command` span of it,
+    /// named for the command's function, and the wait for its commit a `commit` span below that.
     pub async fn write<T, E, F>(&self, command: F) -> Result<T, E>
+    where
+        F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        // Background writes (the relay's marks, pruning) run in no span: they start no trace.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("command", command = command_name::<F>())
+        };
+        self.write_unnamed(command).instrument(span).await
+    }
+
+    async fn write_unnamed<T, E, F>(&self, command: F) -> Result<T, E>
     where
         F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -368,6 +387,14 @@ pub fn ping(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The function a command closure was written in, e.g. `commands::place::place` for a closure of
+/// `order_service::commands::place::place`: what a `command` span is named for.
+fn command_name<F>() -> &'static str {
+    let name = std::any::type_name::<F>();
+    let name = name.split("::{{closure}}").next().unwrap_or(name);
+    name.strip_prefix("order_service::").unwrap_or(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +460,17 @@ mod tests {
             .unwrap()
         };
         assert_eq!(requeues(&group), requeues(&service));
+    }
+
+    #[test]
+    fn a_command_is_named_for_the_function_its_closure_was_written_in() {
+        fn name_of<F>(_: &F) -> &'static str {
+            command_name::<F>()
+        }
+        let command = |_: &Tx<'_>| Ok::<_, StoreError>(());
+        assert_eq!(
+            name_of(&command),
+            "store::tests::a_command_is_named_for_the_function_its_closure_was_written_in"
+        );
     }
 }

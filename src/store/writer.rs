@@ -92,9 +92,20 @@ impl Writer {
         E: From<StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        // The caller's span (a `command` span, see Store::write) on the writer thread, and below it
+        // the wait from the command's end to its transaction's commit, which it shares with the
+        // other commands of the batch.
+        let caller = tracing::Span::current();
         let job: Job = Box::new(move |tx: Option<&Tx<'_>>| {
-            let outcome = tx.map(|tx| in_savepoint(tx, command));
-            Box::new(move |commit: Result<(), &BatchFailure>| {
+            let outcome = tx.map(|tx| caller.in_scope(|| in_savepoint(tx, command)));
+            let commit = if caller.is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!(parent: &caller, "commit")
+            };
+            Box::new(move |commit_result: Result<(), &BatchFailure>| {
+                drop(commit);
+                let commit = commit_result;
                 let result = match (outcome, commit) {
                     (Some(Err(e)), _) => Err(e),
                     (Some(Ok(value)), Ok(())) => Ok(value),

@@ -72,7 +72,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            order_service::telemetry::init(LogFormat::Text, "info");
+            let _ = order_service::telemetry::init(LogFormat::Text, "info");
         }
     });
     let dir = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@ mod observe;
 mod relay;
 mod repair;
 mod schemas;
+mod service_process;
 mod settings;
 mod store;
 mod streams;

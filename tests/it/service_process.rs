@@ -2,7 +2,8 @@
 //! by environment as in production, on its own SQLite file and a loopback port chosen up front,
 //! so that a SIGKILL is a real crash and the restarted process answers at the same address on
 //! the same file. Its log goes to a file (printed in part when the campaign fails). Dropping it
-//! kills the process.
+//! kills the process. The chaos campaign crashes and restarts it; the trace test runs it with
+//! its OTLP exporter on.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,6 +25,8 @@ pub struct Service {
     log: PathBuf,
     http_addr: String,
     nats: NatsSettings,
+    /// More of its environment, e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    env: Vec<(String, String)>,
     child: Option<tokio::process::Child>,
 }
 
@@ -31,6 +34,16 @@ impl Service {
     /// Starts the service on `db` with `nats` (the proxies' list and the service's identity),
     /// logging to `log`; waits until it answers `/health`.
     pub async fn start(db: &Path, log: &Path, nats: NatsSettings) -> Service {
+        Service::start_with(db, log, nats, &[]).await
+    }
+
+    /// [`Service::start`] with `env` added to the process's environment.
+    pub async fn start_with(
+        db: &Path,
+        log: &Path,
+        nats: NatsSettings,
+        env: &[(&str, &str)],
+    ) -> Service {
         let port = order_service::nats_server::free_port().expect("a free loopback port");
         let mut service = Service {
             base: format!("http://127.0.0.1:{port}"),
@@ -38,6 +51,10 @@ impl Service {
             log: log.to_path_buf(),
             http_addr: format!("127.0.0.1:{port}"),
             nats,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
         };
         service.spawn().await;
@@ -78,15 +95,20 @@ impl Service {
             .append(true)
             .open(&self.log)
             .expect("open the service's log");
-        let password = self.nats.password.as_ref().expect("the service's password");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-service"));
+        // A broker without identities (the single-node tests') takes neither.
+        if let Some(user) = &self.nats.user {
+            command.env("NATS_USER", user);
+        }
+        if let Some(password) = &self.nats.password {
+            command.env("NATS_PASSWORD", password.expose());
+        }
+        let child = command
             .arg("serve")
             .env("HTTP_ADDR", &self.http_addr)
             .env("DATABASE_PATH", &self.db)
             .env("AUTH_JWT_SECRET", SECRET)
             .env("NATS_URL", &self.nats.url)
-            .env("NATS_USER", self.nats.user.as_deref().unwrap_or_default())
-            .env("NATS_PASSWORD", password.expose())
             // The load is one test driving several callers fast: no write limit.
             .env("WRITE_RATE_LIMIT", "0")
             // Retries and timeouts of the relay tests, so that faults heal within seconds.
@@ -97,6 +119,7 @@ impl Service {
             .env("EVENT_OUTBOX_VERIFY_INTERVAL", "10s")
             .env("LOG_FORMAT", "text")
             .env("RUST_LOG", "info,async_nats=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log"))
             .stderr(log)

@@ -280,7 +280,9 @@ impl Emitter {
             correlation_id: id("correlation_id").unwrap_or(event.event_id()),
             // `order.statistics_updated` has no user: the nil UUID says "the system".
             user_id: id("user_id").unwrap_or(Uuid::nil()),
-            traceparent: delivery.header("traceparent").map(str::to_owned),
+            // The run's `event` span when spans are exported, so that what this event causes
+            // is a child of this handler's work; else the incoming context, passed on.
+            traceparent: crate::trace_context::for_written_event(delivery.header("traceparent")),
             emitted: 0,
         }
     }

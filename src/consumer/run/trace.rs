@@ -8,11 +8,10 @@
 //! not used.
 
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::consumer::handling::handler::{Delivery, Event};
+use crate::trace_context;
 
 /// The span `event` of one message of `group` on `topic`, with the event's id and correlation id
 /// as fields, whose parent is the span named by the message's `traceparent`.
@@ -41,27 +40,9 @@ pub(in crate::consumer) fn message_span(
     span
 }
 
-/// The trace context of the message's headers, or the empty context. Read with the W3C
-/// propagator itself rather than the global one, which the subscriber process may never set.
+/// The trace context of the message's headers (names case-insensitive), or the empty context.
 fn remote_context(delivery: &Delivery) -> Context {
-    TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(delivery))
-}
-
-/// A delivery's headers as the propagator reads them (names case-insensitive).
-struct Headers<'a>(&'a Delivery);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.header(key)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .headers
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .collect()
-    }
+    trace_context::remote(|name| delivery.header(name))
 }
 
 #[cfg(test)]

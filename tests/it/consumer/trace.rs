@@ -1,7 +1,7 @@
 //! Trace context end to end: an order created with a W3C `traceparent` reaches a consumer group
 //! through the outbox and the broker, and the group's `event` span, exported through a
-//! `tracing-opentelemetry` layer, is a child of the remote span it names; without one it is a
-//! root.
+//! `tracing-opentelemetry` layer, is a child of the request's span, itself a child of the remote
+//! span the header names; without one the request span is a root, and the event is in its trace.
 
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -91,13 +91,20 @@ async fn the_event_span_is_a_child_of_the_messages_traceparent_or_a_root_without
         found.remove(0)
     };
 
+    // The service runs in this process, under the same layer: the outbox row carries its request
+    // span's context, and that span's parent is the caller's.
+    let request = spans
+        .iter()
+        .find(|s| s.name == "request" && s.parent_span_id == SpanId::from_hex(PARENT_ID).unwrap())
+        .unwrap_or_else(|| panic!("no request span below the caller's: {spans:#?}"));
+    assert!(request.parent_span_is_remote, "{request:#?}");
     let span = event_span(&traced);
     assert_eq!(
         span.span_context.trace_id(),
         TraceId::from_hex(TRACE_ID).unwrap(),
         "the producer's trace: {span:#?}"
     );
-    assert_eq!(span.parent_span_id, SpanId::from_hex(PARENT_ID).unwrap());
+    assert_eq!(span.parent_span_id, request.span_context.span_id());
     assert!(span.parent_span_is_remote, "{span:#?}");
     assert_eq!(
         attribute(span, "correlation_id"),
@@ -106,8 +113,18 @@ async fn the_event_span_is_a_child_of_the_messages_traceparent_or_a_root_without
     assert_eq!(attribute(span, "group").as_deref(), Some("traced"));
     assert_eq!(attribute(span, "topic").as_deref(), Some("order.created"));
 
+    // No caller's context: the request span is a root, and the event's trace is the request's.
     let span = event_span(&root);
-    assert_eq!(span.parent_span_id, SpanId::INVALID, "a root: {span:#?}");
+    let parent = spans
+        .iter()
+        .find(|s| s.span_context.span_id() == span.parent_span_id)
+        .unwrap_or_else(|| panic!("the event's parent is not exported: {span:#?}"));
+    assert_eq!(parent.name, "request", "{parent:#?}");
+    assert_eq!(
+        parent.parent_span_id,
+        SpanId::INVALID,
+        "a root: {parent:#?}"
+    );
     assert_ne!(span.span_context.trace_id(), TraceId::INVALID);
     assert_ne!(
         span.span_context.trace_id(),

@@ -2,4 +2,6 @@
 //! service and a subscriber process, and one order's trace exported over OTLP.
 
 mod alerts;
+mod otlp_receiver;
 mod prometheus;
+mod trace_tree;

@@ -8,9 +8,9 @@ use async_nats::jetstream;
 
 use super::proxy::{Mode, Proxy};
 use super::schedule::{FaultKind, Planned};
-use super::service::Service;
 use super::store;
 use crate::cluster::harness::{Cluster, NODES};
+use crate::service_process::Service;
 use order_service::bus::Topics;
 
 /// How long the cluster may take to be current again after a fault before the campaign goes on

@@ -25,7 +25,6 @@ mod monitor;
 mod observe;
 mod proxy;
 mod schedule;
-mod service;
 mod store;
 mod table;
 
@@ -33,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use super::harness::Cluster;
 use crate::nats::NatsServer;
+use crate::service_process::Service;
 use proxy::Proxy;
 use schedule::{FaultKind, parse_duration};
-use service::Service;
 
 /// The load after the last fault is healed, before it stops.
 const TAIL: Duration = Duration::from_secs(3);

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use order_service::bus::{NatsSettings, Topics};
 use rusqlite::{Connection, OpenFlags};
 
-use super::service;
 use crate::cluster::harness::{Cluster, NODES};
+use crate::service_process as service;
 
 /// How long the outbox may take to drain, and `outbox verify` to come out clean, after the last
 /// fault.
