@@ -81,6 +81,10 @@ $(SCHEMATHESIS_VENV)/requirements.txt: $(SCHEMATHESIS_REQUIREMENTS)
 CHROMIUM_BIN ?=
 CHROMIUM := $(or $(CHROMIUM_BIN),chromium)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# Installs Debian's package $(1) with apt-get (options $(2)); fails when apt knows no such package.
+apt_install = $(SUDO) apt-get update -q && \
+	apt-cache policy $(1) | grep -q 'Candidate: [0-9]' && \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2) $(1)
 chromium:
 	@if command -v '$(CHROMIUM)' >/dev/null 2>&1; then \
 		echo "chromium: $$(command -v '$(CHROMIUM)')"; \
@@ -88,9 +92,7 @@ chromium:
 		echo 'CHROMIUM_BIN=$(CHROMIUM_BIN) is not a program' >&2; exit 1; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's chromium for the operations page's browser tests"; \
-		$(SUDO) apt-get update -q && \
-		apt-cache policy chromium | grep -q 'Candidate: [0-9]' && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		$(call apt_install,chromium); \
 	else \
 		echo "chromium is missing and there is no apt-get: install Chromium or set CHROMIUM_BIN" >&2; exit 1; \
 	fi
@@ -109,9 +111,7 @@ prometheus:
 		echo 'PROMETHEUS_BIN=$(PROMETHEUS_BIN) PROMTOOL_BIN=$(PROMTOOL_BIN): not both programs' >&2; exit 1; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's prometheus for the alert rules' tests"; \
-		$(SUDO) apt-get update -q && \
-		apt-cache policy prometheus | grep -q 'Candidate: [0-9]' && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+		$(call apt_install,prometheus,--no-install-recommends); \
 	else \
 		echo "prometheus is missing and there is no apt-get: install it or set PROMETHEUS_BIN and PROMTOOL_BIN" >&2; exit 1; \
 	fi
