@@ -12,6 +12,8 @@ use crate::config::{Cli, Command, Config, OutboxAction, SchemaArgs, StreamsActio
 use crate::consumer;
 use crate::domain::Topic;
 use crate::metrics::Metrics;
+use crate::progress::Progress;
+use crate::progress::outbox::OutboxProgress;
 use crate::relay::Relay;
 use crate::relay::repair::{self, RepairError, Tail};
 use chrono::Utc;
@@ -37,7 +39,25 @@ pub fn execute(cli: Cli) -> Result<(), AppError> {
             action,
         ))?),
         Command::Dlq { action } => {
-            Ok(runtime()?.block_on(consumer::commands::dead_letters(&cli.config.nats, action))?)
+            // Shown once a replay knows how many letters it sends, ended before it prints.
+            let mut shown: Option<Progress> = None;
+            let replayed = |done: usize, total: usize| {
+                if total == 0 {
+                    return;
+                }
+                let progress = shown.get_or_insert_with(|| {
+                    Progress::count("dlq replay", "letters", Some(total as u64))
+                });
+                progress.set_done(done as u64);
+                if done == total {
+                    progress.finish();
+                }
+            };
+            Ok(runtime()?.block_on(consumer::commands::dead_letters(
+                &cli.config.nats,
+                action,
+                replayed,
+            ))?)
         }
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(cli.config, args)),
         Command::Openapi => {
@@ -153,10 +173,13 @@ async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
     };
     match action {
         OutboxAction::Verify(args) => {
+            let progress = std::sync::Arc::new(OutboxProgress::verify());
             let checks = relay
+                .observed_by(progress.clone())
                 .verify(since(args), Tail::Read)
                 .await
                 .map_err(AppError::Store)?;
+            progress.finish();
             if checks.is_empty() {
                 println!("no acknowledged events in the window");
             } else {
@@ -188,10 +211,13 @@ async fn outbox(config: &Config, action: OutboxAction) -> Result<(), AppError> {
             bus::reconcile(&js, &topics, config.nats_duplicate_window)
                 .await
                 .map_err(|e| AppError::Nats(e.to_string()))?;
+            let progress = std::sync::Arc::new(OutboxProgress::repair());
             let repairs = relay
+                .observed_by(progress.clone())
                 .repair(since(args), Tail::Read)
                 .await
                 .map_err(failed)?;
+            progress.finish();
             if repairs.is_empty() {
                 println!("every stream holds what it acknowledged; nothing to repair");
             } else {

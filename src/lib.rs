@@ -15,6 +15,7 @@
 //! - [`shutdown`] — one shutdown signal for every long-running task.
 //! - [`secret`] — text kept out of logs and debug output (passwords, signing secrets).
 //! - [`table`] — aligned text tables for the command line.
+//! - [`progress`] — progress of long commands and the bench on stderr: a bar, or plain lines.
 //! - [`error`] — the API's error type and JSON error shape.
 //! - [`api`] — the HTTP routes, one module per resource.
 //! - [`commands`] — what changes orders (place, update, life cycle, stock, chat links); no HTTP.
@@ -67,6 +68,8 @@ pub mod nats_server;
 pub mod ops;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "service")]
+pub mod progress;
 #[cfg(feature = "consumer")]
 pub mod relay;
 #[cfg(feature = "consumer")]

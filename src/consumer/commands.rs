@@ -106,10 +106,12 @@ pub async fn consumers(
     Ok(())
 }
 
-/// `dlq list|replay|purge`.
+/// `dlq list|replay|purge`. A replay tells `replayed` how many letters it dealt with of how
+/// many, as [`dlq::replay_telling`] does: the command line shows that as progress.
 pub async fn dead_letters(
     nats: &bus::NatsSettings,
     action: DlqAction,
+    replayed: impl FnMut(usize, usize),
 ) -> Result<(), ConsumerError> {
     let args = match &action {
         DlqAction::List(a) | DlqAction::Replay(a) | DlqAction::Purge(a) => a.clone(),
@@ -153,7 +155,7 @@ pub async fn dead_letters(
             }
         }
         DlqAction::Replay(_) => {
-            let n = dlq::replay(&js, group, topic).await?;
+            let n = dlq::replay_telling(&js, group, topic, replayed).await?;
             println!("replayed {n} dead letter(s) to {group}; it processes each once");
         }
         DlqAction::Purge(_) => {

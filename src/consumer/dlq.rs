@@ -377,6 +377,17 @@ pub async fn replay(
     group: &str,
     topic: Option<&str>,
 ) -> Result<usize, ConsumerError> {
+    replay_telling(js, group, topic, |_, _| {}).await
+}
+
+/// [`replay`], telling `progress` (letters dealt with, of how many) once the letters are known
+/// and after each one: sent, or found replayed or purged meanwhile. The last call has both equal.
+pub async fn replay_telling(
+    js: &jetstream::Context,
+    group: &str,
+    topic: Option<&str>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<usize, ConsumerError> {
     // Which letters and in what order, one page at a time, keeping no body: in the order the
     // events were first stored, not the order they failed in.
     let mut order = Vec::new();
@@ -395,16 +406,21 @@ pub async fn replay(
         .get_stream(DLQ_STREAM)
         .await
         .map_err(ConsumerError::nats)?;
+    let total = order.len();
+    progress(0, total);
     let mut sent = 0;
-    for (_, sequence) in order {
+    for (done, (_, sequence)) in order.into_iter().enumerate() {
         let letter = match stream.get_raw_message(sequence).await {
-            Ok(message) => stored(message),
+            Ok(message) => Some(stored(message)),
             // Replayed or purged meanwhile.
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => continue,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => None,
             Err(e) => return Err(ConsumerError::nats(e)),
         };
-        resend(js, group, std::slice::from_ref(&letter)).await?;
-        sent += 1;
+        if let Some(letter) = letter {
+            resend(js, group, std::slice::from_ref(&letter)).await?;
+            sent += 1;
+        }
+        progress(done + 1, total);
     }
     Ok(sent)
 }

@@ -115,6 +115,8 @@ pub struct Relay {
     status: Arc<RelayStatus>,
     /// How far rows were handed to a publish, per stream (see [`sending`]).
     sent_marks: Arc<sending::SentMarks>,
+    /// Who is told how a check or a repair goes: a command line's progress, none in the service.
+    observer: Option<Arc<dyn repair::Observer>>,
 }
 
 impl Relay {
@@ -133,6 +135,7 @@ impl Relay {
             metrics,
             status,
             sent_marks: Arc::default(),
+            observer: None,
         }
     }
 

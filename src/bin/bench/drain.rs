@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use order_service::progress::Progress;
 use rusqlite::Connection;
 
 use crate::outbox::count_pending;
@@ -16,8 +17,15 @@ use crate::{DRAIN_CAP, Res};
 /// rows in SQLite, which would take CPU from the service being measured.
 ///
 /// `base` is the streams' message count before the service started, `total` the pending rows.
-/// The rows already stored when the first is seen are left out of the rate.
-pub async fn drain(js: &jetstream::Context, db: &Path, base: u64, total: u64) -> Res<Drain> {
+/// The rows already stored when the first is seen are left out of the rate. The events stored
+/// are counted in `stored_events` as they are seen.
+pub async fn drain(
+    js: &jetstream::Context,
+    db: &Path,
+    base: u64,
+    total: u64,
+    stored_events: &Progress,
+) -> Res<Drain> {
     let start_wait = Instant::now() + Duration::from_secs(30);
     let (began, first) = loop {
         let stored = stream_messages(js).await? - base;
@@ -32,7 +40,12 @@ pub async fn drain(js: &jetstream::Context, db: &Path, base: u64, total: u64) ->
     let cap = began + DRAIN_CAP;
     let conn = Connection::open(db)?;
     let mut polls = 0_u32;
-    while stream_messages(js).await? - base < total && Instant::now() < cap {
+    loop {
+        let stored = stream_messages(js).await? - base;
+        stored_events.set_done(stored.min(total));
+        if stored >= total || Instant::now() >= cap {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
         polls += 1;
         // The broker's count alone would miss a drain that published some rows twice.
@@ -42,6 +55,7 @@ pub async fn drain(js: &jetstream::Context, db: &Path, base: u64, total: u64) ->
     }
     let stored_at = began.elapsed();
     let stored = stream_messages(js).await? - base;
+    stored_events.set_done(stored.min(total));
     // Every event is stored; the outbox is drained once the last marks are committed.
     while count_pending(&conn)? > 0 && Instant::now() < cap {
         tokio::time::sleep(Duration::from_millis(10)).await;

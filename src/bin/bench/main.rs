@@ -20,7 +20,9 @@
 //!    lost from the middle of the stream.
 //!
 //! It prints a table and the targets met or not, and writes `target/bench/latest.json`.
-//! Figures vary with the machine: compare the ratios, which are taken within one run.
+//! Figures vary with the machine: compare the ratios, which are taken within one run. Each phase
+//! shows its progress on stderr ([`order_service::progress`]): the time gone of a timed phase,
+//! rows and events of a fill or a drain.
 
 //!
 //! # Layout
@@ -51,6 +53,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use order_service::auth::{Auth, Role};
+use order_service::progress::Progress;
 
 use crate::baselines::{baseline_batches, baseline_publish, baseline_server, baseline_sqlite};
 use crate::drain::drain;
@@ -152,9 +155,13 @@ async fn run() -> Res<bool> {
     .await?;
     wait_for_streams(&js).await?;
     if wants("4") {
-        eprintln!("bench: 4. create-order end to end, {CONCURRENCY} connections, {LOAD_FOR:?}");
+        let shown = Progress::timed(
+            format!("bench: 4. create-order end to end, {CONCURRENCY} connections"),
+            LOAD_FOR,
+        );
         let (before, committed_before) = (stream_messages(&js).await?, committed(&db)?);
         let load = closed_loop(service.addr, &token, &body, CONCURRENCY, LOAD_FOR).await?;
+        shown.finish();
         let (after, committed_after) = (stream_messages(&js).await?, committed(&db)?);
         let backlog = pending(&db)?;
         let rss = service.peak_rss_kib()?;
@@ -177,58 +184,85 @@ async fn run() -> Res<bool> {
     wait_drained(&db, Duration::from_secs(60)).await?;
 
     if wants("5") {
-        eprintln!("bench: 5. commit→PubAck at {STEADY_RATE} orders/s for {STEADY_FOR:?}");
+        let shown = Progress::timed(
+            format!("bench: 5. commit→PubAck at {STEADY_RATE} orders/s"),
+            STEADY_FOR,
+        );
         report.steady = Some(paced(&js, service.addr, &token, &body).await?);
+        shown.finish();
     }
     let template = template_rows(&db)?;
     service.stop().await;
 
     if wants("C") {
-        eprintln!("bench: C. SQLite, one order row and one outbox row a transaction");
+        let shown = Progress::timed(
+            "bench: C. SQLite, one order row and one outbox row a transaction",
+            BASELINE_FOR,
+        );
         report.sqlite_tx_per_s = Some(baseline_sqlite(
             &scratch.0.join("baseline-c.db"),
             &template,
         )?);
+        shown.finish();
     }
     if wants("B") {
-        eprintln!("bench: B. parse-only axum handler, {CONCURRENCY} connections");
+        let shown = Progress::timed(
+            format!("bench: B. parse-only axum handler, {CONCURRENCY} connections"),
+            LOAD_FOR,
+        );
         let server = BaselineServer::start().await?;
         let b = closed_loop(server.addr, &token, &body, CONCURRENCY, LOAD_FOR).await?;
         drop(server);
+        shown.finish();
         report.parse_only_per_s = Some(b.rate());
     }
 
     // Right before the drains it is compared with, on a machine whose load drifts.
     if wants("A") {
-        eprintln!("bench: A. raw JetStream publish, window {}", window());
+        let shown = Progress::timed(
+            format!("bench: A. raw JetStream publish, window {}", window()),
+            BASELINE_FOR,
+        );
         report.raw_publish_per_s = Some(baseline_publish(&js, &template).await?);
+        shown.finish();
     }
     if wants("A2") {
-        eprintln!("bench: A2. raw atomic batches of {DEFAULT_BATCH}, one in flight per stream");
+        let shown = Progress::timed(
+            format!("bench: A2. raw atomic batches of {DEFAULT_BATCH}, one in flight per stream"),
+            BASELINE_FOR,
+        );
         report.raw_batches_per_s =
             Some(baseline_batches(&js, &template, DEFAULT_BATCH as usize).await?);
+        shown.finish();
     }
 
     for batch in [DEFAULT_BATCH, SMALL_BATCH] {
         if !wants("6") && !wants(&format!("6-{batch}")) {
             continue;
         }
-        eprintln!("bench: 6. drain {DRAIN_ROWS} rows, publish batch {batch}");
         let db = scratch.0.join(format!("drain-{batch}.db"));
-        write_pending(&db, &template, DRAIN_ROWS)?;
+        let written = Progress::count(
+            format!("bench: 6-{batch}. pending rows written"),
+            "rows",
+            Some(DRAIN_ROWS as u64),
+        );
+        write_pending(&db, &template, DRAIN_ROWS, &written)?;
+        written.finish();
         let base = stream_messages(&js).await?;
         let service =
             Service::start(&service_bin, &db, &nats.url(), true, batch, &scratch.0).await?;
-        let drain = drain(&js, &db, base, DRAIN_ROWS as u64).await?;
+        let stored = Progress::count(
+            format!("bench: 6-{batch}. drain, publish batch {batch}"),
+            "events",
+            Some(DRAIN_ROWS as u64),
+        );
+        let drain = drain(&js, &db, base, DRAIN_ROWS as u64, &stored).await?;
+        stored.finish();
         service.stop().await;
         report.drains.push((batch, drain));
     }
 
     if wants("V") {
-        eprintln!(
-            "bench: V. outbox verify over {} recorded rows",
-            verify::VERIFY_ROWS
-        );
         report.verify = Some(verify::verify_phase(&nats.url(), &scratch.0).await?);
     }
 

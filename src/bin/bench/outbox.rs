@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use order_service::domain::{OutboxEvent, Topic};
+use order_service::progress::Progress;
 use order_service::store::{self, Store, StoreConfig, Synchronous};
 use rusqlite::Connection;
 use uuid::Uuid;
@@ -97,8 +98,14 @@ pub fn fresh_database(db: &Path) -> Res<Connection> {
 }
 
 /// Writes `rows` pending outbox rows (copies of a real order's events, each order with its own
-/// key and every event with its own id) into a fresh database, with no relay running.
-pub fn write_pending(db: &Path, template: &[OutboxEvent], rows: usize) -> Res<()> {
+/// key and every event with its own id) into a fresh database, with no relay running; counts them
+/// in `written_rows`.
+pub fn write_pending(
+    db: &Path,
+    template: &[OutboxEvent],
+    rows: usize,
+    written_rows: &Progress,
+) -> Res<()> {
     let conn = fresh_database(db)?;
     let now = Utc::now();
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -109,6 +116,7 @@ pub fn write_pending(db: &Path, template: &[OutboxEvent], rows: usize) -> Res<()
             let event = renamed(row, key, Uuid::now_v7(), now);
             store::outbox::insert_pending(&conn, std::slice::from_ref(&event))?;
             written += 1;
+            written_rows.inc(1);
         }
     }
     conn.execute_batch("COMMIT")?;

@@ -3,7 +3,8 @@
 //! published rows would; then the relay's verify runs once on the clean stream, and once after
 //! [`LOST`] events were deleted from its middle (a lost block). Each run reports its time and the
 //! broker calls it made (the client's count of messages sent), so a check whose cost grew with the
-//! rows, or that read payloads, shows.
+//! rows, or that read payloads, shows. Filling the stream and the database takes longer than the
+//! checks; both count what they wrote.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use uuid::Uuid;
 use order_service::bus::{OutboxMessage, publish_batch};
 use order_service::config::Cli;
 use order_service::metrics::Metrics;
+use order_service::progress::Progress;
+use order_service::progress::outbox::OutboxProgress;
 use order_service::relay::Relay;
 use order_service::relay::repair::Tail;
 use order_service::store::{self, Store, StoreConfig, Synchronous};
@@ -71,12 +74,12 @@ pub async fn verify_phase(nats_url: &str, scratch: &Path) -> Res<VerifyPhase> {
     drop(ids);
 
     let relay = relay(&db, js.clone())?;
-    let clean = timed(&client, &relay).await?;
+    let clean = timed(&client, &relay, "clean").await?;
     let middle = VERIFY_ROWS / 2;
     for sequence in middle..middle + LOST {
         stream.delete_message(sequence).await?;
     }
-    let lost = timed(&client, &relay).await?;
+    let lost = timed(&client, &relay, &format!("{LOST} lost")).await?;
     js.delete_stream(STREAM).await?;
     Ok(VerifyPhase {
         rows: VERIFY_ROWS,
@@ -88,7 +91,7 @@ pub async fn verify_phase(nats_url: &str, scratch: &Path) -> Res<VerifyPhase> {
 /// Publishes `rows` small events in atomic batches of 1,000, a few batches in flight; returns
 /// their ids in sequence order.
 async fn fill_stream(js: &jetstream::Context, rows: u64) -> Res<Vec<String>> {
-    let started = Instant::now();
+    let stored = Progress::count("bench: V. events stored", "events", Some(rows));
     let ids: Vec<String> = (0..rows).map(|_| Uuid::now_v7().to_string()).collect();
     // One batch at a time keeps the sequences in the order of `ids`.
     for chunk in ids.chunks(1000) {
@@ -103,16 +106,15 @@ async fn fill_stream(js: &jetstream::Context, rows: u64) -> Res<Vec<String>> {
             })
             .collect();
         publish_batch(&js.client(), &messages, Duration::from_secs(30)).await?;
+        stored.inc(chunk.len() as u64);
     }
-    eprintln!(
-        "bench: V. {rows} events stored in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    stored.finish();
     Ok(ids)
 }
 
 /// Records every id as a published row at its sequence (1, 2, ...).
 fn record(db: &Path, ids: &[String]) -> Res<()> {
+    let written = Progress::count("bench: V. rows recorded", "rows", Some(ids.len() as u64));
     let conn = fresh_database(db)?;
     let at = store::timestamp(chrono::Utc::now());
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -124,9 +126,11 @@ fn record(db: &Path, ids: &[String]) -> Res<()> {
         )?;
         for (index, id) in ids.iter().enumerate() {
             insert.execute(params![id, TOPIC, STREAM, index as i64 + 1, at])?;
+            written.inc(1);
         }
     }
     conn.execute_batch("COMMIT")?;
+    written.finish();
     Ok(())
 }
 
@@ -149,8 +153,12 @@ fn relay(db: &Path, js: jetstream::Context) -> Res<Relay> {
     ))
 }
 
-/// One verify, timed, with the broker calls it made.
-async fn timed(client: &async_nats::Client, relay: &Relay) -> Res<VerifyRun> {
+/// One verify (`what` it checks), timed, with the broker calls it made.
+async fn timed(client: &async_nats::Client, relay: &Relay, what: &str) -> Res<VerifyRun> {
+    let progress = Arc::new(OutboxProgress::verify_labelled(format!(
+        "bench: V. outbox verify over {VERIFY_ROWS} rows, {what}"
+    )));
+    let relay = relay.clone().observed_by(progress.clone());
     let sent_before = client
         .statistics()
         .out_messages
@@ -158,6 +166,7 @@ async fn timed(client: &async_nats::Client, relay: &Relay) -> Res<VerifyRun> {
     let started = Instant::now();
     let checks = relay.verify(None, Tail::Skip).await?;
     let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
     let sent_after = client
         .statistics()
         .out_messages

@@ -20,7 +20,9 @@
 //! repaired event after newer events of its key that the stream kept: a log cannot insert into
 //! its past, so the header says which events came back.
 //!
-//! `tables` renders what `outbox verify` and `outbox repair` print.
+//! `tables` renders what `outbox verify` and `outbox repair` print. A relay
+//! [`observed_by`](Relay::observed_by) an [`Observer`] tells it how a check or a repair goes,
+//! for the commands' progress display; the service's own checks tell no one.
 
 mod broker;
 mod check;
@@ -28,6 +30,7 @@ mod put_back;
 mod tables;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -228,6 +231,20 @@ pub struct StreamRepair {
     pub error: Option<String>,
 }
 
+/// Told how [`Relay::verify`] and [`Relay::repair`] go, to show their progress: streams checked
+/// of how many, and what a repair put back of what the checks found. Called from the check's and
+/// the repair's tasks, so it is quick and does not block.
+pub trait Observer: Send + Sync {
+    /// `count` streams are to be checked.
+    fn streams(&self, count: usize);
+    /// A stream was checked (or could not be): what it found.
+    fn checked(&self, check: &StreamCheck);
+    /// Of what `stream`'s check found to put right (its missing events, and its copies to
+    /// delete), `done` are dealt with so far: published again, found held, given up, or deleted.
+    /// Told after each publish batch and when the stream's repair ends.
+    fn putting_back(&self, stream: &str, done: usize);
+}
+
 /// Why a check or a repair stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RepairError {
@@ -287,6 +304,19 @@ pub const LIVE_PATIENCE: Duration = Duration::from_secs(2);
 const CHECKS_AT_ONCE: usize = 16;
 
 impl Relay {
+    /// This relay, telling `observer` how its checks and repairs go.
+    pub fn observed_by(mut self, observer: Arc<dyn Observer>) -> Relay {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, when there is one.
+    fn observe(&self, tell: impl FnOnce(&dyn Observer)) {
+        if let Some(observer) = &self.observer {
+            tell(observer.as_ref());
+        }
+    }
+
     /// Checks every stream that acknowledged rows at or after `since` (all kept rows when
     /// `None`); see the module's documentation. Changes nothing. A stream that cannot be read
     /// is reported with its error; the outbox that cannot be read fails the whole check.
@@ -312,6 +342,7 @@ impl Relay {
         if let Some(only) = only {
             names.retain(|name| only.contains(name));
         }
+        self.observe(|o| o.streams(names.len()));
         let results: Vec<_> = futures::stream::iter(names)
             .map(|name| async move {
                 let _pause = self.status.pause_stream(&name).await;
@@ -357,6 +388,7 @@ impl Relay {
         tail: Tail,
     ) -> Result<Vec<StreamRepair>, RepairError> {
         let names = self.store.read(acknowledged::streams).await?;
+        self.observe(|o| o.streams(names.len()));
         let streams: Vec<(String, Option<StreamPause>)> = names
             .into_iter()
             .map(|name| {
@@ -435,6 +467,7 @@ impl Relay {
                 StreamRepair::failed(stream, findings, error.to_string())
             }
         };
+        self.observe(|o| o.putting_back(&repair.stream, repair.handled()));
         tracing::info!(
             stream = %repair.stream,
             republished = repair.republished,
@@ -466,6 +499,7 @@ impl Relay {
             }
         };
         log_check(&check);
+        self.observe(|o| o.checked(&check));
         Ok(check)
     }
 }
@@ -496,5 +530,11 @@ impl StreamRepair {
             recorded: 0,
             error: Some(error),
         }
+    }
+
+    /// What the repair dealt with of what its check found: rows published again, found held or
+    /// given up, and copies deleted.
+    fn handled(&self) -> usize {
+        self.republished + self.duplicates + self.failed + self.copies_deleted
     }
 }

@@ -129,6 +129,7 @@ impl Relay {
         };
         let mut stored: Vec<(i64, Published)> = Vec::new();
         for index in 0..chunks.len() {
+            self.observe(|o| o.putting_back(&check.stream, repair.handled()));
             let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut rows)
                 .into_iter()
                 .partition(|row| !held.contains(&row.key));
