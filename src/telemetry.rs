@@ -17,13 +17,6 @@ pub struct Telemetry {
     exporter: Option<Exporter>,
 }
 
-impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exports_spans(&self) -> bool {
-        self.exporter.is_some()
-    }
-}
-
 /// Installs the global subscriber, filtering at `default_level` unless `RUST_LOG` is set, with an
 /// OTLP exporter when the environment names an endpoint; later calls install nothing (tests call
 /// it once per process). An exporter that cannot be built is reported and left out: the service

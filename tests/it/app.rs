@@ -406,6 +406,15 @@ pub fn topics(rows: &[OutboxRow]) -> Vec<&str> {
 /// How long any wait for the relay or a consumer may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
+/// Waits until `done` holds, asking every 50 ms; fails the test with `what` after [`PATIENCE`].
+pub async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < PATIENCE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The service with its relay on, publishing to `nats`, retrying quickly, once `/ready` says
 /// ready (the streams are reconciled and the relay runs).
 pub async fn relaying_app(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> TestApp {

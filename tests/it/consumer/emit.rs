@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use order_service::auth::Role;
@@ -21,7 +21,7 @@ use order_service::domain::Topic;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::{PATIENCE, TestApp, User, order_body, relaying_app};
+use crate::app::{TestApp, User, order_body, relaying_app, until};
 use crate::consumer::{Running, group_config};
 use crate::nats::NatsServer;
 
@@ -134,15 +134,6 @@ fn query<T: rusqlite::types::FromSql>(db: &Path, sql: &str) -> T {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-/// Waits until `done` holds, failing the test after [`PATIENCE`].
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < PATIENCE, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The group's outbox rows by status; none before the group has made its database.

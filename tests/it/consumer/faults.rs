@@ -14,24 +14,15 @@ use order_service::consumer::{
 };
 use order_service::domain::Topic;
 
-use crate::app::PATIENCE;
+use crate::app::{PATIENCE, until};
 use crate::consumer::{
     Recorder, Running, create_orders, effects, exactly_once, expected_events, group_config,
     processed_all, read_only, report, setup,
 };
 
-/// Waits until `done` holds, failing the test with `what` after [`PATIENCE`].
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the group's breaker opened and its infrastructure failed `n` times since.
 async fn outage_of(stats: &GroupStats, n: u64) {
-    until("the breaker opens", || {
+    until("the breaker opens", async || {
         stats.breaker.state() != BreakerState::Closed
             && stats.infrastructure_faults.load(Ordering::Relaxed) >= n
     })
@@ -92,7 +83,7 @@ async fn a_locked_database_holds_the_messages_without_using_deliveries_or_dead_l
     all.extend(orders);
     let expected = expected_events(&app, &all, &topics);
     processed_all(&db, "locked", &expected).await;
-    until("the breaker closes", || {
+    until("the breaker closes", async || {
         running.stats.breaker.state() == BreakerState::Closed
     })
     .await;
@@ -413,7 +404,7 @@ async fn a_stopping_group_sends_back_what_it_had_not_started_at_once() {
         inner: Recorder::new("stops"),
     };
     let first = Running::start(&js, config.clone(), slow);
-    until("a handler runs", || calls.load(Ordering::Relaxed) > 0).await;
+    until("a handler runs", async || calls.load(Ordering::Relaxed) > 0).await;
     let first = first.stop().await;
     let done_first = effects(&db, "stops").len();
     assert!(
@@ -506,7 +497,7 @@ async fn replay_sends_dead_letters_back_in_their_original_order_and_says_so() {
         }),
     );
     let expected = expected_events(&app, &orders, &topics);
-    until("every event is a dead letter", || {
+    until("every event is a dead letter", async || {
         running.stats.dead_lettered.load(Ordering::Relaxed) == expected.len() as u64
     })
     .await;
@@ -555,7 +546,7 @@ async fn metrics_count_per_group_and_handler_and_failures_by_kind() {
     let task = tokio::spawn(group.run(shutdown.signal()));
     let ok: HashSet<String> = orders[1..].iter().cloned().collect();
     processed_all(&db, "metered", &expected_events(&app, &ok, &topics)).await;
-    until("the panic is counted", || {
+    until("the panic is counted", async || {
         metrics.render().contains(r#"kind="panic"} 1"#)
     })
     .await;
@@ -651,9 +642,10 @@ async fn restarts_do_not_use_up_the_runs_of_an_event_that_never_ran() {
     for _ in 0..3 {
         let running = Running::start(&js, config.clone(), handler());
         let parked = running.stats.clone();
-        until("the second event is delivered again and parked", || {
-            parked.parked.load(Ordering::Relaxed) > 0
-        })
+        until(
+            "the second event is delivered again and parked",
+            async || parked.parked.load(Ordering::Relaxed) > 0,
+        )
         .await;
         stats.push(running.stop().await);
     }
@@ -699,7 +691,7 @@ async fn replays_go_to_the_process_and_file_of_their_partition() {
         });
         groups.push((partition, db, Running::start(&js, config, handler)));
     }
-    until("every event is a dead letter", || {
+    until("every event is a dead letter", async || {
         let dead: u64 = groups
             .iter()
             .map(|(_, _, g)| g.stats.dead_lettered.load(Ordering::Relaxed))
@@ -712,7 +704,7 @@ async fn replays_go_to_the_process_and_file_of_their_partition() {
         dlq::replay(&js, "split", None).await.unwrap(),
         expected.len()
     );
-    until("every replay is applied", || {
+    until("every replay is applied", async || {
         let done: HashSet<String> = groups
             .iter()
             .flat_map(|(_, db, _)| effects(db, "split").into_keys())

@@ -21,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::{PATIENCE, TestApp, User, stream_config};
+use crate::app::{TestApp, User, stream_config, until};
 use crate::consumer::{
     Recorder, Running, add, create_orders, exactly_once, expected_events, group_config,
     processed_all, publish_raw, read_only, report, setup,
@@ -169,15 +169,6 @@ async fn publish_round(js: &jetstream::Context, template: &Value, keys: &[String
     }
 }
 
-/// Waits until `done` holds, failing with `what` after [`PATIENCE`].
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A `decide` that fails the first event seen of each key transiently when `fails(key,
 /// delivered)` says so, counting the failures in the returned counter.
 fn failing_first(
@@ -225,7 +216,7 @@ async fn events_of_different_orders_are_prepared_at_once_and_one_orders_one_afte
     let mut config = config("concurrent", &db);
     config.concurrency = 8;
     let running = Running::start(&js, config, Tracked(tracker.clone()));
-    until("every order's three events are handled", || {
+    until("every order's three events are handled", async || {
         let handled = tracker.handled();
         orders
             .iter()
@@ -284,7 +275,7 @@ async fn a_failing_event_holds_back_only_its_orders_later_events_without_using_t
     publish_raw(&js, "retried", body(&template)).await;
     publish_raw(&js, "exhausted", body(&template)).await;
     let running = Running::start(&js, config, Tracked(tracker.clone()));
-    until("both first events failed", || {
+    until("both first events failed", async || {
         failures.load(Ordering::SeqCst) >= 2
     })
     .await;
@@ -293,7 +284,7 @@ async fn a_failing_event_holds_back_only_its_orders_later_events_without_using_t
         publish_round(&js, &template, &["retried".into(), "exhausted".into()]).await;
         publish_round(&js, &template, &others).await;
     }
-    until("every event is handled or a dead letter", || {
+    until("every event is handled or a dead letter", async || {
         let handled = tracker.handled();
         let done = |k: &str, n: usize| handled.get(k).is_some_and(|h| h.len() == n);
         done("retried", 3) && done("exhausted", 2) && others.iter().all(|k| done(k, 2))
@@ -346,12 +337,12 @@ async fn an_order_waiting_for_a_retry_still_waits_after_the_group_restarts() {
     };
     publish_raw(&js, "retried", body(&template)).await;
     let running = Running::start(&js, config(), Tracked(tracker.clone()));
-    until("the first event failed", || {
+    until("the first event failed", async || {
         failures.load(Ordering::SeqCst) == 1
     })
     .await;
     publish_round(&js, &template, &["retried".into(), "retried".into()]).await;
-    until("its order's later events are parked", || {
+    until("its order's later events are parked", async || {
         running.stats.parked.load(Ordering::SeqCst) >= 2
     })
     .await;
@@ -359,7 +350,7 @@ async fn an_order_waiting_for_a_retry_still_waits_after_the_group_restarts() {
     // come to the new group before the retry is due.
     running.stop().await;
     let running = Running::start(&js, config(), Tracked(tracker.clone()));
-    until("the order's three events are handled", || {
+    until("the order's three events are handled", async || {
         tracker
             .handled()
             .get("retried")

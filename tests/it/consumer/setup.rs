@@ -4,27 +4,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use order_service::consumer::{
     BreakerState, Delivery, Event, Failure, GroupRole, GroupStats, Handler, HandlerTx,
 };
 use order_service::domain::Topic;
 
-use crate::app::PATIENCE;
+use crate::app::until;
 use crate::consumer::{
     Recorder, Running, create_orders, exactly_once, expected_events, group_config, processed_all,
     setup,
 };
-
-/// Waits until `done` holds, failing the test with `what` after [`PATIENCE`].
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A [`Recorder`] whose migration notes that it ran.
 struct Migrating {
@@ -57,7 +48,7 @@ async fn a_standby_does_not_migrate_the_database_under_the_process_running() {
     let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
     let topics = [Topic::Created];
     let active = Running::recording(&js, "migrating", &topics, &db);
-    until("the first process is active", || {
+    until("the first process is active", async || {
         role_is(&active.stats, GroupRole::Active)
     })
     .await;
@@ -70,7 +61,7 @@ async fn a_standby_does_not_migrate_the_database_under_the_process_running() {
             inner: Recorder::new("migrating"),
         },
     );
-    until("the second process stands by", || {
+    until("the second process stands by", async || {
         role_is(&standby.stats, GroupRole::Standby)
     })
     .await;
@@ -84,11 +75,11 @@ async fn a_standby_does_not_migrate_the_database_under_the_process_running() {
 
     // The running process stops; the standby takes the lease, and only then migrates.
     active.stop().await;
-    until("the standby takes over", || {
+    until("the standby takes over", async || {
         role_is(&standby.stats, GroupRole::Active)
     })
     .await;
-    until("the new holder migrates", || {
+    until("the new holder migrates", async || {
         migrated.load(Ordering::Relaxed)
     })
     .await;
@@ -110,7 +101,7 @@ async fn a_database_that_cannot_be_opened_opens_the_breaker_until_it_can() {
     std::fs::write(&folder, b"not a folder").unwrap();
     let db = folder.join("c.db");
     let running = Running::recording(&js, "unopened", &topics, &db);
-    until("the breaker opens", || {
+    until("the breaker opens", async || {
         running.stats.breaker.state() != BreakerState::Closed
     })
     .await;
@@ -126,7 +117,7 @@ async fn a_database_that_cannot_be_opened_opens_the_breaker_until_it_can() {
     std::fs::remove_file(&folder).unwrap();
     let expected = expected_events(&app, &orders, &topics);
     processed_all(&db, "unopened", &expected).await;
-    until("the breaker closes", || {
+    until("the breaker closes", async || {
         running.stats.breaker.state() == BreakerState::Closed
     })
     .await;

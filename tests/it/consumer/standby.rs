@@ -110,19 +110,7 @@ async fn standby_takes_over() {
             "the standby consumed while the active one ran"
         );
         // Killed with a batch in flight: delivered to it, not yet settled.
-        loop {
-            let (_, active) = a.health(group).await;
-            let settled =
-                active["processed"].as_u64().unwrap() + active["duplicates"].as_u64().unwrap();
-            if active["deliveries"].as_u64().unwrap() > settled {
-                break;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "the active process never had a batch in flight"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        a.holding_a_batch(group).await;
         a.process.kill().unwrap();
         let killed = Instant::now();
         let before_kill = effect_rows(&db);

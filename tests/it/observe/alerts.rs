@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use crate::app::PATIENCE;
+use crate::app::{PATIENCE, until};
 use crate::consumer::process::Child;
 use crate::consumer::{create_orders, setup};
 use crate::observe::prometheus::Prometheus;
@@ -54,50 +54,43 @@ async fn the_lag_alert_fires_when_a_group_falls_1000_behind_and_resolves_when_it
     let prometheus = Prometheus::start(dir.path(), &rules_without_waiting(), service).await;
     prometheus.subscribers(&[first.addr().await]);
 
-    prometheus
-        .until("both targets scraped", PATIENCE, || async {
-            prometheus
-                .value(r#"sum(up{job=~"order-service|subscriber"})"#)
-                .await
-                == Some(2.0)
-        })
-        .await;
+    until("both targets scraped", async || {
+        prometheus
+            .value(r#"sum(up{job=~"order-service|subscriber"})"#)
+            .await
+            == Some(2.0)
+    })
+    .await;
     let lag = format!(r#"consumer_group_lag_messages{{job="order-service",group="{GROUP}"}}"#);
-    prometheus
-        .until("the group's lag scraped", PATIENCE, || async {
-            prometheus.value(&lag).await == Some(0.0)
-        })
-        .await;
+    until("the group's lag scraped", async || {
+        prometheus.value(&lag).await == Some(0.0)
+    })
+    .await;
     assert_eq!(lag_alert(&prometheus).await, None, "caught up, yet alerted");
 
     // The group's only process stops: every order from now on is lag.
     first.stop().await;
     create_orders(&app, 1_050, 8).await;
-    prometheus
-        .until("the lag alert firing", PATIENCE, || async {
-            lag_alert(&prometheus).await.as_deref() == Some("firing")
-        })
-        .await;
+    until("the lag alert firing", async || {
+        lag_alert(&prometheus).await.as_deref() == Some("firing")
+    })
+    .await;
     let behind = prometheus.value(&lag).await.unwrap();
     assert!(behind > 1_000.0, "fired at a lag of {behind}");
 
     // A new process of the group works the lag off: the alert resolves (Prometheus drops it).
     let mut second = Child::start_with("second", &nats.url(), &db, GROUP, dir.path(), &fast);
     prometheus.subscribers(&[second.addr().await]);
-    prometheus
-        .until("the lag alert resolved", PATIENCE, || async {
-            lag_alert(&prometheus).await.is_none()
-        })
-        .await;
+    until("the lag alert resolved", async || {
+        lag_alert(&prometheus).await.is_none()
+    })
+    .await;
     // What the subscriber process itself exports was scraped too: the events it processed.
     let processed =
         format!(r#"sum(consumer_events_processed_total{{job="subscriber",group="{GROUP}"}})"#);
-    prometheus
-        .until(
-            "the subscriber's processed events scraped",
-            PATIENCE,
-            || async { prometheus.value(&processed).await >= Some(1_050.0) },
-        )
-        .await;
+    until("the subscriber's processed events scraped", async || {
+        prometheus.value(&processed).await >= Some(1_050.0)
+    })
+    .await;
     second.stop().await;
 }

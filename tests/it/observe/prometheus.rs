@@ -152,23 +152,6 @@ impl Prometheus {
             .cloned()
             .unwrap_or_default()
     }
-
-    /// Waits until `check` holds, asking every 200 ms; fails after `within` with `what`.
-    pub(crate) async fn until<F, Fut>(&self, what: &str, within: Duration, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = bool>,
-    {
-        let start = Instant::now();
-        while !check().await {
-            assert!(
-                start.elapsed() < within,
-                "{what} not within {within:?}; alerts: {:?}",
-                self.alerts().await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 impl Drop for Prometheus {

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::{
-    PATIENCE, TestApp, User, metric, ready, relaying_app, run_cli, simple_order, spawn_app_with,
-    stream_config, table_without_chat_links,
+    TestApp, User, metric, ready, relaying_app, run_cli, simple_order, spawn_app_with,
+    stream_config, table_without_chat_links, until,
 };
 use crate::nats::NatsServer;
 use crate::relay::{counts, drained, every_event_once, stored};
@@ -54,14 +54,6 @@ async fn create_orders(app: &TestApp, n: usize) -> Vec<String> {
         );
     }
     ids
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -239,7 +231,7 @@ async fn an_unreadable_row_is_parked_as_dead_and_the_relay_goes_on() {
         }
     }
     let later = create_orders(&app, 3).await;
-    wait_until("the orders after the unreadable row were published", || {
+    until("the orders after the unreadable row were published", async || {
         let conn = app.db();
         let pending: i64 = conn
             .query_row(
@@ -324,7 +316,7 @@ async fn a_retry_or_a_requeue_that_comes_due_is_published_without_waiting_for_th
     let js = nats.jetstream().await;
     let order = create_orders(&app, 1).await.remove(0);
     link_chat(&app, &order).await;
-    wait_until("the link's publish failed", || {
+    until("the link's publish failed", async || {
         app.db()
             .query_row(
                 "SELECT attempts FROM order_events_outbox WHERE topic = 'order.chat_linked'",
@@ -350,7 +342,10 @@ async fn a_retry_or_a_requeue_that_comes_due_is_published_without_waiting_for_th
     .await;
     let order = create_orders(&dead_app, 1).await.remove(0);
     link_chat(&dead_app, &order).await;
-    wait_until("the link's row went dead", || counts(&dead_app).2 == 1).await;
+    until("the link's row went dead", async || {
+        counts(&dead_app).2 == 1
+    })
+    .await;
     chat_links_stream(&js).await;
     let admin = User::new(Role::Admin);
     let (_, dead) = dead_app
