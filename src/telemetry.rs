@@ -14,7 +14,8 @@ use crate::otlp::Exporter;
 #[derive(Debug)]
 #[must_use = "dropping it ends the span export"]
 pub struct Telemetry {
-    exporter: Option<Exporter>,
+    /// Held only for its drop, which sends the last spans.
+    _exporter: Option<Exporter>,
 }
 
 /// Installs the global subscriber, filtering at `default_level` unless `RUST_LOG` is set, with an
@@ -36,5 +37,7 @@ pub fn init(format: LogFormat, default_level: &str) -> Telemetry {
         LogFormat::Text => registry.with(stderr).try_init(),
         LogFormat::Json => registry.with(stderr.json()).try_init(),
     };
-    Telemetry { exporter }
+    Telemetry {
+        _exporter: exporter,
+    }
 }
