@@ -22,19 +22,48 @@ use tokio::process::{Child, Command};
 /// How long a graceful stop may take before the process is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `count` distinct loopback ports nobody listens on right now.
+/// `count` distinct loopback ports nobody listens on right now, below the kernel's ephemeral
+/// range.
 ///
+/// A server here is stopped and started again on the same ports (a restart, a node of a cluster
+/// test brought back). Had its ports come from the ephemeral range, the kernel could hand one to
+/// any outgoing connection or `bind(0)` while the server is down, and the restart would fail with
+/// "address already in use". Below that range the kernel never picks a port by itself, so only
+/// another explicit probe like this one can take it: the pick is random to make that unlikely.
 /// Every probe is held until all ports are known, so no two coincide; another process may still
 /// take one before the caller binds it, which callers cover by trying again on fresh ports.
 pub fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()?;
+    let (low, high) = explicit_port_range();
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(N);
+    let mut tries = 0;
+    while listeners.len() < N {
+        tries += 1;
+        if tries > 10_000 {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("no free loopback port in {low}..{high}"),
+            ));
+        }
+        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, fastrand::u16(low..high))) {
+            listeners.push(listener);
+        }
+    }
     let mut ports = [0; N];
     for (port, listener) in ports.iter_mut().zip(&listeners) {
         *port = listener.local_addr()?.port();
     }
     Ok(ports)
+}
+
+/// The ports [`free_ports`] picks from: from 10,000 up to where the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, Linux's default 32768) begins.
+fn explicit_port_range() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (LOW, ephemeral_start.max(LOW + 1_000))
 }
 
 /// One free loopback port; see [`free_ports`].
