@@ -23,7 +23,7 @@ use crate::ops::{self, Ops};
 use crate::relay::streams::{
     Kept, START_BACKOFF, hold_for_repair, reconcile, reconcile_on_reconnect, repair_at_start,
 };
-use crate::relay::{self, Relay, RelayConfig, RelayStatus};
+use crate::relay::{self, Relay, RelayConfig, RelayStatus, leaderless};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -192,7 +192,7 @@ async fn publish_outbox(
         store,
         js.clone(),
         relay_config(&config, &topics),
-        metrics,
+        metrics.clone(),
         status.clone(),
     );
     // A broker that lost its store while the service was stopped gets each stream's events back
@@ -213,10 +213,17 @@ async fn publish_outbox(
         )
         .await
     };
+    let leaderless = async {
+        match config.nats_stream_replace_replica_after {
+            std::time::Duration::ZERO => std::future::pending().await,
+            after => leaderless::watch(&js, &topics, after, &metrics).await,
+        }
+    };
     // The watcher never ends by itself; the relay ends on shutdown.
     tokio::select! {
         () = &mut relayed => {}
         () = reconciled => {}
+        () = leaderless => {}
     }
 }
 

@@ -306,9 +306,28 @@ pub struct Config {
     /// are also checked on every reconnect); what is missing is published again.
     #[arg(long, env = "EVENT_OUTBOX_VERIFY_INTERVAL", default_value = "5m", value_parser = between(Duration::from_secs(1), Duration::from_secs(DAY)))]
     pub event_outbox_verify_interval: Duration,
+
+    /// How long a replicated stream of the table may have no leader, while the cluster answers
+    /// for it, before the service asks the cluster to move one of its replicas (the silent one)
+    /// to another node, so the stream elects a leader again; what the moved replica held comes
+    /// back from the outbox. `off` (zero here) never does.
+    #[arg(long, env = "NATS_STREAM_REPLACE_REPLICA_AFTER", default_value = "60s", value_parser = duration_or_off(Duration::from_secs(5), Duration::from_secs(DAY)))]
+    pub nats_stream_replace_replica_after: Duration,
 }
 
 const DAY: u64 = 86_400;
+
+/// [`between`], or `off`, which is zero: a wait that is never over.
+fn duration_or_off(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    let duration = between(min, max);
+    move |text| match text.trim() {
+        "off" => Ok(Duration::ZERO),
+        text => duration(text),
+    }
+}
 
 /// A duration parser that refuses values outside `min..=max`. Zero intervals make loops spin and
 /// absurd ones overflow date arithmetic inside background tasks, so they stop the start-up

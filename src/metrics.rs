@@ -27,6 +27,13 @@ pub struct TopicLabel {
     pub topic: String,
 }
 
+/// Labels of a per-stream series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    /// The stream.
+    pub stream: String,
+}
+
 /// Labels of a publish failure.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
@@ -95,6 +102,8 @@ pub struct Metrics {
     recent_latencies: std::sync::Mutex<Vec<f64>>,
     /// Events published again because their stream no longer held them (broker-loss repair).
     repaired: Family<TopicLabel, Counter>,
+    /// Replicas moved off a stream that had no leader for long (`relay::leaderless`).
+    replicas_moved: Family<StreamLabel, Counter>,
 }
 
 /// Latencies kept between two samples at most; beyond that the page's quantiles use a prefix.
@@ -201,6 +210,12 @@ impl Metrics {
             "Acknowledged events published again because their stream no longer held them, by topic",
             repaired.clone(),
         );
+        let replicas_moved = Family::<StreamLabel, Counter>::default();
+        registry.register(
+            "nats_stream_replicas_moved",
+            "Replicas the service had moved to another node because their stream had no leader for NATS_STREAM_REPLACE_REPLICA_AFTER, by stream",
+            replicas_moved.clone(),
+        );
         // Every topic's series exist from the start, at 0, so rates and alerts see them before the
         // first event or failure.
         for topic in Topic::ALL {
@@ -230,6 +245,7 @@ impl Metrics {
             consumers,
             recent_latencies: std::sync::Mutex::default(),
             repaired,
+            replicas_moved,
         }
     }
 
@@ -341,6 +357,15 @@ impl Metrics {
         self.repaired
             .get_or_create(&TopicLabel {
                 topic: topic.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a replica of `stream` moved to another node.
+    pub fn replica_moved(&self, stream: &str) {
+        self.replicas_moved
+            .get_or_create(&StreamLabel {
+                stream: stream.to_owned(),
             })
             .inc();
     }

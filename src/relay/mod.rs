@@ -9,6 +9,7 @@
 //! - [`cleanup`] keeps the table bounded; [`status`] is what readiness reports; [`streams`] keeps
 //!   the table's streams on the broker.
 //! - [`repair`] finds streams that lost events they acknowledged and publishes those again.
+//! - [`leaderless`] moves a silent replica of a stream that had no leader for long.
 //!
 //! Per key and stream, the stored order is the commit order, across relay restarts, retries,
 //! fall-backs and broker restarts: a stream's rows go out in commit order, a batch is stored whole
@@ -18,6 +19,7 @@
 
 pub mod cleanup;
 mod lanes;
+pub mod leaderless;
 mod pass;
 pub mod repair;
 mod sending;

@@ -13,5 +13,6 @@
 mod chaos;
 mod faults;
 mod harness;
+mod leaderless;
 mod load;
 mod repair;

@@ -414,10 +414,11 @@ fn shipped(file: &str) -> String {
 }
 
 #[test]
-fn the_shipped_identities_let_the_service_create_and_update_every_stream_of_the_table() {
+fn the_shipped_identities_let_the_service_keep_every_stream_of_the_table() {
     let identities = shipped("identities.conf");
     for topic in Topics::embedded().iter() {
-        for action in ["CREATE", "UPDATE"] {
+        // Create and update it, delete a second copy (repair), move a silent replica.
+        for action in ["CREATE", "UPDATE", "MSG.DELETE", "PEER.REMOVE"] {
             let subject = format!("\"$JS.API.STREAM.{action}.{}\"", topic.stream_name());
             assert!(identities.contains(&subject), "{subject} is missing");
         }
