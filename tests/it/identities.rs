@@ -21,7 +21,9 @@ use order_service::shutdown::Shutdown;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::app::{PATIENCE, TestApp, User, metric, relaying_app, simple_order, stream_messages};
+use crate::app::{
+    PATIENCE, TestApp, User, metric, relaying_app, simple_order, stream_messages, until,
+};
 use crate::nats::{NatsServer, SERVICE_USER, ServerTls};
 use crate::relay::{drained, every_event_once};
 
@@ -215,15 +217,6 @@ struct Hung;
 impl Handler for Hung {
     async fn handle(&self, _: &OrderEvent, _: &Delivery, _: &mut HandlerTx<'_>) -> Handled {
         std::future::pending().await
-    }
-}
-
-/// Waits until `done` says yes, or fails with `what`.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < PATIENCE, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -463,6 +456,38 @@ fn the_single_node_config_needs_both_passwords() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
+}
+
+#[test]
+fn the_image_does_not_start_without_both_passwords() {
+    // `-t` checks the image's own config, as built by `make nats-image`, and exits.
+    let check = |passwords: &[(&str, &str)]| {
+        let mut args = vec!["run".to_string(), "--rm".into()];
+        for (name, value) in passwords {
+            args.extend(["--env".into(), format!("{name}={value}")]);
+        }
+        args.extend([crate::nats::image(), "-t".into()]);
+        Command::new("docker")
+            .args(&args)
+            .output()
+            .expect("run docker")
+    };
+    let both = check(&[
+        ("NATS_SERVICE_PASSWORD", "a-password"),
+        ("NATS_SUBSCRIBER_PASSWORD", "another-password"),
+    ]);
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    for passwords in [&[][..], &[("NATS_SERVICE_PASSWORD", "a-password")][..]] {
+        let refused = check(passwords);
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "started with {passwords:?}");
+        // The server names the first variable it misses.
+        assert!(said.contains("_PASSWORD"), "{said}");
+    }
 }
 
 /// Runs `openssl` in `dir`; fails the test when it fails.

@@ -36,6 +36,11 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 /// The image `make nats-image` builds.
 const IMAGE_NAME: &str = "order-service/nats";
 const IMAGE_TAG: &str = "2.15.1";
+
+/// The local image `make nats-image` builds, `name:tag`.
+pub fn image() -> String {
+    format!("{IMAGE_NAME}:{IMAGE_TAG}")
+}
 const CLIENT_PORT: u16 = 4222;
 const MONITOR_PORT: u16 = 8222;
 /// How long a server may take to answer `/healthz` after a start.
@@ -267,7 +272,7 @@ impl NatsServer {
     async fn start_container(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
         // Without the image testcontainers would try a registry pull, which cannot work here and
         // would hide the actual fix.
-        let image = format!("{IMAGE_NAME}:{IMAGE_TAG}");
+        let image = image();
         let inspected = match testcontainers::bollard::Docker::connect_with_local_defaults() {
             Ok(docker) => docker
                 .inspect_image(&image)
@@ -492,12 +497,19 @@ async fn new_container(
                 }
             }
         });
-    if identities {
-        // The image's own config, including the shipped identities as
-        // nats/nats-server.conf does, and the TLS block.
-        let mut config = std::fs::read_to_string(NatsServer::shipped("container.conf"))
-            .expect("read nats/container.conf")
-            + "\ninclude \"identities.conf\"\n";
+    // The image's own config, which includes the shipped identities; the TLS block on top.
+    let mut config = std::fs::read_to_string(NatsServer::shipped("container.conf"))
+        .expect("read nats/container.conf");
+    if !identities {
+        // A test about something else runs the broker open, without the users' passwords.
+        let include = "include \"identities.conf\"";
+        assert!(
+            config.contains(include),
+            "nats/container.conf includes the identities"
+        );
+        config = config.replace(include, "");
+        request = request.with_copy_to("/nats-server.conf", config.into_bytes());
+    } else {
         if let Some(tls) = tls {
             config += &ServerTls::block("/tls/cert.pem", "/tls/key.pem", "/tls/ca.pem");
             request = request
@@ -507,6 +519,7 @@ async fn new_container(
         }
         request = request
             .with_copy_to("/nats-server.conf", config.into_bytes())
+            // The working tree's, which an image built earlier may not have yet.
             .with_copy_to("/identities.conf", NatsServer::shipped("identities.conf"));
         for (name, value) in NatsServer::identity_env() {
             request = request.with_env_var(name, value);
