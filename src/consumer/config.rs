@@ -10,9 +10,23 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use super::ConsumerError;
 use crate::domain::Topic;
 
-/// A consumer group's settings: [`GroupConfig::new`] with the defaults, then set the fields to
-/// change. Non-exhaustive, so that a setting added later breaks no user: it cannot be built with
-/// a struct literal outside this crate, not even one that takes the rest from `new`:
+/// A consumer group's settings: [`GroupConfig::new`] with the defaults, then the `with_` methods
+/// (or the fields) for what to change:
+///
+/// ```
+/// use std::time::Duration;
+/// use order_service::consumer::GroupConfig;
+/// use order_service::domain::Topic;
+///
+/// let config = GroupConfig::new("inventory", &[Topic::Created], "inventory.db")
+///     .with_partition(2)
+///     .with_max_deliver(3)
+///     .with_handler_timeout(Duration::from_secs(5));
+/// assert_eq!(config.consumer_name(), "inventory-p2");
+/// ```
+///
+/// Non-exhaustive, so that a setting added later breaks no user: it cannot be built with a
+/// struct literal outside this crate, not even one that takes the rest from `new`:
 ///
 /// ```compile_fail
 /// use order_service::consumer::GroupConfig;
@@ -105,6 +119,66 @@ impl GroupConfig {
     /// Strict order per key across retries: `max_ack_pending = 1`.
     pub fn ordered(mut self) -> Self {
         self.max_ack_pending = 1;
+        self
+    }
+
+    /// Only partition `p` of each topic (see [`GroupConfig::partition`]).
+    pub fn with_partition(mut self, value: u32) -> Self {
+        self.partition = Some(value);
+        self
+    }
+
+    /// `synchronous=FULL` or `NORMAL` (see [`GroupConfig::synchronous_full`]).
+    pub fn with_synchronous_full(mut self, value: bool) -> Self {
+        self.synchronous_full = value;
+        self
+    }
+
+    /// Runs of the handler before a dead letter (see [`GroupConfig::max_deliver`]).
+    pub fn with_max_deliver(mut self, value: i64) -> Self {
+        self.max_deliver = value;
+        self
+    }
+
+    /// The waits before redeliveries (see [`GroupConfig::backoff`]).
+    pub fn with_backoff(mut self, value: Vec<Duration>) -> Self {
+        self.backoff = value;
+        self
+    }
+
+    /// The broker's wait for an ack (see [`GroupConfig::ack_wait`]).
+    pub fn with_ack_wait(mut self, value: Duration) -> Self {
+        self.ack_wait = value;
+        self
+    }
+
+    /// Messages unacknowledged at most (see [`GroupConfig::max_ack_pending`]).
+    pub fn with_max_ack_pending(mut self, value: i64) -> Self {
+        self.max_ack_pending = value;
+        self
+    }
+
+    /// Messages pulled at once at most (see [`GroupConfig::batch_size`]).
+    pub fn with_batch_size(mut self, value: usize) -> Self {
+        self.batch_size = value;
+        self
+    }
+
+    /// Orders prepared at once at most (see [`GroupConfig::concurrency`]).
+    pub fn with_concurrency(mut self, value: usize) -> Self {
+        self.concurrency = value;
+        self
+    }
+
+    /// The longest one call of the handler (see [`GroupConfig::handler_timeout`]).
+    pub fn with_handler_timeout(mut self, value: Duration) -> Self {
+        self.handler_timeout = value;
+        self
+    }
+
+    /// The wait for another writer of the file (see [`GroupConfig::busy_timeout`]).
+    pub fn with_busy_timeout(mut self, value: Duration) -> Self {
+        self.busy_timeout = value;
         self
     }
 
