@@ -91,12 +91,31 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         match inner.classify() {
+            // serde_json reports some wrong types as syntax: an enum given anything but a string
+            // or an object is "expected value". JSON that parses is not malformed: its content
+            // is refused at the field, as any other wrong type.
+            Category::Syntax | Category::Eof
+                if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() =>
+            {
+                wrong_type(&path)
+            }
             Category::Syntax | Category::Eof | Category::Io => malformed(&inner),
             Category::Data => data_error(&path, &inner),
         }
     })?;
     de.end().map_err(|e| malformed(&e))?;
     Ok(value)
+}
+
+/// A field given a kind of value it never takes (an array or a number where one of some names is
+/// expected).
+fn wrong_type(path: &str) -> ApiError {
+    let message = if path == "." {
+        "the body is not an object of this request's fields"
+    } else {
+        "not a kind of value this field takes"
+    };
+    invalid_field(path, message.to_owned())
 }
 
 fn data_error(path: &str, err: &serde_json::Error) -> ApiError {
@@ -130,6 +149,11 @@ fn data_error(path: &str, err: &serde_json::Error) -> ApiError {
             }
         };
     }
+    invalid_field(path, message)
+}
+
+/// 422 `invalid_field`: `message` about the field at `path` (`.`, the body itself).
+fn invalid_field(path: &str, message: String) -> ApiError {
     let field = if path == "." { "" } else { path };
     ApiError::Unprocessable {
         code: "invalid_field",
@@ -158,6 +182,15 @@ mod tests {
     #[allow(dead_code)]
     struct Line {
         quantity: u32,
+        #[serde(default)]
+        kind: Option<Kind>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    #[allow(dead_code)]
+    enum Kind {
+        Gift,
     }
 
     fn code(e: ApiError) -> (&'static str, serde_json::Value) {
@@ -186,5 +219,13 @@ mod tests {
         assert_eq!(c, "unknown_field");
         let (c, _) = code(parse::<Body>(br#"{"items":[]} trailing"#).unwrap_err());
         assert_eq!(c, "malformed_json");
+        // serde_json calls an enum given an array "expected value", a syntax error; the body is
+        // JSON all the same.
+        let body = br#"{"items":[{"quantity":1,"kind":[]}]}"#;
+        let (c, d) = code(parse::<Body>(body).unwrap_err());
+        assert_eq!(
+            (c, d["field"].as_str()),
+            ("invalid_field", Some("items[0].kind"))
+        );
     }
 }

@@ -11,4 +11,5 @@ mod openapi;
 mod ops_api;
 mod ops_page;
 mod orders;
+mod properties;
 mod roles;
