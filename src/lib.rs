@@ -74,6 +74,8 @@ pub mod progress;
 pub mod relay;
 #[cfg(feature = "consumer")]
 pub mod secret;
+#[cfg(test)]
+mod seeded;
 #[cfg(feature = "consumer")]
 pub mod shutdown;
 #[cfg(feature = "consumer")]

@@ -574,4 +574,34 @@ mod tests {
         );
         assert_eq!(replay_topic("replay.g"), None);
     }
+
+    /// A replay's subject gives back the topic it was made for, whatever the source subject, and
+    /// any subject at all is read without a panic.
+    #[test]
+    fn a_replay_subject_gives_back_its_topic() {
+        use proptest::prelude::*;
+        let token = "[a-z0-9_-]{1,12}";
+        let strategy = (
+            token,
+            (token, token).prop_map(|(a, b)| format!("{a}.{b}")),
+            prop::option::of(prop::collection::vec(token, 0..4)),
+            any::<String>(),
+        );
+        crate::seeded::runner("replay subjects")
+            .run(&strategy, |(group, topic, rest, anything)| {
+                let _ = replay_topic(&anything);
+                // The source subject is `<topic>.<partition>.<key>`, or absent, or another topic's.
+                let source = rest.map(|rest| {
+                    [topic.clone()]
+                        .into_iter()
+                        .chain(rest)
+                        .collect::<Vec<_>>()
+                        .join(".")
+                });
+                let subject = replay_subject(&group, &topic, source.as_deref());
+                prop_assert_eq!(replay_topic(&subject), Some(topic.as_str()), "{}", subject);
+                Ok(())
+            })
+            .unwrap();
+    }
 }

@@ -543,4 +543,37 @@ mod tests {
         b.set_role(super::super::stats::GroupRole::Stopped);
         assert_eq!(health.report().0, 503);
     }
+
+    /// Any bytes are a request, incomplete, too large or bad, never a panic; a well-formed head
+    /// gives its method and path whatever header lines follow.
+    #[test]
+    fn any_bytes_are_a_request_or_refused() {
+        use proptest::prelude::*;
+        let strategy = (
+            prop::collection::vec(any::<u8>(), 0..(MAX_HEAD + 64)),
+            "[A-Z]{1,8}",
+            "/[a-z/?=&]{0,30}",
+            prop::collection::vec("[A-Za-z-]{1,12}: [ -~]{0,20}", 0..6),
+            any::<bool>(),
+        );
+        crate::seeded::runner("health request head")
+            .run(&strategy, |(bytes, method, target, headers, bare_lf)| {
+                let _ = parse_head(&bytes);
+                let end = if bare_lf { "\n" } else { "\r\n" };
+                let mut head = format!("{method} {target} HTTP/1.1{end}");
+                for header in &headers {
+                    head += &format!("{header}{end}");
+                }
+                head += end;
+                let path = target.split('?').next().unwrap();
+                match parse_head(head.as_bytes()) {
+                    Parsed::Request { method: m, path: p } => {
+                        prop_assert_eq!((m, p), (method.as_str(), path));
+                    }
+                    other => prop_assert!(false, "{head:?}: {other:?}"),
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
