@@ -137,10 +137,10 @@ fn changed(mut body: Value, change: &Change) -> Value {
         }
         Change::Add(n, name, value) => {
             let objects: Vec<_> = all.iter().filter(|(_, object)| *object).collect();
-            if let Some((path, _)) = objects.get(n % objects.len().max(1)) {
-                if let Value::Object(map) = at(&mut body, path) {
-                    map.insert(name.clone(), value.clone());
-                }
+            if let Some((path, _)) = objects.get(n % objects.len().max(1))
+                && let Value::Object(map) = at(&mut body, path)
+            {
+                map.insert(name.clone(), value.clone());
             }
         }
         Change::Remove(_) => {}
