@@ -139,4 +139,7 @@ pub mod doc_pages {
     /// `docs/performance.md`.
     #[doc = include_str!("../docs/performance.md")]
     pub struct Performance;
+    /// `docs/security.md`.
+    #[doc = include_str!("../docs/security.md")]
+    pub struct Security;
 }
