@@ -290,8 +290,8 @@ pub(crate) fn auth(config: &Config) -> Result<Auth, AppError> {
         .expose();
     Ok(Auth::new(
         secret,
-        config.auth_jwt_issuer.clone(),
-        config.auth_jwt_audience.clone(),
+        config.token_issuer(),
+        config.token_audience(),
     )?)
 }
 

@@ -100,7 +100,21 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// The issuer and audience the service writes into its tokens and requires of every token unless
+/// configured otherwise (`AUTH_JWT_ISSUER`, `AUTH_JWT_AUDIENCE`).
+pub const TOKEN_PARTY: &str = "order-service";
+
 impl Auth {
+    /// Auth with this secret and the default issuer and audience, [`TOKEN_PARTY`]: what a
+    /// service with only `AUTH_JWT_SECRET` set accepts.
+    pub fn with_default_parties(secret: &str) -> Result<Auth, AuthConfigError> {
+        Auth::new(
+            secret,
+            Some(TOKEN_PARTY.to_owned()),
+            Some(TOKEN_PARTY.to_owned()),
+        )
+    }
+
     /// Auth with this secret, and the issuer and audience tokens must name when given.
     pub fn new(
         secret: &str,

@@ -168,13 +168,15 @@ pub struct Config {
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
     pub auth_jwt_secret: Option<Secret>,
 
-    /// When set, tokens must carry this `iss`.
-    #[arg(long, env = "AUTH_JWT_ISSUER")]
-    pub auth_jwt_issuer: Option<String>,
+    /// The `iss` every token must carry; `any` accepts a token with any issuer or none. See
+    /// [`Config::token_issuer`].
+    #[arg(long, env = "AUTH_JWT_ISSUER", default_value = crate::auth::TOKEN_PARTY)]
+    pub auth_jwt_issuer: String,
 
-    /// When set, tokens must carry this `aud`.
-    #[arg(long, env = "AUTH_JWT_AUDIENCE")]
-    pub auth_jwt_audience: Option<String>,
+    /// The `aud` every token must carry; `any` accepts a token with any audience or none. See
+    /// [`Config::token_audience`].
+    #[arg(long, env = "AUTH_JWT_AUDIENCE", default_value = crate::auth::TOKEN_PARTY)]
+    pub auth_jwt_audience: String,
 
     /// Writes (POST, PUT, PATCH, DELETE) per second one caller may sustain: per token subject,
     /// or per client address for requests without a valid token. 0 turns the limit off.
@@ -316,6 +318,24 @@ pub struct Config {
 }
 
 const DAY: u64 = 86_400;
+
+/// The `AUTH_JWT_ISSUER` or `AUTH_JWT_AUDIENCE` that checks nothing.
+const ANY_PARTY: &str = "any";
+
+impl Config {
+    /// The issuer tokens must name, `None` when `AUTH_JWT_ISSUER` is `any`. By default the
+    /// service's own name, which `order-service token` writes: a token minted for another service
+    /// with the same secret is refused.
+    pub fn token_issuer(&self) -> Option<String> {
+        (self.auth_jwt_issuer != ANY_PARTY).then(|| self.auth_jwt_issuer.clone())
+    }
+
+    /// The audience tokens must name, `None` when `AUTH_JWT_AUDIENCE` is `any`; see
+    /// [`Config::token_issuer`].
+    pub fn token_audience(&self) -> Option<String> {
+        (self.auth_jwt_audience != ANY_PARTY).then(|| self.auth_jwt_audience.clone())
+    }
+}
 
 /// [`between`], or `off`, which is zero: a wait that is never over.
 fn duration_or_off(

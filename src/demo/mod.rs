@@ -85,8 +85,8 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<(), AppError> {
         api,
         auth: Auth::new(
             secret.expose(),
-            config.auth_jwt_issuer.clone(),
-            config.auth_jwt_audience.clone(),
+            config.token_issuer(),
+            config.token_audience(),
         )
         .map_err(failed)?,
         admin: Uuid::now_v7(),

@@ -84,8 +84,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let db_path = config.database_path.clone();
     let auth = Auth::new(
         config.auth_jwt_secret.as_ref().unwrap().expose(),
-        config.auth_jwt_issuer.clone(),
-        config.auth_jwt_audience.clone(),
+        config.token_issuer(),
+        config.token_audience(),
     )
     .unwrap();
     let signal = shutdown.signal();

@@ -134,7 +134,7 @@ async fn run() -> Res<bool> {
     let mut nats = start_nats(&nats_bin, &scratch.0).await?;
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client);
-    let token = Auth::new(SECRET, None, None)?.issue(
+    let token = Auth::with_default_parties(SECRET)?.issue(
         Uuid::now_v7(),
         Role::System,
         Duration::from_secs(3600),

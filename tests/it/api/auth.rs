@@ -18,9 +18,14 @@ fn sign(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
     .unwrap()
 }
 
+/// An admin's claims, expiring `exp_offset` seconds from now, for the default issuer and
+/// audience.
 fn claims(exp_offset: i64) -> serde_json::Value {
     let now = chrono::Utc::now().timestamp();
-    json!({"sub": Uuid::now_v7(), "role": "admin", "iat": now, "exp": now + exp_offset})
+    json!({
+        "sub": Uuid::now_v7(), "role": "admin", "iat": now, "exp": now + exp_offset,
+        "iss": "order-service", "aud": "order-service"
+    })
 }
 
 async fn list_with(app: &TestApp, authorization: Option<&str>) -> (StatusCode, serde_json::Value) {
@@ -114,10 +119,56 @@ async fn bad_tokens_are_refused_with_401() {
 }
 
 #[tokio::test]
+async fn issuer_and_audience_are_checked_by_default() {
+    let app = spawn_app().await;
+    let token = |iss: Option<&str>, aud: Option<&str>| {
+        let mut c = claims(3600);
+        let c = c.as_object_mut().unwrap();
+        c.remove("iss");
+        c.remove("aud");
+        iss.map(|iss| c.insert("iss".into(), json!(iss)));
+        aud.map(|aud| c.insert("aud".into(), json!(aud)));
+        format!("Bearer {}", sign(json!(c), SECRET, Algorithm::HS256))
+    };
+    let ours = Some("order-service");
+    for (iss, aud) in [
+        (None, None),
+        (ours, None),
+        (None, ours),
+        (Some("another-service"), ours),
+        (ours, Some("another-service")),
+    ] {
+        let (status, body) = list_with(&app, Some(&token(iss, aud))).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "iss {iss:?} aud {aud:?}: {body}"
+        );
+    }
+    let (status, _) = list_with(&app, Some(&token(ours, ours))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn any_accepts_every_issuer_and_audience() {
+    let app = spawn_app_with(|c| {
+        c.auth_jwt_issuer = "any".into();
+        c.auth_jwt_audience = "any".into();
+    })
+    .await;
+    let mut bare = claims(3600);
+    bare.as_object_mut()
+        .unwrap()
+        .retain(|k, _| k != "iss" && k != "aud");
+    let bare = format!("Bearer {}", sign(bare, SECRET, Algorithm::HS256));
+    assert_eq!(list_with(&app, Some(&bare)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn issuer_and_audience_are_checked_when_configured() {
     let app = spawn_app_with(|c| {
-        c.auth_jwt_issuer = Some("shop".into());
-        c.auth_jwt_audience = Some("order-service".into());
+        c.auth_jwt_issuer = "shop".into();
+        c.auth_jwt_audience = "order-service".into();
     })
     .await;
     let with = |iss: &str, aud: &str| {
@@ -206,7 +257,12 @@ async fn the_service_refuses_to_start_without_a_strong_secret() {
 
 #[tokio::test]
 async fn iat_and_nbf_are_optional_and_honoured_when_present() {
-    let app = spawn_app().await;
+    // About iat and nbf: tokens without iss and aud are taken.
+    let app = spawn_app_with(|c| {
+        c.auth_jwt_issuer = "any".into();
+        c.auth_jwt_audience = "any".into();
+    })
+    .await;
     let now = chrono::Utc::now().timestamp();
     let bearer =
         |claims: serde_json::Value| format!("Bearer {}", sign(claims, SECRET, Algorithm::HS256));

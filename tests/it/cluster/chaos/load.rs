@@ -57,7 +57,7 @@ impl Load {
     pub fn start(base: &str, seed: u64, clients: usize, start: Instant) -> Load {
         let world = World {
             api: format!("{base}/api/v1"),
-            auth: Auth::new(SECRET, None, None).expect("the test secret"),
+            auth: Auth::with_default_parties(SECRET).expect("the test secret"),
             customers: (0..4).map(|_| Uuid::now_v7()).collect(),
             products: (0..12).map(|_| Uuid::now_v7()).collect(),
             start,
