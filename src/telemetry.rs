@@ -32,7 +32,11 @@ pub fn init(format: LogFormat, default_level: &str) -> Telemetry {
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(exporter.as_ref().map(Exporter::layer));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours on a terminal only: a log written to a file or a journal gets no escape codes
+    // (tracing-subscriber colours by default), so it can be read and searched as it is.
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => registry.with(stderr).try_init(),
         LogFormat::Json => registry.with(stderr.json()).try_init(),

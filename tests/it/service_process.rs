@@ -82,6 +82,15 @@ impl Service {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
+    /// The lines of the service's log, over all its runs, that contain `text`.
+    pub fn log_lines_with(&self, text: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|line| line.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The last `lines` lines of the service's log, over all its runs.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -136,6 +136,7 @@ async fn campaign() {
     let streams = observe::streams(&js).await;
     let (diverging, replica_states) = observe::diverging_replicas(&cluster).await;
     let findings = checker::check(&ops, &database, &streams);
+    let replicas_moved = replicas_moved(&service);
     let table = table::render(&table::Summary {
         seed: settings.seed,
         load: load_time,
@@ -153,6 +154,7 @@ async fn campaign() {
         diverging: &diverging,
         replica_states,
         behind: &behind,
+        replicas_moved: &replicas_moved,
     });
     eprintln!("{table}");
     for (kind, examples) in &findings.examples {
@@ -171,6 +173,21 @@ async fn campaign() {
         settings.seed,
         settled.verify_clean
     );
+}
+
+/// Per stream, how many times the service's log says it moved a replica of that stream (the
+/// leaderless watch, `src/relay/leaderless.rs`).
+fn replicas_moved(service: &Service) -> std::collections::BTreeMap<String, usize> {
+    let mut moved = std::collections::BTreeMap::new();
+    for line in service.log_lines_with("moving its replica") {
+        let stream = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("stream="))
+            .unwrap_or("?")
+            .to_owned();
+        *moved.entry(stream).or_default() += 1;
+    }
+    moved
 }
 
 /// The loopback client ports of `nats://127.0.0.1:<port>,...`.

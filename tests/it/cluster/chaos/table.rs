@@ -47,6 +47,8 @@ pub struct Summary<'a> {
     pub replica_states: usize,
     /// Streams without a leader or with a replica not current when they were read.
     pub behind: &'a [String],
+    /// Per stream, the replicas the service had moved because it had no leader for long.
+    pub replicas_moved: &'a std::collections::BTreeMap<String, usize>,
 }
 
 /// The table, ready to print.
@@ -145,6 +147,23 @@ pub fn render(s: &Summary) -> String {
     if !s.behind.is_empty() {
         line("streams not current", s.behind.join("; "));
     }
+    line(
+        "replicas moved",
+        if s.replicas_moved.is_empty() {
+            "none (no stream was without a leader for long)".into()
+        } else {
+            let moves: Vec<String> = s
+                .replicas_moved
+                .iter()
+                .map(|(stream, n)| format!("{stream} {n}"))
+                .collect();
+            format!(
+                "{} ({})",
+                s.replicas_moved.values().sum::<usize>(),
+                moves.join(", ")
+            )
+        },
+    );
     line(
         "replicas diverged",
         if s.diverging.is_empty() {
