@@ -26,6 +26,8 @@ struct Effects {
 }
 
 impl Handler for Effects {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS standby_effects (

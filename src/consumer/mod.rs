@@ -99,7 +99,7 @@ pub use breaker::{Breaker, BreakerState};
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
 pub use emit::Emits;
-pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared, SchemaError};
+pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, SchemaError};
 pub use health::Health;
 pub use observe::stats::{GroupRole, GroupStats, GroupStatsSnapshot};
 pub use ownership::LEASE;

@@ -65,6 +65,8 @@ pub const NOTIFICATION: &str = "notification-service";
 pub const FINANCE: &str = "finance-service";
 
 impl Handler for Inventory {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS reservations (
@@ -218,6 +220,8 @@ impl Inventory {
 }
 
 impl Handler for Notification {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS notifications (
@@ -322,6 +326,8 @@ impl Notification {
 }
 
 impl Handler for Finance {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS revenue (

@@ -196,6 +196,8 @@ struct Picky {
 }
 
 impl Handler for Picky {
+    type Prepared = ();
+
     async fn handle(
         &self,
         event: &OrderEvent,
@@ -215,6 +217,8 @@ impl Handler for Picky {
 struct Hung;
 
 impl Handler for Hung {
+    type Prepared = ();
+
     async fn handle(&self, _: &OrderEvent, _: &Delivery, _: &mut HandlerTx<'_>) -> Handled {
         std::future::pending().await
     }

@@ -3,7 +3,6 @@
 //! [`decode`] says), where it came from a [`Delivery`], and a [`Failure`] is why it did not
 //! process one.
 
-use std::any::Any;
 use std::future::Future;
 
 use rusqlite::Connection;
@@ -24,20 +23,23 @@ use crate::domain::events::Payload;
 /// begin, commit or roll back a transaction, or release or roll back to the savepoint the
 /// library keeps each event in, are refused when prepared (SQLite's authorizer answers "not
 /// authorized", a transient failure of the event). A handler's own savepoints are its own.
-pub struct HandlerTx<'c> {
+///
+/// `T` is the handler's [`Handler::Prepared`]: what its `prepare` made of this event, read with
+/// [`HandlerTx::prepared`].
+pub struct HandlerTx<'c, T = ()> {
     conn: &'c mut Connection,
     emitter: Option<Emitter>,
-    prepared: &'c Prepared,
+    prepared: &'c T,
 }
 
-impl<'c> HandlerTx<'c> {
+impl<'c, T> HandlerTx<'c, T> {
     /// The transaction on `conn`, which the batch has already begun; `emitter` when the group
     /// emits events; `prepared`, what [`Handler::prepare`] made of the event.
     pub(crate) fn new(
         conn: &'c mut Connection,
         emitter: Option<Emitter>,
-        prepared: &'c Prepared,
-    ) -> HandlerTx<'c> {
+        prepared: &'c T,
+    ) -> HandlerTx<'c, T> {
         // Fails only on a connection owned by another thread, which this one is not.
         let _ = conn.authorizer(Some(keep_the_round));
         HandlerTx {
@@ -47,9 +49,9 @@ impl<'c> HandlerTx<'c> {
         }
     }
 
-    /// What [`Handler::prepare`] returned for this event, when it is a `T`.
-    pub fn prepared<T: Any>(&self) -> Option<&T> {
-        self.prepared.get()
+    /// What [`Handler::prepare`] returned for this event.
+    pub fn prepared(&self) -> &T {
+        self.prepared
     }
 
     /// Records an outgoing event on `topic` (one of the group's emitted topics, see
@@ -97,7 +99,7 @@ impl<'c> HandlerTx<'c> {
     }
 }
 
-impl Drop for HandlerTx<'_> {
+impl<T> Drop for HandlerTx<'_, T> {
     /// The library goes on with its transaction: nothing is refused any more.
     fn drop(&mut self) {
         let _ = self
@@ -133,9 +135,59 @@ pub(in crate::consumer) const EVENT_SAVEPOINT: &str = "event";
 ///
 /// Work that needs no database (a call to another service, a message to send) belongs in
 /// [`Handler::prepare`]: it runs outside the transaction, concurrently for events of different
-/// orders, and hands its result to `handle` through [`HandlerTx::prepared`]. `handle` runs one
-/// event after another in the group's transaction, so it should only write.
+/// orders, and hands its result, a [`Handler::Prepared`], to `handle` through
+/// [`HandlerTx::prepared`]: the compiler checks that both sides agree on its type. `handle` runs
+/// one event after another in the group's transaction, so it should only write.
+///
+/// ```
+/// use order_service::consumer::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
+///
+/// /// Asks a payment provider outside the transaction, records its answer inside.
+/// struct Payments;
+///
+/// impl Handler for Payments {
+///     /// The provider's reference for the event's order, when it has one.
+///     type Prepared = Option<String>;
+///
+///     async fn prepare(&self, event: &Event, _: &Delivery) -> Result<Option<String>, Failure> {
+///         Ok(event.order_id().map(|id| format!("pay-{id}")))
+///     }
+///
+///     async fn handle(&self, _: &Event, _: &Delivery, tx: &mut HandlerTx<'_, Option<String>>) -> Handled {
+///         if let Some(reference) = tx.prepared().clone() {
+///             tx.execute("INSERT INTO payments (reference) VALUES (?1)", [reference])?;
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// A `handle` that expects another type than `prepare` makes does not compile:
+///
+/// ```compile_fail
+/// use order_service::consumer::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
+///
+/// struct Payments;
+///
+/// impl Handler for Payments {
+///     type Prepared = Option<String>;
+///
+///     async fn prepare(&self, _: &Event, _: &Delivery) -> Result<Option<String>, Failure> {
+///         Ok(None)
+///     }
+///
+///     async fn handle(&self, _: &Event, _: &Delivery, tx: &mut HandlerTx<'_, u64>) -> Handled {
+///         let _: &u64 = tx.prepared();
+///         Ok(())
+///     }
+/// }
+/// ```
 pub trait Handler: Send + Sync + 'static {
+    /// What [`Handler::prepare`] hands to [`Handler::handle`] for one event; `()` for a handler
+    /// that prepares nothing. Its default value is what `handle` gets when `prepare` is not
+    /// written (an `Option` says "nothing prepared" plainly).
+    type Prepared: Default + Send + Sync + 'static;
+
     /// Creates or migrates the handler's own tables; called once per connection at start.
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         let _ = conn;
@@ -156,9 +208,9 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         event: &Event,
         delivery: &Delivery,
-    ) -> impl Future<Output = Result<Prepared, Failure>> + Send {
+    ) -> impl Future<Output = Result<Self::Prepared, Failure>> + Send {
         let _ = (event, delivery);
-        std::future::ready(Ok(Prepared::none()))
+        std::future::ready(Ok(Self::Prepared::default()))
     }
 
     /// Processes one event. Events the handler does not care about should return `Ok(())`.
@@ -166,40 +218,9 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         event: &Event,
         delivery: &Delivery,
-        tx: &mut HandlerTx<'_>,
+        tx: &mut HandlerTx<'_, Self::Prepared>,
     ) -> impl Future<Output = Handled> + Send;
 }
 
 /// What [`Handler::handle`] answers: `Ok(())` once the event is processed (or of no interest).
 pub type Handled = Result<(), Failure>;
-
-/// What [`Handler::prepare`] hands to [`Handler::handle`]: a value of any type, or nothing.
-#[derive(Default)]
-pub struct Prepared(Option<Box<dyn Any + Send + Sync>>);
-
-impl Prepared {
-    /// Nothing to hand over.
-    pub fn none() -> Prepared {
-        Prepared(None)
-    }
-
-    /// Hands `value` over; `handle` reads it with [`HandlerTx::prepared`].
-    pub fn new<T: Any + Send + Sync>(value: T) -> Prepared {
-        Prepared(Some(Box::new(value)))
-    }
-
-    /// The value, when it is a `T`.
-    pub fn get<T: Any>(&self) -> Option<&T> {
-        self.0.as_ref()?.downcast_ref()
-    }
-}
-
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Prepared(..)"
-        } else {
-            "Prepared(none)"
-        })
-    }
-}

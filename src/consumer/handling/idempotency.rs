@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::emit::{self, Emitter, Outbox};
-use super::handler::{Delivery, Event, Failure, Handler, HandlerTx, Prepared};
+use super::handler::{Delivery, Event, Failure, Handler, HandlerTx};
 
 /// How long a connection waits for another writer of the same file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +142,7 @@ impl<'c> Batch<'c> {
         handler: &H,
         event: &Event,
         delivery: &Delivery,
-        prepared: &Prepared,
+        prepared: &H::Prepared,
     ) -> rusqlite::Result<Step<Failure>> {
         self.conn.execute_batch("SAVEPOINT event")?;
         let inserted = self.conn.execute(
@@ -250,6 +250,8 @@ mod tests {
     struct Effects;
 
     impl Handler for Effects {
+        type Prepared = ();
+
         async fn handle(
             &self,
             event: &Event,
@@ -272,6 +274,8 @@ mod tests {
     struct Meddles;
 
     impl Handler for Meddles {
+        type Prepared = ();
+
         async fn handle(
             &self,
             event: &Event,
@@ -368,9 +372,15 @@ mod tests {
             delivery: &Delivery,
         ) -> Step<Failure> {
             let processed = processed(event.event_id());
-            self.run(&processed, handler, event, delivery, &Prepared::none())
-                .await
-                .unwrap()
+            self.run(
+                &processed,
+                handler,
+                event,
+                delivery,
+                &H::Prepared::default(),
+            )
+            .await
+            .unwrap()
         }
     }
 

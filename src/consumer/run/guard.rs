@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 
 use crate::consumer::breaker::STORE_FAULT;
-use crate::consumer::handling::handler::{
-    Delivery, Event, Failure, Handled, Handler, HandlerTx, Prepared,
-};
+use crate::consumer::handling::handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx};
 use crate::consumer::observe::metrics::{ConsumerMetrics, HandlerLabels, handler_name};
 use crate::consumer::observe::stats::GroupStats;
 
@@ -121,18 +119,25 @@ impl<H: Handler> Guarded<H> {
 }
 
 impl<H: Handler> Handler for Guarded<H> {
+    type Prepared = H::Prepared;
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         self.inner.migrate(conn)
     }
 
-    async fn prepare(&self, event: &Event, delivery: &Delivery) -> Result<Prepared, Failure> {
+    async fn prepare(&self, event: &Event, delivery: &Delivery) -> Result<H::Prepared, Failure> {
         let started = Instant::now();
         let run = AssertUnwindSafe(self.inner.prepare(event, delivery)).catch_unwind();
         let outcome = tokio::time::timeout(self.timeout, run).await;
         self.conclude(event, "prepare", started, outcome, false)
     }
 
-    async fn handle(&self, event: &Event, delivery: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
+    async fn handle(
+        &self,
+        event: &Event,
+        delivery: &Delivery,
+        tx: &mut HandlerTx<'_, H::Prepared>,
+    ) -> Handled {
         let started = Instant::now();
         let run = AssertUnwindSafe(self.inner.handle(event, delivery, tx)).catch_unwind();
         let scoped = STORE_FAULT.scope(self.store_fault.clone(), run);

@@ -23,7 +23,7 @@ use super::attempts;
 use super::parking::{self, Parking};
 use super::worker::{Received, RoundError, Verdict, Worker};
 use crate::consumer::dlq::Reason;
-use crate::consumer::handling::handler::{self, Delivery, Event, Failure, Handler, Prepared};
+use crate::consumer::handling::handler::{self, Delivery, Event, Failure, Handler};
 use crate::consumer::handling::idempotency::{self, Batch, Processed, Step};
 use crate::consumer::ownership::fence::Fenced;
 use crate::domain::Topic;
@@ -138,7 +138,7 @@ impl<H: Handler> Worker<H> {
                     .instrument(run.span.clone()),
             );
         }
-        let prepared: Vec<Result<Prepared, Failure>> = futures::stream::iter(preparing)
+        let prepared: Vec<Result<H::Prepared, Failure>> = futures::stream::iter(preparing)
             .buffered(self.config.concurrency)
             .collect()
             .await;

@@ -24,6 +24,8 @@ struct SideFile {
 }
 
 impl Handler for SideFile {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         self.inner.migrate(conn)
     }

@@ -72,6 +72,8 @@ impl Picking {
 }
 
 impl Handler for Picking {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS lines (order_id TEXT NOT NULL, line INTEGER NOT NULL)",
@@ -416,6 +418,8 @@ struct FullOnEmit {
 }
 
 impl Handler for FullOnEmit {
+    type Prepared = ();
+
     async fn handle(&self, event: &Event, _: &Delivery, tx: &mut HandlerTx<'_>) -> Handled {
         let Event::Created(e) = event else {
             return Ok(());

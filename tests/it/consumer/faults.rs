@@ -104,6 +104,8 @@ struct FullDisk {
 }
 
 impl Handler for FullDisk {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         self.inner.migrate(conn)?;
         conn.execute_batch("CREATE TABLE IF NOT EXISTS padding (b BLOB)")
@@ -233,6 +235,8 @@ struct Panics {
 }
 
 impl Handler for Panics {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         self.inner.migrate(conn)
     }
@@ -306,6 +310,8 @@ struct Hangs {
 }
 
 impl Handler for Hangs {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         self.inner.migrate(conn)
     }

@@ -108,6 +108,8 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS effects (
@@ -489,6 +491,8 @@ pub(crate) struct Stall {
 }
 
 impl Handler for Stall {
+    type Prepared = ();
+
     async fn handle(&self, _: &Event, _: &Delivery, _: &mut HandlerTx<'_>) -> Result<(), Failure> {
         let _ = self.got.send(chrono::Utc::now().timestamp_millis());
         std::future::pending::<()>().await;

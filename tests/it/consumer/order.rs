@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use order_service::auth::Role;
 use order_service::bus::Topics;
 use order_service::consumer::{
-    Delivery, Event, Failure, GroupConfig, GroupStatsSnapshot, Handler, HandlerTx, Prepared, lag,
+    Delivery, Event, Failure, GroupConfig, GroupStatsSnapshot, Handler, HandlerTx, lag,
 };
 use order_service::domain::Topic;
 use reqwest::{Method, StatusCode};
@@ -110,7 +110,10 @@ impl Tracker {
 struct Tracked(Arc<Tracker>);
 
 impl Handler for Tracked {
-    async fn prepare(&self, _: &Event, delivery: &Delivery) -> Result<Prepared, Failure> {
+    /// The sequence of the message `prepare` saw, which `handle` checks is its own.
+    type Prepared = u64;
+
+    async fn prepare(&self, _: &Event, delivery: &Delivery) -> Result<u64, Failure> {
         let t = &self.0;
         t.note(delivery, Step::PrepareStart);
         let now = t.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -118,18 +121,18 @@ impl Handler for Tracked {
         tokio::time::sleep(t.prepare_for).await;
         t.running.fetch_sub(1, Ordering::SeqCst);
         t.note(delivery, Step::PrepareEnd);
-        Ok(Prepared::new(delivery.stream_sequence))
+        Ok(delivery.stream_sequence)
     }
 
     async fn handle(
         &self,
         _: &Event,
         delivery: &Delivery,
-        tx: &mut HandlerTx<'_>,
+        tx: &mut HandlerTx<'_, u64>,
     ) -> Result<(), Failure> {
         assert_eq!(
-            tx.prepared::<u64>(),
-            Some(&delivery.stream_sequence),
+            *tx.prepared(),
+            delivery.stream_sequence,
             "handle sees what prepare made of the same event"
         );
         if let Some(failure) = (self.0.decide)(key(delivery), delivery) {

@@ -24,6 +24,8 @@ struct Migrating {
 }
 
 impl Handler for Migrating {
+    type Prepared = ();
+
     fn migrate(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         self.migrated.store(true, Ordering::Relaxed);
         self.inner.migrate(conn)

@@ -39,6 +39,8 @@ const EMITTED_STREAM: &str = "PACKING_BOX_REQUESTED";
 struct Packing;
 
 impl Handler for Packing {
+    type Prepared = ();
+
     fn migrate(&self, _: &rusqlite::Connection) -> rusqlite::Result<()> {
         Ok(())
     }
