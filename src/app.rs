@@ -281,15 +281,40 @@ pub(crate) fn topics(config: &Config) -> Result<Topics, AppError> {
     })
 }
 
-/// The token verifier of the configured secret.
+/// The token verifier of the configured secret or public key (and private key, to mint).
 pub(crate) fn auth(config: &Config) -> Result<Auth, AppError> {
-    let secret = config
-        .auth_jwt_secret
-        .as_ref()
-        .ok_or(AppError::NoSecret)?
-        .expose();
-    Ok(Auth::new(
-        secret,
+    let Some(public) = &config.auth_jwt_public_key_file else {
+        let secret = config
+            .auth_jwt_secret
+            .as_ref()
+            .ok_or(AppError::NoSecret)?
+            .expose();
+        return Ok(Auth::new(
+            secret,
+            config.token_issuer(),
+            config.token_audience(),
+        )?);
+    };
+    if config.auth_jwt_secret.is_some() {
+        // Two ways to verify, one of them a shared secret: the key pair would protect nothing.
+        return Err(AuthConfigError::Key(
+            "AUTH_JWT_SECRET and AUTH_JWT_PUBLIC_KEY_FILE are both set; set one".into(),
+        )
+        .into());
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            AuthConfigError::Key(format!("cannot read the key file {}: {e}", path.display()))
+        })
+    };
+    let private = config
+        .auth_jwt_private_key_file
+        .as_deref()
+        .map(read)
+        .transpose()?;
+    Ok(Auth::with_public_key(
+        &read(public)?,
+        private.as_deref(),
         config.token_issuer(),
         config.token_audience(),
     )?)

@@ -1,7 +1,11 @@
-//! Bearer tokens: HS256 JWTs with a subject, a role and an expiry.
+//! Bearer tokens: JWTs with a subject, a role and an expiry.
 //!
-//! The algorithm is pinned to HS256, so a token that names another algorithm (`none` included) is
-//! refused before its signature is looked at. `iss` and `aud` are checked when configured.
+//! Two kinds of keys: an HS256 secret (`AUTH_JWT_SECRET`), shared by whoever mints and whoever
+//! verifies, or a key pair (`AUTH_JWT_PUBLIC_KEY_FILE`, Ed25519 for EdDSA or RSA for RS256), where
+//! a service that only verifies holds the public key and so cannot mint. The algorithm is pinned
+//! to the key's, so a token that names another algorithm (`none`, or HS256 signed with the public
+//! key as its secret) is refused before its signature is looked at. `iss` and `aud` are checked
+//! unless configured `any`.
 
 use std::fmt;
 use std::time::Duration;
@@ -68,6 +72,14 @@ pub enum AuthConfigError {
         "AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {0}; `make run` generates a development secret"
     )]
     SecretTooShort(usize),
+    /// A key file is not a PEM key of a kind tokens can be signed with.
+    #[error("{0}")]
+    Key(String),
+    /// Minting needs the private key, which this side does not hold.
+    #[error(
+        "tokens are verified with a public key here; minting one needs AUTH_JWT_PRIVATE_KEY_FILE"
+    )]
+    CannotMint,
 }
 
 /// Why a caller is turned away; the API answers 401 or 403 with the message.
@@ -84,7 +96,9 @@ pub enum Refusal {
 /// Verifies and issues tokens.
 #[derive(Clone)]
 pub struct Auth {
-    encoding: EncodingKey,
+    algorithm: Algorithm,
+    /// `None` where only the public key is held.
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     validation: Validation,
     issuer: Option<String>,
@@ -124,7 +138,61 @@ impl Auth {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(AuthConfigError::SecretTooShort(secret.len()));
         }
-        let mut validation = Validation::new(Algorithm::HS256);
+        Ok(Auth::with_keys(
+            Algorithm::HS256,
+            DecodingKey::from_secret(secret.as_bytes()),
+            Some(EncodingKey::from_secret(secret.as_bytes())),
+            issuer,
+            audience,
+        ))
+    }
+
+    /// Auth with a key pair: `public_pem` (an Ed25519 key for EdDSA, or an RSA key for RS256, as
+    /// `openssl pkey -pubout` writes it) verifies; `private_pem` (PKCS#8), when given, mints.
+    pub fn with_public_key(
+        public_pem: &[u8],
+        private_pem: Option<&[u8]>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Auth, AuthConfigError> {
+        let key_error = |which: &str, e: jsonwebtoken::errors::Error| {
+            AuthConfigError::Key(format!(
+                "the {which} key is neither an Ed25519 nor an RSA PEM key: {e}"
+            ))
+        };
+        let (algorithm, decoding) = match DecodingKey::from_ed_pem(public_pem) {
+            Ok(key) => (Algorithm::EdDSA, key),
+            Err(_) => (
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem(public_pem).map_err(|e| key_error("public", e))?,
+            ),
+        };
+        let encoding = private_pem
+            .map(|pem| match algorithm {
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+                _ => EncodingKey::from_rsa_pem(pem),
+            })
+            .transpose()
+            .map_err(|e| key_error("private", e))?;
+        let auth = Auth::with_keys(algorithm, decoding, encoding, issuer, audience);
+        // A private key that does not belong to the public one would mint refused tokens.
+        if auth.encoding.is_some() {
+            let probe = auth.issue(Uuid::nil(), Role::Customer, Duration::from_secs(60))?;
+            auth.verify(&probe).map_err(|_| {
+                AuthConfigError::Key("the private key does not match the public key".into())
+            })?;
+        }
+        Ok(auth)
+    }
+
+    fn with_keys(
+        algorithm: Algorithm,
+        decoding: DecodingKey,
+        encoding: Option<EncodingKey>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Auth {
+        let mut validation = Validation::new(algorithm);
         // A configured issuer or audience must be present, not merely right when present.
         let mut required = vec!["exp", "sub"];
         required.extend(issuer.as_ref().map(|_| "iss"));
@@ -140,17 +208,20 @@ impl Auth {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Auth {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+        Auth {
+            algorithm,
+            encoding,
+            decoding,
             validation,
             issuer,
             audience,
-        })
+        }
     }
 
-    /// A signed token for `sub` in `role`, valid for `ttl`.
-    pub fn issue(&self, sub: Uuid, role: Role, ttl: Duration) -> String {
+    /// A signed token for `sub` in `role`, valid for `ttl`; refused where only the public key is
+    /// held.
+    pub fn issue(&self, sub: Uuid, role: Role, ttl: Duration) -> Result<String, AuthConfigError> {
+        let encoding = self.encoding.as_ref().ok_or(AuthConfigError::CannotMint)?;
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         let claims = Claims {
             sub: sub.to_string(),
@@ -160,8 +231,8 @@ impl Auth {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing does not fail")
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding)
+            .map_err(|e| AuthConfigError::Key(format!("signing a token failed: {e}")))
     }
 
     /// The caller behind a token, or why the token is refused.
@@ -173,7 +244,12 @@ impl Auth {
                     ErrorKind::ExpiredSignature => "the token has expired",
                     ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "the token's signature is not valid",
-                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                    ErrorKind::InvalidAlgorithm => {
+                        return Refusal::Unauthenticated(format!(
+                            "the token must be signed with {:?}",
+                            self.algorithm
+                        ));
+                    }
                     ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
                     ErrorKind::InvalidAudience => "the token's audience is not accepted",
                     ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
@@ -256,7 +332,7 @@ mod tests {
         let auth = Auth::new(SECRET, Some("shop".into()), Some("orders".into())).unwrap();
         let sub = Uuid::now_v7();
         let caller = auth
-            .verify(&auth.issue(sub, Role::Ai, Duration::from_secs(60)))
+            .verify(&auth.issue(sub, Role::Ai, Duration::from_secs(60)).unwrap())
             .unwrap();
         assert_eq!(
             caller,
@@ -278,8 +354,8 @@ mod tests {
         )
         .unwrap();
         let token = b.issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(60));
-        assert!(a.verify(&token).is_err());
+        assert!(a.verify(&token.unwrap()).is_err());
         let token = c.issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(60));
-        assert!(a.verify(&token).is_err());
+        assert!(a.verify(&token.unwrap()).is_err());
     }
 }

@@ -76,7 +76,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn token(config: &Config, args: &TokenArgs) -> Result<(), AppError> {
     let sub = args.sub.unwrap_or_else(uuid::Uuid::now_v7);
-    println!("{}", auth(config)?.issue(sub, args.role, args.ttl));
+    println!("{}", auth(config)?.issue(sub, args.role, args.ttl)?);
     Ok(())
 }
 

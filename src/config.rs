@@ -168,6 +168,16 @@ pub struct Config {
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
     pub auth_jwt_secret: Option<Secret>,
 
+    /// A PEM public key (Ed25519 for EdDSA, RSA for RS256) that verifies tokens instead of
+    /// `AUTH_JWT_SECRET`: a service that holds only this key cannot mint a token.
+    #[arg(long, env = "AUTH_JWT_PUBLIC_KEY_FILE")]
+    pub auth_jwt_public_key_file: Option<PathBuf>,
+
+    /// Its private key (PEM, PKCS#8), which `order-service token` mints with; the service does
+    /// not need it.
+    #[arg(long, env = "AUTH_JWT_PRIVATE_KEY_FILE")]
+    pub auth_jwt_private_key_file: Option<PathBuf>,
+
     /// The `iss` every token must carry; `any` accepts a token with any issuer or none. See
     /// [`Config::token_issuer`].
     #[arg(long, env = "AUTH_JWT_ISSUER", default_value = crate::auth::TOKEN_PARTY)]

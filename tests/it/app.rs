@@ -82,11 +82,24 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let addr: SocketAddr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
     let db_path = config.database_path.clone();
-    let auth = Auth::new(
-        config.auth_jwt_secret.as_ref().unwrap().expose(),
-        config.token_issuer(),
-        config.token_audience(),
-    )
+    // The test mints with what the service is configured with: its secret, or its key pair.
+    let auth = match &config.auth_jwt_public_key_file {
+        None => Auth::new(
+            config.auth_jwt_secret.as_ref().unwrap().expose(),
+            config.token_issuer(),
+            config.token_audience(),
+        ),
+        Some(public) => Auth::with_public_key(
+            &std::fs::read(public).unwrap(),
+            config
+                .auth_jwt_private_key_file
+                .as_ref()
+                .map(|private| std::fs::read(private).unwrap())
+                .as_deref(),
+            config.token_issuer(),
+            config.token_audience(),
+        ),
+    }
     .unwrap();
     let signal = shutdown.signal();
     let server = tokio::spawn(async move {
@@ -140,6 +153,7 @@ impl TestApp {
     pub fn token(&self, user: User) -> String {
         self.auth
             .issue(user.id, user.role, Duration::from_secs(3600))
+            .expect("the test app holds its secret")
     }
 
     /// `/ready` as an admin sees it, with its checks (without a token it says its status only).

@@ -138,7 +138,7 @@ async fn run() -> Res<bool> {
         Uuid::now_v7(),
         Role::System,
         Duration::from_secs(3600),
-    );
+    )?;
     let body = Bytes::from(order_body());
     let mut report = Report::default();
 

@@ -1,5 +1,8 @@
 //! Tokens that must be refused with 401, and the `token` command.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -7,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::{SECRET, TestApp, simple_order, spawn_app, spawn_app_with};
+use order_service::auth::{Auth, Role};
+
+use crate::app::{SECRET, TestApp, User, simple_order, spawn_app, spawn_app_with};
 
 fn sign(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
     jsonwebtoken::encode(
@@ -315,4 +320,115 @@ async fn iat_and_nbf_are_optional_and_honoured_when_present() {
         crate::app::into_json(response).await
     };
     assert_eq!(status, StatusCode::CREATED, "{order}");
+}
+
+/// An `openssl` key pair in `dir`: `<name>.pem` (private, PKCS#8) and `<name>.pub.pem`.
+fn key_pair(dir: &std::path::Path, name: &str, algorithm: &[&str]) -> (PathBuf, PathBuf) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let mut generate = vec!["genpkey"];
+    generate.extend_from_slice(algorithm);
+    generate.extend(["-out", private.to_str().unwrap()]);
+    run(&generate);
+    run(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (private, public)
+}
+
+#[tokio::test]
+async fn a_key_pair_verifies_tokens_and_only_its_private_key_mints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ed25519 = ["-algorithm", "ed25519"].as_slice();
+    let rsa = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"].as_slice();
+    for (name, algorithm, alg) in [("ed", ed25519, "EdDSA"), ("rsa", rsa, "RS256")] {
+        let (private, public) = key_pair(dir.path(), name, algorithm);
+        let (stranger, _) = key_pair(dir.path(), &format!("{name}-stranger"), algorithm);
+        let app = spawn_app_with(|c| {
+            c.auth_jwt_secret = None;
+            c.auth_jwt_public_key_file = Some(public.clone());
+            c.auth_jwt_private_key_file = Some(private.clone());
+        })
+        .await;
+        // Minted with the private key: taken, for every role's rights.
+        let admin = User::new(Role::Admin);
+        let (status, body) = app.get(admin, "/api/v1/orders").await;
+        assert_eq!(status, StatusCode::OK, "{alg}: {body}");
+        let header = jsonwebtoken::decode_header(&app.token(admin)).unwrap();
+        assert_eq!(format!("{:?}", header.alg), alg);
+
+        // Signed by another key of the same kind, or HS256 with the public key as the secret
+        // (the algorithm confusion of a verifier that trusts the header): refused.
+        let stranger = Auth::with_public_key(
+            &std::fs::read(&private.with_file_name(format!("{name}-stranger.pub.pem"))).unwrap(),
+            Some(&std::fs::read(&stranger).unwrap()),
+            Some("order-service".into()),
+            Some("order-service".into()),
+        )
+        .unwrap();
+        let forged = stranger
+            .issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(60))
+            .unwrap();
+        let (status, body) = list_with(&app, Some(&format!("Bearer {forged}"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let public_as_secret = std::fs::read(&public).unwrap();
+        let confused = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(3600),
+            &EncodingKey::from_secret(&public_as_secret),
+        )
+        .unwrap();
+        let (status, body) = list_with(&app, Some(&format!("Bearer {confused}"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(
+            body["message"],
+            format!("the token must be signed with {alg}")
+        );
+
+        // Where only the public key is, nothing can be minted; with the private key, the
+        // command mints what the service takes.
+        let token = |with_private: bool| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"));
+            command
+                .args(["token", "--role", "admin"])
+                .env_remove("AUTH_JWT_SECRET")
+                .env("AUTH_JWT_PUBLIC_KEY_FILE", &public);
+            if with_private {
+                command.env("AUTH_JWT_PRIVATE_KEY_FILE", &private);
+            }
+            command.output().unwrap()
+        };
+        let refused = token(false);
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("AUTH_JWT_PRIVATE_KEY_FILE"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        let minted = token(true);
+        assert!(
+            minted.status.success(),
+            "{}",
+            String::from_utf8_lossy(&minted.stderr)
+        );
+        let minted = String::from_utf8(minted.stdout).unwrap();
+        let (status, body) = list_with(&app, Some(&format!("Bearer {}", minted.trim()))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }

@@ -122,11 +122,10 @@ async fn one_orders_spans_form_one_tree_from_the_request_to_what_its_consumer_em
             .emitting(emits()),
     );
 
-    let token = Auth::with_default_parties(SECRET).unwrap().issue(
-        Uuid::now_v7(),
-        Role::Customer,
-        Duration::from_secs(600),
-    );
+    let token = Auth::with_default_parties(SECRET)
+        .unwrap()
+        .issue(Uuid::now_v7(), Role::Customer, Duration::from_secs(600))
+        .unwrap();
     let response = http
         .post(format!("{}/api/v1/orders", service.base))
         .bearer_auth(token)

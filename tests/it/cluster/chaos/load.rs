@@ -104,7 +104,10 @@ async fn client(
         let (role, sub, method, path, body, target) =
             request(&world, &mut rng, command, order.map(|i| &known[i]));
         let correlation = Uuid::now_v7().to_string();
-        let token = world.auth.issue(sub, role, Duration::from_secs(24 * 3600));
+        let token = world
+            .auth
+            .issue(sub, role, Duration::from_secs(24 * 3600))
+            .expect("the test secret");
         let sent = world.start.elapsed();
         let answer = http
             .request(method, format!("{}{path}", world.api))
