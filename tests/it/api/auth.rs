@@ -359,7 +359,8 @@ async fn a_key_pair_verifies_tokens_and_only_its_private_key_mints_them() {
     let rsa = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"].as_slice();
     for (name, algorithm, alg) in [("ed", ed25519, "EdDSA"), ("rsa", rsa, "RS256")] {
         let (private, public) = key_pair(dir.path(), name, algorithm);
-        let (stranger, _) = key_pair(dir.path(), &format!("{name}-stranger"), algorithm);
+        let (stranger, stranger_public) =
+            key_pair(dir.path(), &format!("{name}-stranger"), algorithm);
         let app = spawn_app_with(|c| {
             c.auth_jwt_secret = None;
             c.auth_jwt_public_key_file = Some(public.clone());
@@ -370,13 +371,13 @@ async fn a_key_pair_verifies_tokens_and_only_its_private_key_mints_them() {
         let admin = User::new(Role::Admin);
         let (status, body) = app.get(admin, "/api/v1/orders").await;
         assert_eq!(status, StatusCode::OK, "{alg}: {body}");
-        let header = jsonwebtoken::decode_header(&app.token(admin)).unwrap();
+        let header = jsonwebtoken::decode_header(app.token(admin)).unwrap();
         assert_eq!(format!("{:?}", header.alg), alg);
 
         // Signed by another key of the same kind, or HS256 with the public key as the secret
         // (the algorithm confusion of a verifier that trusts the header): refused.
         let stranger = Auth::with_public_key(
-            &std::fs::read(&private.with_file_name(format!("{name}-stranger.pub.pem"))).unwrap(),
+            &std::fs::read(&stranger_public).unwrap(),
             Some(&std::fs::read(&stranger).unwrap()),
             Some("order-service".into()),
             Some("order-service".into()),
