@@ -468,15 +468,19 @@ impl Relay {
             }
         };
         self.observe(|o| o.putting_back(&repair.stream, repair.handled()));
-        tracing::info!(
-            stream = %repair.stream,
-            republished = repair.republished,
-            duplicates = repair.duplicates,
-            failed = repair.failed,
-            copies_deleted = repair.copies_deleted,
-            recorded = repair.recorded,
-            "stream repaired"
-        );
+        // A repair that failed was already logged with its error: "repaired" would say the
+        // opposite of what happened.
+        if repair.error.is_none() {
+            tracing::info!(
+                stream = %repair.stream,
+                republished = repair.republished,
+                duplicates = repair.duplicates,
+                failed = repair.failed,
+                copies_deleted = repair.copies_deleted,
+                recorded = repair.recorded,
+                "stream repaired"
+            );
+        }
         Ok((Some(repair), transient))
     }
 
