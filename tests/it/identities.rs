@@ -495,7 +495,7 @@ fn the_image_does_not_start_without_both_passwords() {
 }
 
 /// Runs `openssl` in `dir`; fails the test when it fails.
-fn openssl(dir: &Path, args: &[&str]) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .current_dir(dir)
         .args(args)

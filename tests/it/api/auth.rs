@@ -13,6 +13,7 @@ use uuid::Uuid;
 use order_service::auth::{Auth, Role};
 
 use crate::app::{SECRET, TestApp, User, simple_order, spawn_app, spawn_app_with};
+use crate::identities::openssl;
 
 fn sign(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
     jsonwebtoken::encode(
@@ -324,32 +325,13 @@ async fn iat_and_nbf_are_optional_and_honoured_when_present() {
 
 /// An `openssl` key pair in `dir`: `<name>.pem` (private, PKCS#8) and `<name>.pub.pem`.
 fn key_pair(dir: &std::path::Path, name: &str, algorithm: &[&str]) -> (PathBuf, PathBuf) {
-    let private = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("run openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let (private, public) = (format!("{name}.pem"), format!("{name}.pub.pem"));
     let mut generate = vec!["genpkey"];
     generate.extend_from_slice(algorithm);
-    generate.extend(["-out", private.to_str().unwrap()]);
-    run(&generate);
-    run(&[
-        "pkey",
-        "-in",
-        private.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        public.to_str().unwrap(),
-    ]);
-    (private, public)
+    generate.extend(["-out", &private]);
+    openssl(dir, &generate);
+    openssl(dir, &["pkey", "-in", &private, "-pubout", "-out", &public]);
+    (dir.join(private), dir.join(public))
 }
 
 #[tokio::test]

@@ -5,16 +5,22 @@
 //! get a 4xx.
 //!
 //! The cases come from a seeded generator: the seed is printed, and `PROPTEST_SEED=<n>` replays
-//! a run. `PROPTEST_CASES` sets how many cases each property takes (default 96).
+//! a run. `PROPTEST_CASES` sets how many cases each property takes (default 256).
 
 use order_service::auth::Role;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::{TestApp, User, into_json, order_body, spawn_app};
+
+/// The library's own runner with a printed seed, shared as a file (it is not part of the
+/// library's API).
+#[path = "../../../src/seeded.rs"]
+mod seeded;
+use seeded::runner;
 
 /// Any JSON value, nested a few levels, with the numbers and strings that break parsers:
 /// extremes, fractions, negative zero, long digits, odd Unicode.
@@ -290,25 +296,6 @@ async fn answered_well(
 /// How many cases got each answer (status and error code), printed at the end so that a run
 /// shows what it exercised.
 type Answers = std::sync::Mutex<std::collections::BTreeMap<String, usize>>;
-
-/// A runner with a printed, replayable seed.
-fn runner(property: &str) -> TestRunner {
-    let seed = std::env::var("PROPTEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(96);
-    eprintln!("{property}: seed {seed} (PROPTEST_SEED={seed} replays it), {cases} cases");
-    TestRunner::new(Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    })
-}
 
 #[test]
 fn every_command_answers_a_changed_body_with_success_or_a_clear_4xx() {
