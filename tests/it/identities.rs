@@ -444,38 +444,12 @@ fn the_single_node_config_needs_both_passwords() {
             .output()
             .unwrap()
     };
-    let both = test(&[
-        ("NATS_SERVICE_PASSWORD", "a-password"),
-        ("NATS_SUBSCRIBER_PASSWORD", "another-password"),
-    ]);
-    assert!(
-        both.status.success(),
-        "{}",
-        String::from_utf8_lossy(&both.stderr)
-    );
-    let one = test(&[("NATS_SERVICE_PASSWORD", "a-password")]);
-    assert!(!one.status.success());
-    assert!(
-        String::from_utf8_lossy(&one.stderr).contains("NATS_SUBSCRIBER_PASSWORD"),
-        "{}",
-        String::from_utf8_lossy(&one.stderr)
-    );
+    needs_both_passwords(test);
 }
 
-#[test]
-fn the_image_does_not_start_without_both_passwords() {
-    // `-t` checks the image's own config, as built by `make nats-image`, and exits.
-    let check = |passwords: &[(&str, &str)]| {
-        let mut args = vec!["run".to_string(), "--rm".into()];
-        for (name, value) in passwords {
-            args.extend(["--env".into(), format!("{name}={value}")]);
-        }
-        args.extend([crate::nats::image(), "-t".into()]);
-        Command::new("docker")
-            .args(&args)
-            .output()
-            .expect("run docker")
-    };
+/// `check` (a server's config check with these passwords in its environment) passes with both
+/// passwords, and fails naming a missing one with one or none.
+fn needs_both_passwords(check: impl Fn(&[(&str, &str)]) -> std::process::Output) {
     let both = check(&[
         ("NATS_SERVICE_PASSWORD", "a-password"),
         ("NATS_SUBSCRIBER_PASSWORD", "another-password"),
@@ -492,6 +466,23 @@ fn the_image_does_not_start_without_both_passwords() {
         // The server names the first variable it misses.
         assert!(said.contains("_PASSWORD"), "{said}");
     }
+}
+
+#[test]
+fn the_image_does_not_start_without_both_passwords() {
+    // `-t` checks the image's own config, as built by `make nats-image`, and exits.
+    let check = |passwords: &[(&str, &str)]| {
+        let mut args = vec!["run".to_string(), "--rm".into()];
+        for (name, value) in passwords {
+            args.extend(["--env".into(), format!("{name}={value}")]);
+        }
+        args.extend([crate::nats::image(), "-t".into()]);
+        Command::new("docker")
+            .args(&args)
+            .output()
+            .expect("run docker")
+    };
+    needs_both_passwords(check);
 }
 
 /// Runs `openssl` in `dir`; fails the test when it fails.
