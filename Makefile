@@ -180,9 +180,11 @@ bench: nats-server build
 # Subscribers use the second: `. ./data/dev-nats.env; NATS_USER=subscriber
 # NATS_PASSWORD=$$NATS_SUBSCRIBER_PASSWORD ...`. The `dev-` prefix keeps each a string to the
 # server's config parser, which would read an all-digit value as a number.
+# NATS_ROUTE_PASSWORD is the cluster's routes' (nats/cluster/); a file made before it gets it
+# added by `make cluster-up`.
 $(DEV_NATS):
 	@mkdir -p $(DATA)
-	@umask 077 && for user in SERVICE SUBSCRIBER; do \
+	@umask 077 && for user in SERVICE SUBSCRIBER ROUTE; do \
 		echo "NATS_$${user}_PASSWORD=dev-$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"; \
 	done > $@
 	@echo "generated development NATS passwords in $@" >&2
@@ -213,12 +215,14 @@ service-image: build
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 CLUSTER := $(COMPOSE) -f nats/cluster/compose.yaml -p order-service-cluster
 # For the compose commands that start nothing: the file's required variables must still be set.
-CLUSTER_UNUSED := AUTH_JWT_SECRET=unused NATS_SERVICE_PASSWORD=unused NATS_SUBSCRIBER_PASSWORD=unused $(CLUSTER)
+CLUSTER_UNUSED := AUTH_JWT_SECRET=unused NATS_SERVICE_PASSWORD=unused NATS_SUBSCRIBER_PASSWORD=unused NATS_ROUTE_PASSWORD=unused $(CLUSTER)
 CLUSTER_READY_TIMEOUT ?= 60
 CLUSTER_HTTP_PORT ?= 8081
 export CLUSTER_HTTP_PORT
 .PHONY: service-image cluster-up cluster-down
 cluster-up: $(DEV_SECRET) $(DEV_NATS) nats-image service-image
+	@grep -q '^NATS_ROUTE_PASSWORD=' $(DEV_NATS) || \
+		echo "NATS_ROUTE_PASSWORD=dev-$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> $(DEV_NATS)
 	@set -a && . ./$(DEV_NATS) && set +a; AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CLUSTER) up -d
 	@# /ready shows its checks to an admin token only.
 	@admin="$$(AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" ./target/release/order-service token --role admin)"; \

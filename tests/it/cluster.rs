@@ -16,3 +16,4 @@ mod harness;
 mod leaderless;
 mod load;
 mod repair;
+mod routes;

@@ -27,11 +27,15 @@ pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one Docker command may take.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The password the nodes' routes authenticate with (`NATS_ROUTE_PASSWORD` of nats/cluster/).
+const ROUTE_PASSWORD: &str = "test-route-password";
 
 /// Three nodes and their network, owned by one test.
 pub struct Cluster {
     network: String,
     nodes: Vec<Node>,
+    /// Servers started beside the nodes ([`Cluster::start_stranger`]).
+    strangers: Vec<String>,
 }
 
 /// One node's container and loopback ports.
@@ -86,6 +90,7 @@ impl Cluster {
         let mut cluster = Cluster {
             network,
             nodes: Vec::new(),
+            strangers: Vec::new(),
         };
         for (i, name) in NODES.into_iter().enumerate() {
             let node = Node {
@@ -105,44 +110,81 @@ impl Cluster {
     /// Starts `node`'s container (a new one, with an empty store) from the shipped configs, the
     /// shipped identities and their test passwords, on its network alias and loopback ports.
     async fn run_node(&self, node: &Node) -> Result<String, String> {
-        let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/nats/cluster");
-        let client = format!("127.0.0.1:{}:4222", node.client_port);
-        let monitor = format!("127.0.0.1:{}:8222", node.monitor_port);
         let config = format!("/etc/nats/{}.conf", node.name);
+        self.run_server(&node.container, node.name, Some(node), &config, ROUTE_PASSWORD)
+            .await
+    }
+
+    /// Starts a server that is not one of the three on the cluster's network, with the nodes'
+    /// shared config under its own name and `route_password`: it tries to route to every node.
+    /// Returns its container, removed with the cluster.
+    pub async fn start_stranger(&mut self, name: &'static str, route_password: &str) -> String {
+        let container = format!("{}-{name}", self.network.trim_end_matches("-net"));
+        self.strangers.push(container.clone());
+        let config = "/etc/nats/node.conf";
+        self.run_server(&container, name, None, config, route_password)
+            .await
+            .unwrap_or_else(|error| panic!("start {name}: {error}"));
+        container
+    }
+
+    /// `docker run` of a server on the cluster's network as `alias`: a node (its ports published)
+    /// or a stranger (`node` none, `--name alias` given to the server).
+    async fn run_server(
+        &self,
+        container: &str,
+        alias: &str,
+        node: Option<&Node>,
+        config: &str,
+        route_password: &str,
+    ) -> Result<String, String> {
+        let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/nats/cluster");
         let volume = format!("{configs}:/etc/nats:ro");
         // The shipped identities, where node.conf includes them from, and their passwords.
         let identities = format!(
             "{}:/etc/identities.conf:ro",
             NatsServer::shipped("identities.conf").display()
         );
-        let passwords: Vec<String> = NatsServer::identity_env()
+        let mut env: Vec<String> = NatsServer::identity_env()
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
-        let mut args = vec![
+        env.push(format!("NATS_ROUTE_PASSWORD={route_password}"));
+        env.push(format!("NATS_ROUTES={}", routes(route_password)));
+        let mut args: Vec<String> = [
             "run",
             "--detach",
             "--name",
-            &node.container,
+            container,
             "--label",
             "order-service-it",
             "--network",
             &self.network,
             "--network-alias",
-            node.name,
-            "--publish",
-            &client,
-            "--publish",
-            &monitor,
+            alias,
             "--volume",
             &volume,
             "--volume",
             &identities,
-        ];
-        for password in &passwords {
-            args.extend(["--env", password.as_str()]);
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(node) = node {
+            args.extend([
+                "--publish".into(),
+                format!("127.0.0.1:{}:4222", node.client_port),
+                "--publish".into(),
+                format!("127.0.0.1:{}:8222", node.monitor_port),
+            ]);
         }
-        args.extend(["--entrypoint", "/nats-server", IMAGE, "-c", &config]);
+        for value in &env {
+            args.extend(["--env".into(), value.clone()]);
+        }
+        args.extend(["--entrypoint", "/nats-server", IMAGE, "-c", config].map(String::from));
+        if node.is_none() {
+            args.extend(["--name".into(), alias.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&args).await
     }
 
@@ -379,6 +421,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let mut rm = vec!["rm", "--force", "--volumes"];
         rm.extend(self.nodes.iter().map(|node| node.container.as_str()));
+        rm.extend(self.strangers.iter().map(String::as_str));
         for args in [rm, vec!["network", "rm", &self.network]] {
             let _ = std::process::Command::new("docker")
                 .args(args)
@@ -387,6 +430,16 @@ impl Drop for Cluster {
                 .status();
         }
     }
+}
+
+/// `NATS_ROUTES` for the nodes: every node's route URL with the route user and `password`, as
+/// the array literal the server's config parser reads from the environment.
+fn routes(password: &str) -> String {
+    let urls: Vec<String> = NODES
+        .iter()
+        .map(|node| format!("nats-route://route:{password}@{node}:6222"))
+        .collect();
+    format!("[{}]", urls.join(", "))
 }
 
 /// Runs `docker args`; its stdout, or its stderr as the error.
