@@ -223,6 +223,70 @@ async fn a_copy_stored_past_the_duplicate_window_is_seen_and_deleted() {
 }
 
 #[tokio::test]
+async fn a_copy_that_cannot_be_deleted_does_not_keep_the_missing_events_from_coming_back() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let path = db.clone();
+    let app = relaying_app(&nats, move |c| {
+        c.database_path = path;
+        c.nats_duplicate_window = Duration::from_secs(1);
+    })
+    .await;
+    for _ in 0..5 {
+        app.create_order(User::new(Role::Customer), simple_order())
+            .await;
+    }
+    drained(&app).await;
+    let rows = rows_of(&app, "order.created");
+    app.stop().await;
+    let js = nats.jetstream().await;
+    // One event lost from the middle, and another stored a second time past the window.
+    let lost = stored(&js)
+        .await
+        .into_iter()
+        .find(|m| m.msg_id == rows[1].event_id)
+        .unwrap();
+    let mut stream = js.get_stream("ORDER_CREATED").await.unwrap();
+    stream.delete_message(lost.sequence).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let copied = &rows[3];
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", copied.event_id.as_str());
+    js.publish_with_headers(
+        format!("order.created.{}", copied.key),
+        headers,
+        copied.raw.clone().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // The broker now refuses every delete of this stream: the copy cannot be deleted, as when a
+    // delete times out or its sequence is gone from the leader.
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.deny_delete = true;
+    js.update_stream(config).await.unwrap();
+
+    let (ok, out) = outbox_cli(&nats.url(), &db, &["repair"]);
+    assert!(
+        !ok,
+        "a copy it could not delete makes the repair fail: {out}"
+    );
+    let (_, table) = outbox_cli(&nats.url(), &db, &["verify"]);
+    let created = table
+        .lines()
+        .find(|line| line.starts_with("ORDER_CREATED"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let columns: Vec<&str> = created.split_whitespace().collect();
+    assert_eq!(
+        (columns[2], columns[3]),
+        ("0", "1"),
+        "the lost event is back, the copy is still there: {table}"
+    );
+}
+
+#[tokio::test]
 async fn repair_holds_a_keys_later_events_behind_one_it_cannot_put_back() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();

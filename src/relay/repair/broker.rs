@@ -163,16 +163,24 @@ pub(super) async fn message_id(
     }
 }
 
-/// Deletes the message at `sequence`: a second copy of an event the stream holds already.
+/// Deletes the message at `sequence`: a second copy of an event the stream holds already. A
+/// sequence the stream no longer holds is no copy any more (an earlier delete whose answer was
+/// lost, or a leader whose history lacks it): nothing to do.
 pub(super) async fn delete(stream: &Stream, sequence: u64) -> Result<(), RepairError> {
-    stream
-        .delete_message(sequence)
-        .await
-        .map(drop)
-        .map_err(|error| RepairError::Broker {
+    use async_nats::jetstream::{ErrorCode, stream::DeleteMessageErrorKind};
+    match stream.delete_message(sequence).await {
+        Ok(_) => Ok(()),
+        Err(error)
+            if matches!(error.kind(), DeleteMessageErrorKind::JetStream(e)
+                if e.error_code() == ErrorCode::SEQUENCE_NOT_FOUND) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(RepairError::Broker {
             stream: stream.cached_info().config.name.clone(),
             error: format!("deleting the copy at {sequence}: {error}"),
-        })
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -38,9 +38,14 @@ impl Relay {
         self.record_stored(&check, &mut repair).await?;
         // One look at the stream serves the deletes and the duplicate checks of every chunk.
         let state = broker::state(&self.js, &check.stream, None).await?;
-        self.delete_copies(&check, state.as_ref(), &mut repair)
-            .await?;
+        // A copy that cannot be deleted now (a delete that timed out, a broker that refuses) is
+        // still a copy at the next check; it must not keep the missing events from coming back.
+        let undeleted = self.delete_copies(&check, state.as_ref(), &mut repair).await;
         self.republish(&check, state.as_ref(), &mut repair).await?;
+        if let Err(error) = undeleted {
+            tracing::warn!(stream = %repair.stream, %error, "a copy was not deleted; the next check tries again");
+            repair.error = Some(error.to_string());
+        }
         Ok(repair)
     }
 
@@ -66,7 +71,8 @@ impl Relay {
         Ok(())
     }
 
-    /// Keeps each event's first copy, records its row there, deletes the later one.
+    /// Keeps each event's first copy, records its row there, deletes the later one. Every delete
+    /// is tried; the first failure is returned after the others.
     async fn delete_copies(
         &self,
         check: &StreamCheck,
@@ -95,11 +101,14 @@ impl Relay {
         let mut deletes = futures::stream::iter(sequences)
             .map(|sequence| broker::delete(&state.stream, sequence))
             .buffer_unordered(DELETES_IN_FLIGHT);
+        let mut failed = None;
         while let Some(deleted) = deletes.next().await {
-            deleted?;
-            repair.copies_deleted += 1;
+            match deleted {
+                Ok(()) => repair.copies_deleted += 1,
+                Err(error) => failed = failed.or(Some(error)),
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Publishes the missing rows again, a publish batch at a time, in commit order. While one

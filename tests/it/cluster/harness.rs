@@ -111,8 +111,14 @@ impl Cluster {
     /// shipped identities and their test passwords, on its network alias and loopback ports.
     async fn run_node(&self, node: &Node) -> Result<String, String> {
         let config = format!("/etc/nats/{}.conf", node.name);
-        self.run_server(&node.container, node.name, Some(node), &config, ROUTE_PASSWORD)
-            .await
+        self.run_server(
+            &node.container,
+            node.name,
+            Some(node),
+            &config,
+            ROUTE_PASSWORD,
+        )
+        .await
     }
 
     /// Starts a server that is not one of the three on the cluster's network, with the nodes'
