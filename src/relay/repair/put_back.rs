@@ -40,7 +40,9 @@ impl Relay {
         let state = broker::state(&self.js, &check.stream, None).await?;
         // A copy that cannot be deleted now (a delete that timed out, a broker that refuses) is
         // still a copy at the next check; it must not keep the missing events from coming back.
-        let undeleted = self.delete_copies(&check, state.as_ref(), &mut repair).await;
+        let undeleted = self
+            .delete_copies(&check, state.as_ref(), &mut repair)
+            .await;
         self.republish(&check, state.as_ref(), &mut repair).await?;
         if let Err(error) = undeleted {
             tracing::warn!(stream = %repair.stream, %error, "a copy was not deleted; the next check tries again");
