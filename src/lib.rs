@@ -74,7 +74,8 @@ pub mod progress;
 pub mod relay;
 #[cfg(feature = "consumer")]
 pub mod secret;
-#[cfg(test)]
+// Its users (the decoders' property tests) are the consumer's.
+#[cfg(all(test, feature = "consumer"))]
 mod seeded;
 #[cfg(feature = "consumer")]
 pub mod shutdown;
