@@ -177,13 +177,11 @@ async fn a_lost_head_holes_and_a_lost_end_are_put_back_by_the_running_service() 
     assert_eq!(back, vec![1, 2, 3, 12, 13, 14, 15, 16, 29, 30]);
 }
 
-#[tokio::test]
-async fn a_copy_stored_past_the_duplicate_window_is_seen_and_deleted() {
-    let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orders.db");
-    let path = db.clone();
-    let app = relaying_app(&nats, move |c| {
+/// The relaying service on `nats` and the file `db`, with a duplicate window of 1 s (so a copy
+/// can be stored soon), once five orders are published.
+async fn five_orders_with_a_short_window(nats: &NatsServer, db: &std::path::Path) -> TestApp {
+    let path = db.to_path_buf();
+    let app = relaying_app(nats, move |c| {
         c.database_path = path;
         c.nats_duplicate_window = Duration::from_secs(1);
     })
@@ -193,6 +191,15 @@ async fn a_copy_stored_past_the_duplicate_window_is_seen_and_deleted() {
             .await;
     }
     drained(&app).await;
+    app
+}
+
+#[tokio::test]
+async fn a_copy_stored_past_the_duplicate_window_is_seen_and_deleted() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let app = five_orders_with_a_short_window(&nats, &db).await;
     // The event is sent again after the duplicate window, as a resend after a long partition
     // would: the stream stores it a second time, past the newest recorded sequence.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -227,17 +234,7 @@ async fn a_copy_that_cannot_be_deleted_does_not_keep_the_missing_events_from_com
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orders.db");
-    let path = db.clone();
-    let app = relaying_app(&nats, move |c| {
-        c.database_path = path;
-        c.nats_duplicate_window = Duration::from_secs(1);
-    })
-    .await;
-    for _ in 0..5 {
-        app.create_order(User::new(Role::Customer), simple_order())
-            .await;
-    }
-    drained(&app).await;
+    let app = five_orders_with_a_short_window(&nats, &db).await;
     let rows = rows_of(&app, "order.created");
     app.stop().await;
     let js = nats.jetstream().await;
