@@ -281,8 +281,9 @@ pub(crate) fn topics(config: &Config) -> Result<Topics, AppError> {
     })
 }
 
-/// The token verifier of the configured secret or public key (and private key, to mint).
-pub(crate) fn auth(config: &Config) -> Result<Auth, AppError> {
+/// The token verifier of the configured secret or public key (and private key, to mint): the
+/// service's, its `token` command's, and what its tests and demo mint with.
+pub fn auth(config: &Config) -> Result<Auth, AppError> {
     let Some(public) = &config.auth_jwt_public_key_file else {
         let secret = config
             .auth_jwt_secret

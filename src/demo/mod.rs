@@ -27,7 +27,6 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::app::AppError;
-use crate::auth::Auth;
 use crate::bus::{self, Topics};
 use crate::config::{Config, DemoArgs, Secret};
 use crate::consumer::tail::{TailArgs, follow, summary};
@@ -80,15 +79,9 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<(), AppError> {
     subscribed(&js, &configs).await?;
     let tails = start_tails(&js, &log, &shutdown);
     let topics = every_topic();
-    let secret = config.auth_jwt_secret.as_ref().expect("set by demo_config");
     let driver = Driver {
         api,
-        auth: Auth::new(
-            secret.expose(),
-            config.token_issuer(),
-            config.token_audience(),
-        )
-        .map_err(failed)?,
+        auth: crate::app::auth(&config).map_err(failed)?,
         admin: Uuid::now_v7(),
         js: js.clone(),
         topics: topics.clone(),

@@ -83,24 +83,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let shutdown = Shutdown::new();
     let db_path = config.database_path.clone();
     // The test mints with what the service is configured with: its secret, or its key pair.
-    let auth = match &config.auth_jwt_public_key_file {
-        None => Auth::new(
-            config.auth_jwt_secret.as_ref().unwrap().expose(),
-            config.token_issuer(),
-            config.token_audience(),
-        ),
-        Some(public) => Auth::with_public_key(
-            &std::fs::read(public).unwrap(),
-            config
-                .auth_jwt_private_key_file
-                .as_ref()
-                .map(|private| std::fs::read(private).unwrap())
-                .as_deref(),
-            config.token_issuer(),
-            config.token_audience(),
-        ),
-    }
-    .unwrap();
+    let auth = order_service::app::auth(&config).expect("the test's token settings");
     let signal = shutdown.signal();
     let server = tokio::spawn(async move {
         order_service::app::run(config, listener, signal)
