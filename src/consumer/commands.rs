@@ -155,8 +155,22 @@ pub async fn dead_letters(
             }
         }
         DlqAction::Replay(_) => {
-            let n = dlq::replay_telling(&js, group, topic, replayed).await?;
-            println!("replayed {n} dead letter(s) to {group}; it processes each once");
+            let done = dlq::replay_telling(&js, group, topic, replayed).await?;
+            println!(
+                "replayed {} dead letter(s) to {group}; it processes each once",
+                done.sent
+            );
+            if !done.refused.is_empty() {
+                println!(
+                    "refused {} letter(s), kept in {}: they do not match the event their stream \
+                     stored",
+                    done.refused.len(),
+                    dlq::DLQ_STREAM
+                );
+                for (sequence, why) in &done.refused {
+                    println!("  {sequence}: {why}");
+                }
+            }
         }
         DlqAction::Purge(_) => {
             let n = dlq::purge(&js, group, topic).await?;

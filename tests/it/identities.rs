@@ -268,7 +268,13 @@ async fn a_subscriber_runs_a_consumer_group_and_publishes_its_dead_letters() {
     );
 
     // The service sends it back (as /ops and `dlq replay` do); the group reads its replay stream.
-    assert_eq!(dlq::replay(&service_js, "billing", None).await.unwrap(), 1);
+    assert_eq!(
+        dlq::replay(&service_js, "billing", None)
+            .await
+            .unwrap()
+            .sent,
+        1
+    );
     until("the replayed letter never came back", async || {
         seen.lock().unwrap().len() == 3
     })

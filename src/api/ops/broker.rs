@@ -62,10 +62,14 @@ pub fn describe(api: &mut Api) {
         "opsReplayDeadLetters",
         "Replay a group's dead letters",
     )
-    .description("Sends them back to the group, of one topic or all.")
+    .description(
+        "Sends them back to the group, of one topic or all: each letter's event as its stream \
+         stored it. A letter that does not match its stored event (or whose event has left its \
+         stream) is refused and kept; the answer lists it with why.",
+    )
     .roles(&[Role::Admin])
     .body::<ReplayBody>()
-    .json::<Replayed>(200, "How many were sent back.")
+    .json::<Replayed>(200, "How many were sent back, and which were refused.")
     .error(400, &["invalid_group", "invalid_topic"])
     .error(503, &broker)
     .add();
@@ -84,6 +88,7 @@ pub fn describe(api: &mut Api) {
     .json::<ReplayedOne>(200, "It was sent back.")
     .error(400, &["invalid_sequence", "invalid_group"])
     .error(404, &["not_found"])
+    .error(409, &["letter_not_replayable"])
     .error(503, &broker)
     .add();
 }
@@ -231,6 +236,18 @@ struct Replayed {
     topic: Option<String>,
     /// How many were sent back.
     replayed: usize,
+    /// Letters kept because they do not match the event their stream stored, with why.
+    refused: Vec<RefusedLetter>,
+}
+
+/// A dead letter a replay refused.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RefusedLetter {
+    /// Its sequence in ORDER_DLQ.
+    sequence: u64,
+    /// Why it was not replayed.
+    reason: String,
 }
 
 /// The answer of a replay of one dead letter.
@@ -484,7 +501,15 @@ async fn replay_all(
     Ok(Json(Replayed {
         group: body.group,
         topic: body.topic,
-        replayed,
+        replayed: replayed.sent,
+        refused: replayed
+            .refused
+            .into_iter()
+            .map(|(sequence, why)| RefusedLetter {
+                sequence,
+                reason: why.to_string(),
+            })
+            .collect(),
     }))
 }
 
@@ -501,19 +526,23 @@ async fn replay_one(
     })?;
     valid_group(&body.group)?;
     let js = broker(&state)?;
-    if dlq::replay_one(&js, &body.group, sequence)
+    match dlq::replay_one(&js, &body.group, sequence)
         .await
         .map_err(broker_error)?
     {
-        Ok(Json(ReplayedOne {
+        dlq::ReplayedOne::Sent => Ok(Json(ReplayedOne {
             group: body.group,
             sequence,
             replayed: 1,
-        }))
-    } else {
-        Err(ApiError::NotFound(format!(
+        })),
+        dlq::ReplayedOne::NotFound => Err(ApiError::NotFound(format!(
             "group {} has no dead letter {sequence}",
             body.group
-        )))
+        ))),
+        dlq::ReplayedOne::Refused(why) => Err(ApiError::Conflict {
+            code: "letter_not_replayable",
+            message: format!("dead letter {sequence} is not replayed: {why}"),
+            details: serde_json::json!({ "sequence": sequence, "reason": why.to_string() }),
+        }),
     }
 }

@@ -355,7 +355,13 @@ function showLetters(body) {
 async function replay(path, body, button) {
   button.disabled = true;
   try {
-    await api(path, { method: "POST", body: JSON.stringify(body) });
+    const answer = await api(path, { method: "POST", body: JSON.stringify(body) });
+    // Letters that do not match the event their stream stored stay, with why.
+    if (answer && answer.refused && answer.refused.length > 0) {
+      $("banner").hidden = false;
+      $("banner").textContent = `Replayed ${answer.replayed}; refused ${answer.refused.length}: ` +
+        answer.refused.map((r) => `#${r.sequence}: ${r.reason}`).join("; ");
+    }
   } catch (e) {
     button.disabled = false;
     $("banner").hidden = false;

@@ -323,8 +323,16 @@ async fn streams_consumers_and_dead_letters_as_the_broker_has_them() {
         .unwrap();
     dlq::ensure_streams(&js).await.unwrap();
     let payload = Bytes::from_static(b"{\"n\":1}");
-    // Dead letters of two deliveries (a letter's id is its source sequence).
-    for (sequence, error) in [(1, "first"), (2, "second")] {
+    // Dead letters of two deliveries (a letter's id is its source sequence) of events the stream
+    // holds: a replay sends back what the stream stored, and refuses a letter that is not that.
+    for error in ["first", "second"] {
+        let sequence = js
+            .publish("order.created.x", payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence;
         dlq::publish(
             &js,
             &DeadLetter {
@@ -409,6 +417,63 @@ async fn streams_consumers_and_dead_letters_as_the_broker_has_them() {
     );
     let left = get(&app, "/api/v1/admin/dead-letters?group=billing").await;
     assert_eq!(left["letters"], json!([]));
+    assert_eq!(stream_messages(&js, dlq::REPLAY_STREAM).await, 2);
+
+    // A letter that is not the event it points at is refused, says why, and stays.
+    let third = js
+        .publish("order.created.x", payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let forged = Bytes::from_static(b"{\"n\":2}");
+    dlq::publish(
+        &js,
+        &DeadLetter {
+            group: "billing",
+            topic: "order.created",
+            reason: Reason::Permanent,
+            error: "forged",
+            stream: "ORDER_CREATED",
+            stream_sequence: third,
+            subject: "order.created.1.x",
+            delivered: 1,
+            headers: &[],
+            payload: &forged,
+        },
+    )
+    .await
+    .unwrap();
+    let left = get(&app, "/api/v1/admin/dead-letters?group=billing").await;
+    let forged_letter = left["letters"][0]["sequence"].as_u64().unwrap();
+    let (status, body) = app
+        .post(
+            admin,
+            &format!("/api/v1/admin/dead-letters/{forged_letter}/replay"),
+            json!({"group": "billing"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_error_shape(&body, "letter_not_replayable");
+    assert!(
+        body["message"].as_str().unwrap().contains("differs"),
+        "{body}"
+    );
+    let (status, body) = app
+        .post(
+            admin,
+            "/api/v1/admin/dead-letters/replay",
+            json!({"group": "billing"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["replayed"], json!(0), "{body}");
+    assert_eq!(
+        body["refused"][0]["sequence"],
+        json!(forged_letter),
+        "{body}"
+    );
     assert_eq!(stream_messages(&js, dlq::REPLAY_STREAM).await, 2);
 }
 

@@ -384,6 +384,14 @@ async fn group_with_a_dead_letter(nats: &NatsServer, group: &str) {
         .unwrap();
     dlq::ensure_streams(&js).await.unwrap();
     let payload = Bytes::from_static(br#"{"event_type":"order.created","data":{}}"#);
+    // The event the letter is of, as its stream holds it: a replay sends that back.
+    let sequence = js
+        .publish("order.created.x", payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
     dlq::publish(
         &js,
         &DeadLetter {
@@ -392,7 +400,7 @@ async fn group_with_a_dead_letter(nats: &NatsServer, group: &str) {
             reason: Reason::MaxDeliver,
             error: "warehouse API answered 500",
             stream: "ORDER_CREATED",
-            stream_sequence: 1,
+            stream_sequence: sequence,
             subject: "order.created.0.x",
             delivered: 5,
             headers: &[],

@@ -197,7 +197,8 @@ async fn schema_permanent_and_exhausted_messages_become_dead_letters_and_replay_
     assert_eq!(
         dlq::replay(&js, "dead", Some("order.updated"))
             .await
-            .unwrap(),
+            .unwrap()
+            .sent,
         0
     );
     assert_eq!(before.len() + 2, effects(&db, "dead").len());
@@ -357,7 +358,7 @@ async fn a_replay_that_takes_its_process_down_every_time_is_a_dead_letter_again(
     until_letters(1).await;
     let mut stats = vec![refusing.stop().await];
     drop(own);
-    assert_eq!(dlq::replay(&js, "crashes", None).await.unwrap(), 1);
+    assert_eq!(dlq::replay(&js, "crashes", None).await.unwrap().sent, 1);
 
     let leases = js
         .get_key_value(order_service::consumer::OWNERS_BUCKET)

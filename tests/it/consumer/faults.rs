@@ -508,7 +508,7 @@ async fn replay_sends_dead_letters_back_in_their_original_order_and_says_so() {
     })
     .await;
     refuse.store(false, Ordering::Relaxed);
-    assert_eq!(dlq::replay(&js, "replays", None).await.unwrap(), 5);
+    assert_eq!(dlq::replay(&js, "replays", None).await.unwrap().sent, 5);
     processed_all(&db, "replays", &expected).await;
     let stats = running.stop().await;
     exactly_once(&db, "replays", &expected);
@@ -707,7 +707,7 @@ async fn replays_go_to_the_process_and_file_of_their_partition() {
     .await;
     refuse.store(false, Ordering::Relaxed);
     assert_eq!(
-        dlq::replay(&js, "split", None).await.unwrap(),
+        dlq::replay(&js, "split", None).await.unwrap().sent,
         expected.len()
     );
     until("every replay is applied", async || {

@@ -7,6 +7,7 @@ mod blame;
 mod dead_letters;
 mod emit;
 mod faults;
+mod forged_letters;
 mod group_lag;
 mod health;
 mod order;

@@ -9,11 +9,13 @@
 //! twice (a crash before the ack) is stored once, while two groups' dead letters of one event
 //! are both kept.
 //!
-//! Replaying moves a dead letter onto `replay.<group>.<source subject>` (the subject it was first
-//! delivered on, `<topic>.<partition>.<key>`) in the work-queue stream `ORDER_DLQ_REPLAY`, which
-//! only that group consumes, and deletes it from `ORDER_DLQ`: the group gets it once, other
-//! groups never see it, and the idempotency table still holds if the event was in fact processed
-//! meanwhile. The partition in the subject takes a replay to the process (and file) of its
+//! Replaying ([`replay`]) sends the event a dead letter points at, as its stream stored it (a
+//! letter that does not match it is refused), onto `replay.<group>.<source subject>` (the
+//! subject it was first delivered on, `<topic>.<partition>.<key>`) in the work-queue stream
+//! `ORDER_DLQ_REPLAY`, which only that group consumes, and deletes the letter from `ORDER_DLQ`:
+//! the group gets it once, other groups never see it, and the idempotency table still holds if
+//! the event was in fact processed meanwhile. The partition in the subject takes a replay to the
+//! process (and file) of its
 //! partition when the group is split by partition (`replay.<group>.*.*.<P>.*`).
 
 use std::collections::BTreeMap;
@@ -23,6 +25,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+
+mod replay;
+
+pub use replay::{Refusal, Replayed, ReplayedOne, replay, replay_one, replay_telling};
 
 use super::ConsumerError;
 use super::message::{header_map, headers_of, nats_time};
@@ -343,6 +349,7 @@ async fn next_letter(
     }
 }
 
+/// A message of `ORDER_DLQ` as a [`Stored`] letter.
 fn stored(message: jetstream::message::StreamMessage) -> Stored {
     let headers = headers_of(Some(&message.headers));
     let get = |name: &str| {
@@ -368,114 +375,6 @@ fn stored(message: jetstream::message::StreamMessage) -> Stored {
         headers,
         payload: message.payload,
     }
-}
-
-/// Sends the group's dead letters (of one topic, or all) back to the group, once each: publishes
-/// each onto `replay.<group>.<topic>`, then deletes it from `ORDER_DLQ`. Returns how many.
-pub async fn replay(
-    js: &jetstream::Context,
-    group: &str,
-    topic: Option<&str>,
-) -> Result<usize, ConsumerError> {
-    replay_telling(js, group, topic, |_, _| {}).await
-}
-
-/// [`replay`], telling `progress` (letters dealt with, of how many) once the letters are known
-/// and after each one: sent, or found replayed or purged meanwhile. The last call has both equal.
-pub async fn replay_telling(
-    js: &jetstream::Context,
-    group: &str,
-    topic: Option<&str>,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<usize, ConsumerError> {
-    // Which letters and in what order, one page at a time, keeping no body: in the order the
-    // events were first stored, not the order they failed in.
-    let mut order = Vec::new();
-    let mut after = 0;
-    loop {
-        let (letters, more) = page(js, group, topic, after, REPLAY_PAGE).await?;
-        after = letters.last().map_or(after, |l| l.sequence);
-        order.extend(letters.into_iter().map(|l| (l.source, l.sequence)));
-        if !more {
-            break;
-        }
-    }
-    order.sort();
-    // Then each letter read again and sent on its own: one body in memory at a time.
-    let stream = js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(ConsumerError::nats)?;
-    let total = order.len();
-    progress(0, total);
-    let mut sent = 0;
-    for (done, (_, sequence)) in order.into_iter().enumerate() {
-        let letter = match stream.get_raw_message(sequence).await {
-            Ok(message) => Some(stored(message)),
-            // Replayed or purged meanwhile.
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => None,
-            Err(e) => return Err(ConsumerError::nats(e)),
-        };
-        if let Some(letter) = letter {
-            resend(js, group, std::slice::from_ref(&letter)).await?;
-            sent += 1;
-        }
-        progress(done + 1, total);
-    }
-    Ok(sent)
-}
-
-/// How many letters a replay reads at once to learn their order.
-const REPLAY_PAGE: usize = 100;
-
-/// Sends one of the group's dead letters, by its `ORDER_DLQ` sequence, back to the group as
-/// [`replay`] does; returns false when the group has no such letter.
-pub async fn replay_one(
-    js: &jetstream::Context,
-    group: &str,
-    sequence: u64,
-) -> Result<bool, ConsumerError> {
-    let letters = list(js, group, None).await?;
-    let Some(letter) = letters.into_iter().find(|l| l.sequence == sequence) else {
-        return Ok(false);
-    };
-    resend(js, group, std::slice::from_ref(&letter)).await?;
-    Ok(true)
-}
-
-/// Publishes each letter onto its replay subject, then deletes it from `ORDER_DLQ`.
-async fn resend(
-    js: &jetstream::Context,
-    group: &str,
-    letters: &[Stored],
-) -> Result<(), ConsumerError> {
-    let stream = js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(ConsumerError::nats)?;
-    for letter in letters {
-        let mut headers = letter.headers.clone();
-        // Replaying a letter twice within the window (a retried command) sends it once.
-        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(MSG_ID_HEADER));
-        headers.push((
-            MSG_ID_HEADER.to_owned(),
-            format!("replay.{DLQ_STREAM}.{}", letter.sequence),
-        ));
-        js.publish_with_headers(
-            replay_subject(group, &letter.topic, letter.header("Dlq-Source-Subject")),
-            header_map(&headers),
-            letter.payload.clone(),
-        )
-        .await
-        .map_err(ConsumerError::nats)?
-        .await
-        .map_err(ConsumerError::nats)?;
-        stream
-            .delete_message(letter.sequence)
-            .await
-            .map_err(ConsumerError::nats)?;
-    }
-    Ok(())
 }
 
 /// Deletes the group's dead letters (of one topic, or all); returns how many.
