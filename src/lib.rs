@@ -130,8 +130,8 @@ pub mod doc_pages {
     /// `docs/configuration.md`.
     #[doc = include_str!("../docs/configuration.md")]
     pub struct Configuration;
-    /// `docs/consumers.md`: the smallest consumer, the health endpoint and a handler that
-    /// publishes.
+    /// `docs/consumers.md`: the smallest consumer, the health endpoint, a group on another
+    /// team's stream and a handler that publishes.
     #[doc = include_str!("../docs/consumers.md")]
     pub struct Consumers;
     /// `docs/observability.md`.

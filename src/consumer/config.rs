@@ -1,5 +1,6 @@
 //! A consumer group's settings, checked, and the JetStream consumer configs they imply: one
-//! durable pull consumer per topic stream, and one on the group's replayed dead letters.
+//! durable pull consumer per topic stream (the contract's and the foreign ones), and one on the
+//! group's replayed dead letters.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 
 use super::ConsumerError;
+use super::foreign::ForeignTopic;
 use crate::domain::Topic;
 
 /// A consumer group's settings: [`GroupConfig::new`] with the defaults, then the `with_` methods
@@ -50,8 +52,11 @@ use crate::domain::Topic;
 pub struct GroupConfig {
     /// The group's name, also its consumers' durable name: letters, digits, `-` and `_`.
     pub group: String,
-    /// The topics it takes.
+    /// The topics of the contract it takes.
     pub topics: Vec<Topic>,
+    /// The topics of other streams it takes, which this crate does not know: their messages
+    /// reach the handler as [`Event::Other`](super::Event::Other) (see [`ForeignTopic`]).
+    pub foreign: Vec<ForeignTopic>,
     /// Only this partition of each topic (`<topic>.<P>.>`); `None` for every partition.
     pub partition: Option<u32>,
     /// The group's SQLite file: processed events and the handler's own state.
@@ -97,6 +102,7 @@ impl GroupConfig {
         GroupConfig {
             group: group.into(),
             topics: topics.to_vec(),
+            foreign: Vec::new(),
             partition: None,
             database: database.into(),
             synchronous_full: true,
@@ -119,6 +125,12 @@ impl GroupConfig {
     /// Strict order per key across retries: `max_ack_pending = 1`.
     pub fn ordered(mut self) -> Self {
         self.max_ack_pending = 1;
+        self
+    }
+
+    /// Takes a topic of another stream too (see [`GroupConfig::foreign`]).
+    pub fn with_foreign(mut self, topic: ForeignTopic) -> Self {
+        self.foreign.push(topic);
         self
     }
 
@@ -208,8 +220,39 @@ impl GroupConfig {
         if !is_valid_group(&self.group) {
             return bad("a group name is letters, digits, `-` and `_`".into());
         }
-        if self.topics.is_empty() {
+        if self.topics.is_empty() && self.foreign.is_empty() {
             return bad("no topics".into());
+        }
+        for (i, topic) in self.foreign.iter().enumerate() {
+            if let Some(why) = topic.problem() {
+                return bad(why);
+            }
+            // One durable per stream is named after the group: two topics of one stream would
+            // be one consumer with two filters fighting over it.
+            let earlier = &self.foreign[..i];
+            if earlier
+                .iter()
+                .any(|t| t.stream == topic.stream || t.name == topic.name)
+                || self
+                    .topics
+                    .iter()
+                    .any(|t| crate::bus::stream_name(t.as_str()) == topic.stream)
+                || [super::dlq::DLQ_STREAM, super::dlq::REPLAY_STREAM]
+                    .contains(&topic.stream.as_str())
+            {
+                return bad(format!(
+                    "foreign topic {:?}: stream {} is taken already (one topic per stream; widen its filter instead)",
+                    topic.name, topic.stream
+                ));
+            }
+        }
+        // A partition is a token of the contract's subjects; a foreign stream has its own
+        // layout, and every partition's process would take all of it.
+        if self.partition.is_some() && !self.foreign.is_empty() {
+            return bad(
+                "foreign topics cannot be split by partition: take them in a group without one"
+                    .into(),
+            );
         }
         if self.max_deliver < 1 {
             return bad("max_deliver must be at least 1".into());
@@ -240,25 +283,30 @@ impl GroupConfig {
     }
 
     pub(super) fn consumer_config(&self, topic: Topic) -> consumer::pull::Config {
+        self.topic_consumer_config(topic.as_str(), self.filter(topic))
+    }
+
+    /// The group's consumer on a foreign topic's stream: its filter, the group's settings.
+    pub(super) fn foreign_consumer_config(&self, topic: &ForeignTopic) -> consumer::pull::Config {
+        self.topic_consumer_config(&topic.name, topic.filter.clone())
+    }
+
+    fn topic_consumer_config(&self, topic: &str, filter_subject: String) -> consumer::pull::Config {
         let mut metadata = HashMap::from([
             ("group".to_owned(), self.group.clone()),
-            ("topic".to_owned(), topic.as_str().to_owned()),
+            ("topic".to_owned(), topic.to_owned()),
         ]);
         if let Some(p) = self.partition {
             metadata.insert("partition".to_owned(), p.to_string());
         }
         consumer::pull::Config {
             durable_name: Some(self.consumer_name()),
-            description: Some(format!(
-                "consumer group {} on {}",
-                self.group,
-                topic.as_str()
-            )),
+            description: Some(format!("consumer group {} on {topic}", self.group)),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: self.broker_max_deliver(),
-            filter_subject: self.filter(topic),
+            filter_subject,
             max_ack_pending: self.max_ack_pending,
             metadata,
             ..Default::default()

@@ -39,6 +39,8 @@
 //! The modules, by concern:
 //!
 //! - `config` — [`GroupConfig`]: a group's settings and the consumer configs they imply.
+//! - `foreign` — [`ForeignTopic`]: a stream this crate does not know, consumed as
+//!   [`Event::Other`] with the same guarantees.
 //! - `run/` — running a group:
 //!   - `group` — [`Group`]: sets a group up and runs its workers until shutdown;
 //!   - `worker` — one consumer's task: pull, process a batch, settle each message;
@@ -82,6 +84,7 @@ mod breaker;
 pub mod commands;
 mod config;
 pub mod dlq;
+mod foreign;
 mod handling;
 mod message;
 mod observe;
@@ -99,7 +102,8 @@ pub use breaker::{Breaker, BreakerState};
 pub use config::{GroupConfig, is_valid_group};
 pub use dlq::Reason;
 pub use emit::Emits;
-pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, SchemaError};
+pub use foreign::{EventIdFrom, ForeignTopic, OrderingKey};
+pub use handler::{Delivery, Event, Failure, Handled, Handler, HandlerTx, RawEvent, SchemaError};
 pub use health::Health;
 pub use observe::stats::{GroupRole, GroupStats, GroupStatsSnapshot};
 pub use ownership::LEASE;

@@ -88,7 +88,7 @@ impl Tailed {
         match &self.event {
             Ok(event) => format!(
                 "{time} {:<28} p{partition} #{:<5} {} {}",
-                event.topic().as_str(),
+                event.topic_name(),
                 self.sequence,
                 event.order_number().unwrap_or("-"),
                 summary(event)
@@ -193,6 +193,7 @@ pub fn summary(event: &Event) -> String {
             e.data.available_quantity,
             e.data.reserved_quantity
         ),
+        Event::Other(raw) => format!("{} bytes on {}", raw.payload().len(), raw.subject()),
     }
 }
 

@@ -312,7 +312,7 @@ fn start_tails(js: &jetstream::Context, log: &Log, shutdown: &Shutdown) -> Vec<J
                 if let Ok(event) = &t.event {
                     log.event(format!(
                         "    event {:<28} {:<16} {}",
-                        event.topic().as_str(),
+                        event.topic_name(),
                         event.order_number().unwrap_or("-"),
                         summary(event)
                     ));

@@ -5,12 +5,17 @@
 //! types of [`crate::domain::events`]. Within major 1, fields these types do not know are dropped:
 //! the spec's minor versions add optional fields, and a consumer built for 1.0 must keep reading.
 //! A message failing any step is a [`SchemaError`]: it goes to the dead letters at once.
+//!
+//! A topic this crate does not know (another team's stream, see
+//! [`ForeignTopic`](crate::consumer::ForeignTopic)) is not decoded into a type: its messages are
+//! [`Event::Other`], a [`RawEvent`] the handler reads as it likes.
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::raw::RawEvent;
 use crate::domain::Topic;
 use crate::domain::events::{
     ChatOrderCreated, Envelope, InventoryShortage, OrderAuditEvent, OrderCancelled, OrderConfirmed,
@@ -21,8 +26,13 @@ use crate::domain::events::{
 /// The only major version this consumer understands.
 pub const SUPPORTED_MAJOR: u32 = 1;
 
-/// One event of the contract (or of a topic the example subscribers emit), typed by its topic.
+/// One event of the contract (or of a topic the example subscribers emit), typed by its topic,
+/// or of a topic this crate does not know ([`Event::Other`]).
+///
+/// Non-exhaustive: a handler's `match` ends in `_ => Ok(())` (or names `Other`), so that a topic
+/// added to the contract later breaks no handler.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Event {
     /// `order.created`
     Created(Envelope<OrderCreated>),
@@ -46,10 +56,14 @@ pub enum Event {
     StatisticsUpdated(Envelope<OrderStatisticsUpdated, SystemMetadata>),
     /// `inventory.shortage`, emitted by the inventory example.
     InventoryShortage(Envelope<InventoryShortage>),
+    /// A message of a foreign topic (a [`ForeignTopic`](crate::consumer::ForeignTopic) of the
+    /// group): not decoded, its id and key found where the group's settings say.
+    Other(RawEvent),
 }
 
+/// `$body` for each typed event's envelope `$e`, `$other` for a foreign event `$raw`.
 macro_rules! each_event {
-    ($event:expr, $e:ident => $body:expr) => {
+    ($event:expr, $e:ident => $body:expr, $raw:ident => $other:expr) => {
         match $event {
             Event::Created($e) => $body,
             Event::Updated($e) => $body,
@@ -62,6 +76,7 @@ macro_rules! each_event {
             Event::Audit($e) => $body,
             Event::StatisticsUpdated($e) => $body,
             Event::InventoryShortage($e) => $body,
+            Event::Other($raw) => $other,
         }
     };
 }
@@ -69,22 +84,30 @@ macro_rules! each_event {
 impl Event {
     /// The event's id (`Nats-Msg-Id`), the key of idempotency.
     pub fn event_id(&self) -> Uuid {
-        each_event!(self, e => e.event_id)
+        each_event!(self, e => e.event_id, raw => raw.event_id())
     }
 
     /// When the event happened.
     pub fn timestamp(&self) -> DateTime<Utc> {
-        each_event!(self, e => e.timestamp)
+        each_event!(self, e => e.timestamp, raw => raw.timestamp())
     }
 
-    /// The envelope's `version`.
+    /// The envelope's `version` (a foreign event's body's, or empty).
     pub fn version(&self) -> &str {
-        each_event!(self, e => &e.version)
+        each_event!(self, e => &e.version, raw => raw.version())
     }
 
-    /// The topic.
-    pub fn topic(&self) -> Topic {
+    /// The topic's name: the contract's, or the foreign topic's as the group names it.
+    pub fn topic_name(&self) -> &str {
         match self {
+            Event::Other(raw) => raw.topic(),
+            typed => typed.topic().map_or("", Topic::as_str),
+        }
+    }
+
+    /// The topic of the contract; `None` for a foreign event ([`Event::Other`]).
+    pub fn topic(&self) -> Option<Topic> {
+        Some(match self {
             Event::Created(_) => Topic::Created,
             Event::Updated(_) => Topic::Updated,
             Event::StatusChanged(_) => Topic::StatusChanged,
@@ -96,7 +119,8 @@ impl Event {
             Event::Audit(_) => Topic::Audit,
             Event::StatisticsUpdated(_) => Topic::StatisticsUpdated,
             Event::InventoryShortage(_) => Topic::InventoryShortage,
-        }
+            Event::Other(_) => return None,
+        })
     }
 
     /// The order the event is about; `None` for `order.statistics_updated`.
@@ -112,7 +136,7 @@ impl Event {
             Event::ChatLinked(e) => e.data.order_id,
             Event::Audit(e) => e.data.order_id,
             Event::InventoryShortage(e) => e.data.order_id,
-            Event::StatisticsUpdated(_) => return None,
+            Event::StatisticsUpdated(_) | Event::Other(_) => return None,
         })
     }
 
@@ -129,18 +153,27 @@ impl Event {
             Event::ChatLinked(e) => &e.data.order_number,
             Event::Audit(e) => &e.data.order_number,
             Event::InventoryShortage(e) => &e.data.order_number,
-            Event::StatisticsUpdated(_) => return None,
+            Event::StatisticsUpdated(_) | Event::Other(_) => return None,
         })
     }
 
-    /// The envelope's metadata as JSON (its shape differs for statistics).
+    /// The envelope's metadata as JSON (its shape differs for statistics); a foreign event's
+    /// body's `metadata` member, or null.
     pub fn metadata(&self) -> Value {
-        each_event!(self, e => serde_json::to_value(&e.metadata).unwrap_or_default())
+        each_event!(
+            self,
+            e => serde_json::to_value(&e.metadata).unwrap_or_default(),
+            raw => raw.json().get("metadata").cloned().unwrap_or_default()
+        )
     }
 
-    /// The payload as JSON.
+    /// The payload as JSON; a foreign event's whole body (the crate does not know its shape).
     pub fn data(&self) -> Value {
-        each_event!(self, e => serde_json::to_value(&e.data).unwrap_or_default())
+        each_event!(
+            self,
+            e => serde_json::to_value(&e.data).unwrap_or_default(),
+            raw => raw.json().clone()
+        )
     }
 }
 
@@ -274,7 +307,8 @@ mod tests {
     #[test]
     fn reads_1_0_and_drops_unknown_fields() {
         let event = decode(Topic::ChatLinked, &bytes(&linked("1.0"))).unwrap();
-        assert_eq!(event.topic(), Topic::ChatLinked);
+        assert_eq!(event.topic(), Some(Topic::ChatLinked));
+        assert_eq!(event.topic_name(), "order.chat_linked");
         assert_eq!(event.order_number(), Some("ORD-2025-001234"));
         let mut extra = linked("1.0");
         extra["data"]["colour"] = json!("red");

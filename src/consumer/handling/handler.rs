@@ -12,6 +12,7 @@ use uuid::Uuid;
 pub use super::delivery::{Delivery, Failure};
 use super::emit::Emitter;
 pub use super::event::{Event, SUPPORTED_MAJOR, SchemaError, decode};
+pub use super::raw::RawEvent;
 use crate::domain::events::Payload;
 
 /// The open transaction a handler writes its own state in.

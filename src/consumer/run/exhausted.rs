@@ -15,7 +15,6 @@ use crate::consumer::config::GroupConfig;
 use crate::consumer::dlq::{self, Reason};
 use crate::consumer::message::{body_text, headers_of};
 use crate::consumer::observe::stats::GroupStats;
-use crate::domain::Topic;
 
 /// Tries to read back and dead-letter one exhausted message before it is logged as lost.
 const TRIES: u32 = 8;
@@ -39,7 +38,7 @@ pub(in crate::consumer) async fn exhausted(
     js: jetstream::Context,
     config: Arc<GroupConfig>,
     stats: Arc<GroupStats>,
-    (stream, topic): (String, Option<Topic>),
+    (stream, topic): (String, Option<String>),
     mut advisories: async_nats::Subscriber,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConsumerError> {
@@ -65,7 +64,7 @@ pub(in crate::consumer) async fn exhausted(
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
-            match dead_letter(&js, &config, topic, &stream, &advisory).await {
+            match dead_letter(&js, &config, topic.as_deref(), &stream, &advisory).await {
                 Ok(()) => break Ok(()),
                 Err(e) if tries >= TRIES => break Err(e),
                 Err(e) => {
@@ -94,7 +93,7 @@ pub(in crate::consumer) async fn exhausted(
 async fn dead_letter(
     js: &jetstream::Context,
     config: &GroupConfig,
-    topic: Option<Topic>,
+    topic: Option<&str>,
     stream: &str,
     advisory: &MaxDeliveries,
 ) -> Result<(), String> {
@@ -106,9 +105,15 @@ async fn dead_letter(
         .await
         .map_err(|e| format!("cannot read the message back: {e}"))?;
     let headers = headers_of(Some(&message.headers));
+    // A replay carries its letter's `Dlq-Topic`: a foreign topic's name may have any number of
+    // tokens, which its replay subject does not tell.
     let topic_name = match topic {
-        Some(topic) => topic.as_str().to_owned(),
-        None => dlq::replay_topic(message.subject.as_str())
+        Some(topic) => topic.to_owned(),
+        None => headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("Dlq-Topic"))
+            .map(|(_, v)| v.as_str())
+            .or_else(|| dlq::replay_topic(message.subject.as_str()))
             .unwrap_or("unknown")
             .to_owned(),
     };

@@ -117,6 +117,23 @@ impl<H: Handler> Group<H> {
                 .map_err(ConsumerError::nats)?;
             consumers.push((Source::Topic(topic), consumer));
         }
+        // Another team's streams: the group reads them, it never creates or changes them.
+        for (index, topic) in self.config.foreign.iter().enumerate() {
+            let consumer = self
+                .js
+                .get_stream(&topic.stream)
+                .await
+                .map_err(|e| {
+                    ConsumerError::Nats(format!(
+                        "stream {} of foreign topic {}: {e}",
+                        topic.stream, topic.name
+                    ))
+                })?
+                .create_consumer(self.config.foreign_consumer_config(topic))
+                .await
+                .map_err(ConsumerError::nats)?;
+            consumers.push((Source::Foreign(index), consumer));
+        }
         let replay = self
             .js
             .get_stream(dlq::REPLAY_STREAM)
@@ -220,7 +237,13 @@ impl<H: Handler> Group<H> {
             // back to the dead letters, not sit undeliverable in the replay stream.
             {
                 let (stream, topic) = match *source {
-                    Source::Topic(topic) => (stream_name(topic.as_str()), Some(topic)),
+                    Source::Topic(topic) => {
+                        (stream_name(topic.as_str()), Some(topic.as_str().to_owned()))
+                    }
+                    Source::Foreign(index) => {
+                        let topic = &self.config.foreign[index];
+                        (topic.stream.clone(), Some(topic.name.clone()))
+                    }
                     Source::Replay => (dlq::REPLAY_STREAM.to_owned(), None),
                 };
                 let subscriber = self

@@ -47,6 +47,12 @@ pub async fn horizon(
         };
         topics = topics.max(keeping);
     }
+    for topic in &config.foreign {
+        let Some(keeping) = keeping(js, &topic.stream).await? else {
+            return Ok(None);
+        };
+        topics = topics.max(keeping);
+    }
     let mut horizon = topics;
     for name in [dlq::DLQ_STREAM, dlq::REPLAY_STREAM] {
         let Some(keeping) = keeping(js, name).await? else {

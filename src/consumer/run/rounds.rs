@@ -23,16 +23,16 @@ use super::attempts;
 use super::parking::{self, Parking};
 use super::worker::{Received, RoundError, Verdict, Worker};
 use crate::consumer::dlq::Reason;
-use crate::consumer::handling::handler::{self, Delivery, Event, Failure, Handler};
+use crate::consumer::handling::handler::{Delivery, Event, Failure, Handler};
 use crate::consumer::handling::idempotency::{self, Batch, Processed, Step};
 use crate::consumer::ownership::fence::Fenced;
-use crate::domain::Topic;
 use crate::shutdown::Shutdown;
 
 /// A message of a round, decoded and not processed before: to prepare and handle.
 struct Run<'b> {
     index: usize,
-    topic: Topic,
+    /// The topic's name (the contract's, or a foreign topic's).
+    topic: &'b str,
     event: Event,
     delivery: &'b Delivery,
     span: tracing::Span,
@@ -87,11 +87,11 @@ impl<H: Handler> Worker<H> {
             let r = &batch[index];
             let d = &r.delivery;
             let Some(topic) = r.topic else {
-                let why = format!("no topic of the contract for subject {}", d.subject);
+                let why = format!("no topic of the group for subject {}", d.subject);
                 decided.push((index, Verdict::Dead(Reason::Schema, why)));
                 continue;
             };
-            let event = match handler::decode(topic, &d.payload) {
+            let event = match self.decode(topic, d) {
                 Ok(event) => event,
                 Err(e) => {
                     decided.push((index, Verdict::Dead(Reason::Schema, e.0)));
@@ -113,7 +113,8 @@ impl<H: Handler> Worker<H> {
                 0
             };
             // The span both steps run in: a child of the message's traceparent.
-            let span = super::trace::message_span(group, topic.as_str(), &event, d);
+            let topic = self.topic_name(topic);
+            let span = super::trace::message_span(group, topic, &event, d);
             runs.push(Run {
                 index,
                 topic,
@@ -159,7 +160,7 @@ impl<H: Handler> Worker<H> {
             let processed = Processed {
                 group,
                 event_id: run.event.event_id(),
-                topic: run.topic.as_str(),
+                topic: run.topic,
                 stream: &run.delivery.stream,
                 stream_seq: run.delivery.stream_sequence,
                 delivered: run.delivery.delivered,

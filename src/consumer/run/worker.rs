@@ -15,7 +15,7 @@ use crate::consumer::ConsumerError;
 use crate::consumer::breaker::{Outage, keep_alive_interval, progress};
 use crate::consumer::config::GroupConfig;
 use crate::consumer::dlq::{self, Reason};
-use crate::consumer::handling::handler::{self, Delivery, Handler};
+use crate::consumer::handling::handler::{self, Delivery, Event, Handler, RawEvent, SchemaError};
 use crate::consumer::handling::idempotency;
 use crate::consumer::message::{headers_of, nats_time};
 use crate::consumer::observe::stats::GroupStats;
@@ -36,8 +36,17 @@ const PULL_RETRY: Duration = Duration::from_secs(2);
 pub(in crate::consumer) enum Source {
     /// A topic stream.
     Topic(Topic),
+    /// A foreign topic's stream: the index of the topic in the group's `foreign`.
+    Foreign(usize),
     /// The group's replayed dead letters.
     Replay,
+}
+
+/// The topic a message is of: the contract's, or the group's foreign topic at this index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::consumer) enum TopicOf {
+    Contract(Topic),
+    Foreign(usize),
 }
 
 /// One consumer's task.
@@ -85,8 +94,9 @@ impl From<String> for RoundError {
 pub(in crate::consumer) struct Received {
     pub(in crate::consumer) message: jetstream::Message,
     pub(in crate::consumer) delivery: Delivery,
-    pub(in crate::consumer) topic: Option<Topic>,
-    /// The ordering key: the order's id, the subject's last token (a replay's original one).
+    pub(in crate::consumer) topic: Option<TopicOf>,
+    /// The ordering key: the order's id, the subject's last token (a replay's original one); a
+    /// foreign topic's where its settings say.
     pub(in crate::consumer) key: String,
 }
 
@@ -208,16 +218,19 @@ impl<H: Handler> Worker<H> {
                 headers: m.headers,
                 payload: m.payload,
             };
-            let event = self
-                .topic_of(&delivery.subject)
-                .and_then(|topic| handler::decode(topic, &delivery.payload).ok());
+            let topic = self.topic_of(&delivery.subject);
+            let event = topic.and_then(|topic| self.decode(topic, &delivery).ok());
             // An event that cannot be read, or whose record cannot, is waited for: it is
             // handled or dead-lettered when it comes back.
             let processed = event.is_some_and(|event| {
                 idempotency::is_processed(conn, group, event.event_id()).unwrap_or(false)
             });
             if !processed {
-                parking.wait(key_of(&delivery), m.sequence, self.config.ack_wait);
+                parking.wait(
+                    &self.key(&delivery, topic),
+                    m.sequence,
+                    self.config.ack_wait,
+                );
                 waiting += 1;
             }
         }
@@ -293,6 +306,7 @@ impl<H: Handler> Worker<H> {
             GroupStats::add(&self.stats.redeliveries);
         }
         let subject = message.subject.to_string();
+        let headers = headers_of(message.headers.as_ref());
         let topic = self.topic_of(&subject);
         let delivery = Delivery {
             subject,
@@ -300,10 +314,10 @@ impl<H: Handler> Worker<H> {
             stream_sequence,
             delivered,
             published,
-            headers: headers_of(message.headers.as_ref()),
+            headers,
             payload: message.payload.clone(),
         };
-        let key = key_of(&delivery).to_owned();
+        let key = self.key(&delivery, topic);
         Some(Received {
             message,
             delivery,
@@ -379,11 +393,81 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 
-    /// The topic of a message on `subject`: the worker's, or a replay's original one.
-    fn topic_of(&self, subject: &str) -> Option<Topic> {
+    /// The topic of a message on `subject`: the worker's, or a replay's original one (the
+    /// longest topic name, of the contract or foreign, the replay subject goes on with).
+    fn topic_of(&self, subject: &str) -> Option<TopicOf> {
         match self.source {
-            Source::Topic(topic) => Some(topic),
-            Source::Replay => crate::consumer::dlq::replay_topic(subject).and_then(Topic::parse),
+            Source::Topic(topic) => Some(TopicOf::Contract(topic)),
+            Source::Foreign(index) => Some(TopicOf::Foreign(index)),
+            Source::Replay => {
+                let contract = crate::consumer::dlq::replay_topic(subject).and_then(Topic::parse);
+                // replay.<group>.<topic>[.<rest of the source subject>]
+                let rest = subject
+                    .strip_prefix("replay.")
+                    .and_then(|s| s.split_once('.'))
+                    .map_or("", |(_, rest)| rest);
+                let foreign = self
+                    .config
+                    .foreign
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| {
+                        rest.strip_prefix(t.name.as_str())
+                            .is_some_and(|after| after.is_empty() || after.starts_with('.'))
+                    })
+                    .max_by_key(|(_, t)| t.name.len());
+                match (contract, foreign) {
+                    (Some(c), Some((i, t))) if t.name.len() > c.as_str().len() => {
+                        Some(TopicOf::Foreign(i))
+                    }
+                    (Some(c), _) => Some(TopicOf::Contract(c)),
+                    (None, Some((i, _))) => Some(TopicOf::Foreign(i)),
+                    (None, None) => None,
+                }
+            }
+        }
+    }
+
+    /// The topic's name: the contract's, or the foreign topic's as the group names it.
+    pub(in crate::consumer) fn topic_name(&self, topic: TopicOf) -> &str {
+        match topic {
+            TopicOf::Contract(topic) => topic.as_str(),
+            TopicOf::Foreign(index) => &self.config.foreign[index].name,
+        }
+    }
+
+    /// A message of `topic` as the handler sees it: typed for the contract, raw for a foreign
+    /// topic; a schema error when it cannot be read.
+    pub(in crate::consumer) fn decode(
+        &self,
+        topic: TopicOf,
+        delivery: &Delivery,
+    ) -> Result<Event, SchemaError> {
+        match topic {
+            TopicOf::Contract(topic) => handler::decode(topic, &delivery.payload),
+            TopicOf::Foreign(index) => {
+                RawEvent::read(&self.config.foreign[index], delivery).map(Event::Other)
+            }
+        }
+    }
+
+    /// The ordering key of a delivery of `topic`: the contract's (see [`key_of`]), or where a
+    /// foreign topic's settings say, on the subject it was first delivered on.
+    fn key(&self, delivery: &Delivery, topic: Option<TopicOf>) -> String {
+        match topic {
+            Some(TopicOf::Foreign(index)) => {
+                let subject = if delivery.is_replay() {
+                    delivery
+                        .header("Dlq-Source-Subject")
+                        .unwrap_or(&delivery.subject)
+                } else {
+                    &delivery.subject
+                };
+                self.config.foreign[index]
+                    .key
+                    .of(subject, &delivery.headers)
+            }
+            _ => key_of(delivery).to_owned(),
         }
     }
 
@@ -391,6 +475,7 @@ impl<H: Handler> Worker<H> {
     fn stream(&self) -> String {
         match self.source {
             Source::Topic(topic) => crate::bus::stream_name(topic.as_str()),
+            Source::Foreign(index) => self.config.foreign[index].stream.clone(),
             Source::Replay => crate::consumer::dlq::REPLAY_STREAM.to_owned(),
         }
     }
@@ -452,7 +537,7 @@ impl<H: Handler> Worker<H> {
             }
             Verdict::Release => r.message.ack_with(AckKind::Nak(None)).await,
             Verdict::Dead(reason, error) => {
-                let topic = r.topic.map(Topic::as_str).unwrap_or("unknown");
+                let topic = r.topic.map_or("unknown", |t| self.topic_name(t));
                 let letter = dlq::DeadLetter {
                     group: &self.config.group,
                     topic,

@@ -7,6 +7,7 @@ mod blame;
 mod dead_letters;
 mod emit;
 mod faults;
+mod foreign;
 mod forged_letters;
 mod group_lag;
 mod health;
@@ -147,7 +148,7 @@ impl Handler for Recorder {
             rusqlite::params![
                 self.group,
                 event.event_id().to_string(),
-                event.topic().as_str(),
+                event.topic_name(),
                 event.order_id().map(|id| id.to_string()),
                 delivery.delivered as i64,
                 String::from_utf8(delivery.payload.to_vec()).unwrap(),

@@ -2,7 +2,8 @@
 //! at once and one order's events one after another, and an event waiting for its retry holds
 //! back its own order's later events only, without using up their deliveries; and a strict order
 //! per order over a thousand updates on ordered partition workers while publishes and handlers
-//! fail.
+//! fail; and a stop while the breaker holds a batch keeps each order's order on a restart or a
+//! takeover.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -14,7 +15,8 @@ use async_nats::jetstream;
 use order_service::auth::Role;
 use order_service::bus::Topics;
 use order_service::consumer::{
-    Delivery, Event, Failure, GroupConfig, GroupStatsSnapshot, Handler, HandlerTx, lag,
+    BreakerState, Delivery, Event, Failure, GroupConfig, GroupRole, GroupStatsSnapshot, Handler,
+    HandlerTx, dlq, lag,
 };
 use order_service::domain::Topic;
 use reqwest::{Method, StatusCode};
@@ -501,4 +503,105 @@ async fn per_order_order_holds_over_a_thousand_events_while_publishes_and_handle
     }
     eprintln!("ordered: {permanent} permanent publish failures on the way");
     report("ordered", stats, started);
+}
+
+/// Issue 20: "the same happens after a stop with a batch held by an open breaker". A group whose
+/// database is locked holds its batch unacknowledged (the breaker is open) while later events of
+/// the same orders are published; it is stopped gracefully, leaving the batch to `ack_wait`, and
+/// its successor — the same group restarted, or a standby that takes the lease over — must still
+/// apply each order's events in stream order, each once, with no dead letter and no retry.
+async fn a_batch_held_by_an_open_breaker_at_a_stop(name: &str, standby: bool) {
+    let (_started, _nats, app, js, _dir, db) = setup(|_| {}).await;
+    let template = template(&app).await;
+    let tracker = Tracker::new(Duration::ZERO, |_, _| None);
+    let config = || {
+        let mut c = config(name, &db);
+        // Long enough that the successor (a standby polls for the lease) pulls before the held
+        // batch comes back.
+        c.ack_wait = Duration::from_secs(5);
+        c.busy_timeout = Duration::from_millis(100);
+        c
+    };
+    let first = Running::start(&js, config(), Tracked(tracker.clone()));
+    until("the template's event is handled", async || {
+        tracker.handled().values().map(Vec::len).sum::<usize>() == 1
+    })
+    .await;
+
+    // Another process holds the file's write lock: the next batch cannot commit, the breaker
+    // opens and the batch is held.
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let orders = keys(&format!("{name}-"), 5);
+    publish_round(&js, &template, &orders).await;
+    until("the breaker opens on the held batch", async || {
+        first.stats.breaker.state() != BreakerState::Closed
+            && first.stats.infrastructure_faults.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Two updates per order while the batch is held: not pulled, delivered to the successor at
+    // once, while the held batch comes back only after ack_wait.
+    publish_round(&js, &template, &orders).await;
+    publish_round(&js, &template, &orders).await;
+
+    let second = if standby {
+        let second = Running::start(&js, config(), Tracked(tracker.clone()));
+        until("the second process stands by", async || {
+            second.stats.role() == GroupRole::Standby
+        })
+        .await;
+        first.stop().await;
+        second
+    } else {
+        first.stop().await;
+        Running::start(&js, config(), Tracked(tracker.clone()))
+    };
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    // And one more per order after the stop.
+    publish_round(&js, &template, &orders).await;
+
+    until("every order's four events are handled", async || {
+        let handled = tracker.handled();
+        orders
+            .iter()
+            .all(|k| handled.get(k).is_some_and(|h| h.len() >= 4))
+    })
+    .await;
+    // Time for a late duplicate or a reordered redelivery to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let parked = second.stats.parked.load(Ordering::SeqCst);
+    let stats = second.stop().await;
+    let handled = tracker.handled();
+    for k in &orders {
+        let seqs: Vec<u64> = handled[k].iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs.len(), 4, "{k}: each event once: {:?}", handled[k]);
+        assert!(
+            seqs.is_sorted(),
+            "{k}: in stream order across the stop: {:?}",
+            handled[k]
+        );
+    }
+    assert!(dlq::list(&js, name, None).await.unwrap().is_empty());
+    assert_eq!((stats.dead_lettered, stats.retried), (0, 0), "{stats:?}");
+    // The hazard was real: the held batch came back after ack_wait (a second delivery, no run
+    // of the handler before), and later events of its orders waited for it meanwhile.
+    assert!(
+        handled
+            .values()
+            .flatten()
+            .any(|(_, delivered)| *delivered > 1),
+        "the held batch came back: {handled:?}"
+    );
+    assert!(parked > 0, "later events waited for it");
+}
+
+#[tokio::test]
+async fn a_group_stopped_while_its_breaker_holds_a_batch_keeps_each_orders_order_on_restart() {
+    a_batch_held_by_an_open_breaker_at_a_stop("held-restart", false).await;
+}
+
+#[tokio::test]
+async fn a_group_stopped_while_its_breaker_holds_a_batch_keeps_each_orders_order_on_takeover() {
+    a_batch_held_by_an_open_breaker_at_a_stop("held-takeover", true).await;
 }
