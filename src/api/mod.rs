@@ -3,7 +3,7 @@
 //! - [`orders`] — create, read, list, update, status, confirm, cancel, stock override.
 //! - [`chat`] — chat orders and chat links.
 //! - [`order_view`] — an order as both answer it.
-//! - [`products`] — the stock view.
+//! - [`products`] — the stock view and the catalogue's prices.
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`ops`] — the operations page at `/ops` and the admin endpoints it reads.
 //! - [`health`] — liveness, readiness and metrics.

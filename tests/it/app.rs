@@ -225,6 +225,7 @@ impl TestApp {
             "order_items",
             "order_events_outbox",
             "product_stock",
+            "product_prices",
             "chat_orders",
             "order_chat_links",
             "stock_overrides",
