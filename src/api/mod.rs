@@ -71,6 +71,8 @@ pub struct AppState {
     pub write_limit: Arc<limits::WriteLimit>,
     /// The longest a request may take.
     pub request_timeout: std::time::Duration,
+    /// Which products of a customer's or the assistant's order need a catalogue price.
+    pub catalogue_prices: crate::commands::CataloguePrices,
 }
 
 /// The whole API.
