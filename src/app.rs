@@ -87,6 +87,7 @@ pub fn build(config: &Config) -> Result<AppState, AppError> {
             config.write_rate_limit_exempt.clone(),
         )),
         request_timeout: config.request_timeout,
+        catalogue_prices: config.catalogue_prices,
     })
 }
 

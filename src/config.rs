@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::Role;
 use crate::backoff::BackoffKind;
+use crate::commands::CataloguePrices;
 use crate::store::Synchronous;
 
 pub use crate::secret::Secret;
@@ -227,6 +228,19 @@ pub struct Config {
     /// service of sockets.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub http_max_connections: u32,
+
+    /// Which products of a customer's or the chat assistant's order must have a catalogue price
+    /// (`PUT /products/{id}/price`): `required`, every one (an unpriced product is refused);
+    /// `when-set`, only those that have one are checked. Either way a line of a priced product
+    /// must carry its catalogue price; admin and system callers set any price.
+    #[arg(
+        long,
+        env = "CATALOGUE_PRICES",
+        value_enum,
+        default_value = "required",
+        ignore_case = true
+    )]
+    pub catalogue_prices: CataloguePrices,
 
     /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is believed for audit and
     /// the write limit.
@@ -496,6 +510,21 @@ mod tests {
         let printed = format!("{cli:?}");
         assert!(!printed.contains(secret), "{printed}");
         assert!(printed.contains("[redacted]"), "{printed}");
+    }
+
+    #[test]
+    fn catalogue_prices_are_required_unless_set_otherwise() {
+        assert_eq!(
+            parse(&[]).unwrap().catalogue_prices,
+            CataloguePrices::Required
+        );
+        assert_eq!(
+            parse(&["--catalogue-prices", "when-set"])
+                .unwrap()
+                .catalogue_prices,
+            CataloguePrices::WhenSet
+        );
+        assert!(parse(&["--catalogue-prices", "sometimes"]).is_err());
     }
 
     #[test]

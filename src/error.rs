@@ -276,6 +276,37 @@ impl From<CommandError> for ApiError {
                     details: json!({ "items": items }),
                 }
             }
+            CommandError::UnpricedProducts(items) => {
+                let items: Vec<_> = items
+                    .iter()
+                    .map(|i| json!({ "field": i.field, "product_id": i.product_id }))
+                    .collect();
+                ApiError::Unprocessable {
+                    code: "unpriced_product",
+                    message,
+                    details: json!({ "items": items }),
+                }
+            }
+            CommandError::WrongPrices(items) => {
+                let items: Vec<_> = items
+                    .iter()
+                    .map(|i| {
+                        json!({
+                            "field": i.field,
+                            "product_id": i.product_id,
+                            "unit_price": i.unit_price,
+                            "currency": i.currency,
+                            "catalogue_unit_price": i.catalogue_unit_price,
+                            "catalogue_currency": i.catalogue_currency,
+                        })
+                    })
+                    .collect();
+                ApiError::Unprocessable {
+                    code: "price_mismatch",
+                    message,
+                    details: json!({ "items": items }),
+                }
+            }
             CommandError::NothingToChange(_) => unprocessable("nothing_to_change", message),
             CommandError::CustomerCancelsOnlyPending(status) => ApiError::Conflict {
                 code: "order_not_pending",

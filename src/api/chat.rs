@@ -44,7 +44,8 @@ pub fn describe(api: &mut Api) {
     )
     .description(
         "As POST /api/v1/orders, plus the chat's facts; writes order.chat_created too. \
-             source_channel is always chat.",
+             source_channel is always chat. The assistant's lines must carry the catalogue's \
+             prices, as a customer's.",
     )
     .roles(&[Role::Ai, Role::Admin])
     .body::<ChatOrderBody>()
@@ -52,6 +53,7 @@ pub fn describe(api: &mut Api) {
     .order_links(201)
     .error(409, &["insufficient_stock"])
     .error(422, super::orders::ITEM_CODES)
+    .error(422, super::orders::PRICE_CODES)
     .add();
     api.post(
         "/api/v1/orders/{id}/chat-links",
@@ -150,7 +152,15 @@ async fn create(
     };
     let ctx = meta.events(&caller);
     record_created();
-    let order = commands::place(&state.store, caller, ctx, order, Some(chat)).await?;
+    let order = commands::place(
+        &state.store,
+        caller,
+        ctx,
+        order,
+        Some(chat),
+        state.catalogue_prices,
+    )
+    .await?;
     Ok(created(&order))
 }
 

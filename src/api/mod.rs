@@ -3,7 +3,7 @@
 //! - [`orders`] — create, read, list, update, status, confirm, cancel, stock override.
 //! - [`chat`] — chat orders and chat links.
 //! - [`order_view`] — an order as both answer it.
-//! - [`products`] — the stock view.
+//! - [`products`] — the stock view and the catalogue's prices.
 //! - [`admin`] — the outbox: list rows, requeue dead ones.
 //! - [`ops`] — the operations page at `/ops` and the admin endpoints it reads.
 //! - [`health`] — liveness, readiness and metrics.
@@ -71,6 +71,8 @@ pub struct AppState {
     pub write_limit: Arc<limits::WriteLimit>,
     /// The longest a request may take.
     pub request_timeout: std::time::Duration,
+    /// Which products of a customer's or the assistant's order need a catalogue price.
+    pub catalogue_prices: crate::commands::CataloguePrices,
 }
 
 /// The whole API.

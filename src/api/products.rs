@@ -1,7 +1,8 @@
-//! `/products/{id}/stock`: the local stock view that new orders are checked against.
+//! `/products/{id}/stock` and `/products/{id}/price`: the local stock view and the catalogue's
+//! prices that new orders are checked against.
 
 use axum::extract::State;
-use axum::routing::put;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -14,15 +15,19 @@ use super::json::AppJson;
 use super::path::OrderId as ProductId;
 use super::spec::Api;
 use crate::auth::{Caller, Role};
+use crate::domain::{Currency, Money};
 use crate::error::ApiError;
-use crate::store::products;
+use crate::store::products::{self, CataloguePrice};
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/products/{id}/stock", put(set_stock))
+    Router::new()
+        .route("/products/{id}/stock", put(set_stock))
+        .route("/products/{id}/price", put(set_price))
+        .route("/products/{id}/price", get(read_price))
 }
 
-/// The route's operation in the OpenAPI document.
+/// The routes' operations in the OpenAPI document.
 pub fn describe(api: &mut Api) {
     api.put(
         "/api/v1/products/{id}/stock",
@@ -34,6 +39,34 @@ pub fn describe(api: &mut Api) {
     .path_uuid("id", "The product id.")
     .body::<StockBody>()
     .json::<StockView>(200, "The product's stock now.")
+    .add();
+    api.put(
+        "/api/v1/products/{id}/price",
+        "setPrice",
+        "Set a product's catalogue price",
+    )
+    .description(
+        "The price customers and the chat assistant are charged: each line of their orders \
+         (and of lines they add to one) must carry exactly this unit price in the order's \
+         currency, or the command is refused with 422 price_mismatch. Replaces the product's \
+         price; one price per product. Admin and system callers (back-office imports) may order \
+         at any price.",
+    )
+    .roles(&[Role::Admin, Role::System])
+    .path_uuid("id", "The product id.")
+    .body::<PriceBody>()
+    .json::<PriceView>(200, "The product's price now.")
+    .add();
+    api.get(
+        "/api/v1/products/{id}/price",
+        "getPrice",
+        "Read a product's catalogue price",
+    )
+    .description("The unit price and currency an order of a customer or the assistant must carry.")
+    .roles(&[Role::Customer, Role::Ai, Role::Admin, Role::System])
+    .path_uuid("id", "The product id.")
+    .json::<PriceView>(200, "The product's price.")
+    .error(404, &["not_found"])
     .add();
 }
 
@@ -84,4 +117,79 @@ async fn set_stock(
         available: body.available,
         updated_at: now,
     }))
+}
+/// The body of `PUT /products/{id}/price`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PriceBody {
+    /// The price of one, charged to customers and the chat assistant.
+    unit_price: Money,
+    /// Its currency; orders in another currency cannot be placed by them for this product.
+    currency: Currency,
+}
+
+/// A product's catalogue price.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PriceView {
+    /// The product.
+    product_id: Uuid,
+    /// The price of one.
+    unit_price: Money,
+    /// Its currency.
+    currency: Currency,
+    /// When it was set.
+    updated_at: DateTime<Utc>,
+}
+
+impl From<CataloguePrice> for PriceView {
+    fn from(p: CataloguePrice) -> PriceView {
+        PriceView {
+            product_id: p.product_id,
+            unit_price: p.unit_price,
+            currency: p.currency,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+async fn set_price(
+    State(state): State<AppState>,
+    caller: Caller,
+    ProductId(product_id): ProductId,
+    AppJson(body): AppJson<PriceBody>,
+) -> Result<Json<PriceView>, ApiError> {
+    caller.require(&[Role::Admin, Role::System])?;
+    let price = CataloguePrice {
+        product_id,
+        unit_price: body.unit_price,
+        currency: body.currency,
+        updated_at: now_millis(),
+    };
+    let stored = price.clone();
+    state
+        .store
+        .write(move |tx| {
+            products::set_price(tx, &stored)?;
+            Ok::<_, ApiError>(())
+        })
+        .await?;
+    Ok(Json(PriceView::from(price)))
+}
+
+async fn read_price(
+    State(state): State<AppState>,
+    caller: Caller,
+    ProductId(product_id): ProductId,
+) -> Result<Json<PriceView>, ApiError> {
+    caller.require(&[Role::Customer, Role::Ai, Role::Admin, Role::System])?;
+    let price = state
+        .store
+        .read(move |conn| {
+            Ok::<_, ApiError>(products::prices(conn, [product_id])?.remove(&product_id))
+        })
+        .await?;
+    price
+        .map(|p| Json(PriceView::from(p)))
+        .ok_or_else(|| ApiError::NotFound(format!("product {product_id} has no catalogue price")))
 }

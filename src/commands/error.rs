@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use super::prices::{UnpricedItem, WrongPrice};
 use super::stock::ShortItem;
 use crate::domain::{OrderError, Status};
 use crate::store::StoreError;
@@ -27,6 +28,26 @@ pub enum CommandError {
     /// Items ask for more than the stock view has.
     #[error("{} item(s) ask for more than is available", .0.len())]
     InsufficientStock(Vec<ShortItem>),
+    /// Lines of a customer or the assistant whose products have no catalogue price
+    /// (`CATALOGUE_PRICES=required`).
+    #[error(
+        "{} has no catalogue price; {} item(s) cannot be ordered at a price of the caller's",
+        .0[0].product_id,
+        .0.len()
+    )]
+    UnpricedProducts(Vec<UnpricedItem>),
+    /// Lines of a customer or the assistant whose unit price is not the catalogue's.
+    #[error(
+        "{} is {} {}, not the catalogue's {} {} for product {}; {} item(s) differ from the catalogue",
+        .0[0].field,
+        .0[0].unit_price,
+        .0[0].currency.as_str(),
+        .0[0].catalogue_unit_price,
+        .0[0].catalogue_currency.as_str(),
+        .0[0].product_id,
+        .0.len()
+    )]
+    WrongPrices(Vec<WrongPrice>),
     /// The command would change nothing.
     #[error("{0}")]
     NothingToChange(&'static str),
@@ -39,14 +60,13 @@ pub enum CommandError {
         .0.as_str()
     )]
     OverrideNotAllowed(Status),
-    /// The order's own rules refuse it.
     /// The order has as many chat links as it may.
     #[error("the order has {limit} chat links, as many as an order takes")]
     TooManyChatLinks {
         /// The limit.
         limit: usize,
     },
-
+    /// The order's own rules refuse it.
     #[error(transparent)]
     Order(#[from] OrderError),
     /// The database failed.

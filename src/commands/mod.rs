@@ -11,6 +11,7 @@
 //! - `update` — changing a pending order's items and address.
 //! - `lifecycle` — status steps, confirmation and cancellation.
 //! - `stock` — taking stock, and selling beyond it with an admin's approval.
+//! - `prices` — the catalogue's prices that customers' and the assistant's lines must carry.
 //! - `chat` — chat orders' events and links between orders and chats.
 //! - `error` — why a command was refused.
 
@@ -18,6 +19,7 @@ mod chat;
 mod error;
 mod lifecycle;
 mod place;
+mod prices;
 mod stock;
 mod update;
 
@@ -25,6 +27,7 @@ pub use chat::{ChatLinkRequest, MAX_CHAT_LINKS_PER_ORDER, link_chat};
 pub use error::CommandError;
 pub use lifecycle::{Cancellation, Confirmation, StatusStep, cancel, change_status, confirm};
 pub use place::{NewOrder, OverrideRequest, place};
+pub use prices::{CataloguePrices, UnpricedItem, WrongPrice};
 pub use stock::{OverrideApproval, ShortItem, override_stock};
 pub use update::{OrderRevision, update};
 

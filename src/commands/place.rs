@@ -1,9 +1,11 @@
-//! Placing an order: who it is for, the stock check, the order number, and the creation events.
+//! Placing an order: who it is for, the price and stock checks, the order number, and the
+//! creation events.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::prices::{self, CataloguePrices};
 use super::{CommandError, audit, chat, stock};
 use crate::auth::{Caller, Role};
 use crate::domain::chat::ChatOrigin;
@@ -45,8 +47,9 @@ pub struct OverrideRequest {
     pub expected_restock_date: DateTime<Utc>,
 }
 
-/// Creates an order (and, from a chat, its chat origin): checks stock, takes it, and writes
-/// `order.created`, then `order.chat_created` for chat orders, `order.audit`, and
+/// Creates an order (and, from a chat, its chat origin): checks a customer's or the assistant's
+/// prices against the catalogue (`catalogue` says which products need one), checks stock, takes
+/// it, and writes `order.created`, then `order.chat_created` for chat orders, `order.audit`, and
 /// `order.stock_override_applied` when an admin's override let short items through.
 pub async fn place(
     store: &Store,
@@ -54,6 +57,7 @@ pub async fn place(
     ctx: EventContext,
     new: NewOrder,
     chat: Option<ChatOrigin>,
+    catalogue: CataloguePrices,
 ) -> Result<Order, CommandError> {
     let customer_id = customer_of(&caller, new.customer_id)?;
     if new.stock_override.is_some() && caller.role != Role::Admin {
@@ -80,8 +84,15 @@ pub async fn place(
         expected_restock_date: o.expected_restock_date,
         approved_by: caller.user_id,
     });
+    let check_prices = !prices::sets_prices(caller.role);
     store
-        .write(move |tx| insert(tx, order, &ctx, chat.as_ref(), approval))
+        .write(move |tx| {
+            // In the placement's transaction: the price checked is the price of the commit.
+            if check_prices {
+                prices::check(tx, catalogue, &order.items, &order.currency, "items")?;
+            }
+            insert(tx, order, &ctx, chat.as_ref(), approval)
+        })
         .await
 }
 

@@ -1,8 +1,12 @@
 //! Changing a pending order's items and shipping address (`order.updated`).
+//!
+//! Lines a customer adds are checked against the catalogue's prices as at placement; a quantity
+//! change keeps the line's price.
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::prices::{self, CataloguePrices};
 use super::{CommandError, audit, change_order, stock};
 use crate::auth::Caller;
 use crate::domain::events::{AuditChange, ItemChanges, OldNew, OrderChanges, OrderUpdated};
@@ -21,14 +25,16 @@ pub struct OrderRevision {
     pub reason: Option<String>,
 }
 
-/// Changes a pending order: revises its items (taking or giving back stock) and its address,
-/// and writes `order.updated` and its `order.audit`.
+/// Changes a pending order: revises its items (checking the prices of a customer's added lines
+/// against the catalogue, taking or giving back stock) and its address, and writes
+/// `order.updated` and its `order.audit`.
 pub async fn update(
     store: &crate::store::Store,
     caller: Caller,
     ctx: EventContext,
     order_id: Uuid,
     revision: OrderRevision,
+    catalogue: CataloguePrices,
 ) -> Result<Order, CommandError> {
     if revision.items.is_empty() && revision.shipping_address.is_none() {
         return Err(CommandError::NothingToChange(
@@ -36,7 +42,7 @@ pub async fn update(
         ));
     }
     change_order(store, caller, ctx, order_id, move |tx, order, events| {
-        revise(tx, order, events, revision, caller)
+        revise(tx, order, events, revision, caller, catalogue)
     })
     .await
 }
@@ -48,9 +54,16 @@ fn revise(
     events: &mut Events<'_>,
     revision: OrderRevision,
     caller: Caller,
+    catalogue: CataloguePrices,
 ) -> Result<(), CommandError> {
     let now = events.context().now;
     let revised = revise_items(order, &revision.items)?;
+    // After the order's own rules (pending, products not in it yet), so that their refusals
+    // come first.
+    if !prices::sets_prices(caller.role) {
+        let added = &revision.items.add;
+        prices::check(tx, catalogue, added, &order.currency, "items.add")?;
+    }
     stock::check_added(tx, order, &revised.stock_delta)?;
     for (product_id, delta) in &revised.stock_delta {
         products::adjust(tx, *product_id, -delta, now)?;

@@ -160,7 +160,8 @@ impl Driver {
         self.chat_order(&products, chai).await
     }
 
-    /// Three products: widget (stock 10), gadget (stock 5), rare (stock 1).
+    /// Three products in the catalogue: widget (100.00 THB, stock 10), gadget (250.00 THB,
+    /// stock 5), rare (80.00 THB, stock 1). The assistant's chat order is held to these prices.
     async fn stock_products(&self) -> Result<Products, AppError> {
         let products = Products {
             widget: Uuid::now_v7(),
@@ -169,27 +170,34 @@ impl Driver {
         };
         println!();
         println!(
-            "products: widget {} (stock 10), gadget {} (stock 5), rare {} (stock 1)",
+            "products: widget {} (100.00 THB, stock 10), gadget {} (250.00 THB, stock 5), rare {} (80.00 THB, stock 1)",
             short(products.widget),
             short(products.gadget),
             short(products.rare)
         );
-        for (product, available) in [
-            (products.widget, 10),
-            (products.gadget, 5),
-            (products.rare, 1),
+        for (product, available, price) in [
+            (products.widget, 10, 100.0),
+            (products.gadget, 5, 250.0),
+            (products.rare, 1, 80.0),
         ] {
-            let (status, answer) = self
-                .api
-                .call(
-                    "PUT",
-                    &format!("/api/v1/products/{product}/stock"),
-                    Some(&self.token(Role::Admin)),
-                    Some(&json!({ "available": available })),
-                )
-                .await?;
-            if status != 200 {
-                return Err(failed(format!("setting stock answered {status}: {answer}")));
+            for (what, body) in [
+                ("stock", json!({ "available": available })),
+                ("price", json!({ "unit_price": price, "currency": "THB" })),
+            ] {
+                let (status, answer) = self
+                    .api
+                    .call(
+                        "PUT",
+                        &format!("/api/v1/products/{product}/{what}"),
+                        Some(&self.token(Role::Admin)),
+                        Some(&body),
+                    )
+                    .await?;
+                if status != 200 {
+                    return Err(failed(format!(
+                        "setting {what} answered {status}: {answer}"
+                    )));
+                }
             }
         }
         Ok(products)

@@ -2,7 +2,7 @@
 //!
 //! - [`writer`] — the thread that owns the write connection and commits commands in groups.
 //! - [`orders`] — orders and their items.
-//! - [`products`] — the local stock view.
+//! - [`products`] — the local stock view and the catalogue's prices.
 //! - [`chat`] — chat origins of orders and chat links.
 //! - [`outbox`] — the transactional outbox `order_events_outbox`.
 //! - [`acknowledged`] — where the broker stored the published rows: what a repair checks.
@@ -64,6 +64,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0006_outbox_sent_marks.sql",
         include_str!("../../migrations/0006_outbox_sent_marks.sql"),
+    ),
+    (
+        "0007_product_prices.sql",
+        include_str!("../../migrations/0007_product_prices.sql"),
     ),
 ];
 

@@ -1,8 +1,11 @@
-//! The local stock view: how many of a product new orders may take.
+//! The local stock view: how many of a product new orders may take; and the catalogue's prices.
 //!
 //! Inventory (or an admin) sets `available` with `PUT /products/{id}/stock`; accepted orders take
 //! their quantities from it and cancellations give them back, so back-to-back orders cannot both
 //! take the last unit before inventory's next update. Products without a row are not tracked.
+//!
+//! Admin and system callers set a product's price with `PUT /products/{id}/price`: what customers
+//! and the chat assistant are charged (`commands::prices` checks their lines against it).
 
 use std::collections::HashMap;
 
@@ -10,7 +13,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
-use super::{StoreError, Tx, timestamp};
+use super::{StoreError, Tx, parse_timestamp, parse_uuid, timestamp};
+use crate::domain::{Currency, Money};
 
 /// Sets a product's available quantity, creating its row when missing.
 pub fn set(
@@ -108,4 +112,69 @@ pub fn record_override(
         ],
     )?;
     Ok(())
+}
+
+/// A product's price in the catalogue: one per product, in one currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CataloguePrice {
+    /// The product.
+    pub product_id: Uuid,
+    /// The price of one.
+    pub unit_price: Money,
+    /// Its currency.
+    pub currency: Currency,
+    /// When it was set.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Sets a product's catalogue price, replacing the one it had (in any currency).
+pub fn set_price(tx: &Tx<'_>, price: &CataloguePrice) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO product_prices (product_id, unit_price_minor, currency, updated_at)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (product_id) DO UPDATE
+            SET unit_price_minor = ?2, currency = ?3, updated_at = ?4",
+        params![
+            price.product_id.to_string(),
+            price.unit_price.minor(),
+            price.currency.as_str(),
+            timestamp(price.updated_at),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The catalogue price of each priced product among `product_ids`.
+pub fn prices(
+    conn: &Connection,
+    product_ids: impl IntoIterator<Item = Uuid>,
+) -> Result<HashMap<Uuid, CataloguePrice>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT product_id, unit_price_minor, currency, updated_at FROM product_prices
+         WHERE product_id = ?1",
+    )?;
+    let mut found = HashMap::new();
+    for id in product_ids {
+        let mut rows = stmt.query([id.to_string()])?;
+        if let Some(row) = rows.next()? {
+            let product_id: String = row.get(0)?;
+            let minor: i64 = row.get(1)?;
+            let currency: String = row.get(2)?;
+            let updated_at: String = row.get(3)?;
+            let price = CataloguePrice {
+                product_id: parse_uuid("product_prices.product_id", &product_id)?,
+                unit_price: Money::from_minor(minor).ok_or(StoreError::Corrupt {
+                    column: "product_prices.unit_price_minor",
+                    value: minor.to_string(),
+                })?,
+                currency: Currency::new(&currency).map_err(|_| StoreError::Corrupt {
+                    column: "product_prices.currency",
+                    value: currency.clone(),
+                })?,
+                updated_at: parse_timestamp("product_prices.updated_at", &updated_at)?,
+            };
+            found.insert(id, price);
+        }
+    }
+    Ok(found)
 }

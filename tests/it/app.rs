@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use order_service::auth::{Auth, Role};
+use order_service::commands::CataloguePrices;
 use order_service::config::{Cli, Config, LogFormat};
 use order_service::shutdown::Shutdown;
 use order_service::store::Synchronous;
@@ -38,8 +39,8 @@ pub struct TestApp {
 }
 
 /// The service's settings for a test, with its database in `dir`: every default, as the command
-/// line gives them, except that the relay is off (tests that relay turn it on with a broker) and
-/// so is the write limit.
+/// line gives them, except that the relay is off (tests that relay turn it on with a broker), so
+/// is the write limit, and catalogue prices are checked only where set.
 pub fn test_config(dir: &std::path::Path) -> Config {
     let db = dir.join("orders.db");
     let mut config = Cli::parse_from([
@@ -60,6 +61,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     // Load tests drive one caller far faster than a person would; the write limit is tested
     // with its defaults and its own settings in tests/it/api/limits.rs.
     config.write_rate_limit = 0;
+    // Most tests order made-up products as customers, and what they test is not the price; the
+    // catalogue's prices are tested with the default, `required`, in tests/it/api/prices.rs, and
+    // a priced product is checked under either setting.
+    config.catalogue_prices = CataloguePrices::WhenSet;
     config
 }
 
@@ -202,6 +207,19 @@ impl TestApp {
         assert_eq!(status, StatusCode::OK, "set stock: {body}");
     }
 
+    /// Sets a product's catalogue price as an admin.
+    pub async fn set_price(&self, product: Uuid, unit_price: f64, currency: &str) {
+        let (status, body) = self
+            .send(
+                User::new(Role::Admin),
+                Method::PUT,
+                &format!("/api/v1/products/{product}/price"),
+                Some(json!({ "unit_price": unit_price, "currency": currency })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "set price: {body}");
+    }
+
     /// A read-only connection to the service's database file.
     pub fn db(&self) -> Connection {
         let conn =
@@ -225,6 +243,7 @@ impl TestApp {
             "order_items",
             "order_events_outbox",
             "product_stock",
+            "product_prices",
             "chat_orders",
             "order_chat_links",
             "stock_overrides",

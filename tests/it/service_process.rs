@@ -120,6 +120,8 @@ impl Service {
             .env("NATS_URL", &self.nats.url)
             // The load is one test driving several callers fast: no write limit.
             .env("WRITE_RATE_LIMIT", "0")
+            // Its customers and assistant order made-up products: prices only where set.
+            .env("CATALOGUE_PRICES", "when-set")
             // Retries and timeouts of the relay tests, so that faults heal within seconds.
             .env("EVENT_OUTBOX_RETRY_BASE", "20ms")
             .env("EVENT_OUTBOX_RETRY_MAX", "200ms")

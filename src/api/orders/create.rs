@@ -28,12 +28,20 @@ pub(super) fn describe(api: &mut Api) {
              commits it with its events (order.created, order.audit). A customer places its own \
              orders; only an admin may send `stock_override`.",
         )
+        .description(
+            "A customer's lines must carry their products' catalogue prices (GET \
+             /api/v1/products/{id}/price) in the order's currency: another price is refused with \
+             422 price_mismatch (not silently replaced: the customer was shown the price sent), \
+             a product without one with 422 unpriced_product (unless CATALOGUE_PRICES=when-set). \
+             Admin and system callers set any price.",
+        )
         .roles(&[Role::Customer, Role::Admin, Role::System])
         .body::<NewOrder>()
         .created::<super::OrderView>("The order.")
         .order_links(201)
         .error(409, &["insufficient_stock"])
         .error(422, super::ITEM_CODES)
+        .error(422, super::PRICE_CODES)
         .add();
 }
 
@@ -52,6 +60,14 @@ async fn create(
     }
     let ctx = meta.events(&caller);
     record_created();
-    let order = commands::place(&state.store, caller, ctx, body, None).await?;
+    let order = commands::place(
+        &state.store,
+        caller,
+        ctx,
+        body,
+        None,
+        state.catalogue_prices,
+    )
+    .await?;
     Ok(created(&order))
 }

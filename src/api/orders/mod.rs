@@ -33,6 +33,9 @@ pub(crate) const ITEM_CODES: &[&str] = &[
     "unknown_product",
 ];
 
+/// The 422 codes of the catalogue's price check of a customer's or the assistant's lines.
+pub(crate) const PRICE_CODES: &[&str] = &["price_mismatch", "unpriced_product"];
+
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -33,7 +33,8 @@ pub(super) fn describe(api: &mut Api) {
     )
     .description(
         "Adds, removes or changes items (stock is checked and taken or given back) and \
-             replaces the shipping address; writes order.updated. Only pending orders change.",
+             replaces the shipping address; writes order.updated. Only pending orders change. \
+             Lines a customer adds must carry the catalogue's prices, as on POST /api/v1/orders.",
     )
     .roles(&[Role::Customer, Role::Admin])
     .order_path()
@@ -42,6 +43,7 @@ pub(super) fn describe(api: &mut Api) {
     .order_links(200)
     .error(409, &["order_not_pending", "insufficient_stock"])
     .error(422, super::ITEM_CODES)
+    .error(422, super::PRICE_CODES)
     .error(422, &["nothing_to_change", "product_already_in_order"])
     .add();
 }
@@ -108,6 +110,14 @@ async fn update(
         reason: patch.reason.map(|r| r.to_string()),
     };
     let ctx = meta.events(&caller);
-    let order = commands::update(&state.store, caller, ctx, order_id, revision).await?;
+    let order = commands::update(
+        &state.store,
+        caller,
+        ctx,
+        order_id,
+        revision,
+        state.catalogue_prices,
+    )
+    .await?;
     Ok(Json(OrderView::from(&order)))
 }

@@ -11,5 +11,6 @@ mod openapi;
 mod ops_api;
 mod ops_page;
 mod orders;
+mod prices;
 mod properties;
 mod roles;

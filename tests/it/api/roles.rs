@@ -190,6 +190,48 @@ async fn every_endpoint_enforces_its_roles() {
 
     check(
         app,
+        "set price",
+        &[Role::Admin, Role::System],
+        nothing,
+        |user, _| async move {
+            app.send(
+                user,
+                Method::PUT,
+                &format!("/api/v1/products/{}/price", Uuid::now_v7()),
+                Some(json!({"unit_price": 10.00, "currency": "THB"})),
+            )
+            .await
+        },
+    )
+    .await;
+
+    let priced = |_| async {
+        let product = Uuid::now_v7();
+        let (status, body) = app
+            .send(
+                User::new(Role::Admin),
+                Method::PUT,
+                &format!("/api/v1/products/{product}/price"),
+                Some(json!({"unit_price": 10.00, "currency": "THB"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        product.to_string()
+    };
+    check(
+        app,
+        "read price",
+        &ALL,
+        priced,
+        |user, product| async move {
+            app.get(user, &format!("/api/v1/products/{product}/price"))
+                .await
+        },
+    )
+    .await;
+
+    check(
+        app,
         "chat order",
         &[Role::Ai, Role::Admin],
         nothing,
