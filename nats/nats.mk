@@ -76,7 +76,8 @@ nats-image: $(if $(filter $(NATS_TOOLS_BIN),$(NATS_IMAGE_BIN)),$(NATS_TOOLS_BIN)
 	@cp '$(NATS_IMAGE_BIN)' '$(NATS_IMAGE_CONTEXT)/nats-server'
 	@cp '$(NATS_MK_DIR)/Dockerfile' '$(NATS_IMAGE_CONTEXT)/Dockerfile'
 	@cp '$(NATS_MK_DIR)/container.conf' '$(NATS_IMAGE_CONTEXT)/container.conf'
-	@cp '$(NATS_MK_DIR)/identities.conf' '$(NATS_IMAGE_CONTEXT)/identities.conf'
+	@cp '$(NATS_MK_DIR)/identities.conf' '$(NATS_MK_DIR)/users.conf' '$(NATS_MK_DIR)/permissions.conf' \
+		'$(NATS_IMAGE_CONTEXT)/'
 	docker build --quiet --tag '$(NATS_IMAGE)' '$(NATS_IMAGE_CONTEXT)'
 
 nats-clean:

@@ -56,6 +56,9 @@ pub enum AppError {
     /// A consumer command failed.
     #[error(transparent)]
     Consumer(#[from] crate::consumer::ConsumerError),
+    /// A consumer group's identity could not be made or written.
+    #[error(transparent)]
+    Identity(#[from] crate::identities::IdentityError),
     /// A check found something wrong, or a repair left something undone; the text says what.
     #[error("{0}")]
     Incomplete(String),

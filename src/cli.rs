@@ -26,6 +26,12 @@ pub fn execute(cli: Cli) -> Result<(), AppError> {
             app::run(cli.config, listener, shutdown_signal()).await
         }),
         Command::Token(args) => token(&cli.config, &args),
+        Command::Identities { action } => Ok(crate::identities::execute(
+            action,
+            &topics(&cli.config)?,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )?),
         Command::Schema(args) => schema(&args),
         Command::Streams { action } => runtime()?.block_on(streams(&cli.config, action)),
         Command::Tail(args) => Ok(runtime()?.block_on(consumer::commands::tail(

@@ -63,6 +63,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the HTTP API's OpenAPI 3.1 document (as served at `/api/v1/openapi.json`).
     Openapi,
+    /// Give each consumer group its own NATS user and permissions (`nats/users.conf`).
+    Identities {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::identities::IdentitiesAction,
+    },
     /// Check the streams against the events the outbox recorded as acknowledged, or repair them.
     Outbox {
         /// What to do.

@@ -60,6 +60,8 @@ pub mod demo;
 pub mod domain;
 #[cfg(feature = "service")]
 pub mod error;
+#[cfg(feature = "service")]
+pub mod identities;
 #[cfg(feature = "consumer")]
 pub mod metrics;
 #[cfg(feature = "service")]

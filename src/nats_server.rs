@@ -94,6 +94,9 @@ pub struct Settings {
     /// Config files to include (e.g. `nats/identities.conf`): copied into `dir` beside the
     /// generated config, since nats-server resolves includes relative to the including file.
     pub includes: Vec<PathBuf>,
+    /// Files the includes include in turn (e.g. `nats/users.conf`): copied into `dir` too, not
+    /// included by the generated config.
+    pub copies: Vec<PathBuf>,
     /// Environment variables for the process, e.g. the passwords the included file refers to.
     pub env: Vec<(String, String)>,
 }
@@ -162,7 +165,7 @@ impl NatsProcess {
         assert!(self.child.is_none(), "the nats-server process is running");
         let dir = &self.settings.dir;
         std::fs::create_dir_all(dir)?;
-        for include in &self.settings.includes {
+        for include in self.settings.includes.iter().chain(&self.settings.copies) {
             let name = include.file_name().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "an include is not a file")
             })?;

@@ -68,6 +68,18 @@ pub struct NatsSettings {
     /// PEM private key of NATS_TLS_CERT.
     #[arg(long = "nats-tls-key", env = "NATS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// The subject prefix of this client's replies; `_INBOX_<NATS_USER>` with a user, `_INBOX`
+    /// without. A user's permissions let it read its own replies only (`nats/identities.conf`).
+    #[arg(long = "nats-inbox-prefix", env = "NATS_INBOX_PREFIX")]
+    pub inbox_prefix: Option<String>,
+}
+
+/// The inbox prefix of `user`'s connections: its replies are `_INBOX_<user>.<id>`, which the
+/// shipped permissions let only that user subscribe to, so no client reads another's replies
+/// (fetched messages among them).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
 }
 
 impl NatsSettings {
@@ -82,6 +94,7 @@ impl NatsSettings {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            inbox_prefix: None,
         }
     }
 
@@ -129,6 +142,27 @@ impl NatsSettings {
                 })?;
             }
             (None, None, None) => {}
+        }
+        let prefix = match (&self.inbox_prefix, &self.user) {
+            (Some(prefix), _) => Some(prefix.clone()),
+            (None, Some(user)) => Some(inbox_prefix(user)),
+            (None, None) => None,
+        };
+        if let Some(prefix) = prefix {
+            if prefix.is_empty()
+                || prefix
+                    .chars()
+                    .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+            {
+                return Err(settings_error(
+                    ConnectErrorKind::Authentication,
+                    format!(
+                        "NATS_INBOX_PREFIX {prefix:?} (or the one NATS_USER gives) must be one \
+                         subject token: no '.', '*', '>' or spaces"
+                    ),
+                ));
+            }
+            options = options.custom_inbox_prefix(prefix);
         }
         if let Some(ca) = &self.tls_ca {
             readable("NATS_TLS_CA", ca)?;
@@ -409,6 +443,14 @@ mod tests {
                 },
                 "NATS_TLS_CA /nonexistent/ca.pem",
             ),
+            (
+                NatsSettings {
+                    inbox_prefix: Some("_INBOX.mine".into()),
+                    ..base.clone()
+                },
+                "NATS_INBOX_PREFIX",
+            ),
+            (base.clone().with_user("a.b", "p"), "NATS_INBOX_PREFIX"),
         ];
         for (settings, named) in cases {
             let error = settings.options().await.expect_err("refused");

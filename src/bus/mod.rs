@@ -17,7 +17,7 @@ pub mod streams;
 pub mod topics;
 
 pub use batch::{BatchAck, BatchError, MAX_BATCH, publish_batch};
-pub use connect::{NatsSettings, connect, connect_watched};
+pub use connect::{NatsSettings, connect, connect_watched, inbox_prefix};
 pub use publish::{
     DEFAULT_ACK_TIMEOUT, MSG_ID_HEADER, OutboxMessage, PermanentCause, PublishError, Published,
     TransientCause, publish,

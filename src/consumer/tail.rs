@@ -234,8 +234,13 @@ pub async fn follow(
         .get_stream(stream_name(topic.as_str()))
         .await
         .map_err(ConsumerError::nats)?;
+    // A push consumer, delivering to this client's own inbox: it needs no fetch request, so the
+    // identity that tails may create a consumer without a name and read its own replies, and
+    // nothing else of a stream's consumers (a pull consumer's server-chosen name would need a
+    // wildcard that also matches every group's durable consumer).
     let ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig {
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
             filter_subject: args.filter(),
             deliver_policy,
             ..Default::default()

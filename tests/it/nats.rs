@@ -25,7 +25,7 @@
 //! nats.start_again().await;   // same ports, same data; `client` reconnects
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use order_service::nats_server::{self, NatsProcess, Settings, Sync};
@@ -80,8 +80,9 @@ pub struct NatsServer {
     runtime: Runtime,
     client_port: u16,
     monitor_port: u16,
-    /// Whether the server runs the shipped identities (and refuses anonymous clients).
-    identities: bool,
+    /// The folder of the identities the server runs (`identities.conf` and the `users.conf` it
+    /// includes), refusing anonymous clients; none for an open server.
+    identities: Option<PathBuf>,
 }
 
 enum Runtime {
@@ -99,23 +100,29 @@ impl NatsServer {
     /// Starts a server on the path `ORDER_SERVICE_TEST_NATS` and the machine allow, and waits until
     /// it is healthy. Panics (fails the test) when it cannot.
     pub async fn start() -> NatsServer {
-        NatsServer::start_on_path(false, None).await
+        NatsServer::start_on_path(None, None).await
     }
 
     /// [`start`](Self::start), with the shipped identities (`nats/identities.conf`) and the test
     /// passwords in the server's environment: anonymous clients are refused.
     pub async fn start_with_identities() -> NatsServer {
-        NatsServer::start_on_path(true, None).await
+        NatsServer::start_on_path(Some(NatsServer::shipped_dir()), None).await
+    }
+
+    /// [`start_with_identities`](Self::start_with_identities) with the identities of folder
+    /// `dir` (a copy of `nats/` with consumer groups added, say).
+    pub async fn start_with_identities_in(dir: &Path) -> NatsServer {
+        NatsServer::start_on_path(Some(dir.to_owned()), None).await
     }
 
     /// [`start_with_identities`](Self::start_with_identities), taking TLS connections only, from
     /// clients with a certificate of `tls.ca`.
     pub async fn start_with_identities_and_tls(tls: &ServerTls) -> NatsServer {
-        NatsServer::start_on_path(true, Some(tls)).await
+        NatsServer::start_on_path(Some(NatsServer::shipped_dir()), Some(tls)).await
     }
 
     /// TLS is only offered with the identities.
-    async fn start_on_path(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
+    async fn start_on_path(identities: Option<PathBuf>, tls: Option<&ServerTls>) -> NatsServer {
         let mode = std::env::var(MODE_VAR).unwrap_or_default();
         let use_container = match mode.as_str() {
             "container" => true,
@@ -143,15 +150,18 @@ impl NatsServer {
 
     /// `nats/<file>` of the repository.
     pub(crate) fn shipped(file: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("nats")
-            .join(file)
+        NatsServer::shipped_dir().join(file)
+    }
+
+    /// `nats/` of the repository.
+    pub(crate) fn shipped_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("nats")
     }
 
     /// The settings clients of this server use by default: anonymous, or the service's identity
     /// when the server runs the shipped identities.
     pub fn settings(&self) -> order_service::bus::NatsSettings {
-        if self.identities {
+        if self.identities.is_some() {
             self.service()
         } else {
             order_service::bus::NatsSettings::new(self.url())
@@ -269,7 +279,7 @@ impl NatsServer {
         self.start_again().await;
     }
 
-    async fn start_container(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
+    async fn start_container(identities: Option<PathBuf>, tls: Option<&ServerTls>) -> NatsServer {
         // Without the image testcontainers would try a registry pull, which cannot work here and
         // would hide the actual fix.
         let image = image();
@@ -294,14 +304,15 @@ impl NatsServer {
         for _attempt in 0..3 {
             let [client_port, monitor_port] =
                 nats_server::free_ports().expect("probe free loopback ports");
-            let started = new_container(client_port, monitor_port, identities, tls).await;
+            let started =
+                new_container(client_port, monitor_port, identities.as_deref(), tls).await;
             match started {
                 Ok(container) => {
                     let mut server = NatsServer {
                         runtime: Runtime::Container(Box::new(container)),
                         client_port,
                         monitor_port,
-                        identities,
+                        identities: identities.clone(),
                     };
                     eprintln!(
                         "nats fixture: container {IMAGE_NAME}:{IMAGE_TAG} at {} (monitor {})",
@@ -319,7 +330,7 @@ impl NatsServer {
         panic!("cannot start container {image}: {last_error}");
     }
 
-    async fn start_process(identities: bool, tls: Option<&ServerTls>) -> NatsServer {
+    async fn start_process(identities: Option<PathBuf>, tls: Option<&ServerTls>) -> NatsServer {
         let binary = nats_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|| {
                 panic!(
@@ -337,8 +348,8 @@ impl NatsServer {
             name: None,
             sync: Sync::Always,
             includes: identities
-                .then(|| NatsServer::shipped("identities.conf"))
-                .into_iter()
+                .iter()
+                .map(|dir| dir.join("identities.conf"))
                 .chain(tls.map(|tls| {
                     let block = ServerTls::block(
                         &tls.cert.display().to_string(),
@@ -352,7 +363,11 @@ impl NatsServer {
                     source.join("tls.conf")
                 }))
                 .collect(),
-            env: if identities {
+            copies: identities
+                .iter()
+                .flat_map(|dir| [dir.join("users.conf"), dir.join("permissions.conf")])
+                .collect(),
+            env: if identities.is_some() {
                 NatsServer::identity_env()
             } else {
                 Vec::new()
@@ -475,7 +490,7 @@ impl NatsServer {
 async fn new_container(
     client_port: u16,
     monitor_port: u16,
-    identities: bool,
+    identities: Option<&Path>,
     tls: Option<&ServerTls>,
 ) -> testcontainers::core::error::Result<ContainerAsync<GenericImage>> {
     let mut request = GenericImage::new(IMAGE_NAME, IMAGE_TAG)
@@ -500,7 +515,7 @@ async fn new_container(
     // The image's own config, which includes the shipped identities; the TLS block on top.
     let mut config = std::fs::read_to_string(NatsServer::shipped("container.conf"))
         .expect("read nats/container.conf");
-    if !identities {
+    let Some(identities) = identities else {
         // A test about something else runs the broker open, without the users' passwords.
         let include = "include \"identities.conf\"";
         assert!(
@@ -508,8 +523,12 @@ async fn new_container(
             "nats/container.conf includes the identities"
         );
         config = config.replace(include, "");
-        request = request.with_copy_to("/nats-server.conf", config.into_bytes());
-    } else {
+        return request
+            .with_copy_to("/nats-server.conf", config.into_bytes())
+            .start()
+            .await;
+    };
+    {
         if let Some(tls) = tls {
             config += &ServerTls::block("/tls/cert.pem", "/tls/key.pem", "/tls/ca.pem");
             request = request
@@ -519,8 +538,10 @@ async fn new_container(
         }
         request = request
             .with_copy_to("/nats-server.conf", config.into_bytes())
-            // The working tree's, which an image built earlier may not have yet.
-            .with_copy_to("/identities.conf", NatsServer::shipped("identities.conf"));
+            // The working tree's (or the test's), which an image built earlier may not have.
+            .with_copy_to("/identities.conf", identities.join("identities.conf"))
+            .with_copy_to("/users.conf", identities.join("users.conf"))
+            .with_copy_to("/permissions.conf", identities.join("permissions.conf"));
         for (name, value) in NatsServer::identity_env() {
             request = request.with_env_var(name, value);
         }
@@ -535,10 +556,14 @@ impl NatsServer {
         self.stop().await;
         match &mut self.runtime {
             Runtime::Container(container) => {
-                let fresh =
-                    new_container(self.client_port, self.monitor_port, self.identities, None)
-                        .await
-                        .expect("start a new nats container on the same ports");
+                let fresh = new_container(
+                    self.client_port,
+                    self.monitor_port,
+                    self.identities.as_deref(),
+                    None,
+                )
+                .await
+                .expect("start a new nats container on the same ports");
                 // The old container is removed when dropped here.
                 **container = fresh;
             }

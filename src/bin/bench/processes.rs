@@ -55,6 +55,7 @@ pub async fn start_nats(binary: &Path, scratch: &Path) -> Res<NatsProcess> {
         name: Some("order-service-bench".into()),
         sync,
         includes: Vec::new(),
+        copies: Vec::new(),
         env: Vec::new(),
     };
     Ok(NatsProcess::start(settings, Duration::from_secs(15))

@@ -19,6 +19,8 @@ use order_service::bus::Topics;
 use order_service::nats_server;
 use serde_json::Value;
 
+/// The files of the shipped identities: the one node.conf includes, and the two it includes.
+const IDENTITY_FILES: [&str; 3] = ["identities.conf", "users.conf", "permissions.conf"];
 /// The image `make nats-image` builds.
 const IMAGE: &str = "order-service/nats:2.15.1";
 /// The node names, as the configs in nats/cluster/ and their routes know them.
@@ -147,10 +149,8 @@ impl Cluster {
         let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/nats/cluster");
         let volume = format!("{configs}:/etc/nats:ro");
         // The shipped identities, where node.conf includes them from, and their passwords.
-        let identities = format!(
-            "{}:/etc/identities.conf:ro",
-            NatsServer::shipped("identities.conf").display()
-        );
+        let identities = IDENTITY_FILES
+            .map(|file| format!("{}:/etc/{file}:ro", NatsServer::shipped(file).display()));
         let mut env: Vec<String> = NatsServer::identity_env()
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))
@@ -171,7 +171,11 @@ impl Cluster {
             "--volume",
             &volume,
             "--volume",
-            &identities,
+            &identities[0],
+            "--volume",
+            &identities[1],
+            "--volume",
+            &identities[2],
         ]
         .map(String::from)
         .to_vec();
