@@ -249,7 +249,10 @@ async fn a_group_consumes_another_teams_stream_once_each_in_order_with_dead_lett
     // Replayed: the refused one is applied under its original id, the malformed ones come back
     // to the dead letters.
     refusing.store(false, Ordering::SeqCst);
-    assert_eq!(dlq::replay(&js, "ledger", Some(TOPIC)).await.unwrap().sent, 3);
+    assert_eq!(
+        dlq::replay(&js, "ledger", Some(TOPIC)).await.unwrap().sent,
+        3
+    );
     until("the replayed settlement is applied", async || {
         applied(&db).iter().any(|(id, ..)| id == "p2-poison")
     })
