@@ -82,6 +82,11 @@ impl Service {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
+    /// The process id of the running process, for reading its `/proc/<pid>/status`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(tokio::process::Child::id)
+    }
+
     /// The lines of the service's log, over all its runs, that contain `text`.
     pub fn log_lines_with(&self, text: &str) -> Vec<String> {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -435,6 +435,8 @@ async fn dead_letters(
         q.topic.as_deref(),
         q.after.unwrap_or(0),
         limit as usize,
+        // Read cut: a page of large letters holds no more than it shows.
+        MAX_SHOWN_BODY,
     )
     .await
     .map_err(broker_error)?;
@@ -444,9 +446,8 @@ async fn dead_letters(
         .into_iter()
         .map(|l| LetterView {
             age_seconds: (now - l.time).num_milliseconds().max(0) as f64 / 1000.0,
-            message_truncated: l.payload.len() > MAX_SHOWN_BODY,
-            message: String::from_utf8_lossy(&l.payload[..l.payload.len().min(MAX_SHOWN_BODY)])
-                .into_owned(),
+            message_truncated: l.size > MAX_SHOWN_BODY,
+            message: String::from_utf8_lossy(&l.payload).into_owned(),
             sequence: l.sequence,
             group: l.group,
             topic: l.topic,

@@ -114,8 +114,10 @@ pub struct Stored {
     pub delivered: u64,
     /// Every header, the original ones and the `Dlq-*` ones.
     pub headers: Vec<(String, String)>,
-    /// The original body.
+    /// The original body, or its first bytes when it was read cut ([`page`]'s `max_body`).
     pub payload: Bytes,
+    /// The length of the body as stored, whether or not `payload` holds all of it.
+    pub size: usize,
 }
 
 impl Stored {
@@ -292,25 +294,29 @@ pub async fn publish(
     Ok(())
 }
 
-/// The group's dead letters (of one topic, or all), oldest first.
+/// The group's dead letters (of one topic, or all), oldest first, bodies whole. This holds every
+/// letter in memory at once: what may hold many large letters reads them by [`page`] instead.
 pub async fn list(
     js: &jetstream::Context,
     group: &str,
     topic: Option<&str>,
 ) -> Result<Vec<Stored>, ConsumerError> {
-    let (letters, _) = page(js, group, topic, 0, usize::MAX).await?;
+    let (letters, _) = page(js, group, topic, 0, usize::MAX, usize::MAX).await?;
     Ok(letters)
 }
 
 /// At most `limit` of the group's dead letters (of one topic, or all) after the `ORDER_DLQ`
-/// sequence `after`, oldest first, and whether more follow. What a page holds in memory is
-/// bounded by `limit` letters, whatever the stream holds.
+/// sequence `after`, oldest first, and whether more follow. Each body is kept up to `max_body`
+/// bytes (`size` tells its whole length): what a page holds in memory is bounded by `limit`
+/// times `max_body`, whatever the stream holds, and only one whole body is held at a time, while
+/// it is read.
 pub async fn page(
     js: &jetstream::Context,
     group: &str,
     topic: Option<&str>,
     after: u64,
     limit: usize,
+    max_body: usize,
 ) -> Result<(Vec<Stored>, bool), ConsumerError> {
     ensure_streams(js).await?;
     let stream = js
@@ -325,7 +331,7 @@ pub async fn page(
             return Ok((letters, true));
         }
         next = message.sequence + 1;
-        letters.push(stored(message));
+        letters.push(cut(stored(message), max_body));
     }
     Ok((letters, false))
 }
@@ -347,6 +353,15 @@ async fn next_letter(
         Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(ConsumerError::nats(e)),
     }
+}
+
+/// The letter with its body cut to `max_body` bytes. The cut is a copy: a slice would share, and
+/// so keep alive, the whole body it was read with.
+fn cut(mut letter: Stored, max_body: usize) -> Stored {
+    if letter.payload.len() > max_body {
+        letter.payload = Bytes::copy_from_slice(&letter.payload[..max_body]);
+    }
+    letter
 }
 
 /// A message of `ORDER_DLQ` as a [`Stored`] letter.
@@ -373,6 +388,7 @@ fn stored(message: jetstream::message::StreamMessage) -> Stored {
         ),
         delivered: get("Dlq-Delivered").parse().unwrap_or(0),
         headers,
+        size: message.payload.len(),
         payload: message.payload,
     }
 }

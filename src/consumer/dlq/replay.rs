@@ -118,12 +118,12 @@ pub async fn replay_telling(
     topic: Option<&str>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Replayed, ConsumerError> {
-    // Which letters and in what order, one page at a time, keeping no body: in the order the
-    // events were first stored, not the order they failed in.
+    // Which letters and in what order, one page at a time, keeping no body (each is read cut
+    // to nothing): in the order the events were first stored, not the order they failed in.
     let mut order = Vec::new();
     let mut after = 0;
     loop {
-        let (letters, more) = page(js, group, topic, after, REPLAY_PAGE).await?;
+        let (letters, more) = page(js, group, topic, after, REPLAY_PAGE, 0).await?;
         after = letters.last().map_or(after, |l| l.sequence);
         order.extend(letters.into_iter().map(|l| (l.source, l.sequence)));
         if !more {

@@ -7,6 +7,7 @@ mod bad_input;
 mod browser;
 mod idempotency;
 mod limits;
+mod memory;
 mod openapi;
 mod ops_api;
 mod ops_page;
