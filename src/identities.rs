@@ -140,17 +140,31 @@ pub fn permissions(group: &GroupIdentity, table: &Topics) -> Permissions {
             format!("$JS.API.DIRECT.GET.KV_{OWNERS_BUCKET}.$KV.{OWNERS_BUCKET}.{durable}"),
         ]);
     }
+    // A group that emits runs the service's relay on its own outbox: it publishes its topics and
+    // keeps their streams as the service keeps its own (create, update, repair, move a replica).
     for topic in &group.emits {
-        publish.extend([
-            format!("{topic}.>"),
-            format!("$JS.API.STREAM.INFO.{}", stream_name(topic)),
-        ]);
+        let stream = stream_name(topic);
+        publish.push(format!("{topic}.>"));
+        for action in [
+            "INFO",
+            "CREATE",
+            "UPDATE",
+            "MSG.GET",
+            "MSG.DELETE",
+            "PEER.REMOVE",
+        ] {
+            publish.push(format!("$JS.API.STREAM.{action}.{stream}"));
+        }
     }
     if !group.emits.is_empty() {
         // A publish nobody answered asks which stream takes the subject.
         publish.push("$JS.API.STREAM.NAMES".to_owned());
     }
     let mut subscribe = vec![format!("{}.>", inbox_prefix(&user_of(name)))];
+    if !group.emits.is_empty() {
+        // Its relay checks a stream that was created again or elected a leader.
+        subscribe.push("$JS.EVENT.ADVISORY.STREAM.*.*".to_owned());
+    }
     for durable in &durables {
         for stream in &read {
             subscribe.push(format!(
@@ -175,7 +189,23 @@ fn check(group: &GroupIdentity, table: &Topics) -> Result<(), IdentityError> {
             group.group
         )));
     }
-    for topic in group.topics.iter().chain(&group.emits) {
+    for topic in &group.emits {
+        let valid = !topic.is_empty()
+            && topic.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        if !valid {
+            return Err(IdentityError::Invalid(format!(
+                "group {}: `{topic}` cannot be a topic it emits (tokens of letters, digits, `_`, \
+                 `-`, joined by `.`)",
+                group.group
+            )));
+        }
+    }
+    for topic in &group.topics {
         if table.get(topic).is_none() && Topic::parse(topic).is_none() {
             return Err(IdentityError::Invalid(format!(
                 "group {}: topic `{topic}` is neither in the topic table nor one this crate knows",

@@ -26,9 +26,9 @@ use crate::consumer::{Running, group_config};
 use crate::nats::NatsServer;
 
 /// The group that emits.
-const GROUP: &str = "picking-service";
+pub(crate) const GROUP: &str = "picking-service";
 /// What it emits to, and that topic's stream.
-const TOPIC: &str = "picking.line_queued";
+pub(crate) const TOPIC: &str = "picking.line_queued";
 const STREAM: &str = "PICKING_LINE_QUEUED";
 
 /// The emitted topic's table: two partitions, so per-key order is per subject partition too.
@@ -41,7 +41,7 @@ fn emitted_topics() -> Topics {
 
 /// The group's outbox settings: small batches, so events cross several, and a fallback poll of
 /// an hour, so that only the wake-up after each commit gets rows published within the test.
-fn emits() -> Emits {
+pub(crate) fn emits() -> Emits {
     let mut emits = Emits::new(emitted_topics());
     emits.relay.publish_batch = 7;
     emits.relay.polling_interval = Duration::from_secs(3600);
@@ -53,12 +53,12 @@ type Decide = dyn Fn(&Event, &Delivery) -> Option<Failure> + Send + Sync;
 
 /// Queues one picking line per item of each created order: a row in `lines` and an emitted
 /// event per item, keyed by the order, numbered in order. Then fails when `decide` says so.
-struct Picking {
+pub(crate) struct Picking {
     decide: Arc<Decide>,
 }
 
 impl Picking {
-    fn new() -> Picking {
+    pub(crate) fn new() -> Picking {
         Picking::failing(|_, _| None)
     }
 
@@ -113,7 +113,7 @@ async fn setup() -> (NatsServer, TestApp, jetstream::Context, tempfile::TempDir)
 }
 
 /// The emitting group on `db`, started.
-fn start(js: &jetstream::Context, db: &Path, handler: Picking, emits: Emits) -> Running {
+pub(crate) fn start(js: &jetstream::Context, db: &Path, handler: Picking, emits: Emits) -> Running {
     let mut config = group_config(GROUP, &[Topic::Created], db);
     config.batch_size = 16;
     Running::of(
@@ -124,7 +124,7 @@ fn start(js: &jetstream::Context, db: &Path, handler: Picking, emits: Emits) -> 
 }
 
 /// Places an order of `lines` new products; returns its id.
-async fn order(app: &TestApp, lines: usize) -> String {
+pub(crate) async fn order(app: &TestApp, lines: usize) -> String {
     let products: Vec<Uuid> = (0..lines).map(|_| Uuid::now_v7()).collect();
     let order = app
         .create_order(User::new(Role::Customer), order_body(&products))
@@ -157,7 +157,7 @@ fn outbox(db: &Path) -> BTreeMap<String, i64> {
 }
 
 /// Waits until the group's outbox has `n` rows, all published.
-async fn all_published(db: &Path, n: i64) {
+pub(crate) async fn all_published(db: &Path, n: i64) {
     let want = BTreeMap::from([("published".to_owned(), n)]);
     until(&format!("{n} emitted rows published"), async || {
         outbox(db) == want
@@ -167,14 +167,14 @@ async fn all_published(db: &Path, n: i64) {
 
 /// One stored message of the emitted stream.
 #[derive(Debug)]
-struct Stored {
+pub(crate) struct Stored {
     subject: String,
     headers: HashMap<String, String>,
     body: Value,
 }
 
 /// Every message of the emitted stream, in stream order.
-async fn stored(js: &jetstream::Context) -> Vec<Stored> {
+pub(crate) async fn stored(js: &jetstream::Context) -> Vec<Stored> {
     let Ok(mut stream) = js.get_stream(STREAM).await else {
         return Vec::new();
     };

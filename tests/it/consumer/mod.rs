@@ -5,7 +5,7 @@
 
 mod blame;
 mod dead_letters;
-mod emit;
+pub(crate) mod emit;
 mod faults;
 mod foreign;
 mod forged_letters;

@@ -42,6 +42,15 @@ impl GroupUser {
 /// A copy of the shipped identities with `groups` (name, topics) added by the command line, and
 /// each group's user.
 fn with_groups(groups: &[(&str, &[&str])]) -> (TempDir, HashMap<String, GroupUser>) {
+    let groups: Vec<(&str, &[&str], &[&str])> =
+        groups.iter().map(|(g, t)| (*g, *t, &[][..])).collect();
+    with_emitting_groups(&groups)
+}
+
+/// [`with_groups`], each group with the topics it emits.
+fn with_emitting_groups(
+    groups: &[(&str, &[&str], &[&str])],
+) -> (TempDir, HashMap<String, GroupUser>) {
     let dir = tempfile::tempdir().unwrap();
     for file in [
         "identities.conf",
@@ -52,10 +61,13 @@ fn with_groups(groups: &[(&str, &[&str])]) -> (TempDir, HashMap<String, GroupUse
         std::fs::copy(NatsServer::shipped(file), dir.path().join(file)).unwrap();
     }
     let mut users = HashMap::new();
-    for (group, topics) in groups {
+    for (group, topics, emits) in groups {
         let mut args = vec!["identities", "add-group", group];
         for topic in *topics {
             args.extend(["--topic", topic]);
+        }
+        for topic in *emits {
+            args.extend(["--emits", topic]);
         }
         let output = Command::new(env!("CARGO_BIN_EXE_order-service"))
             .args(&args)
@@ -386,5 +398,31 @@ fn the_shipped_users_are_what_groups_json_renders() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_group_that_emits_publishes_and_keeps_its_stream_with_its_own_identity() {
+    use crate::consumer::emit::{
+        GROUP, Picking, TOPIC, all_published, emits, order, start, stored,
+    };
+    let (dir, users) = with_emitting_groups(&[(GROUP, &["order.created"], &[TOPIC])]);
+    let nats = NatsServer::start_with_identities_in(dir.path()).await;
+    let (app, service_js) = service(&nats).await;
+    let (client, errors) = connect_recording(&users[GROUP].of(&nats)).await;
+    let files = tempfile::tempdir().unwrap();
+    let db = files.path().join("picking.db");
+    // Its relay creates the emitted topic's stream and publishes to it.
+    let running = start(&jetstream::new(client), &db, Picking::new(), emits());
+    for _ in 0..3 {
+        order(&app, 2).await;
+    }
+    all_published(&db, 6).await;
+    assert_eq!(stored(&service_js).await.len(), 6);
+    running.stop().await;
+    assert_eq!(*errors.lock().unwrap(), [] as [String; 0]);
+    assert_eq!(
+        violations_in_log(&nats, &format!("group-{GROUP}")).await,
+        [] as [String; 0]
     );
 }
