@@ -220,7 +220,18 @@ CLUSTER_READY_TIMEOUT ?= 60
 CLUSTER_HTTP_PORT ?= 8081
 export CLUSTER_HTTP_PORT
 .PHONY: service-image cluster-up cluster-down
-cluster-up: $(DEV_SECRET) $(DEV_NATS) nats-image service-image
+# The routes' TLS files (nats/cluster/node.conf): a CA and one route certificate for n1, n2, n3.
+CLUSTER_TLS := $(DATA)/cluster-tls
+$(CLUSTER_TLS)/route-cert.pem:
+	@mkdir -p $(CLUSTER_TLS) && cd $(CLUSTER_TLS) && umask 077 && \
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca-key.pem \
+		-out ca.pem -days 3650 -subj "/CN=order-service cluster CA" 2>/dev/null && \
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout route-key.pem \
+		-out route.csr -subj "/CN=route" -addext "subjectAltName=DNS:n1,DNS:n2,DNS:n3" 2>/dev/null && \
+	openssl x509 -req -in route.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+		-out route-cert.pem -days 3650 -copy_extensions copy 2>/dev/null && rm route.csr
+
+cluster-up: $(DEV_SECRET) $(DEV_NATS) $(CLUSTER_TLS)/route-cert.pem nats-image service-image
 	@grep -q '^NATS_ROUTE_PASSWORD=' $(DEV_NATS) || \
 		echo "NATS_ROUTE_PASSWORD=dev-$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> $(DEV_NATS)
 	@set -a && . ./$(DEV_NATS) && set +a; AUTH_JWT_SECRET="$$(cat $(DEV_SECRET))" $(CLUSTER) up -d

@@ -21,6 +21,25 @@ use serde_json::Value;
 
 /// The files of the shipped identities: the one node.conf includes, and the two it includes.
 const IDENTITY_FILES: [&str; 3] = ["identities.conf", "users.conf", "permissions.conf"];
+/// Where node.conf finds the routes' TLS files: the CA's certificate and the routes' key and
+/// certificate (valid for every node's name).
+const ROUTE_TLS: &str = "/etc/nats-tls";
+
+/// The routes' TLS files of every cluster of this test process, made once: a CA, and a route
+/// certificate for n1 to n4 (the stranger of the route tests among them).
+pub(super) fn route_tls() -> &'static std::path::Path {
+    static TLS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("order-service-route-tls-")
+            .tempdir()
+            .expect("a folder for the routes' certificates");
+        crate::identities::certificates(dir.path(), &["route"], "DNS:n1,DNS:n2,DNS:n3,DNS:n4");
+        dir
+    })
+    .path()
+}
+
 /// The image `make nats-image` builds.
 const IMAGE: &str = "order-service/nats:2.15.1";
 /// The node names, as the configs in nats/cluster/ and their routes know them.
@@ -30,7 +49,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one Docker command may take.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
 /// The password the nodes' routes authenticate with (`NATS_ROUTE_PASSWORD` of nats/cluster/).
-const ROUTE_PASSWORD: &str = "test-route-password";
+pub(super) const ROUTE_PASSWORD: &str = "test-route-password";
 
 /// Three nodes and their network, owned by one test.
 pub struct Cluster {
@@ -119,18 +138,25 @@ impl Cluster {
             Some(node),
             &config,
             ROUTE_PASSWORD,
+            route_tls(),
         )
         .await
     }
 
     /// Starts a server that is not one of the three on the cluster's network, with the nodes'
-    /// shared config under its own name and `route_password`: it tries to route to every node.
-    /// Returns its container, removed with the cluster.
-    pub async fn start_stranger(&mut self, name: &'static str, route_password: &str) -> String {
+    /// shared config under its own name, `route_password` and the routes' TLS files of `tls`
+    /// (the cluster's own: [`route_tls`]): it tries to route to every node. Returns its
+    /// container, removed with the cluster.
+    pub async fn start_stranger(
+        &mut self,
+        name: &'static str,
+        route_password: &str,
+        tls: &std::path::Path,
+    ) -> String {
         let container = format!("{}-{name}", self.network.trim_end_matches("-net"));
         self.strangers.push(container.clone());
         let config = "/etc/nats/node.conf";
-        self.run_server(&container, name, None, config, route_password)
+        self.run_server(&container, name, None, config, route_password, tls)
             .await
             .unwrap_or_else(|error| panic!("start {name}: {error}"));
         container
@@ -145,6 +171,7 @@ impl Cluster {
         node: Option<&Node>,
         config: &str,
         route_password: &str,
+        tls: &std::path::Path,
     ) -> Result<String, String> {
         let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/nats/cluster");
         let volume = format!("{configs}:/etc/nats:ro");
@@ -176,6 +203,8 @@ impl Cluster {
             &identities[1],
             "--volume",
             &identities[2],
+            "--volume",
+            &format!("{}:{ROUTE_TLS}:ro", tls.display()),
         ]
         .map(String::from)
         .to_vec();

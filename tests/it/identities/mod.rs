@@ -345,9 +345,10 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA in `dir` (`ca.pem`) and a certificate it signed, `<name>-cert.pem` with `<name>-key.pem`,
-/// for each name: `server` is valid for 127.0.0.1.
-fn certificates(dir: &Path, names: &[&str]) {
+/// A CA in `dir` (`ca.pem`) and, for each of `names`, a key and a certificate it signed
+/// (`<name>-key.pem`, `<name>-cert.pem`), valid for the subject alternative names `san` (as
+/// openssl writes them: `IP:127.0.0.1`, `DNS:n1,DNS:n2`).
+pub(crate) fn certificates(dir: &Path, names: &[&str], san: &str) {
     let key = [
         "-newkey",
         "ec",
@@ -381,7 +382,7 @@ fn certificates(dir: &Path, names: &[&str]) {
                 &["req"][..],
                 &key,
                 &["-keyout", &key_file, "-out", &csr, "-subj", &subject],
-                &["-addext", "subjectAltName=IP:127.0.0.1"],
+                &["-addext", &format!("subjectAltName={san}")],
             ]
             .concat(),
         );
@@ -411,7 +412,7 @@ fn certificates(dir: &Path, names: &[&str]) {
 #[tokio::test]
 async fn over_tls_the_service_relays_with_a_client_certificate_and_others_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path(), &["server", "client"]);
+    certificates(dir.path(), &["server", "client"], "IP:127.0.0.1");
     let file = |name: &str| dir.path().join(name);
     let nats = NatsServer::start_with_identities_and_tls(&ServerTls {
         cert: file("server-cert.pem"),
@@ -436,7 +437,7 @@ async fn over_tls_the_service_relays_with_a_client_certificate_and_others_are_re
 
     // Without TLS, without a client certificate, or trusting another CA: refused.
     let other = tempfile::tempdir().unwrap();
-    certificates(other.path(), &[]);
+    certificates(other.path(), &[], "IP:127.0.0.1");
     for refused in [
         nats.service(),
         NatsSettings {
