@@ -16,6 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::raw::RawEvent;
+pub use super::schema::SchemaError;
 use crate::domain::Topic;
 use crate::domain::events::{
     ChatOrderCreated, Envelope, InventoryShortage, OrderAuditEvent, OrderCancelled, OrderConfirmed,
@@ -176,11 +177,6 @@ impl Event {
         )
     }
 }
-
-/// Why a message is not an event this consumer can read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SchemaError(pub String);
 
 /// Decodes a message body of `topic` into its typed event.
 pub fn decode(topic: Topic, body: &[u8]) -> Result<Event, SchemaError> {

@@ -8,3 +8,4 @@ pub(in crate::consumer) mod event;
 pub mod handler;
 pub mod idempotency;
 pub(in crate::consumer) mod raw;
+pub(in crate::consumer) mod schema;

@@ -1,5 +1,5 @@
 //! A message of a topic this crate does not know ([`ForeignTopic`]), as its handler sees it:
-//! [`RawEvent`], inside [`Event::Other`](super::event::Event::Other).
+//! [`RawEvent`], inside [`Event::Other`](crate::consumer::Event::Other).
 //!
 //! The crate knows nothing of its payload beyond that it is JSON; it knows where the event id
 //! and the ordering key are because the group's settings say so. The id is the key of
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::delivery::Delivery;
-use super::event::SchemaError;
+use super::schema::SchemaError;
 use crate::bus::MSG_ID_HEADER;
 use crate::consumer::foreign::{EventIdFrom, ForeignTopic};
 

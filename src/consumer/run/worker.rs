@@ -455,18 +455,9 @@ impl<H: Handler> Worker<H> {
     /// foreign topic's settings say, on the subject it was first delivered on.
     fn key(&self, delivery: &Delivery, topic: Option<TopicOf>) -> String {
         match topic {
-            Some(TopicOf::Foreign(index)) => {
-                let subject = if delivery.is_replay() {
-                    delivery
-                        .header("Dlq-Source-Subject")
-                        .unwrap_or(&delivery.subject)
-                } else {
-                    &delivery.subject
-                };
-                self.config.foreign[index]
-                    .key
-                    .of(subject, &delivery.headers)
-            }
+            Some(TopicOf::Foreign(index)) => self.config.foreign[index]
+                .key
+                .of(first_subject(delivery), &delivery.headers),
             _ => key_of(delivery).to_owned(),
         }
     }
@@ -606,12 +597,19 @@ async fn keep_alive(held: &[&jetstream::Message], ack_wait: Duration) {
 /// The ordering key of a delivery: the subject's last token (`<topic>.<partition>.<key>`), for a
 /// replay the one of the subject it was first delivered on.
 pub(in crate::consumer) fn key_of(delivery: &Delivery) -> &str {
-    let subject = if delivery.is_replay() {
+    first_subject(delivery)
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+}
+
+/// The subject a delivery was first delivered on: its own, or a replay's original.
+fn first_subject(delivery: &Delivery) -> &str {
+    if delivery.is_replay() {
         delivery
             .header("Dlq-Source-Subject")
             .unwrap_or(&delivery.subject)
     } else {
         &delivery.subject
-    };
-    subject.rsplit('.').next().unwrap_or_default()
+    }
 }
