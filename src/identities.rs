@@ -190,20 +190,12 @@ fn check(group: &GroupIdentity, table: &Topics) -> Result<(), IdentityError> {
         )));
     }
     for topic in &group.emits {
-        let valid = !topic.is_empty()
-            && topic.split('.').all(|token| {
-                !token.is_empty()
-                    && token
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            });
-        if !valid {
-            return Err(IdentityError::Invalid(format!(
-                "group {}: `{topic}` cannot be a topic it emits (tokens of letters, digits, `_`, \
-                 `-`, joined by `.`)",
+        crate::bus::topics::validate_topic_name(topic).map_err(|why| {
+            IdentityError::Invalid(format!(
+                "group {}: `{topic}` cannot be a topic it emits: {why}",
                 group.group
-            )));
-        }
+            ))
+        })?;
     }
     for topic in &group.topics {
         if table.get(topic).is_none() && Topic::parse(topic).is_none() {

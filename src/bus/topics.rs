@@ -248,7 +248,7 @@ pub fn format_retention(retention: Duration) -> String {
 
 /// Topic names are Kafka-style (`[A-Za-z0-9._-]`) and must also be literal NATS subjects:
 /// dot-separated, no empty token.
-fn validate_topic_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a topic has an empty name".into());
     }

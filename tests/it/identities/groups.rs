@@ -21,7 +21,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use uuid::Uuid;
 
-use super::{ServerErrors, cli, connect_recording, service, violations_in_log};
+use super::{cli, connect_recording, refused, service, violations_in_log};
 use crate::app::{TestApp, User, metric, simple_order, until};
 use crate::nats::{NatsServer, SERVICE_USER};
 use crate::relay::drained;
@@ -291,16 +291,6 @@ fn created_event(app: &TestApp, order_id: &str) -> String {
         .find(|r| r.topic == "order.created")
         .expect("an order.created event")
         .event_id
-}
-
-/// Waits until the server has reported a permission violation on `kind` ("Publish to",
-/// "Subscription to") `subject`.
-async fn refused(errors: &ServerErrors, kind: &str, subject: &str) {
-    let wanted = format!("Permissions Violation for {kind} \"{subject}\"");
-    until(&format!("no violation for {kind} {subject}"), async || {
-        errors.lock().unwrap().iter().any(|e| e.contains(&wanted))
-    })
-    .await;
 }
 
 /// What `settings`' user may not do to group `other` (consuming order.created) nor to streams

@@ -58,8 +58,14 @@ fn jetstream_of(client: Client) -> jetstream::Context {
 
 /// Waits until the server has reported a permission violation naming `subject`.
 async fn violation(errors: &ServerErrors, subject: &str) {
+    refused(errors, "Publish to", subject).await;
+}
+
+/// Waits until the server has reported a permission violation on `kind` ("Publish to",
+/// "Subscription to") `subject`.
+async fn refused(errors: &ServerErrors, kind: &str, subject: &str) {
+    let wanted = format!("Permissions Violation for {kind} \"{subject}\"");
     let start = Instant::now();
-    let wanted = format!("Permissions Violation for Publish to \"{subject}\"");
     loop {
         if errors
             .lock()
@@ -71,7 +77,7 @@ async fn violation(errors: &ServerErrors, subject: &str) {
         }
         assert!(
             start.elapsed() < PATIENCE,
-            "no violation for {subject}: {:?}",
+            "no violation for {kind} {subject}: {:?}",
             errors.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
