@@ -58,14 +58,28 @@ pub async fn ensure_bucket(js: &jetstream::Context) -> Result<kv::Store, Consume
 }
 
 /// Waits until this process holds the lease on `key`; `None` when `stop` comes first.
-/// `stats` says standby from the first refused try until the lease is taken.
+/// `stats` says standby from the first refused try until the lease is taken. A broker that
+/// does not answer (down, without a leader for the bucket) is waited for: a process that lost
+/// its lease because the broker went away must take it again when the broker is back, not end.
 pub(in crate::consumer) async fn acquire<S: Future<Output = ()>>(
     js: &jetstream::Context,
     key: &str,
     stats: &GroupStats,
     stop: &mut Pin<&mut S>,
 ) -> Result<Option<Lease>, ConsumerError> {
-    let store = ensure_bucket(js).await?;
+    let store = loop {
+        match ensure_bucket(js).await {
+            Ok(store) => break store,
+            Err(ConsumerError::Nats(error)) => {
+                tracing::warn!(key, %error, retry_in = ?(LEASE / 4), "the leases' bucket does not answer: waiting for the broker");
+            }
+            Err(other) => return Err(other),
+        }
+        tokio::select! {
+            () = stop.as_mut() => return Ok(None),
+            () = tokio::time::sleep(LEASE / 4) => {}
+        }
+    };
     let owner = Bytes::from(Uuid::now_v7().to_string());
     let mut standby_logged = false;
     loop {

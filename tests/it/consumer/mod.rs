@@ -198,6 +198,11 @@ impl Running {
         Running::start(js, group_config(name, topics, db), Recorder::new(name))
     }
 
+    /// Whether the group's `run` has returned (by itself: it was not stopped).
+    pub(crate) fn ended(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     /// Stops gracefully: the batch in flight is committed and acknowledged.
     pub(crate) async fn stop(self) -> GroupStatsSnapshot {
         self.shutdown.trigger();

@@ -1,13 +1,13 @@
 //! A consumer group's start: only the lease's holder opens and migrates the group's database,
-//! and a database that cannot be opened opens the breaker (the group waits for it) instead of
-//! ending the group.
+//! a database that cannot be opened opens the breaker (the group waits for it) instead of ending
+//! the group, and a group whose broker is away past its lease waits to take the lease again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use order_service::consumer::{
-    BreakerState, Delivery, Event, Failure, GroupRole, GroupStats, Handler, HandlerTx,
+    BreakerState, Delivery, Event, Failure, GroupRole, GroupStats, Handler, HandlerTx, LEASE,
 };
 use order_service::domain::Topic;
 
@@ -126,4 +126,36 @@ async fn a_database_that_cannot_be_opened_opens_the_breaker_until_it_can() {
     let stats = running.stop().await;
     exactly_once(&db, "unopened", &expected);
     assert_eq!(stats.dead_lettered, 0);
+}
+
+/// The fault campaign found it: a node killed while a group's lease was lost, and the group's
+/// process exited with `JetStream error: timed out` (reading the leases' bucket to take the lease
+/// again) instead of waiting for the broker.
+#[tokio::test]
+async fn a_group_whose_broker_is_away_past_its_lease_takes_the_lease_again_and_goes_on() {
+    let (_started, mut nats, app, js, _dir, db) = setup(|_| {}).await;
+    let topics = [Topic::Created];
+    let running = Running::recording(&js, "away", &topics, &db);
+    let first = create_orders(&app, 5, 1).await;
+    processed_all(&db, "away", &expected_events(&app, &first, &topics)).await;
+
+    nats.stop().await;
+    // Past the lease: the process takes it as lost and tries to take it again meanwhile.
+    tokio::time::sleep(LEASE * 3).await;
+    assert!(
+        !running.ended(),
+        "the group ended while its broker was away"
+    );
+    nats.start_again().await;
+    until("the group is active again", async || {
+        role_is(&running.stats, GroupRole::Active)
+    })
+    .await;
+    let second = create_orders(&app, 5, 1).await;
+    let all: std::collections::HashSet<String> = first.union(&second).cloned().collect();
+    let expected = expected_events(&app, &all, &topics);
+    processed_all(&db, "away", &expected).await;
+    assert!(!running.ended());
+    running.stop().await;
+    exactly_once(&db, "away", &expected);
 }
