@@ -289,17 +289,20 @@ $(DEV_COMPOSE_ENV): $(DEV_SECRET) $(DEV_NATS)
 	printf 'NATS_PASSWORD=%s\nAUTH_JWT_SECRET=%s\n' "$$NATS_SERVICE_PASSWORD" "$$(cat $(DEV_SECRET))" > $@
 
 ## chaos: the long randomized fault campaign of tests/it/cluster/chaos/ (the cluster of the tests
-## in Docker, the service as a process): CHAOS_DURATION of load (30m) with a fault every
-## CHAOS_FAULT_INTERVAL (8s: about 225 faults), then the history check; prints the seed first and
-## a table at the end, and fails on a lost, duplicated, altered, reordered or dead event or a
-## success missing from SQLite. CHAOS_SEED=<n> replays a schedule. `make test` runs the short
-## campaign (90 s, every kind of fault once).
+## in Docker, the service as a process, three consumer groups as six processes of the example
+## standby_subscriber): CHAOS_DURATION of load (30m) with a fault every CHAOS_FAULT_INTERVAL (8s:
+## about 225 faults), then the history check; prints the seed first and a table at the end, and
+## fails on a lost, duplicated, altered, reordered or dead event, a success missing from SQLite,
+## or an event a group lost, applied twice or out of order, emitted twice or dead-lettered.
+## CHAOS_SEED=<n> replays a schedule. `make test` runs the short campaign (125 s, every kind of
+## fault once).
 CHAOS_DURATION ?= 30m
 CHAOS_FAULT_INTERVAL ?= 8s
 CHAOS_SEED ?=
 .PHONY: chaos
 chaos: nats-server
 	@$(MAKE) --no-print-directory nats-image
+	@$(CARGO) build --locked --example standby_subscriber --features consumer
 	@CHAOS_DURATION='$(CHAOS_DURATION)' CHAOS_FAULT_INTERVAL='$(CHAOS_FAULT_INTERVAL)' \
 		CHAOS_SEED='$(CHAOS_SEED)' \
 		$(CARGO) nextest run --locked --profile chaos --test it cluster::chaos:: --no-capture

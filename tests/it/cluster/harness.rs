@@ -55,6 +55,9 @@ pub(super) const ROUTE_PASSWORD: &str = "test-route-password";
 pub struct Cluster {
     network: String,
     nodes: Vec<Node>,
+    /// Where the identity files the nodes include come from: the shipped ones, or a copy with
+    /// groups added ([`Cluster::start_with_identities`]).
+    identities: std::path::PathBuf,
     /// Servers started beside the nodes ([`Cluster::start_stranger`]).
     strangers: Vec<String>,
 }
@@ -71,6 +74,12 @@ impl Cluster {
     /// Creates the network, starts the three nodes and waits until every node is up and knows
     /// the meta leader. Panics (fails the test) when it cannot.
     pub async fn start() -> Cluster {
+        Cluster::start_with_identities(&NatsServer::shipped_dir()).await
+    }
+
+    /// [`Cluster::start`] with the identity files (`identities.conf`, `users.conf`,
+    /// `permissions.conf`) of `dir`, e.g. the shipped ones with consumer groups added.
+    pub async fn start_with_identities(dir: &std::path::Path) -> Cluster {
         if let Err(error) = docker(&["image", "inspect", "--format", "{{.Id}}", IMAGE]).await {
             panic!("image {IMAGE} is not available ({error}): build it with `make nats-image`");
         }
@@ -79,7 +88,7 @@ impl Cluster {
         let mut attempts = 0;
         let cluster = loop {
             attempts += 1;
-            match Cluster::create().await {
+            match Cluster::create(dir).await {
                 Ok(cluster) => break cluster,
                 Err(error) if attempts < 3 => eprintln!("cluster fixture: {error}; again"),
                 Err(error) => panic!("cannot start the cluster: {error}"),
@@ -98,7 +107,7 @@ impl Cluster {
     }
 
     /// The network and three started containers, or why not (what was made is removed).
-    async fn create() -> Result<Cluster, String> {
+    async fn create(identities: &std::path::Path) -> Result<Cluster, String> {
         let prefix = format!(
             "order-service-it-{}",
             &uuid::Uuid::now_v7().simple().to_string()[20..]
@@ -111,6 +120,7 @@ impl Cluster {
         let mut cluster = Cluster {
             network,
             nodes: Vec::new(),
+            identities: identities.to_owned(),
             strangers: Vec::new(),
         };
         for (i, name) in NODES.into_iter().enumerate() {
@@ -175,9 +185,9 @@ impl Cluster {
     ) -> Result<String, String> {
         let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/nats/cluster");
         let volume = format!("{configs}:/etc/nats:ro");
-        // The shipped identities, where node.conf includes them from, and their passwords.
+        // The identities, where node.conf includes them from, and their passwords.
         let identities = IDENTITY_FILES
-            .map(|file| format!("{}:/etc/{file}:ro", NatsServer::shipped(file).display()));
+            .map(|file| format!("{}:/etc/{file}:ro", self.identities.join(file).display()));
         let mut env: Vec<String> = NatsServer::identity_env()
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))

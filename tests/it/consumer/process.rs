@@ -63,6 +63,8 @@ impl Child {
         settings: &[(&str, &str)],
     ) -> Child {
         let addr_file = dir.join(format!("{label}.addr"));
+        // A process started again under the same label must not be found at its old address.
+        let _ = std::fs::remove_file(&addr_file);
         let process = Command::new(child_binary())
             .envs(settings.iter().copied())
             .env(NATS_URL, nats_url)

@@ -27,9 +27,9 @@ use crate::nats::{NatsServer, SERVICE_USER};
 use crate::relay::drained;
 
 /// A group's user and password, as `identities add-group` printed them.
-struct GroupUser {
-    user: String,
-    password: String,
+pub(crate) struct GroupUser {
+    pub(crate) user: String,
+    pub(crate) password: String,
 }
 
 impl GroupUser {
@@ -48,7 +48,7 @@ fn with_groups(groups: &[(&str, &[&str])]) -> (TempDir, HashMap<String, GroupUse
 }
 
 /// [`with_groups`], each group with the topics it emits.
-fn with_emitting_groups(
+pub(crate) fn with_emitting_groups(
     groups: &[(&str, &[&str], &[&str])],
 ) -> (TempDir, HashMap<String, GroupUser>) {
     let dir = tempfile::tempdir().unwrap();

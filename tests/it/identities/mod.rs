@@ -20,7 +20,7 @@ use crate::app::{PATIENCE, TestApp, User, relaying_app, simple_order, stream_mes
 use crate::nats::{NatsServer, SERVICE_USER, ServerTls};
 use crate::relay::{drained, every_event_once};
 
-mod groups;
+pub(crate) mod groups;
 
 /// The server's errors on one connection, as the client reports them.
 type ServerErrors = Arc<Mutex<Vec<String>>>;

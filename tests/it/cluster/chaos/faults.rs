@@ -9,6 +9,7 @@ use async_nats::jetstream;
 use super::proxy::{Mode, Proxy};
 use super::schedule::{FaultKind, Planned};
 use super::store;
+use super::subscribers::Subscribers;
 use crate::cluster::harness::{Cluster, NODES};
 use crate::service_process::Service;
 use order_service::bus::Topics;
@@ -43,6 +44,8 @@ pub struct Targets<'a> {
     pub service: &'a mut Service,
     /// The service's proxies, one per node.
     pub proxies: &'a [Proxy],
+    /// The consumer groups' processes.
+    pub subscribers: &'a mut Subscribers,
 }
 
 /// Runs `plan` from `start`: each fault at its time (or as soon as the previous one recovered),
@@ -163,6 +166,16 @@ async fn inject_hold_heal(fault: &Planned, t: &mut Targets<'_>) -> String {
             };
             format!("service to all nodes: {how}")
         }
+        FaultKind::SubscriberKill => t.subscribers.kill(&mut rng, fault.hold).await,
+        FaultKind::SubscriberPause => t.subscribers.pause(&mut rng, fault.hold).await,
+        FaultKind::SubscriberLocked => t.subscribers.lock(&mut rng, fault.hold).await,
+        FaultKind::SubscriberFull => t.subscribers.fill(&mut rng, fault.hold).await,
+        FaultKind::ConsumerLeaderKill => {
+            let (cluster, js) = (t.cluster, t.js);
+            t.subscribers
+                .kill_consumer_leader(cluster, js, &mut rng, fault.hold)
+                .await
+        }
     }
 }
 
@@ -198,9 +211,10 @@ async fn follower(
 }
 
 /// Waits (at most `within`) until every stream of the table is led with all replicas current,
-/// and the service process runs; the streams that are not.
+/// and the service and subscriber processes run; the streams that are not.
 async fn recover(t: &mut Targets<'_>, within: Duration) -> Vec<String> {
     assert!(t.service.running(), "the service process died by itself");
+    t.subscribers.assert_running();
     not_current(t.js, within).await
 }
 

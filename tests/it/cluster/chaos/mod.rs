@@ -1,14 +1,18 @@
 //! A randomized fault campaign with a history checker, as Jepsen runs them: the three-node
-//! cluster in Docker and the service as its own process, a load of every order command from
-//! several clients, a seeded schedule of faults (the service killed, nodes killed, stopped,
-//! paused, cut off, their stores wiped or a block file damaged, the service cut off the brokers),
-//! each healed before the next; then, once the service has published and repaired, a check of
-//! every committed event against the streams and every answer against the SQLite file, printed
-//! as a table. It fails when anything is lost, duplicated, altered, reordered outside repair,
-//! dead, or a success is missing.
+//! cluster in Docker, the service as its own process and three consumer groups as six processes
+//! of their own, a load of every order command from several clients, a seeded schedule of faults
+//! (the service killed, nodes killed, stopped, paused, cut off, their stores wiped or a block
+//! file damaged, the service cut off the brokers; a subscriber killed or paused past its lease,
+//! a group's file locked or full, the leader of a group's consumer killed), each healed before
+//! the next; then, once the service has published and repaired, a check of every committed event
+//! against the streams, every answer against the SQLite file, and every group's effects against
+//! the streams, printed as a table. It fails when anything is lost, duplicated, altered,
+//! reordered outside repair, dead, or a success is missing; or when a group lost an event,
+//! applied one twice or out of its order's stream order, emitted one twice or not at all, or
+//! dead-lettered one.
 //!
 //! `CHAOS_SEED=<n>` replays a schedule (the seed is printed first and in the table);
-//! `CHAOS_DURATION` (90s by default: `make test` runs this short campaign, every kind of fault
+//! `CHAOS_DURATION` (125s by default: `make test` runs this short campaign, every kind of fault
 //! once in a seeded order) and `CHAOS_FAULT_INTERVAL` (8s) set its length and pace;
 //! `CHAOS_CLIENTS` (4) the load. `make chaos` runs a 30-minute campaign (225 faults).
 //!
@@ -16,6 +20,7 @@
 //!   files; `proxy`: the TCP proxies between the service and the nodes.
 //! - `service`: the service process.  - `load` and `history`: the clients and what they were told.
 //! - `monitor`: publish progress during the run.  - `observe`, `checker`, `table`: the check.
+//! - `subscribers`: the groups' processes and their faults; `subscriber_check`: their check.
 
 mod checker;
 mod faults;
@@ -26,6 +31,8 @@ mod observe;
 mod proxy;
 mod schedule;
 mod store;
+mod subscriber_check;
+mod subscribers;
 mod table;
 
 use std::time::{Duration, Instant};
@@ -66,7 +73,7 @@ impl Settings {
         );
         Settings {
             seed,
-            duration: duration("CHAOS_DURATION", 90),
+            duration: duration("CHAOS_DURATION", 125),
             interval: duration("CHAOS_FAULT_INTERVAL", 8),
             clients: var("CHAOS_CLIENTS").map_or(4, |v| v.parse().expect("CHAOS_CLIENTS")),
         }
@@ -86,7 +93,9 @@ async fn campaign() {
         settings.interval
     );
 
-    let cluster = Cluster::start().await;
+    // The nodes know a user per consumer group.
+    let (identities, users) = subscribers::identities();
+    let cluster = Cluster::start_with_identities(identities.path()).await;
     let proxies: Vec<Proxy> = {
         let mut proxies = Vec::new();
         for upstream in client_ports(&cluster.url()) {
@@ -109,6 +118,8 @@ async fn campaign() {
     .await;
     let js = cluster.jetstream().await;
     wait_ready(&service).await;
+    let mut subscribers = subscribers::Subscribers::start(&cluster.url(), dir.path(), &users);
+    subscribers.wait_started(&js).await;
 
     let start = Instant::now();
     let load = load::Load::start(&service.base, settings.seed, settings.clients, start);
@@ -119,6 +130,7 @@ async fn campaign() {
             js: &js,
             service: &mut service,
             proxies: &proxies,
+            subscribers: &mut subscribers,
         };
         let at_least = plan.len().min(FaultKind::ALL.len());
         faults::run(&plan, &mut targets, start, settings.duration, at_least).await
@@ -136,6 +148,9 @@ async fn campaign() {
     let streams = observe::streams(&js).await;
     let (diverging, replica_states) = observe::diverging_replicas(&cluster).await;
     let findings = checker::check(&ops, &database, &streams);
+    let (groups, caught_up) = subscriber_check::check(&subscribers, &streams, &js).await;
+    subscribers.stop().await;
+    let subscriber_failures: Vec<String> = groups.iter().flat_map(|g| g.failures()).collect();
     let replicas_moved = replicas_moved(&service);
     let table = table::render(&table::Summary {
         seed: settings.seed,
@@ -155,15 +170,27 @@ async fn campaign() {
         replica_states,
         behind: &behind,
         replicas_moved: &replicas_moved,
+        subscribers: &subscriber_check::render(&groups, caught_up),
+        subscriber_failures: &subscriber_failures,
     });
     eprintln!("{table}");
     for (kind, examples) in &findings.examples {
         eprintln!("chaos: {kind}, e.g.:\n    {}", examples.join("\n    "));
     }
+    for group in &groups {
+        for (kind, examples) in &group.examples {
+            eprintln!(
+                "chaos: {}: {kind}, e.g.:\n    {}",
+                group.group,
+                examples.join("\n    ")
+            );
+        }
+    }
     if !settled.verify_clean {
         eprintln!("chaos: outbox verify:\n{}", settled.verify_output);
     }
-    let failures = findings.failures();
+    let mut failures = findings.failures();
+    failures.extend(subscriber_failures);
     if !failures.is_empty() || !settled.verify_clean {
         eprintln!("chaos: the service's log ends:\n{}", service.log_tail(60));
     }

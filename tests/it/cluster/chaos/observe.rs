@@ -224,7 +224,7 @@ pub async fn streams(js: &jetstream::Context) -> Streams {
 }
 
 /// One message; `None` when the stream does not hold that sequence; a few tries on other errors.
-async fn read(
+pub async fn read(
     stream: &jetstream::stream::Stream,
     name: &str,
     seq: u64,

@@ -34,11 +34,21 @@ pub enum FaultKind {
     /// The service's TCP proxies to all three nodes drop every connection and refuse new ones,
     /// or hold them without forwarding a byte (a black hole), then forward again.
     ServiceCutOff,
+    /// SIGKILL of a subscriber process, started again on its file after the hold.
+    SubscriberKill,
+    /// SIGSTOP of a subscriber process for longer than its lease, then SIGCONT.
+    SubscriberPause,
+    /// A consumer group's SQLite file locked by another process (`BEGIN EXCLUSIVE`).
+    SubscriberLocked,
+    /// A consumer group's SQLite file full: its handler's writes fail with `SQLITE_FULL`.
+    SubscriberFull,
+    /// `docker kill` of the node leading a consumer group's consumer, started again.
+    ConsumerLeaderKill,
 }
 
 impl FaultKind {
     /// Every kind, in the table's order.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::ServiceKill,
         FaultKind::NodeKill,
         FaultKind::NodeRestart,
@@ -49,6 +59,11 @@ impl FaultKind {
         FaultKind::BlockCorrupt,
         FaultKind::NodePartition,
         FaultKind::ServiceCutOff,
+        FaultKind::SubscriberKill,
+        FaultKind::SubscriberPause,
+        FaultKind::SubscriberLocked,
+        FaultKind::SubscriberFull,
+        FaultKind::ConsumerLeaderKill,
     ];
 
     /// The kind's name in logs and the table.
@@ -64,6 +79,11 @@ impl FaultKind {
             FaultKind::BlockCorrupt => "block file overwritten",
             FaultKind::NodePartition => "node cut off",
             FaultKind::ServiceCutOff => "service cut off",
+            FaultKind::SubscriberKill => "subscriber kill -9",
+            FaultKind::SubscriberPause => "subscriber paused",
+            FaultKind::SubscriberLocked => "group file locked",
+            FaultKind::SubscriberFull => "group file full",
+            FaultKind::ConsumerLeaderKill => "consumer leader kill",
         }
     }
 }
@@ -84,8 +104,8 @@ pub struct Planned {
 }
 
 /// The schedule for `seed`: a fault every `interval` from [`WARM_UP`] until `duration` (at least
-/// one), each held for 30 to 60 % of the interval. The first ten are every kind once in a seeded
-/// order (as many as fit), the rest seeded picks.
+/// one), each held for 30 to 60 % of the interval. The first fifteen are every kind once in a
+/// seeded order (as many as fit), the rest seeded picks.
 pub fn plan(seed: u64, duration: Duration, interval: Duration) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let count = (duration.saturating_sub(WARM_UP).as_millis() / interval.as_millis().max(1)).max(1)
@@ -121,11 +141,11 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 #[test]
 fn a_seed_gives_the_same_schedule_and_every_kind_first() {
-    let (duration, interval) = (Duration::from_secs(90), Duration::from_secs(8));
+    let (duration, interval) = (Duration::from_secs(125), Duration::from_secs(8));
     let one = plan(7, duration, interval);
     let again = plan(7, duration, interval);
     assert_eq!(format!("{one:?}"), format!("{again:?}"));
-    assert_eq!(one.len(), 10);
+    assert_eq!(one.len(), 15);
     let mut kinds: Vec<FaultKind> = one.iter().map(|p| p.kind).collect();
     kinds.sort();
     assert_eq!(kinds, FaultKind::ALL);

@@ -49,6 +49,10 @@ pub struct Summary<'a> {
     pub behind: &'a [String],
     /// Per stream, the replicas the service had moved because it had no leader for long.
     pub replicas_moved: &'a std::collections::BTreeMap<String, usize>,
+    /// The consumer groups' lines (name, value), from `subscriber_check`.
+    pub subscribers: &'a [(String, String)],
+    /// What fails the campaign among the groups' findings.
+    pub subscriber_failures: &'a [String],
 }
 
 /// The table, ready to print.
@@ -195,7 +199,11 @@ pub fn render(s: &Summary) -> String {
             s.command_stall.as_secs_f64()
         ),
     );
-    let failures = f.failures();
+    for (name, value) in s.subscribers {
+        line(name, value.clone());
+    }
+    let mut failures = f.failures();
+    failures.extend(s.subscriber_failures.iter().cloned());
     let verdict = if failures.is_empty() && s.settled.verify_clean {
         "VALID".to_string()
     } else {
