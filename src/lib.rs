@@ -81,6 +81,9 @@ pub mod secret;
 mod seeded;
 #[cfg(feature = "consumer")]
 pub mod shutdown;
+// Its users (the history-cost tests) are the store's and the consumer's.
+#[cfg(all(test, feature = "consumer"))]
+mod sql_steps;
 #[cfg(feature = "consumer")]
 pub mod store;
 #[cfg(feature = "consumer")]

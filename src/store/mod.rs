@@ -24,6 +24,9 @@ pub mod sent_marks;
 pub mod tail;
 pub mod writer;
 
+#[cfg(test)]
+mod history_costs;
+
 use std::cell::Cell;
 use std::ops::Deref;
 use std::path::PathBuf;

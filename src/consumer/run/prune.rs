@@ -82,6 +82,7 @@ pub fn prune(conn: &Connection, group: &str, before: DateTime<Utc>) -> rusqlite:
             "DELETE FROM processed_events
              WHERE (consumer_group, event_id) IN (
                  SELECT consumer_group, event_id FROM processed_events
+                 INDEXED BY processed_events_by_time
                  WHERE consumer_group = ?1 AND processed_at < ?2
                  LIMIT ?3)",
             params![group, before, PRUNE_BATCH],
@@ -131,5 +132,52 @@ pub(crate) async fn run(
             () = &mut stop => return Ok(()),
             () = tokio::time::sleep(PRUNE_INTERVAL) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql_steps;
+
+    /// A group's database with `rows` processed events, all processed just now.
+    fn database(dir: &tempfile::TempDir, rows: usize) -> std::path::PathBuf {
+        let path = dir.path().join(format!("group-{rows}.db"));
+        let mut conn = idempotency::open(&path, false).unwrap();
+        let tx = conn.transaction().unwrap();
+        let now = idempotency::timestamp(Utc::now());
+        for n in 0..rows {
+            tx.execute(
+                "INSERT INTO processed_events (consumer_group, event_id, topic, stream,
+                     stream_seq, delivered, processed_at)
+                 VALUES ('g', ?1, 'order.created', 'ORDER_CREATED', ?2, 1, ?3)",
+                params![uuid::Uuid::now_v7().to_string(), n as i64, now],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        path
+    }
+
+    /// The steps of one pruning pass with nothing old enough to delete.
+    fn pass_steps(path: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
+        let conn = Connection::open(path).unwrap();
+        sql_steps::count(&conn);
+        let deleted = prune(&conn, "g", Utc::now() - chrono::Duration::days(1)).unwrap();
+        assert_eq!(deleted, 0);
+        sql_steps::taken()
+    }
+
+    #[test]
+    fn a_pass_with_nothing_to_delete_costs_the_same_with_ten_times_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = pass_steps(&database(&dir, 2_000));
+        let large = pass_steps(&database(&dir, 20_000));
+        let grew = sql_steps::grown(&small, &large);
+        assert!(
+            grew.is_empty(),
+            "cost grows with the rows:\n{}",
+            grew.join("\n")
+        );
     }
 }
