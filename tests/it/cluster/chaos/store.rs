@@ -7,12 +7,26 @@
 
 use super::super::harness::{Cluster, docker};
 
+/// How many times a `docker pause` or `unpause` is tried: the cgroup freezer gives up now and then
+/// ("unable to freeze") while the node's threads are in the middle of a disk write, and leaves
+/// the container running; the campaign's 15th minute once ended on that.
+const FREEZE_TRIES: u32 = 5;
+
 /// `docker pause` (`frozen`) or `docker unpause` of `node`.
 pub async fn pause(cluster: &Cluster, node: &str, frozen: bool) {
     let verb = if frozen { "pause" } else { "unpause" };
-    docker(&[verb, cluster.container(node)])
-        .await
-        .unwrap_or_else(|error| panic!("docker {verb} {node}: {error}"));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match docker(&[verb, cluster.container(node)]).await {
+            Ok(_) => return,
+            Err(error) if tries < FREEZE_TRIES => {
+                eprintln!("chaos: docker {verb} {node}: {error}; again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("docker {verb} {node}, {tries} times: {error}"),
+        }
+    }
 }
 
 /// Damages one block file (a seeded pick among the non-empty `.blk` files under the streams'
