@@ -47,7 +47,21 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// Every kind, in the table's order.
+    /// The kinds that hit the service and the cluster, in the table's order.
+    pub const CLUSTER: [FaultKind; 10] = [
+        FaultKind::ServiceKill,
+        FaultKind::NodeKill,
+        FaultKind::NodeRestart,
+        FaultKind::NodePause,
+        FaultKind::FollowerPause,
+        FaultKind::NodeWipe,
+        FaultKind::BlockTruncate,
+        FaultKind::BlockCorrupt,
+        FaultKind::NodePartition,
+        FaultKind::ServiceCutOff,
+    ];
+
+    /// Every kind, the consumer groups' too, in the table's order.
     pub const ALL: [FaultKind; 15] = [
         FaultKind::ServiceKill,
         FaultKind::NodeKill,
@@ -103,21 +117,26 @@ pub struct Planned {
     pub salt: u64,
 }
 
-/// The schedule for `seed`: a fault every `interval` from [`WARM_UP`] until `duration` (at least
-/// one), each held for 30 to 60 % of the interval. The first fifteen are every kind once in a
+/// The schedule for `seed`: a fault of `kinds` every `interval` from [`WARM_UP`] until `duration`
+/// (at least one), each held for 30 to 60 % of the interval. The first are every kind once in a
 /// seeded order (as many as fit), the rest seeded picks.
-pub fn plan(seed: u64, duration: Duration, interval: Duration) -> Vec<Planned> {
+pub fn plan(
+    seed: u64,
+    duration: Duration,
+    interval: Duration,
+    kinds: &[FaultKind],
+) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let count = (duration.saturating_sub(WARM_UP).as_millis() / interval.as_millis().max(1)).max(1)
         as usize;
-    let mut first = FaultKind::ALL.to_vec();
+    let mut first = kinds.to_vec();
     rng.shuffle(&mut first);
     (0..count)
         .map(|i| {
             let kind = first
                 .get(i)
                 .copied()
-                .unwrap_or_else(|| FaultKind::ALL[rng.usize(..FaultKind::ALL.len())]);
+                .unwrap_or_else(|| kinds[rng.usize(..kinds.len())]);
             let hold_ms = interval.as_millis() as u64 * rng.u64(30..=60) / 100;
             Planned {
                 at: WARM_UP + interval * i as u32,
@@ -142,8 +161,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 #[test]
 fn a_seed_gives_the_same_schedule_and_every_kind_first() {
     let (duration, interval) = (Duration::from_secs(125), Duration::from_secs(8));
-    let one = plan(7, duration, interval);
-    let again = plan(7, duration, interval);
+    let one = plan(7, duration, interval, &FaultKind::ALL);
+    let again = plan(7, duration, interval, &FaultKind::ALL);
     assert_eq!(format!("{one:?}"), format!("{again:?}"));
     assert_eq!(one.len(), 15);
     let mut kinds: Vec<FaultKind> = one.iter().map(|p| p.kind).collect();
@@ -151,8 +170,12 @@ fn a_seed_gives_the_same_schedule_and_every_kind_first() {
     assert_eq!(kinds, FaultKind::ALL);
     assert_ne!(
         format!("{one:?}"),
-        format!("{:?}", plan(8, duration, interval))
+        format!("{:?}", plan(8, duration, interval, &FaultKind::ALL))
     );
+    let cluster = plan(7, Duration::from_secs(90), interval, &FaultKind::CLUSTER);
+    let mut kinds: Vec<FaultKind> = cluster.iter().map(|p| p.kind).collect();
+    kinds.sort();
+    assert_eq!(kinds, FaultKind::CLUSTER);
     assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
     assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
 }

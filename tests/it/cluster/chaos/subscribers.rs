@@ -115,6 +115,15 @@ impl Subscribers {
         subscribers
     }
 
+    /// No process: a campaign without the consumer groups.
+    pub fn none() -> Subscribers {
+        Subscribers {
+            dir: PathBuf::new(),
+            url: String::new(),
+            slots: Vec::new(),
+        }
+    }
+
     /// Waits (bounded) until every process serves `/health` and every consumer of the groups
     /// exists, so that the first fault finds them running.
     pub async fn wait_started(&mut self, js: &jetstream::Context) {
