@@ -93,7 +93,7 @@ async fn campaign() {
     let kinds: &[FaultKind] = if settings.subscribers {
         &FaultKind::ALL
     } else {
-        &FaultKind::CLUSTER
+        FaultKind::CLUSTER
     };
     let plan = schedule::plan(settings.seed, settings.duration, settings.interval, kinds);
     eprintln!(
@@ -105,9 +105,12 @@ async fn campaign() {
         settings.interval
     );
 
-    // The nodes know a user per consumer group.
-    let (identities, users) = subscribers::identities();
-    let cluster = Cluster::start_with_identities(identities.path()).await;
+    // With the consumer groups, the nodes know a user per group.
+    let identities = settings.subscribers.then(subscribers::identities);
+    let cluster = match &identities {
+        Some((dir, _)) => Cluster::start_with_identities(dir.path()).await,
+        None => Cluster::start().await,
+    };
     let proxies: Vec<Proxy> = {
         let mut proxies = Vec::new();
         for upstream in client_ports(&cluster.url()) {
@@ -130,12 +133,13 @@ async fn campaign() {
     .await;
     let js = cluster.jetstream().await;
     wait_ready(&service).await;
-    let mut subscribers = if settings.subscribers {
-        let mut started = subscribers::Subscribers::start(&cluster.url(), dir.path(), &users);
-        started.wait_started(&js).await;
-        started
-    } else {
-        subscribers::Subscribers::none()
+    let mut subscribers = match &identities {
+        Some((_, users)) => {
+            let mut started = subscribers::Subscribers::start(&cluster.url(), dir.path(), users);
+            started.wait_started(&js).await;
+            started
+        }
+        None => subscribers::Subscribers::none(),
     };
 
     let start = Instant::now();
@@ -179,6 +183,7 @@ async fn campaign() {
         interval: settings.interval,
         clients: settings.clients,
         planned: plan.len(),
+        kinds,
         faults: &done,
         findings: &findings,
         settled: &settled,

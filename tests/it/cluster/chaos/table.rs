@@ -24,6 +24,8 @@ pub struct Summary<'a> {
     pub clients: usize,
     /// Faults planned.
     pub planned: usize,
+    /// The kinds the schedule drew from.
+    pub kinds: &'a [FaultKind],
     /// Faults that ran.
     pub faults: &'a [Done],
     /// The checker's findings.
@@ -87,7 +89,7 @@ pub fn render(s: &Summary) -> String {
         entry.0 += 1;
         entry.1 += usize::from(!done.recovered);
     }
-    for kind in FaultKind::ALL {
+    for &kind in s.kinds {
         let (n, slow) = by_kind.get(&kind).copied().unwrap_or_default();
         let slow = if slow > 0 {
             format!("  ({slow} times not current again after it)")
