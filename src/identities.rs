@@ -126,6 +126,9 @@ pub fn permissions(group: &GroupIdentity, table: &Topics) -> Permissions {
                 format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
                 format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
+                // A stream that went back under the consumer moves it back (see the consumer's
+                // `run::rewind`).
+                format!("$JS.API.CONSUMER.RESET.{stream}.{durable}"),
                 format!("$JS.ACK.{stream}.{durable}.>"),
             ]);
         }

@@ -77,6 +77,9 @@ pub struct GroupStats {
     /// Failures of the group's own infrastructure: its database could not begin, write or commit
     /// the batch, or a dead letter could not be published. None of them costs a delivery.
     pub infrastructure_faults: AtomicU64,
+    /// Times a stream went back under one of the group's consumers (it lost its last messages
+    /// and stored others at their sequences) and the consumer was reset (see `run::rewind`).
+    pub rewinds: AtomicU64,
     /// The circuit breaker those faults open.
     pub breaker: Breaker,
     /// The [`GroupRole`], set by the group's `run`.
@@ -166,6 +169,7 @@ impl GroupStats {
             "dead_lettered": s.dead_lettered,
             "panics": self.panics.load(Ordering::Relaxed),
             "timeouts": self.timeouts.load(Ordering::Relaxed),
+            "rewinds": self.rewinds.load(Ordering::Relaxed),
         })
     }
 

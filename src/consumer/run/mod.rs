@@ -9,6 +9,7 @@ pub(in crate::consumer) mod guard;
 pub(in crate::consumer) mod held;
 pub(in crate::consumer) mod parking;
 pub(in crate::consumer) mod prune;
+pub(in crate::consumer) mod rewind;
 pub(in crate::consumer) mod rounds;
 pub(in crate::consumer) mod trace;
 pub(in crate::consumer) mod worker;

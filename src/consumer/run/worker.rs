@@ -9,8 +9,9 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 
 use super::guard::Guarded;
-use super::held::{self, Held};
+use super::held::{self, Held, Unsettled};
 use super::parking::{self, Parking};
+use super::rewind::{self, Witness};
 use crate::consumer::ConsumerError;
 use crate::consumer::breaker::{Outage, keep_alive_interval, progress};
 use crate::consumer::config::GroupConfig;
@@ -142,6 +143,7 @@ impl<H: Handler> Worker<H> {
         }
         // A head not back twice ack_wait after it was due went elsewhere (see `parking`).
         let grace = self.config.ack_wait * 2;
+        let mut witness = self.first_witness(&conn);
         loop {
             // While another worker's fault holds the breaker open, the parked messages are kept
             // alive too: unanswered for ack_wait they would come back and use up deliveries.
@@ -175,7 +177,19 @@ impl<H: Handler> Worker<H> {
                 self.ready_messages(&consumer, batch_size - batch.len(), &mut batch)
                     .await;
             }
+            if self
+                .stream_went_back(&mut consumer, &mut conn, &mut witness)
+                .await
+            {
+                // Delivered again from where the stream's new content begins; the reset forgot
+                // what was pending, parked messages too.
+                drop(batch);
+                parking = Parking::default();
+                continue;
+            }
+            let settled = self.witness_of(&batch);
             self.process(&mut conn, batch, &mut parking, &stop).await?;
+            witness = settled.or(witness);
         }
         // Parked messages were not started: back to the broker at once.
         for r in parking.take_all() {
@@ -209,15 +223,7 @@ impl<H: Handler> Worker<H> {
         };
         let mut waiting = 0;
         for m in messages {
-            let delivery = Delivery {
-                subject: m.subject,
-                stream: self.stream(),
-                stream_sequence: m.sequence,
-                delivered: 0,
-                published: chrono::Utc::now(),
-                headers: m.headers,
-                payload: m.payload,
-            };
+            let delivery = self.delivery_of(&m);
             let topic = self.topic_of(&delivery.subject);
             let event = topic.and_then(|topic| self.decode(topic, &delivery).ok());
             // An event that cannot be read, or whose record cannot, is waited for: it is
@@ -228,7 +234,7 @@ impl<H: Handler> Worker<H> {
             if !processed {
                 parking.wait(
                     &self.key(&delivery, topic),
-                    m.sequence,
+                    delivery.stream_sequence,
                     self.config.ack_wait,
                 );
                 waiting += 1;
@@ -238,6 +244,98 @@ impl<H: Handler> Worker<H> {
             tracing::info!(%group, consumer = %self.parking_id(), waiting, "messages an earlier owner left unacknowledged come back after ack_wait; their orders' later events wait for them");
         }
         true
+    }
+
+    /// A message read back from the stream, as if delivered.
+    fn delivery_of(&self, m: &Unsettled) -> Delivery {
+        Delivery {
+            subject: m.subject.clone(),
+            stream: self.stream(),
+            stream_sequence: m.sequence,
+            delivered: 0,
+            published: chrono::Utc::now(),
+            headers: m.headers.clone(),
+            payload: m.payload.clone(),
+        }
+    }
+
+    /// The event id of a message read back from the stream, when it is an event of the worker's.
+    fn identify(&self, m: &Unsettled) -> Option<uuid::Uuid> {
+        let delivery = self.delivery_of(m);
+        let topic = self.topic_of(&delivery.subject)?;
+        self.decode(topic, &delivery).ok().map(|e| e.event_id())
+    }
+
+    /// What the stream must still hold when the worker starts: the last event its file processed
+    /// from it. Replays are not checked: their stream is the group's own, written once per replay.
+    fn first_witness(&self, conn: &rusqlite::Connection) -> Option<Witness> {
+        if matches!(self.source, Source::Replay) {
+            return None;
+        }
+        rewind::last_processed(conn, &self.config.group, &self.stream())
+            .inspect_err(|e| tracing::warn!(group = %self.config.group, error = %e, "cannot read the last event processed; the stream is checked from the next batch on"))
+            .ok()
+            .flatten()
+    }
+
+    /// The message of `batch` furthest in the stream, with its event id: the next witness.
+    fn witness_of(&self, batch: &[Received]) -> Option<Witness> {
+        if matches!(self.source, Source::Replay) {
+            return None;
+        }
+        let last = batch.iter().max_by_key(|r| r.delivery.stream_sequence)?;
+        let topic = last.topic?;
+        let event = self.decode(topic, &last.delivery).ok()?;
+        Some(Witness {
+            sequence: last.delivery.stream_sequence,
+            event_id: event.event_id(),
+        })
+    }
+
+    /// Whether the stream went back under the consumer since the witness was read (see
+    /// [`rewind`]); when it did, the consumer is reset to where the stream's new content begins
+    /// and the witness becomes the last processed event still in place. A check or a reset that
+    /// fails is logged and the batch goes on (an older nats-server has no reset).
+    async fn stream_went_back(
+        &self,
+        consumer: &mut PullConsumer,
+        // `&mut`: a future holding a shared reference to a connection is not `Send`.
+        conn: &mut rusqlite::Connection,
+        witness: &mut Option<Witness>,
+    ) -> bool {
+        let Some(seen) = *witness else {
+            return false;
+        };
+        let group = &self.config.group;
+        let stream = match self.js.get_stream_no_info(self.stream()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "cannot check that the stream kept what was read");
+                return false;
+            }
+        };
+        let identify = |m: &Unsettled| self.identify(m);
+        match rewind::went_back(&stream, &seen, &identify).await {
+            Ok(false) => return false,
+            Ok(true) => {}
+            Err(why) => {
+                tracing::warn!(%group, %why, "cannot check that the stream kept what was read");
+                return false;
+            }
+        }
+        let id = self.parking_id();
+        match rewind::reset(&self.js, conn, group, &id, consumer, &seen, &identify).await {
+            Ok(reset) => {
+                GroupStats::add(&self.stats.rewinds);
+                tracing::warn!(%group, consumer = %id, witness = seen.sequence, from = reset.from, kept = ?reset.kept.map(|w| w.sequence), "the stream went back under the consumer (it lost its last messages and stored others at their sequences); the consumer delivers again from where the stream's new content begins");
+                *witness = reset.kept;
+                true
+            }
+            Err(why) => {
+                tracing::error!(%group, consumer = %id, witness = seen.sequence, %why, "the stream went back under the consumer, which cannot be reset: the events stored at the sequences the stream lost are not delivered");
+                false
+            }
+        }
     }
 
     /// The next message, waiting up to [`PULL_EXPIRES`] for it.

@@ -14,6 +14,7 @@ mod health;
 mod order;
 mod over_time;
 pub(crate) mod process;
+mod rewound;
 mod setup;
 mod standby;
 mod trace;
