@@ -16,6 +16,9 @@
 //! - `STANDBY_FULL_FLAG`: while a file of that name exists, the handler's writes find the
 //!   database full (SQLite's own `SQLITE_FULL`: the file is capped at its size with
 //!   `PRAGMA max_page_count`), as on a full disk.
+//!
+//! Built with the `service` feature it logs warnings and errors to standard error (`RUST_LOG`
+//! for more).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -154,6 +157,10 @@ fn emits(topic: &str) -> Result<Emits, Box<dyn std::error::Error>> {
 // Several threads, as `#[tokio::main]` gives by default: `/health` is answered while a batch runs.
 #[tokio::main(crate = "order_service::tokio")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Warnings and errors on standard error (`RUST_LOG` for more): what the library says when it
+    // holds, resets or takes over is what a failed campaign run is read by.
+    #[cfg(feature = "service")]
+    let _telemetry = order_service::telemetry::init(order_service::config::LogFormat::Text, "warn");
     let mut settings = NatsSettings::new(var("NATS_URL"));
     if let (Some(user), Some(password)) = (optional("NATS_USER"), optional("NATS_PASSWORD")) {
         settings = settings.with_user(user, password);

@@ -4,6 +4,7 @@
 
 pub(in crate::consumer) mod attempts;
 pub(in crate::consumer) mod exhausted;
+pub(in crate::consumer) mod gaps;
 pub(in crate::consumer) mod group;
 pub(in crate::consumer) mod guard;
 pub(in crate::consumer) mod held;

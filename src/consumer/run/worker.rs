@@ -8,6 +8,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 
+use super::gaps::Deliveries;
 use super::guard::Guarded;
 use super::held::{self, Held, Unsettled};
 use super::parking::{self, Parking};
@@ -99,6 +100,8 @@ pub(in crate::consumer) struct Received {
     /// The ordering key: the order's id, the subject's last token (a replay's original one); a
     /// foreign topic's where its settings say.
     pub(in crate::consumer) key: String,
+    /// The broker's number for this delivery of the consumer (see `gaps`).
+    pub(in crate::consumer) consumer_sequence: u64,
 }
 
 impl<H: Handler> Worker<H> {
@@ -144,6 +147,7 @@ impl<H: Handler> Worker<H> {
         // A head not back twice ack_wait after it was due went elsewhere (see `parking`).
         let grace = self.config.ack_wait * 2;
         let mut witness = self.first_witness(&conn);
+        let mut deliveries = Deliveries::default();
         loop {
             // While another worker's fault holds the breaker open, the parked messages are kept
             // alive too: unanswered for ack_wait they would come back and use up deliveries.
@@ -185,7 +189,12 @@ impl<H: Handler> Worker<H> {
                 // what was pending, parked messages too.
                 drop(batch);
                 parking = Parking::default();
+                deliveries.forget();
                 continue;
+            }
+            if deliveries.missed(batch.iter().map(|r| r.consumer_sequence)) {
+                self.wait_for_missed(&mut consumer, &mut conn, &mut parking, &batch)
+                    .await;
             }
             let settled = self.witness_of(&batch);
             self.process(&mut conn, batch, &mut parking, &stop).await?;
@@ -211,20 +220,72 @@ impl<H: Handler> Worker<H> {
         stop: &Shutdown,
     ) -> bool {
         let group = &self.config.group;
-        let messages = match held::unsettled(&self.js, consumer).await {
-            Held::Messages(messages) => messages,
-            Held::Unknown(why) => {
+        match self.park_unsettled(consumer, conn, parking, &[]).await {
+            Ok(0) => true,
+            Ok(waiting) => {
+                tracing::info!(%group, consumer = %self.parking_id(), waiting, "messages an earlier owner left unacknowledged come back after ack_wait; their orders' later events wait for them");
+                true
+            }
+            Err(why) => {
                 tracing::warn!(%group, %why, ack_wait = ?self.config.ack_wait, "cannot tell what an earlier owner left unacknowledged; waiting ack_wait before pulling, so the broker delivers it first");
-                return tokio::select! {
+                tokio::select! {
                     () = stop.signal() => false,
                     () = tokio::time::sleep(self.config.ack_wait) => true,
-                };
+                }
             }
+        }
+    }
+
+    /// After a gap in the deliveries (see `gaps`): makes each key with a message delivered and
+    /// unacknowledged, not processed and not in hand (in `batch` or parked), wait for it, so the
+    /// batch's later events of its order are parked until it comes back. Where that cannot be
+    /// read, the batch goes on (and says so).
+    async fn wait_for_missed(
+        &self,
+        consumer: &mut PullConsumer,
+        conn: &mut rusqlite::Connection,
+        parking: &mut Parking<Received>,
+        batch: &[Received],
+    ) {
+        let in_hand: Vec<u64> = batch
+            .iter()
+            .chain(parking.held())
+            .map(|r| r.delivery.stream_sequence)
+            .collect();
+        let group = &self.config.group;
+        match self.park_unsettled(consumer, conn, parking, &in_hand).await {
+            Ok(waiting) => {
+                tracing::warn!(%group, consumer = %self.parking_id(), waiting, "a delivery never arrived; the orders of what is delivered and not in hand wait for it (it comes back after ack_wait)");
+            }
+            Err(why) => {
+                tracing::warn!(%group, %why, "a delivery never arrived and what is unacknowledged cannot be read; its order's later events may come first");
+            }
+        }
+    }
+
+    /// Makes the key of each message delivered and unacknowledged (see `held`), not processed,
+    /// not at one of `in_hand`'s sequences and not waited for already, wait for it `ack_wait`.
+    /// How many; why not, when the messages cannot be read.
+    async fn park_unsettled(
+        &self,
+        consumer: &mut PullConsumer,
+        conn: &mut rusqlite::Connection,
+        parking: &mut Parking<Received>,
+        in_hand: &[u64],
+    ) -> Result<usize, String> {
+        let messages = match held::unsettled(&self.js, consumer).await {
+            Held::Messages(messages) => messages,
+            Held::Unknown(why) => return Err(why),
         };
+        let group = &self.config.group;
         let mut waiting = 0;
-        for m in messages {
-            let delivery = self.delivery_of(&m);
+        for m in messages.iter().filter(|m| !in_hand.contains(&m.sequence)) {
+            let delivery = self.delivery_of(m);
             let topic = self.topic_of(&delivery.subject);
+            let key = self.key(&delivery, topic);
+            if parking.is_head(&key, m.sequence) {
+                continue;
+            }
             let event = topic.and_then(|topic| self.decode(topic, &delivery).ok());
             // An event that cannot be read, or whose record cannot, is waited for: it is
             // handled or dead-lettered when it comes back.
@@ -232,18 +293,11 @@ impl<H: Handler> Worker<H> {
                 idempotency::is_processed(conn, group, event.event_id()).unwrap_or(false)
             });
             if !processed {
-                parking.wait(
-                    &self.key(&delivery, topic),
-                    delivery.stream_sequence,
-                    self.config.ack_wait,
-                );
+                parking.wait(&key, m.sequence, self.config.ack_wait);
                 waiting += 1;
             }
         }
-        if waiting > 0 {
-            tracing::info!(%group, consumer = %self.parking_id(), waiting, "messages an earlier owner left unacknowledged come back after ack_wait; their orders' later events wait for them");
-        }
-        true
+        Ok(waiting)
     }
 
     /// A message read back from the stream, as if delivered.
@@ -387,10 +441,13 @@ impl<H: Handler> Worker<H> {
 
     /// Reads a message just delivered, and counts the delivery.
     fn read(&self, message: jetstream::Message) -> Option<Received> {
-        let (stream, stream_sequence, delivered, published) = match message.info() {
+        let (stream, stream_sequence, consumer_sequence, delivered, published) = match message
+            .info()
+        {
             Ok(info) => (
                 info.stream.to_owned(),
                 info.stream_sequence,
+                info.consumer_sequence,
                 info.delivered.max(1) as u64,
                 nats_time(info.published.unix_timestamp_nanos()),
             ),
@@ -421,6 +478,7 @@ impl<H: Handler> Worker<H> {
             delivery,
             topic,
             key,
+            consumer_sequence,
         })
     }
 

@@ -11,6 +11,7 @@ mod foreign;
 mod forged_letters;
 mod group_lag;
 mod health;
+mod in_transit;
 mod order;
 mod over_time;
 pub(crate) mod process;

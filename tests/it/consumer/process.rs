@@ -62,6 +62,44 @@ impl Child {
         dir: &Path,
         settings: &[(&str, &str)],
     ) -> Child {
+        Child::spawn(
+            label,
+            nats_url,
+            database,
+            group,
+            dir,
+            settings,
+            Stdio::inherit(),
+        )
+    }
+
+    /// [`Child::start_with`], its log (standard error) appended to the file `log`.
+    pub(crate) fn start_logged(
+        label: &'static str,
+        nats_url: &str,
+        database: &Path,
+        group: &str,
+        dir: &Path,
+        settings: &[(&str, &str)],
+        log: &Path,
+    ) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the subscriber's log");
+        Child::spawn(label, nats_url, database, group, dir, settings, log.into())
+    }
+
+    fn spawn(
+        label: &'static str,
+        nats_url: &str,
+        database: &Path,
+        group: &str,
+        dir: &Path,
+        settings: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Child {
         let addr_file = dir.join(format!("{label}.addr"));
         // A process started again under the same label must not be found at its old address.
         let _ = std::fs::remove_file(&addr_file);
@@ -74,7 +112,7 @@ impl Child {
             .env(ADDR_FILE, &addr_file)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Child {

@@ -215,6 +215,13 @@ async fn campaign() {
                 examples.join("\n    ")
             );
         }
+        if !group.failures().is_empty() {
+            eprintln!(
+                "chaos: {}'s processes' logs end:\n{}",
+                group.group,
+                subscribers.log_tails(&group.group, 40)
+            );
+        }
     }
     if !settled.verify_clean {
         eprintln!("chaos: outbox verify:\n{}", settled.verify_output);

@@ -153,14 +153,32 @@ impl Subscribers {
     fn spawn(&mut self, n: usize) {
         let slot = &mut self.slots[n];
         let settings: Vec<(&str, &str)> = slot.settings.iter().map(|(k, v)| (*k, &**v)).collect();
-        slot.child = Some(Child::start_with(
+        slot.child = Some(Child::start_logged(
             slot.label,
             &self.url,
             &slot.database,
             slot.group,
             &self.dir,
             &settings,
+            &self.dir.join(format!("{}.log", slot.label)),
         ));
+    }
+
+    /// The last `lines` lines each process of `group` logged, across its restarts.
+    pub fn log_tails(&self, group: &str, lines: usize) -> String {
+        let mut tails = String::new();
+        for slot in self.slots.iter().filter(|s| s.group == group) {
+            let log = std::fs::read_to_string(self.dir.join(format!("{}.log", slot.label)))
+                .unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            tails.push_str(&format!(
+                "--- {} ({} lines) ---\n{}\n",
+                slot.label,
+                all.len(),
+                all[all.len().saturating_sub(lines)..].join("\n")
+            ));
+        }
+        tails
     }
 
     /// The databases of `group` with the partition each is for (`None`: every partition).
@@ -284,7 +302,7 @@ impl Subscribers {
     }
 
     /// Stops every process gracefully; fails when one does not exit successfully.
-    pub async fn stop(mut self) {
+    pub async fn stop(&mut self) {
         for slot in &mut self.slots {
             if let Some(child) = slot.child.take() {
                 child.stop().await;
