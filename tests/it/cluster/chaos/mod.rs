@@ -219,7 +219,7 @@ async fn campaign() {
             eprintln!(
                 "chaos: {}'s processes' logs end:\n{}",
                 group.group,
-                subscribers.log_tails(&group.group, 40)
+                subscribers.log_tails(group.group, 40)
             );
         }
     }
