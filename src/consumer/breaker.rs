@@ -129,13 +129,21 @@ impl<'b> Outage<'b> {
         }
     }
 
-    /// Waits out the next backoff while keeping `held` alive with in-progress acks; false when
-    /// `stop` comes first (the held messages are then left to the broker's `ack_wait`).
-    pub(super) async fn wait(&mut self, held: &[&jetstream::Message], stop: &Shutdown) -> bool {
+    /// Waits out the next backoff while keeping `held` alive with in-progress acks, each time
+    /// `sure` says the consumer's lease is surely held; false when `stop` comes first (the held
+    /// messages are then left to the broker's `ack_wait`).
+    pub(super) async fn wait(
+        &mut self,
+        held: &[&jetstream::Message],
+        stop: &Shutdown,
+        sure: impl Fn() -> bool,
+    ) -> bool {
         self.set_probing(false);
         let until = tokio::time::Instant::now() + self.waits.next_wait();
         loop {
-            progress(held).await;
+            if sure() {
+                progress(held).await;
+            }
             let slice = tokio::time::Instant::now() + keep_alive_interval(self.ack_wait);
             tokio::select! {
                 () = stop.signal() => return false,

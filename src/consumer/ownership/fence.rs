@@ -79,6 +79,15 @@ impl Fence {
         self.held.lock().expect("not poisoned").1
     }
 
+    /// Whether the lease is surely still held (the last renewal was sent less than
+    /// [`SURELY_HELD`] ago). Held messages get in-progress acks only then: an owner that is not
+    /// sure lets them go back to the broker by `ack_wait`, so a new owner that waits `ack_wait`
+    /// after taking the lease (the key lives past the last renewal by more than this) gets them
+    /// before anything newer.
+    pub(in crate::consumer) fn is_sure(&self) -> bool {
+        self.renewed_at().elapsed() < SURELY_HELD
+    }
+
     /// Both checks (see the module's documentation), in `conn`'s transaction: the token is
     /// recorded when it is the highest.
     pub(in crate::consumer) fn check(&self, conn: &Connection) -> Result<(), Fenced> {
@@ -120,6 +129,22 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         conn
+    }
+
+    #[test]
+    fn an_owner_is_sure_of_its_lease_only_while_its_last_renewal_is_recent() {
+        let fence = Fence::new("g", 1, Instant::now());
+        assert!(fence.is_sure());
+        let long_ago = Instant::now()
+            .checked_sub(SURELY_HELD + Duration::from_millis(1))
+            .unwrap();
+        fence.renewed(2, long_ago);
+        assert!(
+            !fence.is_sure(),
+            "held messages are let go back to the broker"
+        );
+        fence.renewed(3, Instant::now());
+        assert!(fence.is_sure());
     }
 
     #[test]

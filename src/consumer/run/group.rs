@@ -367,7 +367,7 @@ impl<H: Handler> Group<H> {
                     let outage = outage.get_or_insert_with(|| {
                         Outage::begin(&self.stats.breaker, self.config.ack_wait)
                     });
-                    if !outage.wait(&[], stop).await {
+                    if !outage.wait(&[], stop, || true).await {
                         return Ok(None);
                     }
                 }

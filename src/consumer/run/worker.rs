@@ -507,7 +507,7 @@ impl<H: Handler> Worker<H> {
         loop {
             let attempt = tokio::select! {
                 done = self.run_rounds(conn, &batch, &mut verdicts, parking, stop) => done,
-                () = keep_alive(&batch_held, self.config.ack_wait) => unreachable!("keep_alive never ends"),
+                () = keep_alive(&batch_held, self.config.ack_wait, &self.fence) => unreachable!("keep_alive never ends"),
                 () = self.keep_parked_alive(parking) => unreachable!("keep_parked_alive never ends"),
             };
             let fault = match attempt {
@@ -531,7 +531,7 @@ impl<H: Handler> Worker<H> {
                 .copied()
                 .chain(parking.held().map(|r| &r.message))
                 .collect();
-            if !outage.wait(&held, stop).await {
+            if !outage.wait(&held, stop, || self.fence.is_sure()).await {
                 // Unsettled: the broker delivers them again after ack_wait.
                 return Ok(());
             }
@@ -638,7 +638,10 @@ impl<H: Handler> Worker<H> {
         loop {
             tokio::time::sleep_until(parking.progress_due(interval)).await;
             let held: Vec<&jetstream::Message> = parking.held().map(|r| &r.message).collect();
-            progress(&held).await;
+            // Not while the lease is unsure: a new owner waits for them (see `Fence::is_sure`).
+            if self.fence.is_sure() {
+                progress(&held).await;
+            }
             parking.progressed();
         }
     }
@@ -712,7 +715,7 @@ impl<H: Handler> Worker<H> {
                             let held: Vec<&jetstream::Message> = std::iter::once(&r.message)
                                 .chain(parking.held().map(|p| &p.message))
                                 .collect();
-                            if !outage.wait(&held, stop).await {
+                            if !outage.wait(&held, stop, || self.fence.is_sure()).await {
                                 return;
                             }
                         }
@@ -742,11 +745,14 @@ impl<H: Handler> Worker<H> {
 }
 
 /// Sends in-progress acks for `held` every third of `ack_wait` while a batch runs, so a batch of
-/// slow handlers is not delivered again under them; never ends.
-async fn keep_alive(held: &[&jetstream::Message], ack_wait: Duration) {
+/// slow handlers is not delivered again under them, while the lease is surely held (see
+/// [`Fence::is_sure`]); never ends.
+async fn keep_alive(held: &[&jetstream::Message], ack_wait: Duration, fence: &Fence) {
     loop {
         tokio::time::sleep(keep_alive_interval(ack_wait)).await;
-        progress(held).await;
+        if fence.is_sure() {
+            progress(held).await;
+        }
     }
 }
 
