@@ -16,12 +16,20 @@
 //! Where the range is too long to read at start ([`MOST_READ`]), or the consumer cannot tell
 //! where it stands, the worker instead waits `ack_wait` before its first pull: the broker then
 //! delivers what it redelivers before anything new.
+//!
+//! The same look is taken when a delivery never arrived (see `gaps`); the worker's steps for
+//! both are here, after the reading of the range.
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, stream::RawMessageErrorKind};
 use futures::StreamExt;
 
+use super::parking::Parking;
+use super::worker::{Received, Worker};
+use crate::consumer::handling::handler::{Delivery, Handler};
+use crate::consumer::handling::idempotency;
 use crate::consumer::message::headers_of;
+use crate::shutdown::Shutdown;
 
 /// The most stream sequences a worker reads back at start; past it, it waits `ack_wait`.
 pub(in crate::consumer) const MOST_READ: u64 = 5_000;
@@ -109,6 +117,121 @@ pub(in crate::consumer) async fn unsettled(
         }
     }
     Held::Messages(messages)
+}
+
+impl<H: Handler> Worker<H> {
+    /// Makes each key with a message an earlier owner of the consumer left unacknowledged, and
+    /// not processed, wait for it (see `held`); where those cannot be read, waits `ack_wait`
+    /// before the first pull so that the broker delivers them first. False when `stop` came
+    /// first.
+    pub(in crate::consumer) async fn wait_for_unsettled(
+        &self,
+        consumer: &mut PullConsumer,
+        // `&mut`: a future holding a shared reference to a connection is not `Send`.
+        conn: &mut rusqlite::Connection,
+        parking: &mut Parking<Received>,
+        stop: &Shutdown,
+    ) -> bool {
+        let group = &self.config.group;
+        match self.park_unsettled(consumer, conn, parking, &[]).await {
+            Ok(0) => true,
+            Ok(waiting) => {
+                tracing::info!(%group, consumer = %self.parking_id(), waiting, "messages an earlier owner left unacknowledged come back after ack_wait; their orders' later events wait for them");
+                true
+            }
+            Err(why) => {
+                tracing::warn!(%group, %why, ack_wait = ?self.config.ack_wait, "cannot tell what an earlier owner left unacknowledged; waiting ack_wait before pulling, so the broker delivers it first");
+                tokio::select! {
+                    () = stop.signal() => false,
+                    () = tokio::time::sleep(self.config.ack_wait) => true,
+                }
+            }
+        }
+    }
+
+    /// After a gap in the deliveries (see `gaps`): makes each key with a message delivered and
+    /// unacknowledged, not processed and not in hand (in `batch` or parked), wait for it, so the
+    /// batch's later events of its order are parked until it comes back. Where that cannot be
+    /// read, the batch goes on (and says so).
+    pub(in crate::consumer) async fn wait_for_missed(
+        &self,
+        consumer: &mut PullConsumer,
+        conn: &mut rusqlite::Connection,
+        parking: &mut Parking<Received>,
+        batch: &[Received],
+    ) {
+        let in_hand: Vec<u64> = batch
+            .iter()
+            .chain(parking.held())
+            .map(|r| r.delivery.stream_sequence)
+            .collect();
+        let group = &self.config.group;
+        match self.park_unsettled(consumer, conn, parking, &in_hand).await {
+            Ok(waiting) => {
+                tracing::warn!(%group, consumer = %self.parking_id(), waiting, "a delivery never arrived; the orders of what is delivered and not in hand wait for it (it comes back after ack_wait)");
+            }
+            Err(why) => {
+                tracing::warn!(%group, %why, "a delivery never arrived and what is unacknowledged cannot be read; its order's later events may come first");
+            }
+        }
+    }
+
+    /// Makes the key of each message delivered and unacknowledged (see `held`), not processed,
+    /// not at one of `in_hand`'s sequences and not waited for already, wait for it `ack_wait`.
+    /// How many; why not, when the messages cannot be read.
+    async fn park_unsettled(
+        &self,
+        consumer: &mut PullConsumer,
+        conn: &mut rusqlite::Connection,
+        parking: &mut Parking<Received>,
+        in_hand: &[u64],
+    ) -> Result<usize, String> {
+        let messages = match unsettled(&self.js, consumer).await {
+            Held::Messages(messages) => messages,
+            Held::Unknown(why) => return Err(why),
+        };
+        let group = &self.config.group;
+        let mut waiting = 0;
+        for m in messages.iter().filter(|m| !in_hand.contains(&m.sequence)) {
+            let delivery = self.delivery_of(m);
+            let topic = self.topic_of(&delivery.subject);
+            let key = self.key(&delivery, topic);
+            if parking.is_head(&key, m.sequence) {
+                continue;
+            }
+            let event = topic.and_then(|topic| self.decode(topic, &delivery).ok());
+            // An event that cannot be read, or whose record cannot, is waited for: it is
+            // handled or dead-lettered when it comes back.
+            let processed = event.is_some_and(|event| {
+                idempotency::is_processed(conn, group, event.event_id()).unwrap_or(false)
+            });
+            if !processed {
+                parking.wait(&key, m.sequence, self.config.ack_wait);
+                waiting += 1;
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// A message read back from the stream, as if delivered.
+    fn delivery_of(&self, m: &Unsettled) -> Delivery {
+        Delivery {
+            subject: m.subject.clone(),
+            stream: self.stream(),
+            stream_sequence: m.sequence,
+            delivered: 0,
+            published: chrono::Utc::now(),
+            headers: m.headers.clone(),
+            payload: m.payload.clone(),
+        }
+    }
+
+    /// The event id of a message read back from the stream, when it is an event of the worker's.
+    pub(in crate::consumer) fn identify(&self, m: &Unsettled) -> Option<uuid::Uuid> {
+        let delivery = self.delivery_of(m);
+        let topic = self.topic_of(&delivery.subject)?;
+        self.decode(topic, &delivery).ok().map(|e| e.event_id())
+    }
 }
 
 /// Whether `subject` matches the NATS filter `filter`: `*` is one token, a last `>` one or more.

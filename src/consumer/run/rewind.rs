@@ -18,6 +18,8 @@
 //! duplicate by its event id; what the stream holds now at the lost sequences is handled in
 //! stream order.
 //!
+//! The worker's steps come first here, then the reads and the reset they use.
+//!
 //! The cost is one stream read per batch. A stream that went back and now holds, at the
 //! witness's sequence, the very event it held before is not noticed: what came after it in the
 //! stream may have changed unseen. The repair puts events back in commit order after the
@@ -28,7 +30,11 @@ use rusqlite::{Connection, params};
 use uuid::Uuid;
 
 use super::held::Unsettled;
+use super::worker::{Received, Source, Worker};
+use crate::consumer::handling::handler::Handler;
 use crate::consumer::message::headers_of;
+use crate::consumer::observe::stats::GroupStats;
+use async_nats::jetstream::consumer::PullConsumer;
 
 /// The message a worker settled last: what the stream must still hold at its sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +52,83 @@ pub(in crate::consumer) struct Reset {
     pub(in crate::consumer) kept: Option<Witness>,
     /// The sequence the consumer delivers next.
     pub(in crate::consumer) from: u64,
+}
+
+impl<H: Handler> Worker<H> {
+    /// What the stream must still hold when the worker starts: the last event its file processed
+    /// from it. Replays are not checked: their stream is the group's own, written once per replay.
+    pub(in crate::consumer) fn first_witness(
+        &self,
+        conn: &rusqlite::Connection,
+    ) -> Option<Witness> {
+        if matches!(self.source, Source::Replay) {
+            return None;
+        }
+        last_processed(conn, &self.config.group, &self.stream())
+            .inspect_err(|e| tracing::warn!(group = %self.config.group, error = %e, "cannot read the last event processed; the stream is checked from the next batch on"))
+            .ok()
+            .flatten()
+    }
+
+    /// The message of `batch` furthest in the stream, with its event id: the next witness.
+    pub(in crate::consumer) fn witness_of(&self, batch: &[Received]) -> Option<Witness> {
+        if matches!(self.source, Source::Replay) {
+            return None;
+        }
+        let last = batch.iter().max_by_key(|r| r.delivery.stream_sequence)?;
+        let topic = last.topic?;
+        let event = self.decode(topic, &last.delivery).ok()?;
+        Some(Witness {
+            sequence: last.delivery.stream_sequence,
+            event_id: event.event_id(),
+        })
+    }
+
+    /// Whether the stream went back under the consumer since the witness was read (see
+    /// [`rewind`]); when it did, the consumer is reset to where the stream's new content begins
+    /// and the witness becomes the last processed event still in place. A check or a reset that
+    /// fails is logged and the batch goes on (an older nats-server has no reset).
+    pub(in crate::consumer) async fn stream_went_back(
+        &self,
+        consumer: &mut PullConsumer,
+        // `&mut`: a future holding a shared reference to a connection is not `Send`.
+        conn: &mut rusqlite::Connection,
+        witness: &mut Option<Witness>,
+    ) -> bool {
+        let Some(seen) = *witness else {
+            return false;
+        };
+        let group = &self.config.group;
+        let stream = match self.js.get_stream_no_info(self.stream()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "cannot check that the stream kept what was read");
+                return false;
+            }
+        };
+        let identify = |m: &Unsettled| self.identify(m);
+        match went_back(&stream, &seen, &identify).await {
+            Ok(false) => return false,
+            Ok(true) => {}
+            Err(why) => {
+                tracing::warn!(%group, %why, "cannot check that the stream kept what was read");
+                return false;
+            }
+        }
+        let id = self.parking_id();
+        match reset(&self.js, conn, group, &id, consumer, &seen, &identify).await {
+            Ok(reset) => {
+                GroupStats::add(&self.stats.rewinds);
+                tracing::warn!(%group, consumer = %id, witness = seen.sequence, from = reset.from, kept = ?reset.kept.map(|w| w.sequence), "the stream went back under the consumer (it lost its last messages and stored others at their sequences); the consumer delivers again from where the stream's new content begins");
+                *witness = reset.kept;
+                true
+            }
+            Err(why) => {
+                tracing::error!(%group, consumer = %id, witness = seen.sequence, %why, "the stream went back under the consumer, which cannot be reset: the events stored at the sequences the stream lost are not delivered");
+                false
+            }
+        }
+    }
 }
 
 /// The last event the group processed from `stream` that this file knows the sequence of.

@@ -10,15 +10,12 @@ use futures::StreamExt;
 
 use super::gaps::Deliveries;
 use super::guard::Guarded;
-use super::held::{self, Held, Unsettled};
 use super::parking::{self, Parking};
-use super::rewind::{self, Witness};
 use crate::consumer::ConsumerError;
 use crate::consumer::breaker::{Outage, keep_alive_interval, progress};
 use crate::consumer::config::GroupConfig;
 use crate::consumer::dlq::{self, Reason};
 use crate::consumer::handling::handler::{self, Delivery, Event, Handler, RawEvent, SchemaError};
-use crate::consumer::handling::idempotency;
 use crate::consumer::message::{headers_of, nats_time};
 use crate::consumer::observe::stats::GroupStats;
 use crate::consumer::ownership::fence::{Fence, Fenced};
@@ -207,191 +204,6 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 
-    /// Makes each key with a message an earlier owner of the consumer left unacknowledged, and
-    /// not processed, wait for it (see `held`); where those cannot be read, waits `ack_wait`
-    /// before the first pull so that the broker delivers them first. False when `stop` came
-    /// first.
-    async fn wait_for_unsettled(
-        &self,
-        consumer: &mut PullConsumer,
-        // `&mut`: a future holding a shared reference to a connection is not `Send`.
-        conn: &mut rusqlite::Connection,
-        parking: &mut Parking<Received>,
-        stop: &Shutdown,
-    ) -> bool {
-        let group = &self.config.group;
-        match self.park_unsettled(consumer, conn, parking, &[]).await {
-            Ok(0) => true,
-            Ok(waiting) => {
-                tracing::info!(%group, consumer = %self.parking_id(), waiting, "messages an earlier owner left unacknowledged come back after ack_wait; their orders' later events wait for them");
-                true
-            }
-            Err(why) => {
-                tracing::warn!(%group, %why, ack_wait = ?self.config.ack_wait, "cannot tell what an earlier owner left unacknowledged; waiting ack_wait before pulling, so the broker delivers it first");
-                tokio::select! {
-                    () = stop.signal() => false,
-                    () = tokio::time::sleep(self.config.ack_wait) => true,
-                }
-            }
-        }
-    }
-
-    /// After a gap in the deliveries (see `gaps`): makes each key with a message delivered and
-    /// unacknowledged, not processed and not in hand (in `batch` or parked), wait for it, so the
-    /// batch's later events of its order are parked until it comes back. Where that cannot be
-    /// read, the batch goes on (and says so).
-    async fn wait_for_missed(
-        &self,
-        consumer: &mut PullConsumer,
-        conn: &mut rusqlite::Connection,
-        parking: &mut Parking<Received>,
-        batch: &[Received],
-    ) {
-        let in_hand: Vec<u64> = batch
-            .iter()
-            .chain(parking.held())
-            .map(|r| r.delivery.stream_sequence)
-            .collect();
-        let group = &self.config.group;
-        match self.park_unsettled(consumer, conn, parking, &in_hand).await {
-            Ok(waiting) => {
-                tracing::warn!(%group, consumer = %self.parking_id(), waiting, "a delivery never arrived; the orders of what is delivered and not in hand wait for it (it comes back after ack_wait)");
-            }
-            Err(why) => {
-                tracing::warn!(%group, %why, "a delivery never arrived and what is unacknowledged cannot be read; its order's later events may come first");
-            }
-        }
-    }
-
-    /// Makes the key of each message delivered and unacknowledged (see `held`), not processed,
-    /// not at one of `in_hand`'s sequences and not waited for already, wait for it `ack_wait`.
-    /// How many; why not, when the messages cannot be read.
-    async fn park_unsettled(
-        &self,
-        consumer: &mut PullConsumer,
-        conn: &mut rusqlite::Connection,
-        parking: &mut Parking<Received>,
-        in_hand: &[u64],
-    ) -> Result<usize, String> {
-        let messages = match held::unsettled(&self.js, consumer).await {
-            Held::Messages(messages) => messages,
-            Held::Unknown(why) => return Err(why),
-        };
-        let group = &self.config.group;
-        let mut waiting = 0;
-        for m in messages.iter().filter(|m| !in_hand.contains(&m.sequence)) {
-            let delivery = self.delivery_of(m);
-            let topic = self.topic_of(&delivery.subject);
-            let key = self.key(&delivery, topic);
-            if parking.is_head(&key, m.sequence) {
-                continue;
-            }
-            let event = topic.and_then(|topic| self.decode(topic, &delivery).ok());
-            // An event that cannot be read, or whose record cannot, is waited for: it is
-            // handled or dead-lettered when it comes back.
-            let processed = event.is_some_and(|event| {
-                idempotency::is_processed(conn, group, event.event_id()).unwrap_or(false)
-            });
-            if !processed {
-                parking.wait(&key, m.sequence, self.config.ack_wait);
-                waiting += 1;
-            }
-        }
-        Ok(waiting)
-    }
-
-    /// A message read back from the stream, as if delivered.
-    fn delivery_of(&self, m: &Unsettled) -> Delivery {
-        Delivery {
-            subject: m.subject.clone(),
-            stream: self.stream(),
-            stream_sequence: m.sequence,
-            delivered: 0,
-            published: chrono::Utc::now(),
-            headers: m.headers.clone(),
-            payload: m.payload.clone(),
-        }
-    }
-
-    /// The event id of a message read back from the stream, when it is an event of the worker's.
-    fn identify(&self, m: &Unsettled) -> Option<uuid::Uuid> {
-        let delivery = self.delivery_of(m);
-        let topic = self.topic_of(&delivery.subject)?;
-        self.decode(topic, &delivery).ok().map(|e| e.event_id())
-    }
-
-    /// What the stream must still hold when the worker starts: the last event its file processed
-    /// from it. Replays are not checked: their stream is the group's own, written once per replay.
-    fn first_witness(&self, conn: &rusqlite::Connection) -> Option<Witness> {
-        if matches!(self.source, Source::Replay) {
-            return None;
-        }
-        rewind::last_processed(conn, &self.config.group, &self.stream())
-            .inspect_err(|e| tracing::warn!(group = %self.config.group, error = %e, "cannot read the last event processed; the stream is checked from the next batch on"))
-            .ok()
-            .flatten()
-    }
-
-    /// The message of `batch` furthest in the stream, with its event id: the next witness.
-    fn witness_of(&self, batch: &[Received]) -> Option<Witness> {
-        if matches!(self.source, Source::Replay) {
-            return None;
-        }
-        let last = batch.iter().max_by_key(|r| r.delivery.stream_sequence)?;
-        let topic = last.topic?;
-        let event = self.decode(topic, &last.delivery).ok()?;
-        Some(Witness {
-            sequence: last.delivery.stream_sequence,
-            event_id: event.event_id(),
-        })
-    }
-
-    /// Whether the stream went back under the consumer since the witness was read (see
-    /// [`rewind`]); when it did, the consumer is reset to where the stream's new content begins
-    /// and the witness becomes the last processed event still in place. A check or a reset that
-    /// fails is logged and the batch goes on (an older nats-server has no reset).
-    async fn stream_went_back(
-        &self,
-        consumer: &mut PullConsumer,
-        // `&mut`: a future holding a shared reference to a connection is not `Send`.
-        conn: &mut rusqlite::Connection,
-        witness: &mut Option<Witness>,
-    ) -> bool {
-        let Some(seen) = *witness else {
-            return false;
-        };
-        let group = &self.config.group;
-        let stream = match self.js.get_stream_no_info(self.stream()).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(%group, error = %e, "cannot check that the stream kept what was read");
-                return false;
-            }
-        };
-        let identify = |m: &Unsettled| self.identify(m);
-        match rewind::went_back(&stream, &seen, &identify).await {
-            Ok(false) => return false,
-            Ok(true) => {}
-            Err(why) => {
-                tracing::warn!(%group, %why, "cannot check that the stream kept what was read");
-                return false;
-            }
-        }
-        let id = self.parking_id();
-        match rewind::reset(&self.js, conn, group, &id, consumer, &seen, &identify).await {
-            Ok(reset) => {
-                GroupStats::add(&self.stats.rewinds);
-                tracing::warn!(%group, consumer = %id, witness = seen.sequence, from = reset.from, kept = ?reset.kept.map(|w| w.sequence), "the stream went back under the consumer (it lost its last messages and stored others at their sequences); the consumer delivers again from where the stream's new content begins");
-                *witness = reset.kept;
-                true
-            }
-            Err(why) => {
-                tracing::error!(%group, consumer = %id, witness = seen.sequence, %why, "the stream went back under the consumer, which cannot be reset: the events stored at the sequences the stream lost are not delivered");
-                false
-            }
-        }
-    }
-
     /// The next message, waiting up to [`PULL_EXPIRES`] for it.
     async fn next_message(&self, consumer: &PullConsumer) -> Option<jetstream::Message> {
         let error = match consumer
@@ -551,7 +363,7 @@ impl<H: Handler> Worker<H> {
 
     /// The topic of a message on `subject`: the worker's, or a replay's original one (the
     /// longest topic name, of the contract or foreign, the replay subject goes on with).
-    fn topic_of(&self, subject: &str) -> Option<TopicOf> {
+    pub(in crate::consumer) fn topic_of(&self, subject: &str) -> Option<TopicOf> {
         match self.source {
             Source::Topic(topic) => Some(TopicOf::Contract(topic)),
             Source::Foreign(index) => Some(TopicOf::Foreign(index)),
@@ -609,7 +421,7 @@ impl<H: Handler> Worker<H> {
 
     /// The ordering key of a delivery of `topic`: the contract's (see [`key_of`]), or where a
     /// foreign topic's settings say, on the subject it was first delivered on.
-    fn key(&self, delivery: &Delivery, topic: Option<TopicOf>) -> String {
+    pub(in crate::consumer) fn key(&self, delivery: &Delivery, topic: Option<TopicOf>) -> String {
         match topic {
             Some(TopicOf::Foreign(index)) => self.config.foreign[index]
                 .key
@@ -619,7 +431,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The stream the worker's consumer reads.
-    fn stream(&self) -> String {
+    pub(in crate::consumer) fn stream(&self) -> String {
         match self.source {
             Source::Topic(topic) => crate::bus::stream_name(topic.as_str()),
             Source::Foreign(index) => self.config.foreign[index].stream.clone(),
