@@ -1,8 +1,9 @@
 //! A stream that went back under a group's consumer: the stream lost its last messages (its block
 //! cut while the server was down) and stored others at their sequences, while the consumer stood
 //! past them. On one server the server itself moves a single-replica consumer back when it starts;
-//! a replicated one it leaves where it was (the campaign's 30-minute run lost thousands of events
-//! so), which the test sets with the broker's own reset. The group must notice, move the consumer
+//! a replicated one can stay where it was (the campaign's 30-minute run lost thousands of events
+//! so, and no cluster scenario scripted so far reproduced it), which the test sets with the
+//! broker's own reset. The group must notice, move the consumer
 //! back, and apply what the stream holds now, each event once.
 
 use std::collections::HashSet;
