@@ -58,6 +58,21 @@ pub(in crate::consumer) struct Unsettled {
     pub(in crate::consumer) payload: bytes::Bytes,
 }
 
+impl Unsettled {
+    /// The message stored at `sequence`, as read back from the stream.
+    pub(in crate::consumer) fn read(
+        sequence: u64,
+        message: async_nats::jetstream::message::StreamMessage,
+    ) -> Unsettled {
+        Unsettled {
+            subject: message.subject.to_string(),
+            sequence,
+            headers: headers_of(Some(&message.headers)),
+            payload: message.payload,
+        }
+    }
+}
+
 /// The messages of `consumer` between its ack floor and its last delivery that its filter
 /// takes; nothing when no message is pending an acknowledgement.
 pub(in crate::consumer) async fn unsettled(
@@ -101,14 +116,9 @@ pub(in crate::consumer) async fn unsettled(
     for (sequence, read) in reads {
         match read {
             Ok(message) => {
-                let subject = message.subject.to_string();
-                if filters.is_empty() || filters.iter().any(|f| subject_matches(f, &subject)) {
-                    messages.push(Unsettled {
-                        subject,
-                        sequence,
-                        headers: headers_of(Some(&message.headers)),
-                        payload: message.payload,
-                    });
+                let read = Unsettled::read(sequence, message);
+                if filters.is_empty() || filters.iter().any(|f| subject_matches(f, &read.subject)) {
+                    messages.push(read);
                 }
             }
             // Deleted (acknowledged under a work-queue or interest policy, or removed).

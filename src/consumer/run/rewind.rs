@@ -33,7 +33,6 @@ use uuid::Uuid;
 use super::held::Unsettled;
 use super::worker::{Received, Source, Worker};
 use crate::consumer::handling::handler::Handler;
-use crate::consumer::message::headers_of;
 use crate::consumer::observe::stats::GroupStats;
 use async_nats::jetstream::consumer::PullConsumer;
 
@@ -193,12 +192,7 @@ async fn read_back<I>(
 ) -> Result<Place, String> {
     match stream.get_raw_message(witness.sequence).await {
         Ok(message) => {
-            let read = Unsettled {
-                subject: message.subject.to_string(),
-                sequence: witness.sequence,
-                headers: headers_of(Some(&message.headers)),
-                payload: message.payload,
-            };
+            let read = Unsettled::read(witness.sequence, message);
             Ok(if identify(&read) == Some(witness.event_id) {
                 Place::Same
             } else {

@@ -5,16 +5,16 @@
 //! consumer that it never answers, while the group's handler is busy with another order.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use order_service::consumer::{Delivery, Event, Failure, Handler, HandlerTx};
 use order_service::domain::Topic;
-use serde_json::Value;
 use tokio::sync::Notify;
-use uuid::Uuid;
 
+use super::order::body;
 use super::{Running, create_orders, group_config, publish_raw, setup};
+use crate::app::until;
 
 /// The events handled, by key and stream sequence, in the order handled; the handler takes two
 /// seconds over key `slow`, and says when it starts on it.
@@ -54,22 +54,21 @@ async fn a_delivery_that_never_arrived_holds_its_orders_later_events_until_it_co
     let (_, _nats, app, js, _dir, db) = setup(|_| {}).await;
     create_orders(&app, 1, 1).await;
     let template = app.outbox()[0].payload.clone();
-    let body = || {
-        let mut body = template.clone();
-        body["event_id"] = Value::String(Uuid::now_v7().to_string());
-        body.to_string()
-    };
+    let event = || body(&template);
     let log = Arc::new(Log::default());
     let mut config = group_config("transit", &[Topic::Created], &db);
     config.ack_wait = Duration::from_secs(3);
     let group = Running::start(&js, config, Logged(log.clone()));
-    until(|| log.handled.lock().unwrap().len() == 1).await;
+    until("the order made first is handled", async || {
+        log.handled.lock().unwrap().len() == 1
+    })
+    .await;
 
-    publish_raw(&js, "slow", body()).await;
+    publish_raw(&js, "slow", event()).await;
     log.slow_started.notified().await;
     // While the group's handler is busy: the order's first event, delivered to a pull the group
     // does not know of and never answered, as a delivery lost on its way.
-    publish_raw(&js, "x", body()).await;
+    publish_raw(&js, "x", event()).await;
     let consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream("ORDER_CREATED")
         .await
@@ -81,9 +80,9 @@ async fn a_delivery_that_never_arrived_holds_its_orders_later_events_until_it_co
     let lost = taken.next().await.unwrap().unwrap();
     assert!(lost.subject.ends_with(".x"), "{}", lost.subject);
     let first = lost.info().unwrap().stream_sequence;
-    publish_raw(&js, "x", body()).await;
+    publish_raw(&js, "x", event()).await;
 
-    until(|| {
+    until("both events of order x are handled", async || {
         log.handled
             .lock()
             .unwrap()
@@ -104,16 +103,4 @@ async fn a_delivery_that_never_arrived_holds_its_orders_later_events_until_it_co
         .collect();
     eprintln!("in_transit: order x handled at sequences {x:?}; {stats:?}");
     assert_eq!(x, [first, first + 1], "order x's events in stream order");
-}
-
-/// Waits until `done`, for up to 30 s.
-async fn until(done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not done in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -155,7 +155,7 @@ fn key(delivery: &Delivery) -> &str {
 }
 
 /// A valid `order.created` body with a new event id, from a real order's event.
-fn body(template: &Value) -> String {
+pub(super) fn body(template: &Value) -> String {
     let mut body = template.clone();
     body["event_id"] = Value::String(Uuid::now_v7().to_string());
     body.to_string()

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use order_service::domain::Topic;
 use serde_json::Value;
-use uuid::Uuid;
 
+use super::order::body;
 use super::{
     Running, create_orders, exactly_once, expected_events, processed_all, publish_raw, setup,
 };
@@ -67,11 +67,10 @@ async fn a_stream_that_lost_its_tail_and_stored_others_there_gets_them_to_the_gr
     // sequences the group read before now hold other events, and the stream goes on past them.
     let mut after = HashSet::new();
     for i in 0..30 {
-        let mut body = template.clone();
-        let id = Uuid::now_v7().to_string();
-        body["event_id"] = Value::String(id.clone());
-        publish_raw(&js, &format!("new-{i}"), body.to_string()).await;
-        after.insert(id);
+        let body = body(&template);
+        let id: Value = serde_json::from_str(&body).unwrap();
+        after.insert(id["event_id"].as_str().unwrap().to_owned());
+        publish_raw(&js, &format!("new-{i}"), body).await;
     }
     assert_eq!(last_sequence(&js, stream).await, kept + 30);
     eprintln!(
